@@ -1,0 +1,46 @@
+# Octo STS — the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GEN_STAMP := service/octosts/_gen/__init__.py
+PYTEST_ARGS ?=
+
+.PHONY: help install proto test unit lint fmt run bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(GEN_STAMP): $(STAMP) $(shell find proto -name '*.proto') scripts/gen_protos.py
+	$(PY) scripts/gen_protos.py
+
+install: $(STAMP) $(GEN_STAMP) ## create .venv, install the package with dev extras, generate code
+
+proto: $(STAMP) ## regenerate Python code and the Envoy descriptor set from proto/
+	$(PY) scripts/gen_protos.py
+
+test: install ## run every test (unit, integration, e2e)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install ## run only the fast unit tests
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install ## ruff + mypy --strict on hand-written code
+	$(VENV)/bin/ruff check service tests scripts bench
+	$(VENV)/bin/ruff format --check service tests scripts bench
+	$(VENV)/bin/mypy
+
+fmt: install ## apply ruff's formatter and fixes
+	$(VENV)/bin/ruff format service tests scripts bench
+	$(VENV)/bin/ruff check --fix service tests scripts bench
+
+clean: ## remove the venv and generated files
+	rm -rf $(VENV) build service/octosts/_gen .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from octosts.cli import main
+
+raise SystemExit(main())

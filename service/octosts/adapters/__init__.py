@@ -1,0 +1,4 @@
+"""I/O adapters: OIDC issuers, GitHub, YAML, caches.
+
+Foreign exceptions are mapped to domain errors here.
+"""

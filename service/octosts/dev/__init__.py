@@ -1,0 +1,1 @@
+"""Development servers shipped with the product: GitHub API emulator and a dev OIDC issuer."""

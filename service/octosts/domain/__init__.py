@@ -1,0 +1,1 @@
+"""The pure core: no grpc, protobuf, httpx or yaml imports here."""

@@ -1,0 +1,122 @@
+"""Ports: what the domain needs from the outside world, as Protocols.
+
+Adapters implement them (``octosts.adapters``); tests use fakes checked with a
+typed assignment, e.g. ``_: TokenVerifier = FakeVerifier()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from octosts.domain.tokens import VerifiedToken
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Wall-clock time in seconds since the epoch."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class Stage(Protocol):
+    """A running validation stage; adapters annotate it (cache hit, HTTP status...)."""
+
+    def annotate(self, key: str, value: str | int | bool) -> None: ...  # noqa: FBT001
+
+
+class StageObserver(Protocol):
+    """Times and traces named stages (token_parse, discovery, policy_fetch, ...).
+
+    ``stage(name)`` is a context manager; an exception escaping it marks the
+    stage's outcome as an error (with the StsError reason when there is one).
+    The observability package supplies the Prometheus + OpenTelemetry one.
+    """
+
+    def stage(self, name: str) -> AbstractContextManager[Stage]: ...
+
+
+class _NullStage:
+    def annotate(self, key: str, value: str | int | bool) -> None:  # noqa: FBT001
+        pass
+
+
+class NullObserver:
+    """Observer that records nothing (unit tests, CLI)."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[Stage]:  # noqa: ARG002
+        yield _NullStage()
+
+
+class TokenVerifier(Protocol):
+    async def verify(self, bearer: str) -> VerifiedToken:
+        """Verify a raw JWT (without the ``Bearer`` scheme).
+
+        Raises AuthenticationError subclasses for tokens that cannot be trusted
+        and IssuerUnavailable when the issuer cannot be reached.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """A file read from GitHub. ``content`` is None when GitHub answered 304."""
+
+    content: bytes | None
+    etag: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    token: str
+    expires_at: datetime
+    permissions: Mapping[str, str]
+    repositories: tuple[str, ...]
+
+    def __repr__(self) -> str:  # never print the token
+        return (
+            f"MintedToken(expires_at={self.expires_at!r}, permissions={dict(self.permissions)!r})"
+        )
+
+
+class GitHubApp(Protocol):
+    """The GitHub App's view of the GitHub API."""
+
+    async def installation_id(self, owner: str) -> int:
+        """Installation of the app for an org or user.
+
+        Raises NoInstallation, RateLimited, GitHubUnavailable.
+        """
+        ...
+
+    async def read_file(
+        self, installation_id: int, owner: str, repo: str, path: str, etag: str | None = None
+    ) -> FileRead:
+        """Read a file on the default branch with a contents:read installation token.
+
+        Raises PolicyNotFound (404, or repository not accessible), RateLimited,
+        GitHubUnavailable.
+        """
+        ...
+
+    async def mint(
+        self, installation_id: int, permissions: Mapping[str, str], repositories: Sequence[str]
+    ) -> MintedToken:
+        """Create an installation access token restricted as asked.
+
+        Raises MintRejected (422: more than the installation may grant),
+        RateLimited, GitHubUnavailable.
+        """
+        ...

@@ -1,0 +1,1 @@
+"""Metrics, traces, audit events and logging."""
