@@ -15,3 +15,22 @@ class VerifiedToken:
     audience: tuple[str, ...]
     expires_at: float  # epoch seconds
     claims: Mapping[str, object]  # the whole verified payload
+
+
+def check_issuer_url(issuer: str, *, allow_insecure: bool = False) -> None:
+    """Validate an issuer (or jwks_uri) URL before any network call.
+
+    ``allow_insecure`` permits plain ``http`` (explicitly allowed local
+    issuers only). Raises IssuerRejected naming the broken rule.
+    """
+    raise NotImplementedError
+
+
+def token_from_claims(claims: Mapping[str, object]) -> VerifiedToken:
+    """Apply the token field syntax rules to a verified payload.
+
+    Raises TokenClaimsInvalid with reason ``invalid_token_subject`` /
+    ``invalid_token_audience`` / ``invalid_token_issuer`` (IssuerRejected) as
+    appropriate.
+    """
+    raise NotImplementedError
