@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from octosts.domain.policy import TrustPolicy
     from octosts.domain.tokens import VerifiedToken
 
 
@@ -118,5 +119,25 @@ class GitHubApp(Protocol):
 
         Raises MintRejected (422: more than the installation may grant),
         RateLimited, GitHubUnavailable.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLocation:
+    """Where a trust policy lives: ``{owner}/{repo}`` at ``path`` on the default branch."""
+
+    owner: str
+    repo: str
+    path: str
+    kind: str  # "repo" | "org"
+
+
+class PolicySource(Protocol):
+    async def trust_policy(self, installation_id: int, location: PolicyLocation) -> TrustPolicy:
+        """The parsed, validated trust policy at ``location``.
+
+        Raises PolicyNotFound, PolicyInvalid, RateLimited (no last-known-good
+        copy), GitHubUnavailable.
         """
         ...
