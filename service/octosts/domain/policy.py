@@ -1,0 +1,410 @@
+"""Trust policies: compile (validate) once, check many tokens against them.
+
+A policy is plain data (``compile_policy`` takes the mapping an adapter read
+from YAML) turned into a frozen ``TrustPolicy`` whose regexes are already
+compiled, so every mistake surfaces at load time with the field (and line)
+that caused it. ``check`` is pure and total: it returns a ``Decision`` and
+never raises for any token.
+
+Regexes use RE2 (google-re2): linear-time matching, RE2 syntax (POSIX classes,
+``\\pL``), no backreferences or lookarounds. They always match the whole value,
+as if written ``^(?:pattern)$``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import re2
+
+from octosts.domain.decision import (
+    AUDIENCE_MISMATCH,
+    CLAIM_MISMATCH,
+    CLAIM_MISSING,
+    CLAIM_NOT_STRING,
+    ISSUER_MISMATCH,
+    SUBJECT_MISMATCH,
+    Decision,
+)
+from octosts.domain.errors import PolicyInvalid, PolicyProblem
+from octosts.domain.names import MAX_REPO, is_repo_name
+from octosts.domain.permissions import permission_problem
+from octosts.domain.tokens import VerifiedToken
+
+PolicyKind = Literal["repo", "org"]
+
+MAX_PATTERN = 4096
+MAX_CLAIM_PATTERNS = 64
+MAX_REPOSITORIES = 500
+_SHOWN = 120
+
+REPO_FIELDS = (
+    "issuer",
+    "issuer_pattern",
+    "subject",
+    "subject_pattern",
+    "audience",
+    "audience_pattern",
+    "claim_pattern",
+    "permissions",
+)
+ORG_FIELDS = (*REPO_FIELDS, "repositories")
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    # Invalid patterns are reported as policy problems; RE2's own stderr
+    # logging would only duplicate them in the service log.
+    options.log_errors = False
+    return options
+
+
+_OPTIONS = _re2_options()
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """An RE2 pattern matched against whole values (``^(?:source)$``)."""
+
+    source: str
+    _regex: Any = field(compare=False, repr=False)
+
+    def fullmatch(self, text: str) -> bool:
+        try:
+            return self._regex.fullmatch(text) is not None
+        except UnicodeEncodeError:
+            # Lone surrogates (possible in JSON strings) have no UTF-8 form, so
+            # no RE2 pattern can match them.
+            return False
+
+
+def compile_pattern(source: str) -> Pattern:
+    """Compile an RE2 pattern for full matching.
+
+    Raises ValueError with a message fit for a PolicyProblem.
+    """
+    if len(source) > MAX_PATTERN:
+        raise ValueError(f"pattern longer than {MAX_PATTERN} characters")
+    try:
+        regex = re2.compile(source, _OPTIONS)
+    except re2.error as exc:
+        raise ValueError(f"invalid RE2 pattern: {_re2_message(exc)}") from exc
+    except UnicodeEncodeError as exc:
+        raise ValueError("pattern is not valid Unicode (lone surrogate)") from exc
+    return Pattern(source=source, _regex=regex)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """A validated trust policy. Exactly one of each literal/pattern pair is set
+    for issuer and subject; at most one for audience."""
+
+    kind: PolicyKind
+    issuer: str | None
+    issuer_pattern: Pattern | None
+    subject: str | None
+    subject_pattern: Pattern | None
+    audience: str | None
+    audience_pattern: Pattern | None
+    claim_pattern: Mapping[str, Pattern]
+    permissions: Mapping[str, str]
+    # Org policies only: the repositories the minted token is limited to;
+    # None means every repository the installation can reach.
+    repositories: tuple[str, ...] | None = None
+
+
+def compile_policy(
+    data: Mapping[str, object],
+    *,
+    kind: PolicyKind,
+    lines: Mapping[str, int] | None = None,
+) -> TrustPolicy:
+    """Validate ``data`` (a parsed policy document) and compile its patterns.
+
+    ``lines`` maps field paths (``subject``, ``claim_pattern.ref``,
+    ``repositories[2]``) to 1-based source lines so problems can name them.
+
+    Raises PolicyInvalid listing every problem found.
+    """
+    return _Compiler(kind, lines or {}).run(data)
+
+
+class _Compiler:
+    def __init__(self, kind: PolicyKind, lines: Mapping[str, int]) -> None:
+        self.kind = kind
+        self.lines = lines
+        self.problems: list[PolicyProblem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(PolicyProblem(field=path, message=message, line=self.lines.get(path)))
+
+    def run(self, data: Mapping[str, object]) -> TrustPolicy:
+        if not isinstance(data, Mapping):
+            raise PolicyInvalid([PolicyProblem("", "a policy must be a mapping of fields")])
+        self.check_keys(data)
+        issuer, issuer_pattern = self.pair(data, "issuer", required=True)
+        subject, subject_pattern = self.pair(data, "subject", required=True)
+        audience, audience_pattern = self.pair(data, "audience", required=False)
+        claims = self.claim_patterns(data)
+        permissions = self.permissions(data)
+        repositories = self.repositories(data) if self.kind == "org" else None
+        if self.problems:
+            raise PolicyInvalid(self.problems)
+        return TrustPolicy(
+            kind=self.kind,
+            issuer=issuer,
+            issuer_pattern=issuer_pattern,
+            subject=subject,
+            subject_pattern=subject_pattern,
+            audience=audience,
+            audience_pattern=audience_pattern,
+            claim_pattern=claims,
+            permissions=permissions,
+            repositories=repositories,
+        )
+
+    def check_keys(self, data: Mapping[str, object]) -> None:
+        allowed = ORG_FIELDS if self.kind == "org" else REPO_FIELDS
+        for key in data:
+            if not isinstance(key, str):
+                self.problem(_clip(str(key)), "field names must be strings")
+            elif key == "repositories" and self.kind == "repo":
+                self.problem(
+                    key, "only allowed in organization policies (in the org policy repository)"
+                )
+            elif key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.problem(_clip(key), f"unknown field{hint}")
+
+    def pair(
+        self, data: Mapping[str, object], name: str, *, required: bool
+    ) -> tuple[str | None, Pattern | None]:
+        pattern_name = f"{name}_pattern"
+        literal = data.get(name)
+        pattern = data.get(pattern_name)
+        if name in data and pattern_name in data:
+            self.problem(pattern_name, f"set either {name} or {pattern_name}, not both")
+            return None, None
+        if name in data:
+            return self.string(name, literal), None
+        if pattern_name in data:
+            return None, self.pattern(pattern_name, pattern)
+        if required:
+            self.problem(name, f"one of {name} or {pattern_name} is required")
+        return None, None
+
+    def string(self, path: str, value: object) -> str | None:
+        if not isinstance(value, str):
+            self.problem(path, f"must be a string, not {_type_name(value)}")
+            return None
+        if not value:
+            self.problem(path, "must not be empty")
+            return None
+        return value
+
+    def pattern(self, path: str, value: object) -> Pattern | None:
+        source = self.string(path, value)
+        if source is None:
+            return None
+        try:
+            return compile_pattern(source)
+        except ValueError as exc:
+            self.problem(path, str(exc))
+            return None
+
+    def claim_patterns(self, data: Mapping[str, object]) -> Mapping[str, Pattern]:
+        compiled: dict[str, Pattern] = {}
+        if "claim_pattern" not in data:
+            return MappingProxyType(compiled)
+        value = data["claim_pattern"]
+        if not isinstance(value, Mapping):
+            self.problem("claim_pattern", f"must be a mapping, not {_type_name(value)}")
+            return MappingProxyType(compiled)
+        if len(value) > MAX_CLAIM_PATTERNS:
+            self.problem("claim_pattern", f"at most {MAX_CLAIM_PATTERNS} claims")
+        for name, source in value.items():
+            if not isinstance(name, str) or not name:
+                self.problem("claim_pattern", "claim names must be non-empty strings")
+                continue
+            path = f"claim_pattern.{name}"
+            compiled_pattern = self.pattern(_clip(path), source)
+            if compiled_pattern is not None:
+                compiled[name] = compiled_pattern
+        return MappingProxyType(compiled)
+
+    def permissions(self, data: Mapping[str, object]) -> Mapping[str, str]:
+        result: dict[str, str] = {}
+        value = data.get("permissions")
+        if "permissions" not in data:
+            # Deliberately required: an installation token requested without
+            # permissions carries everything the installation holds.
+            self.problem("permissions", "is required (at least one permission)")
+            return MappingProxyType(result)
+        if not isinstance(value, Mapping):
+            self.problem("permissions", f"must be a mapping, not {_type_name(value)}")
+            return MappingProxyType(result)
+        if not value:
+            self.problem("permissions", "must name at least one permission")
+        for name, level in value.items():
+            if not isinstance(name, str):
+                self.problem("permissions", "permission names must be strings")
+                continue
+            path = _clip(f"permissions.{name}")
+            problem = permission_problem(name, level)
+            if problem is not None:
+                self.problem(path, problem)
+            elif isinstance(level, str):
+                result[name] = level
+        return MappingProxyType(result)
+
+    def repositories(self, data: Mapping[str, object]) -> tuple[str, ...] | None:
+        if "repositories" not in data:
+            return None
+        value = data["repositories"]
+        if not isinstance(value, list | tuple):
+            self.problem("repositories", f"must be a list, not {_type_name(value)}")
+            return None
+        if not value:
+            self.problem("repositories", "must not be empty (omit it to allow every repository)")
+        if len(value) > MAX_REPOSITORIES:
+            self.problem("repositories", f"at most {MAX_REPOSITORIES} repositories")
+        seen: set[str] = set()
+        names: list[str] = []
+        for index, item in enumerate(value):
+            path = f"repositories[{index}]"
+            if not isinstance(item, str):
+                self.problem(path, f"must be a string, not {_type_name(item)}")
+            elif not is_repo_name(item):
+                self.problem(
+                    path,
+                    f"{_clip(item)!r} is not a repository name "
+                    f"(1-{MAX_REPO} of A-Z a-z 0-9 . _ -, not '.' or '..', no owner)",
+                )
+            elif item in seen:
+                self.problem(path, f"duplicate repository {item!r}")
+            else:
+                seen.add(item)
+                names.append(item)
+        return tuple(names)
+
+
+def check(policy: TrustPolicy, token: VerifiedToken, *, domain: str) -> Decision:
+    """Decide whether ``token`` satisfies ``policy``.
+
+    ``domain`` is the service's own audience, required in ``aud`` when the
+    policy names no audience. Rules run in a fixed order (issuer, subject,
+    audience, claims) and the first failure is the reason. Pure and total:
+    never raises.
+    """
+    for rule in (_check_issuer, _check_subject, _check_audience, _check_claims):
+        denial = rule(policy, token, domain)
+        if denial is not None:
+            return denial
+    return Decision.allow()
+
+
+def _check_issuer(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> Decision | None:
+    if policy.issuer is not None and token.issuer != policy.issuer:
+        return Decision.deny(
+            ISSUER_MISMATCH,
+            f"issuer {_show(token.issuer)} is not the policy's issuer {_show(policy.issuer)}",
+        )
+    if policy.issuer_pattern is not None and not policy.issuer_pattern.fullmatch(token.issuer):
+        return Decision.deny(
+            ISSUER_MISMATCH,
+            f"issuer {_show(token.issuer)} does not match issuer_pattern "
+            f"{_show(policy.issuer_pattern.source)}",
+        )
+    return None
+
+
+def _check_subject(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> Decision | None:
+    if policy.subject is not None and token.subject != policy.subject:
+        return Decision.deny(
+            SUBJECT_MISMATCH,
+            f"subject {_show(token.subject)} is not the policy's subject {_show(policy.subject)}",
+        )
+    if policy.subject_pattern is not None and not policy.subject_pattern.fullmatch(token.subject):
+        return Decision.deny(
+            SUBJECT_MISMATCH,
+            f"subject {_show(token.subject)} does not match subject_pattern "
+            f"{_show(policy.subject_pattern.source)}",
+        )
+    return None
+
+
+def _check_claims(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> Decision | None:
+    for name, pattern in policy.claim_pattern.items():
+        if name not in token.claims:
+            return Decision.deny(CLAIM_MISSING, f"claim {_show(name)} is not in the token")
+        value = token.claims[name]
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = value
+        else:
+            return Decision.deny(
+                CLAIM_NOT_STRING,
+                f"claim {_show(name)} is {_type_name(value)}, not a string or boolean",
+            )
+        if not pattern.fullmatch(text):
+            return Decision.deny(
+                CLAIM_MISMATCH,
+                f"claim {_show(name)} value {_show(text)} does not match {_show(pattern.source)}",
+            )
+    return None
+
+
+def _check_audience(policy: TrustPolicy, token: VerifiedToken, domain: str) -> Decision | None:
+    if policy.audience is not None:
+        if policy.audience not in token.audience:
+            return Decision.deny(
+                AUDIENCE_MISMATCH,
+                f"audience {_show(policy.audience)} is not among the token's "
+                f"{len(token.audience)} aud value(s)",
+            )
+    elif policy.audience_pattern is not None:
+        if not any(policy.audience_pattern.fullmatch(aud) for aud in token.audience):
+            return Decision.deny(
+                AUDIENCE_MISMATCH,
+                f"no aud value matches audience_pattern {_show(policy.audience_pattern.source)}",
+            )
+    elif not domain or domain not in token.audience:
+        return Decision.deny(
+            AUDIENCE_MISMATCH,
+            f"the policy names no audience, so aud must contain the service domain {_show(domain)}",
+        )
+    return None
+
+
+def _re2_message(exc: Exception) -> str:
+    arg = exc.args[0] if exc.args else ""
+    text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+    return _clip(text, 200)
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _clip(text: str, limit: int = _SHOWN) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _show(text: str) -> str:
+    return repr(_clip(text))
