@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from octosts.domain.ports import Clock
+import datetime as dt
+from collections.abc import Mapping, Sequence
+
+from octosts.domain.errors import NoInstallation, PolicyNotFound, TokenSignatureInvalid
+from octosts.domain.policy import TrustPolicy, compile_policy
+from octosts.domain.ports import (
+    Clock,
+    FileRead,
+    GitHubApp,
+    MintedToken,
+    PolicyLocation,
+    PolicySource,
+    TokenVerifier,
+)
+from octosts.domain.tokens import VerifiedToken
 
 
 class FakeClock:
@@ -17,3 +31,96 @@ class FakeClock:
 
 
 _: Clock = FakeClock()
+
+
+def verified(
+    sub: str = "repo:octo-org/demo:ref:refs/heads/main",
+    iss: str = "https://token.actions.githubusercontent.com",
+    aud: tuple[str, ...] = ("octo-sts.dev",),
+    **claims: object,
+) -> VerifiedToken:
+    payload: dict[str, object] = {"iss": iss, "sub": sub, "aud": list(aud), "exp": 2_000_000_000}
+    payload.update(claims)
+    return VerifiedToken(iss, sub, aud, 2_000_000_000.0, payload)
+
+
+class FakeVerifier:
+    """Maps raw bearer strings to tokens; anything else raises the given error."""
+
+    def __init__(self, tokens: Mapping[str, VerifiedToken], error: Exception | None = None) -> None:
+        self.tokens = dict(tokens)
+        self.error = error
+        self.calls = 0
+
+    async def verify(self, bearer: str) -> VerifiedToken:
+        self.calls += 1
+        if bearer in self.tokens:
+            return self.tokens[bearer]
+        raise self.error or TokenSignatureInvalid("unknown test token")
+
+
+class FakeGitHub:
+    def __init__(self, installations: Mapping[str, int]) -> None:
+        self.installations = dict(installations)
+        self.files: dict[tuple[str, str, str], bytes] = {}
+        self.minted: list[tuple[int, dict[str, str], tuple[str, ...]]] = []
+        self.reads = 0
+        self.fail_with: Exception | None = None
+
+    async def installation_id(self, owner: str) -> int:
+        if owner not in self.installations:
+            raise NoInstallation(f"no installation for {owner}")
+        return self.installations[owner]
+
+    async def read_file(
+        self, installation_id: int, owner: str, repo: str, path: str, etag: str | None = None
+    ) -> FileRead:
+        self.reads += 1
+        if self.fail_with is not None:
+            raise self.fail_with
+        content = self.files.get((owner, repo, path))
+        if content is None:
+            raise PolicyNotFound("404")
+        tag = f'"{hash(content)}"'
+        if etag == tag:
+            return FileRead(None, tag)
+        return FileRead(content, tag)
+
+    async def mint(
+        self, installation_id: int, permissions: Mapping[str, str], repositories: Sequence[str]
+    ) -> MintedToken:
+        self.minted.append((installation_id, dict(permissions), tuple(repositories)))
+        return MintedToken(
+            token=f"ghs_fake{len(self.minted)}",
+            expires_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+            permissions=dict(permissions),
+            repositories=tuple(repositories),
+        )
+
+
+class FakePolicies:
+    def __init__(self, policies: Mapping[tuple[str, str, str], TrustPolicy]) -> None:
+        self.policies = dict(policies)
+        self.asked: list[PolicyLocation] = []
+
+    async def trust_policy(self, installation_id: int, location: PolicyLocation) -> TrustPolicy:
+        self.asked.append(location)
+        key = (location.owner, location.repo, location.path)
+        if key not in self.policies:
+            raise PolicyNotFound("no such policy")
+        return self.policies[key]
+
+
+def policy(kind: str = "repo", **fields: object) -> TrustPolicy:
+    data: dict[str, object] = {
+        "issuer": "https://token.actions.githubusercontent.com",
+        "subject": "repo:octo-org/demo:ref:refs/heads/main",
+        "permissions": {"contents": "read"},
+    }
+    data.update(fields)
+    return compile_policy(data, kind=kind)  # type: ignore[arg-type]
+
+
+_v: TokenVerifier = FakeVerifier({})
+_g: GitHubApp = FakeGitHub({})
+_p: PolicySource = FakePolicies({})

@@ -1,0 +1,175 @@
+"""The exchange use case: OIDC token + scope + identity -> GitHub token.
+
+One exchange, as data::
+
+    bearer -> VerifiedToken -> (Scope, identity) -> installation -> TrustPolicy
+           -> Decision -> MintedToken -> ExchangeResult (+ audit event upstream)
+
+This module only orchestrates; every step is one call on a port or a pure
+function, so each can be tested and observed on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from octosts.domain.errors import InvalidRequest, PolicyDenied
+from octosts.domain.names import Scope, check_identity, parse_scope
+from octosts.domain.policy import check
+from octosts.domain.ports import PolicyLocation
+
+if TYPE_CHECKING:
+    from octosts.domain.policy import TrustPolicy
+    from octosts.domain.ports import (
+        GitHubApp,
+        MintedToken,
+        PolicySource,
+        StageObserver,
+        TokenVerifier,
+    )
+    from octosts.domain.tokens import VerifiedToken
+
+POLICY_DIR = ".github/chainguard"
+MAX_AUDIENCE_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRequest:
+    bearer: str
+    scope: str
+    identity: str
+    audience: str | None = None
+
+    def __repr__(self) -> str:  # the bearer token never reaches a log line
+        return f"ExchangeRequest(scope={self.scope!r}, identity={self.identity!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeResult:
+    token: MintedToken
+    caller: VerifiedToken
+    scope: Scope
+    identity: str
+    installation_id: int
+    policy: TrustPolicy
+    matched_claims: Mapping[str, str]
+
+
+@dataclass(slots=True)
+class ExchangeAttempt:
+    """What an exchange learned so far; filled in as it goes, for the audit event.
+
+    Mutable on purpose: when an exchange fails half-way, the audit event still
+    names the verified caller and the installation.
+    """
+
+    caller: VerifiedToken | None = None
+    installation_id: int | None = None
+    location: PolicyLocation | None = None
+    matched_claims: dict[str, str] = field(default_factory=dict)
+    result: ExchangeResult | None = None
+
+
+def policy_location(scope: Scope, identity: str, org_policy_repo: str) -> PolicyLocation:
+    """Where the trust policy for (scope, identity) lives.
+
+    ``owner`` and ``owner/<org policy repo>`` read the org policy; any other
+    ``owner/repo`` reads that repository's own policy.
+    """
+    path = f"{POLICY_DIR}/{identity}.sts.yaml"
+    if scope.repo is None or scope.repo == org_policy_repo:
+        return PolicyLocation(scope.owner, org_policy_repo, path, "org")
+    return PolicyLocation(scope.owner, scope.repo, path, "repo")
+
+
+def token_repositories(location: PolicyLocation, policy: TrustPolicy) -> tuple[str, ...]:
+    """Repositories the minted token is restricted to (empty: the installation's)."""
+    if location.kind == "repo":
+        return (location.repo,)
+    return tuple(policy.repositories or ())
+
+
+class Exchanger:
+    """Runs exchanges against injected ports. Holds no per-request state."""
+
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        github: GitHubApp,
+        policies: PolicySource,
+        observer: StageObserver,
+        domain: str,
+        org_policy_repo: str = ".github",
+    ) -> None:
+        self._verifier = verifier
+        self._github = github
+        self._policies = policies
+        self._observer = observer
+        self._domain = domain
+        self._org_policy_repo = org_policy_repo
+
+    async def exchange(
+        self, request: ExchangeRequest, attempt: ExchangeAttempt | None = None
+    ) -> ExchangeResult:
+        """Exchange an OIDC token for a GitHub installation token.
+
+        Raises InvalidRequest (bad scope/identity/audience), AuthenticationError
+        (token not trusted), PermissionDenied family (NoInstallation,
+        PolicyNotFound, PolicyInvalid, PolicyDenied, MintRejected), RateLimited,
+        UpstreamUnavailable.
+        """
+        attempt = attempt if attempt is not None else ExchangeAttempt()
+        scope = parse_scope(request.scope)
+        identity = check_identity(request.identity)
+        _check_requested_audience(request.audience)
+        caller = attempt.caller = await self._verifier.verify(request.bearer)
+        if request.audience is not None and request.audience not in caller.audience:
+            raise PolicyDenied(
+                "the token's audience does not include the requested audience",
+                reason="audience_mismatch",
+            )
+        location = attempt.location = policy_location(scope, identity, self._org_policy_repo)
+        installation_id = await self._github.installation_id(scope.owner)
+        attempt.installation_id = installation_id
+        policy = await self._policies.trust_policy(installation_id, location)
+        with self._observer.stage("policy_match") as stage:
+            decision = check(policy, caller, domain=self._domain)
+            stage.annotate("reason", decision.reason)
+        attempt.matched_claims = _matched_claims(policy, caller)
+        if not decision.allowed:
+            raise PolicyDenied(decision.detail, reason=decision.reason)
+        minted = await self._github.mint(
+            installation_id, policy.permissions, token_repositories(location, policy)
+        )
+        attempt.result = ExchangeResult(
+            token=minted,
+            caller=caller,
+            scope=scope,
+            identity=identity,
+            installation_id=installation_id,
+            policy=policy,
+            matched_claims=attempt.matched_claims,
+        )
+        return attempt.result
+
+
+def _check_requested_audience(audience: str | None) -> None:
+    if audience is None:
+        return
+    if not audience or len(audience) > MAX_AUDIENCE_LENGTH or not audience.isprintable():
+        raise InvalidRequest("audience must be 1-255 printable characters")
+
+
+def _matched_claims(policy: TrustPolicy, caller: VerifiedToken) -> dict[str, str]:
+    """The claims the policy looked at, for the audit event (never the token)."""
+    matched = {"iss": caller.issuer, "sub": caller.subject}
+    for name in policy.claim_pattern:
+        value = caller.claims.get(name)
+        if isinstance(value, bool):
+            matched[name] = "true" if value else "false"
+        elif isinstance(value, str):
+            matched[name] = value
+    return matched

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import pytest
+
+from octosts.domain.errors import (
+    InvalidRequest,
+    NoInstallation,
+    PolicyDenied,
+    PolicyNotFound,
+    TokenSignatureInvalid,
+)
+from octosts.domain.exchange import ExchangeAttempt, Exchanger, ExchangeRequest
+from octosts.domain.ports import NullObserver
+from tests.fakes import FakeGitHub, FakePolicies, FakeVerifier, policy, verified
+
+REPO_PATH = ".github/chainguard/ci.sts.yaml"
+
+
+def make(policies: dict, tokens: dict | None = None) -> tuple[Exchanger, FakeGitHub, FakePolicies]:
+    github = FakeGitHub({"octo-org": 7})
+    source = FakePolicies(policies)
+    exchanger = Exchanger(
+        verifier=FakeVerifier(tokens if tokens is not None else {"good": verified()}),
+        github=github,
+        policies=source,
+        observer=NullObserver(),
+        domain="octo-sts.dev",
+    )
+    return exchanger, github, source
+
+
+async def test_repo_scope_mints_token_restricted_to_the_repo() -> None:
+    exchanger, github, source = make({("octo-org", "demo", REPO_PATH): policy()})
+    attempt = ExchangeAttempt()
+    result = await exchanger.exchange(ExchangeRequest("good", "octo-org/demo", "ci"), attempt)
+    assert result.token.token == "ghs_fake1"
+    assert github.minted == [(7, {"contents": "read"}, ("demo",))]
+    assert source.asked[0].kind == "repo"
+    assert attempt.installation_id == 7
+    assert attempt.matched_claims["sub"] == "repo:octo-org/demo:ref:refs/heads/main"
+
+
+@pytest.mark.parametrize("scope", ["octo-org", "octo-org/.github"])
+async def test_org_scope_reads_org_policy_and_its_repositories(scope: str) -> None:
+    org = policy(kind="org", repositories=["demo", "infra"])
+    exchanger, github, source = make({("octo-org", ".github", REPO_PATH): org})
+    await exchanger.exchange(ExchangeRequest("good", scope, "ci"))
+    assert source.asked[0].kind == "org"
+    assert github.minted[0][2] == ("demo", "infra")
+
+
+async def test_org_policy_without_repositories_covers_the_installation() -> None:
+    exchanger, github, _ = make({("octo-org", ".github", REPO_PATH): policy(kind="org")})
+    await exchanger.exchange(ExchangeRequest("good", "octo-org", "ci"))
+    assert github.minted[0][2] == ()
+
+
+async def test_policy_mismatch_is_denied_with_reason_and_nothing_minted() -> None:
+    exchanger, github, _ = make(
+        {("octo-org", "demo", REPO_PATH): policy(subject="repo:octo-org/demo:ref:refs/heads/prod")}
+    )
+    attempt = ExchangeAttempt()
+    with pytest.raises(PolicyDenied) as info:
+        await exchanger.exchange(ExchangeRequest("good", "octo-org/demo", "ci"), attempt)
+    assert info.value.reason == "subject_mismatch"
+    assert github.minted == []
+    assert attempt.caller is not None
+
+
+@pytest.mark.parametrize(
+    ("scope", "identity"),
+    [("", "ci"), ("a/b/c", "ci"), ("octo-org/demo", "../x"), ("octo-org/demo", ""), ("-x", "ci")],
+)
+async def test_bad_request_fields_fail_before_the_token_is_verified(
+    scope: str, identity: str
+) -> None:
+    exchanger, _, _ = make({})
+    # "forged" would fail verification: InvalidRequest proves the fields were checked first.
+    with pytest.raises(InvalidRequest):
+        await exchanger.exchange(ExchangeRequest("forged", scope, identity))
+
+
+async def test_untrusted_token_is_rejected_before_github_is_asked() -> None:
+    exchanger, github, source = make({("octo-org", "demo", REPO_PATH): policy()})
+    with pytest.raises(TokenSignatureInvalid):
+        await exchanger.exchange(ExchangeRequest("forged", "octo-org/demo", "ci"))
+    assert source.asked == []
+    assert github.minted == []
+
+
+async def test_missing_installation_and_policy_are_permission_denied() -> None:
+    exchanger, _, _ = make({})
+    with pytest.raises(NoInstallation):
+        await exchanger.exchange(ExchangeRequest("good", "other-org/demo", "ci"))
+    with pytest.raises(PolicyNotFound):
+        await exchanger.exchange(ExchangeRequest("good", "octo-org/demo", "ci"))
+
+
+async def test_requested_audience_must_be_in_token() -> None:
+    exchanger, _, _ = make({("octo-org", "demo", REPO_PATH): policy()})
+    with pytest.raises(PolicyDenied) as info:
+        await exchanger.exchange(
+            ExchangeRequest("good", "octo-org/demo", "ci", audience="someone-else")
+        )
+    assert info.value.reason == "audience_mismatch"
+    result = await exchanger.exchange(
+        ExchangeRequest("good", "octo-org/demo", "ci", audience="octo-sts.dev")
+    )
+    assert result.identity == "ci"
+
+
+def test_request_repr_hides_the_bearer() -> None:
+    assert "s3cret" not in repr(ExchangeRequest("s3cret.token", "o/r", "ci"))

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from octosts.domain import errors
+from octosts.transport.errors import failure, status_code
+from octosts.transport.metadata import bearer_token, request_id, user_agent
+
+C = grpc.StatusCode
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.InvalidRequest("bad scope"), C.INVALID_ARGUMENT),
+        (errors.TokenMalformed("x"), C.UNAUTHENTICATED),
+        (errors.TokenExpired("x"), C.UNAUTHENTICATED),
+        (errors.IssuerRejected("x"), C.UNAUTHENTICATED),
+        (errors.TokenSignatureInvalid("x"), C.UNAUTHENTICATED),
+        (errors.TokenClaimsInvalid("x"), C.UNAUTHENTICATED),
+        (errors.NoInstallation("x"), C.PERMISSION_DENIED),
+        (errors.PolicyNotFound("x"), C.PERMISSION_DENIED),
+        (errors.PolicyInvalid("x"), C.PERMISSION_DENIED),
+        (errors.PolicyDenied("x"), C.PERMISSION_DENIED),
+        (errors.MintRejected("x"), C.PERMISSION_DENIED),
+        (errors.RateLimited("x"), C.RESOURCE_EXHAUSTED),
+        (errors.IssuerUnavailable("x"), C.UNAVAILABLE),
+        (errors.GitHubUnavailable("x"), C.UNAVAILABLE),
+        (errors.StsError("x"), C.INTERNAL),
+        (RuntimeError("boom"), C.INTERNAL),
+    ],
+)
+def test_every_error_family_has_one_status(exc: BaseException, code: grpc.StatusCode) -> None:
+    assert status_code(exc) == code
+    assert failure(exc, "rid").code == code
+
+
+def test_permission_denied_hides_reason_and_detail_unless_verbose() -> None:
+    exc = errors.PolicyDenied("subject_pattern 'repo:x:.*' no match", reason="subject_mismatch")
+    quiet = failure(exc, "req-1")
+    assert quiet.reason == "subject_mismatch"  # for logs and audit
+    assert "subject_mismatch" not in quiet.message
+    assert "repo:x" not in quiet.message
+    assert "permission_denied" in quiet.message
+    assert "req-1" in quiet.message
+    loud = failure(exc, "req-1", verbose=True)
+    assert "subject_mismatch" in loud.message
+    assert "repo:x" in loud.message
+
+
+def test_not_found_and_mismatch_read_the_same_to_callers() -> None:
+    a = failure(errors.PolicyNotFound("no policy at o/r/p"), "r").message
+    b = failure(errors.PolicyDenied("nope", reason="issuer_mismatch"), "r").message
+    assert a == b
+
+
+def test_authentication_detail_is_shown_and_foreign_errors_are_generic() -> None:
+    shown = failure(errors.TokenExpired("token expired at 12:00"), "r").message
+    assert "token expired at 12:00" in shown
+    assert "token_expired" in shown
+    hidden = failure(RuntimeError("secret internals"), "r")
+    assert "secret internals" not in hidden.message
+    assert hidden.reason == "internal"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "token"),
+    [
+        ((("authorization", "Bearer abc"),), "abc"),
+        ((("authorization", "bearer abc"),), "abc"),
+        ((("Authorization", "BEARER  abc "),), "abc"),
+    ],
+)
+def test_bearer_token_accepts_case_insensitive_scheme(metadata: tuple, token: str) -> None:
+    assert bearer_token(metadata) == token
+
+
+@pytest.mark.parametrize(
+    ("metadata", "error", "reason"),
+    [
+        ((), errors.TokenMalformed, "token_missing"),
+        ((("authorization", "Basic abc"),), errors.TokenMalformed, "token_missing"),
+        ((("authorization", "Bearer "),), errors.TokenMalformed, "token_missing"),
+        ((("authorization", "Bearer " + "a" * 20_000),), errors.TokenMalformed, "token_too_large"),
+        (
+            (("authorization", "Bearer a"), ("authorization", "Bearer b")),
+            errors.InvalidRequest,
+            "invalid_request",
+        ),
+    ],
+)
+def test_bad_authorization_metadata(metadata: tuple, error: type, reason: str) -> None:
+    with pytest.raises(error) as info:
+        bearer_token(metadata)
+    assert info.value.reason == reason
+
+
+def test_request_id_is_kept_when_well_formed_and_replaced_otherwise() -> None:
+    assert request_id((("x-request-id", "abc-123"),)) == "abc-123"
+    fresh = request_id((("x-request-id", "bad id\n<script>"),))
+    assert len(fresh) == 32
+    assert fresh != request_id(())
+    assert user_agent((("user-agent", "x" * 500),)) == "x" * 200
