@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
@@ -76,6 +77,7 @@ class FakeGitHub:
         self, installation_id: int, owner: str, repo: str, path: str, etag: str | None = None
     ) -> FileRead:
         self.reads += 1
+        await asyncio.sleep(0)  # yield like real I/O, so concurrent callers interleave
         if self.fail_with is not None:
             raise self.fail_with
         content = self.files.get((owner, repo, path))
