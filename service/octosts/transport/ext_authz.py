@@ -1,0 +1,247 @@
+"""Envoy's external authorization service (``envoy.service.auth.v3.Authorization/Check``).
+
+Envoy calls Check before forwarding a request. Which check runs is chosen per
+route by Envoy's ``context_extensions`` (``mode``), so new routes can reuse
+this service without code changes:
+
+``mode: verify``
+    Exactly one ``authorization: Bearer <jwt>`` header (scheme case-insensitive),
+    verified by the TokenVerifier (signature, expiry, issuer rules; not the trust
+    policy, which needs the scope). Allowed requests get ``x-octo-sts-issuer`` /
+    ``x-octo-sts-subject`` set and every other client-supplied ``x-octo-sts-*``
+    header removed.
+
+Outcomes (a denial is a *successful* Check carrying a DeniedHttpResponse;
+only internal faults are RPC errors, which Envoy turns into 503 through
+``status_on_error``):
+
+=========================================  ======  =============================
+token missing / malformed / not trusted    401     ``www-authenticate: Bearer``
+issuer unreachable (IssuerUnavailable...)  503     the token may well be valid: retry
+unknown or missing ``mode``                403     an Envoy config error; fail closed
+verifier bug (anything else)               RPC     INTERNAL -> Envoy answers 503
+=========================================  ======  =============================
+
+Denial bodies are JSON ``{"code": <gRPC code number>, "message": "<generic
+text> (<reason>)", "request_id": "<x-request-id>"}``, the same shape as the
+JSON gateway's error bodies plus the request id. They never contain the token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from octosts.domain.errors import (
+    AuthenticationError,
+    StsError,
+    TokenClaimsInvalid,
+    TokenMalformed,
+    UpstreamUnavailable,
+)
+from octosts.domain.ports import TokenVerifier
+from octosts.domain.tokens import VerifiedToken
+
+HEADER_PREFIX = "x-octo-sts-"
+ISSUER_HEADER = "x-octo-sts-issuer"
+SUBJECT_HEADER = "x-octo-sts-subject"
+MODE_VERIFY = "verify"
+
+# RFC 6750 b64token; a JWT uses a subset. Rejecting anything else up front keeps
+# commas (several joined Authorization headers) and whitespace out of the verifier.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9\-_.:]{1,128}")
+# Header values Envoy accepts and a reader can trust: printable ASCII, no controls.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,2048}")
+
+_log = structlog.get_logger("octosts.ext_authz")
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzOptions:
+    max_token_bytes: int = 16 * 1024  # same order as Envoy's default header limits
+
+
+@dataclass(frozen=True, slots=True)
+class _Denial:
+    http_status: int
+    grpc_code: int
+    reason: str
+    message: str
+    www_authenticate: str | None = None
+
+
+def bearer_from_headers(values: Sequence[str], *, max_bytes: int = 16 * 1024) -> str:
+    """The raw token from the ``authorization`` header value(s) of one request.
+
+    Raises AuthenticationError (reason ``missing_token``) when there is none and
+    TokenMalformed when there are several, the scheme is not Bearer, or the token
+    is oversized or not a b64token. Messages never contain the token.
+    """
+    if not values:
+        raise AuthenticationError("no authorization header", reason="missing_token")
+    if len(values) > 1:
+        raise TokenMalformed("more than one authorization header", reason="invalid_authorization")
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise TokenMalformed("authorization scheme is not Bearer", reason="invalid_authorization")
+    token = token.strip()
+    if not token:
+        raise AuthenticationError("empty bearer token", reason="missing_token")
+    if len(token) > max_bytes:
+        raise TokenMalformed(f"bearer token longer than {max_bytes} bytes")
+    if not _B64TOKEN.fullmatch(token):
+        raise TokenMalformed("bearer token has characters a JWT cannot have")
+    return token
+
+
+def _request_headers(http: Any) -> dict[str, list[str]]:
+    """Lower-cased header name -> values, from ``headers`` (Envoy 1.40) or ``header_map``."""
+    out: dict[str, list[str]] = {}
+    if http.headers:
+        for key, value in http.headers.items():
+            # Envoy joins repeated headers with ","; the b64token check rejects that for tokens.
+            out.setdefault(key.lower(), []).append(value)
+        return out
+    for header in http.header_map.headers:
+        value = header.value or header.raw_value.decode("utf-8", errors="replace")
+        out.setdefault(header.key.lower(), []).append(value)
+    return out
+
+
+def _header(key: str, value: str) -> Any:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _denied(denial: _Denial, request_id: str) -> Any:
+    body = json.dumps(
+        {
+            "code": denial.grpc_code,
+            "message": f"{denial.message} ({denial.reason})",
+            "request_id": request_id,
+        }
+    )
+    headers = [_header("content-type", "application/json")]
+    if denial.www_authenticate is not None:
+        headers.append(_header("www-authenticate", denial.www_authenticate))
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=denial.grpc_code, message=denial.reason),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=denial.http_status),
+            headers=headers,
+            body=body,
+        ),
+    )
+
+
+def _allowed(verified: VerifiedToken, headers: Mapping[str, list[str]]) -> Any:
+    injected = (ISSUER_HEADER, SUBJECT_HEADER)
+    # The injected names are overwritten, not removed: Envoy removes after it sets.
+    spoofed = sorted(k for k in headers if k.startswith(HEADER_PREFIX) and k not in injected)
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=external_auth_pb2.OkHttpResponse(
+            headers=[
+                _header(ISSUER_HEADER, verified.issuer),
+                _header(SUBJECT_HEADER, verified.subject),
+            ],
+            headers_to_remove=spoofed,
+        ),
+    )
+
+
+def _denial_for(exc: StsError) -> _Denial | None:
+    if isinstance(exc, AuthenticationError):
+        missing = exc.reason == "missing_token"
+        return _Denial(
+            http_status=401,
+            grpc_code=code_pb2.UNAUTHENTICATED,
+            reason=exc.reason,
+            message="missing bearer token" if missing else "invalid bearer token",
+            # RFC 6750 section 3: no error code when the request carried no token.
+            www_authenticate="Bearer" if missing else 'Bearer error="invalid_token"',
+        )
+    if isinstance(exc, UpstreamUnavailable):
+        return _Denial(
+            http_status=503,
+            grpc_code=code_pb2.UNAVAILABLE,
+            reason=exc.reason,
+            message="cannot verify the token right now, retry later",
+        )
+    return None
+
+
+class AuthorizationServicer:
+    """``envoy.service.auth.v3.Authorization`` backed by a TokenVerifier.
+
+    Check never raises for a request it can judge (see the module docstring);
+    a verifier failing with anything but AuthenticationError or
+    UpstreamUnavailable aborts the RPC with INTERNAL.
+    """
+
+    def __init__(self, verifier: TokenVerifier, options: ExtAuthzOptions | None = None) -> None:
+        self._verifier = verifier
+        self._options = options or ExtAuthzOptions()
+        self._modes: dict[str, Callable[[dict[str, list[str]]], Awaitable[Any]]] = {
+            MODE_VERIFY: self._verify
+        }
+
+    async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802  (gRPC method name)
+        http = request.attributes.request.http
+        headers = _request_headers(http)
+        request_id = next(iter(headers.get("x-request-id", [])), "")
+        if not _REQUEST_ID.fullmatch(request_id):
+            request_id = ""
+        mode = request.attributes.context_extensions.get("mode", "")
+        handler = self._modes.get(mode)
+        log = _log.bind(request_id=request_id, authz_mode=mode)
+        if handler is None:
+            log.warning("ext_authz.unknown_mode")
+            forbidden = _Denial(403, code_pb2.PERMISSION_DENIED, "unknown_authz_mode", "forbidden")
+            return _denied(forbidden, request_id)
+        try:
+            return await handler(headers)
+        except StsError as exc:
+            denial = _denial_for(exc)
+            if denial is None:
+                log.error("ext_authz.fault", error=type(exc).__name__, reason=exc.reason)  # noqa: TRY400
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                raise  # abort raises; this keeps type checkers and readers sure
+            log.info("ext_authz.denied", reason=exc.reason, status=denial.http_status)
+            return _denied(denial, request_id)
+        except Exception as exc:
+            # Only the type: a buggy verifier's message could quote the token.
+            # No traceback either (TRY400): its frames' locals and messages are not ours to log.
+            log.error("ext_authz.fault", error=type(exc).__name__)  # noqa: TRY400
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise
+
+    async def _verify(self, headers: dict[str, list[str]]) -> Any:
+        token = bearer_from_headers(
+            headers.get("authorization", []), max_bytes=self._options.max_token_bytes
+        )
+        verified = await self._verifier.verify(token)
+        for value in (verified.issuer, verified.subject):
+            if not _HEADER_VALUE.fullmatch(value):
+                raise TokenClaimsInvalid(
+                    "iss/sub cannot be passed on as a header", reason="token_claims_invalid"
+                )
+        return _allowed(verified, headers)
+
+
+def add_to_server(server: Any, servicer: AuthorizationServicer) -> None:
+    """Register the servicer on a ``grpc.aio.Server`` (or ``grpc.Server``)."""
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, server)
