@@ -114,6 +114,6 @@ async def test_org_policy_with_repositories_parses_as_org() -> None:
     org = PolicyLocation("octo-org", ".github", ".github/chainguard/ci.sts.yaml", "org")
     github.files[("octo-org", ".github", org.path)] = GOOD + b"repositories: [demo]\n"
     assert (await store.trust_policy(7, org)).repositories == ("demo",)
+    github.files[KEY] = GOOD + b"repositories: [demo]\n"
     with pytest.raises(PolicyInvalid):
-        github.files[KEY] = GOOD + b"repositories: [demo]\n"
         await store.trust_policy(7, LOC)
