@@ -1,0 +1,331 @@
+"""Prometheus metrics of Octo STS, on a registry the caller owns.
+
+Every metric lives on the ``CollectorRegistry`` given to ``Metrics`` (never the
+global ``REGISTRY``: tests would leak into each other). Label values are
+bounded: each label admits a fixed number of distinct values and folds the
+rest into ``"other"``, so a bug that passes a subject or scope as a label
+cannot blow up the time-series count. Nothing that identifies a caller
+(subject, scope, token) is ever a label.
+
+Several worker processes
+------------------------
+prometheus-client's multi-process mode is chosen when ``prometheus_client`` is
+first imported, from ``PROMETHEUS_MULTIPROC_DIR``. So the process that starts
+the workers must, BEFORE any worker imports ``prometheus_client``:
+
+1. ``run_dir = prepare_multiprocess_dir()`` (a fresh per-run directory, set in
+   ``os.environ`` so the workers inherit it);
+2. start the workers (each builds its own ``Metrics(CollectorRegistry())``;
+   values go to per-process files in ``run_dir``);
+3. serve ``/metrics`` once, from the parent, with
+   ``start_metrics_server(exposition_registry(run_dir), host, port)`` which
+   aggregates all workers' files;
+4. call ``mark_worker_dead(pid, run_dir)`` when a worker exits and remove the
+   directory at shutdown (``shutil.rmtree``).
+
+``Metrics`` refuses to start (``MetricsSetupError``) when the environment asks
+for multi-process mode but ``prometheus_client`` was imported before it was set,
+because the values would silently stay in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client import values as _prom_values
+
+from octosts.domain import errors
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+    from wsgiref.simple_server import WSGIServer
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Sub-millisecond (cache hits, policy matching) up to GitHub/issuer round trips
+# bounded by their timeouts.
+STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+OTHER = "other"
+_LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.:/-]")
+_MAX_LABEL_LEN = 64
+
+
+class MetricsSetupError(RuntimeError):
+    """Multi-process metrics were asked for too late (see the module docstring)."""
+
+
+class _BoundedLabel:
+    """Admits at most ``limit`` distinct values; later newcomers become ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | int) -> str:
+        text = _LABEL_SAFE.sub("_", str(value))[:_MAX_LABEL_LEN] or "none"
+        if text in self._seen:
+            return text
+        with self._lock:
+            if len(self._seen) >= self._limit:
+                return OTHER
+            self._seen.add(text)
+        return text
+
+
+def _all_reasons() -> frozenset[str]:
+    reasons: set[str] = set()
+    todo: list[type[errors.StsError]] = [errors.StsError]
+    while todo:
+        cls = todo.pop()
+        reasons.add(cls.reason)
+        todo.extend(cls.__subclasses__())
+    return frozenset(reasons)
+
+
+def error_family(exc: BaseException) -> str:
+    """The stable family of an error: the ``reason`` of its top-level StsError branch.
+
+    ``unauthenticated``, ``permission_denied``, ``invalid_request``,
+    ``rate_limited``, ``upstream_unavailable``, ``internal`` (a bare StsError),
+    or ``error`` for anything that is not an StsError.
+    """
+    if not isinstance(exc, errors.StsError):
+        return "error"
+    for cls in type(exc).__mro__:
+        if errors.StsError in cls.__bases__:
+            return str(cls.__dict__.get("reason", errors.StsError.reason))
+    return errors.StsError.reason
+
+
+def exchange_outcome(exc: BaseException | None) -> tuple[str, str]:
+    """``(result, reason)`` labels for one exchange or Check.
+
+    ``result`` is ``ok``, ``denied`` (the caller's fault: bad request, token or
+    policy) or ``error`` (ours or upstream: what the error-rate alert watches).
+    """
+    if exc is None:
+        return "ok", "ok"
+    caller_faults = errors.InvalidRequest | errors.AuthenticationError | errors.PermissionDenied
+    if isinstance(exc, caller_faults):
+        return "denied", exc.reason
+    if isinstance(exc, errors.StsError):
+        return "error", exc.reason
+    return "error", "internal"
+
+
+class Metrics:
+    """All Octo STS metrics, registered on ``registry``.
+
+    Raises MetricsSetupError when ``PROMETHEUS_MULTIPROC_DIR`` is set but
+    prometheus_client was imported before it (values would stay per-process).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        if os.environ.get(MULTIPROC_ENV) and not multiprocess_active():
+            raise MetricsSetupError(
+                f"{MULTIPROC_ENV} was set after prometheus_client was imported; "
+                "set it before starting the worker processes"
+            )
+        self.registry = registry
+        known_reasons = len(_all_reasons()) + 16
+        self._reason = _BoundedLabel(known_reasons)
+        self._authz_reason = _BoundedLabel(known_reasons)
+        self._stage = _BoundedLabel(32)
+        self._cache = _BoundedLabel(16)
+        self._endpoint = _BoundedLabel(16)
+        self._installation = _BoundedLabel(1000)
+        self._rpc = _BoundedLabel(64)
+
+        self.exchanges = Counter(
+            "octo_sts_exchanges",
+            "Token exchanges (Exchange and Check), by result and reason.",
+            ["result", "reason"],
+            registry=registry,
+        )
+        self.stage_duration = Histogram(
+            "octo_sts_stage_duration_seconds",
+            "Time spent in each validation stage, by outcome.",
+            ["stage", "outcome"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.cache_requests = Counter(
+            "octo_sts_cache_requests",
+            "Cache look-ups by cache and result (hit, miss, stale, ...).",
+            ["cache", "result"],
+            registry=registry,
+        )
+        self.github_requests = Counter(
+            "octo_sts_github_requests",
+            "GitHub API requests by endpoint and HTTP status (or 'error').",
+            ["endpoint", "status"],
+            registry=registry,
+        )
+        self.github_request_duration = Histogram(
+            "octo_sts_github_request_duration_seconds",
+            "GitHub API request latency by endpoint.",
+            ["endpoint"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.github_rate_limit_remaining = Gauge(
+            "octo_sts_github_rate_limit_remaining",
+            "Last x-ratelimit-remaining seen per installation.",
+            ["installation"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.ext_authz_decisions = Counter(
+            "octo_sts_ext_authz_decisions",
+            "ext_authz Check decisions (allow/deny) by reason.",
+            ["decision", "reason"],
+            registry=registry,
+        )
+        self.audit_events_dropped = Counter(
+            "octo_sts_audit_events_dropped",
+            "Audit CloudEvents not delivered (queue full, sink failure, shutdown).",
+            ["reason"],
+            registry=registry,
+        )
+        self.grpc_handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, regardless of success or failure.",
+            ["grpc_service", "grpc_method", "grpc_code"],
+            registry=registry,
+        )
+        self.grpc_handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency of RPCs handled by the server.",
+            ["grpc_service", "grpc_method"],
+            buckets=RPC_BUCKETS,
+            registry=registry,
+        )
+
+    # Recording helpers: they bound label values so callers cannot forget to.
+
+    def exchange(self, result: str, reason: str) -> None:
+        self.exchanges.labels(result=result, reason=self._reason(reason)).inc()
+
+    def stage(self, stage: str, outcome: str, seconds: float) -> None:
+        self.stage_duration.labels(stage=self._stage(stage), outcome=outcome).observe(seconds)
+
+    def cache_request(self, cache: str, result: str) -> None:
+        self.cache_requests.labels(cache=self._cache(cache), result=self._cache(result)).inc()
+
+    def github_request(self, endpoint: str, status: int | str, seconds: float) -> None:
+        endpoint = self._endpoint(endpoint)
+        self.github_requests.labels(endpoint=endpoint, status=_status_label(status)).inc()
+        self.github_request_duration.labels(endpoint=endpoint).observe(seconds)
+
+    def rate_limit_remaining(self, installation: int | str, remaining: float) -> None:
+        label = self._installation(installation)
+        self.github_rate_limit_remaining.labels(installation=label).set(remaining)
+
+    def ext_authz_decision(self, decision: str, reason: str) -> None:
+        self.ext_authz_decisions.labels(decision=decision, reason=self._authz_reason(reason)).inc()
+
+    def audit_dropped(self, reason: str) -> None:
+        self.audit_events_dropped.labels(reason=reason).inc()
+
+    def grpc(self, service: str, method: str, code: str, seconds: float) -> None:
+        service, method = self._rpc(service), self._rpc(method)
+        self.grpc_handled.labels(grpc_service=service, grpc_method=method, grpc_code=code).inc()
+        self.grpc_handling_seconds.labels(grpc_service=service, grpc_method=method).observe(seconds)
+
+
+def _status_label(status: int | str) -> str:
+    if isinstance(status, int) and 100 <= status <= 599:
+        return str(status)
+    return "error"
+
+
+def multiprocess_active() -> bool:
+    """Whether prometheus_client writes values to the multi-process directory."""
+    return bool(getattr(_prom_values.ValueClass, "_multiprocess", False))
+
+
+def prepare_multiprocess_dir(
+    environ: MutableMapping[str, str] | None = None, base: str | None = None
+) -> Path:
+    """Create a fresh per-run directory and export it as ``PROMETHEUS_MULTIPROC_DIR``.
+
+    Call in the parent before starting workers. ``environ`` defaults to
+    ``os.environ`` (which the workers inherit); a fresh directory per run means
+    files of an earlier run never add to this run's counters.
+    """
+    target = os.environ if environ is None else environ
+    run_dir = Path(tempfile.mkdtemp(prefix="octo-sts-metrics-", dir=base))
+    target[MULTIPROC_ENV] = str(run_dir)
+    return run_dir
+
+
+def exposition_registry(multiproc_dir: str | os.PathLike[str]) -> CollectorRegistry:
+    """A registry that aggregates every worker's values from ``multiproc_dir``."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def mark_worker_dead(pid: int, multiproc_dir: str | os.PathLike[str]) -> None:
+    """Drop a dead worker's live gauges (its counters keep counting in the totals)."""
+    multiprocess.mark_process_dead(pid, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
+
+
+@dataclass(slots=True)
+class MetricsServer:
+    """A running ``/metrics`` HTTP server; ``close()`` stops it and joins its thread."""
+
+    host: str
+    port: int
+    _httpd: WSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+    """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread.
+
+    ``port`` 0 picks a free port (read it back from ``.port``). Raises OSError
+    when the address cannot be bound.
+    """
+    httpd, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(host=host, port=int(httpd.server_port), _httpd=httpd, _thread=thread)

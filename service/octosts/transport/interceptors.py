@@ -1,0 +1,181 @@
+"""gRPC server interceptor: request id, logging context, RPC span and RPC metrics.
+
+``ObservabilityInterceptor`` wraps every unary-unary handler (Exchange, Check,
+health Check) so that, around the servicer method:
+
+- the request id is taken from ``x-request-id`` metadata (Envoy sets one) when
+  it is well-formed, else a new one is generated; it is sent back as
+  ``x-request-id`` initial metadata, bound to structlog's contextvars with the
+  rpc name, and readable with ``current_request_id()``;
+- the W3C trace context (``traceparent``) of the metadata becomes the parent of
+  a SERVER span named ``<service>/<method>``; the stage spans of
+  ``TelemetryObserver`` nest under it;
+- the final status code is recorded in ``grpc_server_handled_total`` and
+  ``grpc_server_handling_seconds``.
+
+Why a wrapper around the behaviour rather than a plain interceptor: a grpc.aio
+interceptor only returns a handler and never sees how the call ends. The
+wrapper sees a returned response, ``context.abort`` (``AbortError`` plus
+``context.code()``), ``context.set_code`` and unexpected exceptions (UNKNOWN).
+Streaming handlers (health Watch, reflection) are passed through untouched:
+they are not part of the exchange path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from octosts.observability.tracing import extract_trace_context
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from octosts.observability.metrics import Metrics
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("octosts_request_id", default="")
+
+# Codes that mean the server failed (OpenTelemetry's rpc conventions): span status ERROR.
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def current_request_id() -> str:
+    """The request id of the RPC being handled ("" outside one)."""
+    return _request_id.get()
+
+
+def sanitise_request_id(value: object) -> str:
+    """``value`` when it is a safe request id (1-128 of ``[A-Za-z0-9._:-]``), else a new one."""
+    if isinstance(value, str) and _REQUEST_ID_OK.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def split_method(full: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` -> (``pkg.Service``, ``Method``)."""
+    service, _, method = full.lstrip("/").rpartition("/")
+    return (service or "unknown"), (method or "unknown")
+
+
+def _status_code(raw: Any) -> grpc.StatusCode:
+    if isinstance(raw, grpc.StatusCode):
+        return raw
+    if isinstance(raw, int):
+        return _BY_VALUE.get(raw, grpc.StatusCode.UNKNOWN)
+    return grpc.StatusCode.OK
+
+
+def _context_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+    try:
+        raw = context.code()
+    except NotImplementedError:
+        return default
+    return default if raw is None else _status_code(raw)
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any] | Any]
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Request id, RPC span and ``grpc_server_*`` metrics for unary RPCs (see module doc)."""
+
+    def __init__(self, metrics: Metrics, tracer: Tracer) -> None:
+        self._metrics = metrics
+        self._tracer = tracer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap(handler.unary_unary, handler_call_details),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(
+        self, behavior: Behavior, details: grpc.HandlerCallDetails
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        full_method = str(details.method)
+        service, method = split_method(full_method)
+        metadata = tuple(details.invocation_metadata or ())
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            request_id = sanitise_request_id(
+                next((v for k, v in metadata if k.lower() == REQUEST_ID_HEADER), None)
+            )
+            token = _request_id.set(request_id)
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                with (
+                    structlog.contextvars.bound_contextvars(request_id=request_id, rpc=full_method),
+                    self._tracer.start_as_current_span(
+                        f"{service}/{method}",
+                        context=extract_trace_context(metadata),
+                        kind=SpanKind.SERVER,
+                        record_exception=False,
+                        set_status_on_exception=False,
+                        attributes={
+                            "rpc.system": "grpc",
+                            "rpc.service": service,
+                            "rpc.method": method,
+                            "octosts.request_id": request_id,
+                        },
+                    ) as span,
+                ):
+                    try:
+                        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                        result = behavior(request, context)
+                        if inspect.isawaitable(result):
+                            result = await result
+                        code = _context_code(context, grpc.StatusCode.OK)
+                    except grpc.aio.AbortError:
+                        code = _context_code(context, grpc.StatusCode.UNKNOWN)
+                        raise
+                    except asyncio.CancelledError:
+                        code = grpc.StatusCode.CANCELLED
+                        raise
+                    except Exception as exc:
+                        code = grpc.StatusCode.UNKNOWN
+                        # Type only: the message of an unexpected exception may quote input.
+                        span.set_attribute(
+                            "error.type", f"{type(exc).__module__}.{type(exc).__qualname__}"
+                        )
+                        raise
+                    finally:
+                        span.set_attribute("rpc.grpc.status_code", code.value[0])
+                        if code in _SERVER_FAULTS:
+                            span.set_status(Status(StatusCode.ERROR, code.name))
+                    return result
+            finally:
+                self._metrics.grpc(service, method, code.name, time.perf_counter() - start)
+                _request_id.reset(token)
+
+        return observed
