@@ -1,0 +1,242 @@
+"""The ext_authz Check servicer, called directly with Envoy-shaped requests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+
+from octosts.domain.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    IssuerUnavailable,
+    TokenExpired,
+    TokenMalformed,
+)
+from octosts.domain.ports import TokenVerifier
+from octosts.domain.tokens import VerifiedToken
+from octosts.transport.ext_authz import (
+    AuthorizationServicer,
+    ExtAuthzOptions,
+    bearer_from_headers,
+)
+
+GOOD = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOm8vcjpyZWY6bWFpbiJ9.c2ln"
+
+
+def verified(sub: str = "repo:o/r:ref:refs/heads/main") -> VerifiedToken:
+    return VerifiedToken(
+        issuer="https://token.actions.githubusercontent.com",
+        subject=sub,
+        audience=("octo-sts.dev",),
+        expires_at=2_000_000_000.0,
+        claims={"sub": sub},
+    )
+
+
+class FakeVerifier:
+    def __init__(self, outcome: VerifiedToken | BaseException | None = None) -> None:
+        self.outcome = outcome if outcome is not None else verified()
+        self.calls: list[str] = []
+
+    async def verify(self, bearer: str) -> VerifiedToken:
+        self.calls.append(bearer)
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+_: TokenVerifier = FakeVerifier()
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    def __init__(self) -> None:
+        self.aborted: tuple[Any, str] | None = None
+
+    async def abort(self, code: Any, details: str) -> None:
+        self.aborted = (code, details)
+        raise Aborted(details)
+
+
+def check_request(
+    headers: dict[str, str] | None = None,
+    mode: str | None = "verify",
+    header_map: list[tuple[str, str]] | None = None,
+) -> Any:
+    req = external_auth_pb2.CheckRequest()
+    http = req.attributes.request.http
+    http.path = "/sts/exchange"
+    for k, v in (headers or {}).items():
+        http.headers[k] = v
+    for k, v in header_map or []:
+        http.header_map.headers.append(base_pb2.HeaderValue(key=k, raw_value=v.encode()))
+    if mode is not None:
+        req.attributes.context_extensions["mode"] = mode
+    return req
+
+
+def headers_of(options: Any) -> dict[str, str]:
+    return {o.header.key: o.header.value for o in options}
+
+
+async def check(verifier: FakeVerifier, req: Any) -> Any:
+    return await AuthorizationServicer(verifier).Check(req, FakeContext())
+
+
+async def test_allow_sets_identity_headers_and_removes_spoofed_ones() -> None:
+    verifier = FakeVerifier()
+    req = check_request(
+        {
+            "authorization": f"Bearer {GOOD}",
+            "x-request-id": "abc-123",
+            "x-octo-sts-subject": "repo:evil/evil",
+            "x-octo-sts-admin": "true",
+        }
+    )
+    resp = await check(verifier, req)
+    assert resp.WhichOneof("http_response") == "ok_response"
+    assert resp.status.code == 0
+    assert headers_of(resp.ok_response.headers) == {
+        "x-octo-sts-issuer": "https://token.actions.githubusercontent.com",
+        "x-octo-sts-subject": "repo:o/r:ref:refs/heads/main",
+    }
+    for option in resp.ok_response.headers:
+        assert option.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    # Removing the injected names would undo them (Envoy removes after it sets).
+    assert list(resp.ok_response.headers_to_remove) == ["x-octo-sts-admin"]
+    assert verifier.calls == [GOOD]
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+async def test_scheme_is_case_insensitive(scheme: str) -> None:
+    verifier = FakeVerifier()
+    resp = await check(verifier, check_request({"authorization": f"{scheme} {GOOD}"}))
+    assert resp.WhichOneof("http_response") == "ok_response"
+
+
+async def test_header_map_is_read_when_headers_is_empty() -> None:
+    verifier = FakeVerifier()
+    resp = await check(verifier, check_request(header_map=[("Authorization", f"Bearer {GOOD}")]))
+    assert resp.WhichOneof("http_response") == "ok_response"
+    assert verifier.calls == [GOOD]
+
+
+async def test_two_authorization_headers_in_header_map_are_rejected() -> None:
+    verifier = FakeVerifier()
+    req = check_request(
+        header_map=[("authorization", f"Bearer {GOOD}"), ("authorization", f"Bearer {GOOD}")]
+    )
+    resp = await check(verifier, req)
+    assert resp.denied_response.status.code == 401
+    assert verifier.calls == []
+
+
+def denial_body(resp: Any) -> dict[str, Any]:
+    assert resp.WhichOneof("http_response") == "denied_response"
+    assert headers_of(resp.denied_response.headers)["content-type"] == "application/json"
+    body: dict[str, Any] = json.loads(resp.denied_response.body)
+    assert set(body) == {"code", "message", "request_id"}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing_token"),
+        ({"authorization": "Bearer "}, "missing_token"),
+        ({"authorization": f"Basic {GOOD}"}, "invalid_authorization"),
+        ({"authorization": GOOD}, "invalid_authorization"),
+        # Envoy joins repeated headers with a comma.
+        ({"authorization": f"Bearer {GOOD},Bearer {GOOD}"}, "token_malformed"),
+        ({"authorization": "Bearer a b"}, "token_malformed"),
+        ({"authorization": "Bearer " + "a" * 20_000}, "token_malformed"),
+    ],
+)
+async def test_bad_authorization_is_401_without_calling_the_verifier(
+    headers: dict[str, str], reason: str
+) -> None:
+    verifier = FakeVerifier()
+    resp = await check(verifier, check_request({**headers, "x-request-id": "rid-1"}))
+    assert resp.denied_response.status.code == 401
+    assert resp.status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    www = headers_of(resp.denied_response.headers)["www-authenticate"]
+    assert www.startswith("Bearer")
+    body = denial_body(resp)
+    assert body["code"] == 16
+    assert reason in body["message"]
+    assert body["request_id"] == "rid-1"
+    assert verifier.calls == []
+
+
+async def test_rejected_token_is_401_and_never_echoed() -> None:
+    verifier = FakeVerifier(TokenExpired(f"expired {GOOD}"))
+    resp = await check(verifier, check_request({"authorization": f"Bearer {GOOD}"}))
+    assert resp.denied_response.status.code == 401
+    assert headers_of(resp.denied_response.headers)["www-authenticate"] == (
+        'Bearer error="invalid_token"'
+    )
+    assert "token_expired" in denial_body(resp)["message"]
+    assert GOOD not in resp.SerializeToString().decode(errors="replace")
+
+
+async def test_issuer_unavailable_is_503_not_401() -> None:
+    verifier = FakeVerifier(IssuerUnavailable("jwks timed out"))
+    resp = await check(verifier, check_request({"authorization": f"Bearer {GOOD}"}))
+    assert resp.denied_response.status.code == 503
+    assert "www-authenticate" not in headers_of(resp.denied_response.headers)
+    body = denial_body(resp)
+    assert body["code"] == 14
+    assert "issuer_unavailable" in body["message"]
+
+
+@pytest.mark.parametrize("mode", [None, "", "admin"])
+async def test_unknown_mode_is_403(mode: str | None) -> None:
+    verifier = FakeVerifier()
+    resp = await check(verifier, check_request({"authorization": f"Bearer {GOOD}"}, mode=mode))
+    assert resp.denied_response.status.code == 403
+    assert "unknown_authz_mode" in denial_body(resp)["message"]
+    assert verifier.calls == []
+
+
+async def test_hostile_request_id_is_not_echoed() -> None:
+    resp = await check(FakeVerifier(), check_request({"x-request-id": "<script>\n"}))
+    assert denial_body(resp)["request_id"] == ""
+
+
+@pytest.mark.parametrize("fault", [RuntimeError(f"boom {GOOD}"), InvalidRequest("odd")])
+async def test_verifier_fault_is_an_rpc_error(fault: Exception) -> None:
+    servicer = AuthorizationServicer(FakeVerifier(fault))
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        await servicer.Check(check_request({"authorization": f"Bearer {GOOD}"}), context)
+    assert context.aborted == (grpc.StatusCode.INTERNAL, "internal error")
+
+
+async def test_subject_unfit_for_a_header_is_denied() -> None:
+    verifier = FakeVerifier(verified(sub="repo:o/r\r\nx-evil: 1"))
+    resp = await check(verifier, check_request({"authorization": f"Bearer {GOOD}"}))
+    assert resp.denied_response.status.code == 401
+
+
+async def test_max_token_bytes_option() -> None:
+    servicer = AuthorizationServicer(FakeVerifier(), ExtAuthzOptions(max_token_bytes=10))
+    resp = await servicer.Check(check_request({"authorization": f"Bearer {GOOD}"}), FakeContext())
+    assert resp.denied_response.status.code == 401
+
+
+def test_bearer_from_headers_errors_never_contain_the_token() -> None:
+    for values in (["Basic " + GOOD], ["Bearer " + GOOD + "!"], ["Bearer " + GOOD] * 2):
+        with pytest.raises(TokenMalformed) as info:
+            bearer_from_headers(values)
+        assert GOOD not in str(info.value)
+    with pytest.raises(AuthenticationError):
+        bearer_from_headers([])
+    assert bearer_from_headers([f"  Bearer   {GOOD} "]) == GOOD
