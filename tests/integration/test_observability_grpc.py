@@ -73,9 +73,12 @@ async def harness() -> AsyncIterator[Harness]:
         return b"ok:" + request
 
     async def denied(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        def deny() -> None:
+            raise PolicyDenied("subject does not match")
+
         try:
             with observer.stage("policy_match"):
-                raise PolicyDenied("subject does not match")
+                deny()
         except PolicyDenied:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied")
         return b""
