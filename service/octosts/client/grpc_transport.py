@@ -26,6 +26,7 @@ from octosts.client.errors import (
     ConfigError,
     DeadlineExceeded,
     ExchangeError,
+    ServerError,
     error_for_code,
 )
 from octosts.client.models import Endpoint, ExchangeResult
@@ -93,6 +94,11 @@ def map_rpc_error(exc: grpc.RpcError, initial: Iterable[Any] | None = None) -> E
                 reason = reason or info.reason or None
                 request_id = request_id or info.metadata.get("request_id") or None
     message = short(exc.details() or name.lower().replace("_", " "))
+    if name == "RESOURCE_EXHAUSTED" and "larger than max" in message:
+        # Our own receive cap, not GitHub's rate limit: the answer is malformed.
+        return ServerError(
+            f"the response is larger than {MAX_RESPONSE_BYTES} bytes", request_id=request_id
+        )
     return error_for_code(name, message, reason=reason and short(reason), request_id=request_id)
 
 

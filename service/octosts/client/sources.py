@@ -150,14 +150,19 @@ class ActionsTokenSource:
                 "(is this a GitHub Actions job with `permissions: id-token: write`?)"
             )
         audience = audience or self.default_audience
-        params = {"audience": audience} if audience else None
+        try:
+            # The URL already carries `api-version`; `params=` would replace it.
+            target = httpx.URL(url)
+            if audience:
+                target = target.copy_merge_params({"audience": audience})
+        except httpx.InvalidURL as exc:
+            raise TokenSourceError("ACTIONS_ID_TOKEN_REQUEST_URL is not a valid URL") from exc
         try:
             with (
                 httpx.Client(timeout=self._timeout, transport=self._transport) as client,
                 client.stream(
                     "GET",
-                    url,
-                    params=params,
+                    target,
                     headers={
                         "Authorization": f"bearer {request_token}",
                         "Accept": "application/json",

@@ -1,0 +1,306 @@
+"""Unit tests of the client: retry budget, parsing, errors, token sources (no sockets)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from octosts.cli.exchange import EXIT_RATE_LIMITED, EXIT_REFUSED, EXIT_UNAVAILABLE, exit_code_for
+from octosts.client import (
+    BadRequest,
+    Client,
+    ConfigError,
+    DeadlineExceeded,
+    Endpoint,
+    EnvTokenSource,
+    ExchangeResult,
+    FileTokenSource,
+    Forbidden,
+    RateLimited,
+    RetryPolicy,
+    ServerError,
+    StdinTokenSource,
+    TokenSource,
+    TokenSourceError,
+    Unauthenticated,
+    Unavailable,
+    parse_token_source,
+)
+from octosts.client.core import SyncTransport
+from octosts.client.http_transport import to_result
+
+RESULT = ExchangeResult(token="ghs_secret", expires_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+
+
+class ScriptedTransport:
+    """Raises the queued errors, then succeeds; records the timeouts it was given."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.timeouts: list[float] = []
+        self.tokens: list[str] = []
+
+    def exchange(
+        self, scope: str, identity: str, audience: str | None, token: str, timeout: float
+    ) -> ExchangeResult:
+        self.timeouts.append(timeout)
+        self.tokens.append(token)
+        if self.errors:
+            raise self.errors.pop(0)
+        return RESULT
+
+    def close(self) -> None:
+        pass
+
+
+_: SyncTransport = ScriptedTransport()
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def _client(
+    transport: ScriptedTransport, clock: FakeTime, policy: RetryPolicy, rnd: float = 0.5
+) -> Client:
+    return Client(
+        transport=transport,
+        retry=policy,
+        sleep=clock.sleep,
+        monotonic=clock.monotonic,
+        rng=lambda: rnd,
+    )
+
+
+def test_retries_unavailable_with_growing_jittered_backoff() -> None:
+    transport = ScriptedTransport(Unavailable("a"), Unavailable("b"), Unavailable("c"))
+    clock = FakeTime()
+    policy = RetryPolicy(max_attempts=4, initial_backoff=1, max_backoff=3, deadline=100)
+    assert _client(transport, clock, policy, rnd=0.5).exchange("o", "i", token="t") is RESULT
+    # equal jitter: cap/2 + cap/2 * 0.5, caps 1, 2, 3 (bounded by max_backoff)
+    assert clock.sleeps == [0.75, 1.5, 2.25]
+    assert len(transport.timeouts) == 4
+
+
+@pytest.mark.parametrize("rnd", [0.0, 0.999])
+def test_backoff_stays_within_jitter_bounds(rnd: float) -> None:
+    policy = RetryPolicy(initial_backoff=0.2, max_backoff=5, multiplier=2)
+    for retry in range(8):
+        cap = min(5, 0.2 * 2**retry)
+        assert cap / 2 <= policy.backoff(retry, rnd) <= cap
+
+
+def test_gives_up_after_max_attempts() -> None:
+    transport = ScriptedTransport(*[Unavailable("down")] * 5)
+    clock = FakeTime()
+    with pytest.raises(Unavailable):
+        _client(transport, clock, RetryPolicy(max_attempts=3, deadline=100)).exchange(
+            "o", "i", token="t"
+        )
+    assert len(transport.timeouts) == 3
+    assert len(clock.sleeps) == 2
+
+
+def test_overall_deadline_bounds_retries_and_attempt_timeouts() -> None:
+    transport = ScriptedTransport(*[Unavailable("down")] * 50)
+    clock = FakeTime()
+    policy = RetryPolicy(
+        max_attempts=50, initial_backoff=1, max_backoff=1, deadline=3, attempt_timeout=10
+    )
+    with pytest.raises(Unavailable):
+        _client(transport, clock, policy, rnd=0.0).exchange("o", "i", token="t")
+    assert transport.timeouts[0] == 3  # capped by what is left of the deadline
+    assert all(t <= 3 for t in transport.timeouts)
+    assert clock.t < 3
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        Forbidden("x"),
+        Unauthenticated("x"),
+        BadRequest("x"),
+        RateLimited("x"),
+        ServerError("x"),
+        DeadlineExceeded("x"),
+    ],
+)
+def test_other_errors_are_not_retried(error: Exception) -> None:
+    transport = ScriptedTransport(error, error)
+    with pytest.raises(type(error)):
+        _client(transport, FakeTime(), RetryPolicy()).exchange("o", "i", token="t")
+    assert len(transport.timeouts) == 1
+
+
+def test_token_source_is_called_with_audience() -> None:
+    seen: list[str | None] = []
+
+    class Source:
+        def token(self, audience: str | None) -> str:
+            seen.append(audience)
+            return "jwt"
+
+    src: TokenSource = Source()
+    transport = ScriptedTransport()
+    _client(transport, FakeTime(), RetryPolicy()).exchange("o", "i", audience="aud", token=src)
+    assert seen == ["aud"]
+    assert transport.tokens == ["jwt"]
+
+
+def test_missing_or_bad_token_and_request() -> None:
+    client = _client(ScriptedTransport(), FakeTime(), RetryPolicy())
+    with pytest.raises(ConfigError, match="no token"):
+        client.exchange("o", "i")
+    with pytest.raises(ConfigError, match="whitespace"):
+        client.exchange("o", "i", token="a\r\nX-Evil: 1")
+    with pytest.raises(ValueError, match="non-empty"):
+        client.exchange("", "i", token="t")
+
+
+def test_result_repr_hides_token_and_json_shape() -> None:
+    assert "ghs_secret" not in repr(RESULT)
+    data = RESULT.to_json(now=dt.datetime(2029, 12, 31, 23, 0, tzinfo=dt.UTC))
+    assert data["token"] == data["access_token"] == "ghs_secret"
+    assert data["expires_in"] == 3600
+    assert data["expires_at"] == "2030-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://sts.example.com", Endpoint("sts.example.com", 443, tls=True)),
+        ("http://octo-sts.ns.svc:8080", Endpoint("octo-sts.ns.svc", 8080, tls=False)),
+        ("https://[::1]:8443/", Endpoint("::1", 8443, tls=True)),
+    ],
+)
+def test_endpoint_parse(url: str, expected: Endpoint) -> None:
+    assert Endpoint.parse(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url", ["sts.example.com", "grpc://x", "https://u:p@x", "https://x/path", "https://x:99999"]
+)
+def test_endpoint_rejects(url: str) -> None:
+    with pytest.raises(ValueError, match="endpoint"):
+        Endpoint.parse(url)
+
+
+def test_endpoint_target_forms() -> None:
+    assert Endpoint.parse("https://[::1]:8443").grpc_target == "[::1]:8443"
+    assert Endpoint.parse("http://h").base_url == "http://h:80"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls", "code", "reason"),
+    [
+        (
+            401,
+            {"code": "token_expired", "message": "expired", "request_id": "e1"},
+            Unauthenticated,
+            "UNAUTHENTICATED",
+            "token_expired",
+        ),
+        (403, {"code": 7, "message": "no"}, Forbidden, "PERMISSION_DENIED", None),
+        (404, {"code": 5, "message": "not found"}, Forbidden, "NOT_FOUND", None),
+        (400, {"code": 3, "message": "bad scope"}, BadRequest, "INVALID_ARGUMENT", None),
+        (429, {"code": 8, "message": "slow down"}, RateLimited, "RESOURCE_EXHAUSTED", None),
+        (503, "upstream connect error\nmore", Unavailable, "UNAVAILABLE", None),
+        (500, {"code": 13, "message": "boom"}, ServerError, "INTERNAL", None),
+    ],
+)
+def test_http_error_mapping(
+    status: int, body: object, cls: type[Exception], code: str, reason: str | None
+) -> None:
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    with pytest.raises(cls) as info:
+        to_result(status, httpx.Headers({"x-request-id": "rid"}), raw)
+    err = info.value
+    assert err.code == code  # type: ignore[attr-defined]
+    assert err.reason == reason  # type: ignore[attr-defined]
+    assert err.status == status  # type: ignore[attr-defined]
+    assert err.request_id == "rid"  # type: ignore[attr-defined]
+    assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"expires_in": 5}',
+        b'{"token": "a b", "expires_in": 5}',
+        b'{"token": "t"}',
+        b'{"token": "t", "expires_in": 5, "permissions": {"a": 1}}',
+        b'{"token": "t", "expires_in": 5, "repositories": "x"}',
+    ],
+)
+def test_http_malformed_success_is_server_error(body: bytes) -> None:
+    with pytest.raises(ServerError):
+        to_result(200, httpx.Headers(), body)
+
+
+def test_http_result_accepts_string_expires_in_and_access_token_only() -> None:
+    result = to_result(
+        200,
+        httpx.Headers(),
+        b'{"access_token": "ghs_1", "expires_at": "2030-01-01T00:00:00Z", "expires_in": "10"}',
+    )
+    assert result.token == "ghs_1"
+    assert result.expires_at == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def test_file_source_rereads_each_time(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    source = FileTokenSource(path)
+    assert source.token(None) == "first"
+    path.write_text("second")
+    assert source.token(None) == "second"
+    path.write_bytes(b"x" * 20_000)
+    with pytest.raises(TokenSourceError, match="larger"):
+        source.token(None)
+    path.unlink()
+    with pytest.raises(TokenSourceError, match="cannot read"):
+        source.token(None)
+
+
+def test_env_and_stdin_sources() -> None:
+    assert EnvTokenSource("T", {"T": " jwt \n"}).token(None) == "jwt"
+    with pytest.raises(TokenSourceError, match="not set"):
+        EnvTokenSource("T", {}).token(None)
+    with pytest.raises(TokenSourceError, match="empty"):
+        EnvTokenSource("T", {"T": ""}).token(None)
+    stdin = StdinTokenSource(io.StringIO("piped\n"))
+    assert stdin.token(None) == stdin.token(None) == "piped"
+
+
+def test_parse_token_source() -> None:
+    assert isinstance(parse_token_source("env:X"), EnvTokenSource)
+    assert isinstance(parse_token_source("file:/t"), FileTokenSource)
+    assert isinstance(parse_token_source("stdin"), StdinTokenSource)
+    for bad in ("env:", "file:", "nope", "actions:x"):
+        with pytest.raises(ValueError, match="unknown token source"):
+            parse_token_source(bad)
+
+
+def test_exit_codes() -> None:
+    assert exit_code_for(Forbidden("x")) == EXIT_REFUSED
+    assert exit_code_for(RateLimited("x")) == EXIT_RATE_LIMITED
+    assert exit_code_for(Unavailable("x")) == EXIT_UNAVAILABLE
+    assert exit_code_for(TokenSourceError("x")) == 3
+    assert exit_code_for(ConfigError("x")) == 2
+    assert exit_code_for(ServerError("x")) == 1
