@@ -1,0 +1,581 @@
+"""OIDC token verification: discovery, JWKS and signatures over httpx.
+
+``OidcVerifier.verify`` runs the pipeline as named stages so the observer can
+time each one: ``token_parse`` -> ``issuer_validate`` -> ``discovery`` ->
+``jwks`` -> ``signature_verify`` -> ``claims_validate``. ``discovery`` and
+``jwks`` run (and are observed) only when the issuer's keys are not cached;
+a cache hit is annotated ``cache=hit`` on the ``jwks`` stage.
+
+Defences, in order: the token is size-capped before any parsing; the issuer
+URL from the unverified payload must pass the syntax rules and the optional
+deployment allowlist before any network call; every URL fetched (discovery,
+jwks_uri, each redirect hop) passes the same rules and an SSRF guard that
+resolves the host and refuses non-public addresses unless the issuer is
+explicitly allowed; responses are streamed with a size cap and timeouts.
+The guard checks the addresses the resolver returns; the HTTP client resolves
+again when it connects, so a DNS server answering differently within
+milliseconds (rebinding) is not covered. Deployments that need that should
+route issuer traffic through an egress proxy that enforces the same rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import jwt
+import re2
+from jwt.api_jwk import PyJWK
+
+from octosts.adapters.cache import SingleFlight, TtlCache
+from octosts.domain.errors import (
+    IssuerRejected,
+    IssuerUnavailable,
+    StsError,
+    TokenClaimsInvalid,
+    TokenExpired,
+    TokenMalformed,
+    TokenSignatureInvalid,
+)
+from octosts.domain.ports import Clock, NullObserver, StageObserver, SystemClock
+from octosts.domain.tokens import (
+    IssuerUrl,
+    VerifiedToken,
+    check_token_times,
+    parse_issuer_url,
+    token_from_claims,
+)
+
+# Asymmetric algorithms only: "none" and HMAC (whose "key" would be public
+# JWKS material) are never accepted.
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+)
+_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_EC_CURVE_ALGORITHM = {"P-256": "ES256", "P-384": "ES384"}
+_OKP_CURVES = frozenset({"Ed25519", "Ed448"})
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_MAX_KEYS = 100  # JWKS documents with more keys than this are refused
+
+Resolver = Callable[[str], Awaitable[Sequence[str]]]
+
+
+async def system_resolver(host: str) -> list[str]:
+    """Resolve ``host`` with the event loop's getaddrinfo (all address families)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+@dataclass(frozen=True, slots=True)
+class OidcConfig:
+    """Settings for ``OidcVerifier``.
+
+    ``insecure_issuers``: exact issuer URLs allowed to use plain http and
+    loopback/private addresses (local development, in-cluster issuers); the
+    permission extends to URLs on the same origin (their jwks_uri). When
+    ``allowed_issuers`` or ``allowed_issuer_patterns`` (RE2, full match) is
+    non-empty, only matching issuers (and ``insecure_issuers``) are accepted.
+    """
+
+    insecure_issuers: frozenset[str] = frozenset()
+    allowed_issuers: frozenset[str] = frozenset()
+    allowed_issuer_patterns: tuple[str, ...] = ()
+    leeway_seconds: float = 30.0
+    connect_timeout: float = 3.0
+    read_timeout: float = 5.0
+    fetch_deadline: float = 10.0  # whole fetch incl. redirects: slow-drip bodies end here
+    max_token_bytes: int = 16 * 1024
+    max_response_bytes: int = 100 * 1024
+    max_redirects: int = 3
+    cache_ttl: float = 3600.0
+    cache_stale_for: float = 3600.0  # serve last-known keys while the issuer is down
+    cache_maxsize: int = 256
+    negative_ttl: float = 10.0
+    kid_refetch_interval: float = 30.0
+
+    def __post_init__(self) -> None:
+        for pattern in self.allowed_issuer_patterns:
+            try:
+                re2.compile(pattern)
+            except re2.error as exc:
+                raise ValueError(f"allowed_issuer_patterns: bad RE2 pattern {pattern!r}") from exc
+        for issuer in self.insecure_issuers | self.allowed_issuers:
+            parse_issuer_url(issuer, allow_insecure=issuer in self.insecure_issuers)
+        if self.max_token_bytes < 1 or self.max_response_bytes < 1 or self.cache_maxsize < 1:
+            raise ValueError("size limits must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    kid: str | None
+    algorithms: frozenset[str]
+    jwk: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerKeys:
+    """Discovery result and verification keys of one issuer (one cache entry)."""
+
+    issuer: str
+    jwks_uri: str
+    keys: tuple[_Key, ...]
+    # PyJWK objects per (kid, alg), built on first use; parsing keys per token is waste
+    _parsed: dict[tuple[int, str], PyJWK] = field(default_factory=dict, compare=False)
+
+    def candidates(self, kid: str | None, alg: str) -> list[int]:
+        """Indexes of the keys that may verify a token with this kid and alg."""
+        return [
+            i
+            for i, k in enumerate(self.keys)
+            if alg in k.algorithms and (kid is None or k.kid == kid)
+        ]
+
+    def pyjwk(self, index: int, alg: str) -> PyJWK:
+        cached = self._parsed.get((index, alg))
+        if cached is None:
+            cached = PyJWK(dict(self.keys[index].jwk), algorithm=alg)
+            self._parsed[(index, alg)] = cached
+        return cached
+
+
+@dataclass(frozen=True, slots=True)
+class _Unverified:
+    header: Mapping[str, Any]
+    payload: Mapping[str, Any]
+    issuer: str
+    alg: str
+    kid: str | None
+
+
+def make_http_client(config: OidcConfig, *, verify: Any = True) -> httpx.AsyncClient:
+    """An httpx client suited to issuer fetches: no proxies from the environment, no cookies.
+
+    ``verify`` is passed to httpx (True, or an ``ssl.SSLContext`` trusting a dev CA).
+    """
+    return httpx.AsyncClient(
+        verify=verify,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": "octo-sts", "Accept": "application/json"},
+    )
+
+
+def _b64decode(part: str, what: str) -> bytes:
+    if not _B64URL.fullmatch(part):
+        raise TokenMalformed(f"{what} is not base64url")
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise TokenMalformed(f"{what} is not base64url") from exc
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise TokenMalformed(f"{what} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise TokenMalformed(f"{what} is not a JSON object")
+    return value
+
+
+def parse_unverified(bearer: str, *, max_bytes: int) -> _Unverified:
+    """Split and decode a compact JWS without trusting it.
+
+    Raises TokenMalformed, TokenSignatureInvalid (algorithm not allowed),
+    IssuerRejected (no ``iss``).
+    """
+    # size first: nothing below runs on an oversized input
+    if len(bearer) > max_bytes:
+        raise TokenMalformed(f"token larger than {max_bytes} bytes")
+    if not bearer.isascii():
+        raise TokenMalformed("token is not ASCII")
+    parts = bearer.split(".")
+    if len(parts) != 3:
+        raise TokenMalformed("token is not a compact JWS (three dot-separated parts)")
+    header = _json_object(_b64decode(parts[0], "header"), "header")
+    payload = _json_object(_b64decode(parts[1], "payload"), "payload")
+    _b64decode(parts[2], "signature")  # an empty signature ("alg": "none") fails here
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+        raise TokenSignatureInvalid("token algorithm not allowed (asymmetric algorithms only)")
+    if "crit" in header:
+        raise TokenMalformed("critical header extensions are not supported")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise TokenMalformed("kid header is not a string")
+    issuer = payload.get("iss")
+    if not isinstance(issuer, str) or not issuer:
+        raise IssuerRejected("token has no iss claim")
+    return _Unverified(header=header, payload=payload, issuer=issuer, alg=alg, kid=kid)
+
+
+def _key_algorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
+    """Algorithms a JWK may verify: its ``alg`` if stated, else what its type implies."""
+    kty = jwk.get("kty")
+    if kty == "RSA":
+        implied = _RSA_ALGORITHMS
+    elif kty == "EC":
+        curve_alg = _EC_CURVE_ALGORITHM.get(str(jwk.get("crv")))
+        implied = frozenset({curve_alg}) if curve_alg else frozenset()
+    elif kty == "OKP" and jwk.get("crv") in _OKP_CURVES:
+        implied = frozenset({"EdDSA"})
+    else:
+        implied = frozenset()  # "oct" (HMAC) and anything unknown
+    stated = jwk.get("alg")
+    if stated is None:
+        return implied
+    return implied & {stated} if isinstance(stated, str) else frozenset()
+
+
+def parse_jwks(doc: Mapping[str, Any]) -> tuple[_Key, ...]:
+    """Usable signature keys of a JWKS document. Raises IssuerRejected."""
+    raw_keys = doc.get("keys")
+    if not isinstance(raw_keys, list):
+        raise IssuerRejected("JWKS document has no keys list")
+    if len(raw_keys) > _MAX_KEYS:
+        raise IssuerRejected(f"JWKS document has more than {_MAX_KEYS} keys")
+    keys: list[_Key] = []
+    for raw in raw_keys:
+        if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
+            continue
+        algorithms = _key_algorithms(raw)
+        kid = raw.get("kid")
+        if not algorithms or (kid is not None and not isinstance(kid, str)):
+            continue
+        try:  # unusable key material is skipped, as other verifiers do
+            PyJWK(dict(raw), algorithm=min(algorithms))
+        except (jwt.PyJWTError, ValueError, TypeError):
+            continue
+        keys.append(_Key(kid=kid, algorithms=algorithms, jwk=dict(raw)))
+    if not keys:
+        raise IssuerRejected("JWKS document has no usable signature keys")
+    return tuple(keys)
+
+
+def _refuse_address(ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return (
+        addr.is_loopback
+        or addr.is_private
+        or addr.is_link_local
+        or addr.is_multicast
+        or addr.is_unspecified
+        or addr.is_reserved
+        or not addr.is_global
+    )
+
+
+class OidcVerifier:
+    """Verifies OIDC tokens against their issuer's published keys (a ``TokenVerifier``).
+
+    One instance per process; it owns its caches. ``http`` is not closed by
+    the verifier (the wiring module owns it).
+    """
+
+    def __init__(
+        self,
+        config: OidcConfig,
+        *,
+        http: httpx.AsyncClient,
+        clock: Clock | None = None,
+        observer: StageObserver | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self._config = config
+        self._http = http
+        self._clock = clock or SystemClock()
+        self._observer: StageObserver = observer or NullObserver()
+        self._resolver = resolver
+        self._patterns = [re2.compile(p) for p in config.allowed_issuer_patterns]
+        self._insecure_origins = {
+            parse_issuer_url(i, allow_insecure=True).origin for i in config.insecure_issuers
+        }
+        self._timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
+        self._keys: TtlCache[str, IssuerKeys] = TtlCache(
+            name="oidc_keys", maxsize=config.cache_maxsize, clock=self._clock
+        )
+        self._failures: TtlCache[str, StsError] = TtlCache(
+            name="oidc_failures", maxsize=config.cache_maxsize, clock=self._clock
+        )
+        self._refetched: TtlCache[str, bool] = TtlCache(
+            name="oidc_kid_refetch", maxsize=config.cache_maxsize, clock=self._clock
+        )
+        self._flight: SingleFlight[str, IssuerKeys] = SingleFlight()
+
+    async def verify(self, bearer: str) -> VerifiedToken:
+        """Verify a raw JWT (without the ``Bearer`` scheme).
+
+        Raises TokenMalformed, IssuerRejected, TokenSignatureInvalid,
+        TokenExpired, TokenClaimsInvalid (all AuthenticationError) and
+        IssuerUnavailable.
+        """
+        obs = self._observer
+        with obs.stage("token_parse"):
+            token = parse_unverified(bearer, max_bytes=self._config.max_token_bytes)
+        with obs.stage("issuer_validate") as stage:
+            insecure = self._validate_issuer(token.issuer)
+            cached = self._keys.get(token.issuer)
+            if cached is None and self._failures.get(token.issuer) is None:
+                # the guard runs before the first network call of a cold issuer;
+                # each fetch (and redirect hop) is guarded again in _fetch_json
+                await self._guard(
+                    parse_issuer_url(token.issuer, allow_insecure=insecure), insecure=insecure
+                )
+            stage.annotate("insecure", insecure)
+        if cached is not None:
+            with obs.stage("jwks") as stage:
+                stage.annotate("cache", "hit")
+            keys = cached
+        else:
+            keys = await self._load(token.issuer, insecure)
+        candidates = keys.candidates(token.kid, token.alg)
+        if not candidates and token.kid is not None and self._may_refetch(token.issuer):
+            keys = await self._flight.do(
+                token.issuer, lambda: self._fetch_keys(token.issuer, insecure, refetch=True)
+            )
+            candidates = keys.candidates(token.kid, token.alg)
+        with obs.stage("signature_verify"):
+            claims = self._verify_signature(bearer, token, keys, candidates)
+        with obs.stage("claims_validate"):
+            check_token_times(claims, now=self._clock.now(), leeway=self._config.leeway_seconds)
+            verified = token_from_claims(claims, allow_insecure=insecure)
+            if verified.issuer != token.issuer:  # cannot happen: the payload is signed
+                raise IssuerRejected("issuer changed during verification")
+            return verified
+
+    # -- issuer rules --------------------------------------------------------
+
+    def _validate_issuer(self, issuer: str) -> bool:
+        """Returns whether the issuer is explicitly allowed to be insecure."""
+        insecure = issuer in self._config.insecure_issuers
+        parse_issuer_url(issuer, allow_insecure=insecure)
+        cfg = self._config
+        if (cfg.allowed_issuers or self._patterns) and not (
+            insecure
+            or issuer in cfg.allowed_issuers
+            or any(p.fullmatch(issuer) for p in self._patterns)
+        ):
+            raise IssuerRejected("issuer is not in the deployment's issuer allowlist")
+        return insecure
+
+    def _check_url(self, url: str, *, insecure: bool, what: str) -> IssuerUrl:
+        """Validate a discovery/JWKS/redirect URL with the issuer rules.
+
+        Plain http only on the origin of an explicitly allowed issuer, and only
+        while verifying a token of such an issuer. Raises IssuerRejected.
+        """
+        parsed = parse_issuer_url(url, allow_insecure=True)
+        if parsed.scheme != "https" and not self._trusted_origin(parsed, insecure=insecure):
+            raise IssuerRejected(f"{what} URL must use https")
+        return parsed
+
+    def _trusted_origin(self, url: IssuerUrl, *, insecure: bool) -> bool:
+        return insecure and url.origin in self._insecure_origins
+
+    async def _guard(self, url: IssuerUrl, *, insecure: bool) -> None:
+        """SSRF guard: refuse hosts resolving to non-public addresses.
+
+        Raises IssuerRejected (refused address), IssuerUnavailable (no answer).
+        """
+        if self._trusted_origin(url, insecure=insecure):
+            return
+        try:
+            addresses: Sequence[str] = [str(ipaddress.ip_address(url.host))]
+        except ValueError:
+            try:
+                async with asyncio.timeout(self._config.connect_timeout):
+                    addresses = await self._resolver(url.host)
+            except (OSError, TimeoutError, UnicodeError) as exc:
+                raise IssuerUnavailable(f"cannot resolve issuer host {url.host}") from exc
+        if not addresses:
+            raise IssuerUnavailable(f"issuer host {url.host} has no addresses")
+        if any(_refuse_address(a) for a in addresses):
+            raise IssuerRejected(
+                f"issuer host {url.host} resolves to a non-public address "
+                "(allowed only for explicitly configured issuers)"
+            )
+
+    def _may_refetch(self, issuer: str) -> bool:
+        # an unknown kid may mean the issuer rotated keys; refetch, but at most
+        # once per interval so junk kids cannot make us hammer the issuer
+        if self._refetched.get(issuer) is not None:
+            return False
+        self._refetched.set(issuer, value=True, ttl=self._config.kid_refetch_interval)
+        return True
+
+    # -- discovery and JWKS --------------------------------------------------
+
+    async def _load(self, issuer: str, insecure: bool) -> IssuerKeys:  # noqa: FBT001
+        failure = self._failures.get(issuer)
+        if failure is not None:
+            stale = self._stale(issuer)
+            if stale is not None and isinstance(failure, IssuerUnavailable):
+                return stale
+            raise _copy_error(failure)
+        return await self._flight.do(issuer, lambda: self._fetch_keys(issuer, insecure))
+
+    def _stale(self, issuer: str) -> IssuerKeys | None:
+        entry = self._keys.get_entry(issuer)
+        return entry.value if entry is not None else None
+
+    async def _fetch_keys(
+        self,
+        issuer: str,
+        insecure: bool,  # noqa: FBT001
+        *,
+        refetch: bool = False,
+    ) -> IssuerKeys:
+        try:
+            keys = await self._discover_and_fetch(issuer, insecure, refetch=refetch)
+        except (IssuerUnavailable, IssuerRejected) as exc:
+            self._failures.set(issuer, exc, ttl=self._config.negative_ttl)
+            stale = self._stale(issuer)
+            if stale is not None and isinstance(exc, IssuerUnavailable):
+                return stale  # last-known keys beat an outage
+            raise
+        self._failures.delete(issuer)
+        self._keys.set(
+            issuer, keys, ttl=self._config.cache_ttl, stale_for=self._config.cache_stale_for
+        )
+        return keys
+
+    async def _discover_and_fetch(
+        self,
+        issuer: str,
+        insecure: bool,  # noqa: FBT001
+        *,
+        refetch: bool,
+    ) -> IssuerKeys:
+        obs = self._observer
+        with obs.stage("discovery") as stage:
+            stage.annotate("cache", "refetch" if refetch else "miss")
+            url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+            doc = await self._fetch_json(url, insecure=insecure, what="discovery")
+            if doc.get("issuer") != issuer:
+                raise IssuerRejected("discovery document issuer does not match the token issuer")
+            jwks_uri = doc.get("jwks_uri")
+            if not isinstance(jwks_uri, str):
+                raise IssuerRejected("discovery document has no jwks_uri")
+            self._check_url(jwks_uri, insecure=insecure, what="jwks_uri")
+        with obs.stage("jwks") as stage:
+            stage.annotate("cache", "refetch" if refetch else "miss")
+            jwks = await self._fetch_json(jwks_uri, insecure=insecure, what="JWKS")
+            keys = parse_jwks(jwks)
+            stage.annotate("keys", len(keys))
+        return IssuerKeys(issuer=issuer, jwks_uri=jwks_uri, keys=keys)
+
+    async def _fetch_json(self, url: str, *, insecure: bool, what: str) -> dict[str, Any]:
+        """GET a JSON object, following redirects that pass the URL rules and the guard.
+
+        Raises IssuerRejected (URL rules, guard, 4xx, too many redirects, not an
+        object) and IssuerUnavailable (network, timeout, 5xx, oversized, not JSON).
+        """
+        try:
+            async with asyncio.timeout(self._config.fetch_deadline):
+                for _ in range(self._config.max_redirects + 1):
+                    parsed = self._check_url(url, insecure=insecure, what=what)
+                    await self._guard(parsed, insecure=insecure)
+                    status, location, body = await self._get(url, what)
+                    if status in {301, 302, 303, 307, 308} and location is not None:
+                        url = urljoin(url, location)
+                        continue
+                    return self._decode(status, body, what)
+        except TimeoutError as exc:
+            raise IssuerUnavailable(f"{what} fetch timed out") from exc
+        raise IssuerRejected(f"{what}: more than {self._config.max_redirects} redirects")
+
+    async def _get(self, url: str, what: str) -> tuple[int, str | None, bytes]:
+        cap = self._config.max_response_bytes
+        try:
+            async with self._http.stream(
+                "GET", url, timeout=self._timeout, follow_redirects=False
+            ) as response:
+                if response.is_redirect:
+                    return response.status_code, response.headers.get("location"), b""
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise IssuerUnavailable(f"{what} response larger than {cap} bytes")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > cap:
+                        raise IssuerUnavailable(f"{what} response larger than {cap} bytes")
+                return response.status_code, None, bytes(body)
+        except httpx.TimeoutException as exc:
+            raise IssuerUnavailable(f"{what} fetch timed out") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            raise IssuerUnavailable(f"{what} fetch failed: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _decode(status: int, body: bytes, what: str) -> dict[str, Any]:
+        if status >= 500 or status in {408, 429}:
+            raise IssuerUnavailable(f"{what} answered HTTP {status}")
+        if status != 200:
+            raise IssuerRejected(f"{what} answered HTTP {status}")
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise IssuerUnavailable(f"{what} response is not JSON") from exc
+        if not isinstance(doc, dict):
+            raise IssuerRejected(f"{what} response is not a JSON object")
+        return doc
+
+    # -- signature -----------------------------------------------------------
+
+    def _verify_signature(
+        self, bearer: str, token: _Unverified, keys: IssuerKeys, candidates: list[int]
+    ) -> dict[str, Any]:
+        if not candidates:
+            raise TokenSignatureInvalid("no issuer key matches the token's kid and algorithm")
+        last: Exception | None = None
+        for index in candidates:
+            try:
+                return jwt.decode(
+                    bearer,
+                    key=keys.pyjwk(index, token.alg),
+                    algorithms=[token.alg],
+                    # times are checked against the injected clock in
+                    # claims_validate; audience belongs to the trust policy
+                    options={
+                        "require": ["exp", "iss"],
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                        "verify_aud": False,
+                        "verify_iss": False,
+                        "verify_sub": False,
+                        "verify_jti": False,
+                    },
+                )
+            except jwt.InvalidSignatureError as exc:
+                last = exc
+            except jwt.MissingRequiredClaimError as exc:
+                raise TokenClaimsInvalid(f"{exc.claim} claim is required") from exc
+            except jwt.ExpiredSignatureError as exc:  # pragma: no cover - verify_exp is off
+                raise TokenExpired("token has expired") from exc
+            except (jwt.PyJWTError, ValueError, TypeError) as exc:
+                raise TokenSignatureInvalid("token signature cannot be verified") from exc
+        raise TokenSignatureInvalid("token signature does not verify") from last
+
+
+def _copy_error(error: StsError) -> StsError:
+    # re-raising one cached instance would chain tracebacks across requests
+    return type(error)(error.detail, reason=error.reason)
