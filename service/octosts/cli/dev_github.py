@@ -1,9 +1,108 @@
-"""`octo-sts dev github` (placeholder until implemented)."""
+"""`octo-sts dev github`: run the GitHub API emulator until interrupted."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
+from pathlib import Path
+
+from octosts.dev.github_emulator import GitHubEmulator, load_app_public_key
+
+EXIT_USAGE = 2
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value!r}")
+    return number
+
+
+def _non_negative(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _positive(value: str) -> int:
+    number = _non_negative(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser("github", help="not implemented yet")
+    parser = sub.add_parser(
+        "github",
+        help="GitHub API emulator (installations, contents, access tokens)",
+        description="Serve the subset of the GitHub REST API Octo STS uses, from a directory "
+        "of OWNER/REPO/... trees. Each owner is one installation with all its repositories; "
+        "an owner directory holding a file named .user is a user account, others are orgs.",
+    )
+    parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 8781), metavar="ADDR")
+    parser.add_argument("--repos", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--app-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the app's private or public RSA PEM (only the public half is used)",
+    )
+    parser.add_argument("--app-id", type=_positive, default=1, metavar="N")
+    parser.add_argument("--latency-ms", type=_non_negative, default=0, metavar="N")
+    parser.add_argument(
+        "--rate-limit", type=_positive, default=5000, metavar="N", help="requests per hour"
+    )
+    parser.add_argument("--fail-rate", type=_fraction, default=0.0, metavar="F")
+    parser.add_argument("--seed", type=int, default=None, help="seed for --fail-rate")
+    parser.add_argument(
+        "--user", action="append", default=[], metavar="OWNER", help="treat OWNER as a user"
+    )
+    parser.add_argument(
+        "--tls-dir", type=Path, default=None, metavar="DIR", help="serve HTTPS with dev certs"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.repos.is_dir():
+        print(f"octo-sts: --repos {args.repos}: not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        public_key = load_app_public_key(args.app_key.read_bytes())
+    except ValueError as exc:
+        print(f"octo-sts: --app-key {args.app_key}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = args.listen
+    emulator = GitHubEmulator(
+        app_public_key=public_key,
+        app_id=args.app_id,
+        repos_dir=args.repos,
+        host=host,
+        port=port,
+        tls_dir=args.tls_dir,
+        latency_ms=args.latency_ms,
+        rate_limit=args.rate_limit,
+        fail_rate=args.fail_rate,
+        seed=args.seed,
+        user_owners=frozenset(args.user),
+    )
+    with emulator:
+        print(f"GitHub API emulator (app id {args.app_id}) listening on {emulator.url}", flush=True)
+        for login, installation, is_user in emulator.owners():
+            kind = "user" if is_user else "org"
+            print(f"  installation {installation}: {login} ({kind})", flush=True)
+        # Ctrl-C raises KeyboardInterrupt here; `with` stops the server on the way out.
+        threading.Event().wait()
+    return 0
