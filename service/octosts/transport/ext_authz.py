@@ -84,22 +84,25 @@ class _Denial:
 def bearer_from_headers(values: Sequence[str], *, max_bytes: int = 16 * 1024) -> str:
     """The raw token from the ``authorization`` header value(s) of one request.
 
-    Raises AuthenticationError (reason ``missing_token``) when there is none and
-    TokenMalformed when there are several, the scheme is not Bearer, or the token
-    is oversized or not a b64token. Messages never contain the token.
+    Raises TokenMalformed: reason ``token_missing`` when there is no Bearer token
+    (no header, another scheme, empty), ``token_too_large`` past ``max_bytes``,
+    ``token_malformed`` for several headers or characters a JWT cannot have.
+    Reasons match ``transport.metadata.bearer_token``. Messages never contain the token.
     """
     if not values:
-        raise AuthenticationError("no authorization header", reason="missing_token")
+        raise TokenMalformed("no authorization header", reason="token_missing")
     if len(values) > 1:
-        raise TokenMalformed("more than one authorization header", reason="invalid_authorization")
+        raise TokenMalformed("more than one authorization header")
     scheme, _, token = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise TokenMalformed("authorization scheme is not Bearer", reason="invalid_authorization")
+        raise TokenMalformed("authorization scheme is not Bearer", reason="token_missing")
     token = token.strip()
     if not token:
-        raise AuthenticationError("empty bearer token", reason="missing_token")
+        raise TokenMalformed("empty bearer token", reason="token_missing")
     if len(token) > max_bytes:
-        raise TokenMalformed(f"bearer token longer than {max_bytes} bytes")
+        raise TokenMalformed(
+            f"bearer token longer than {max_bytes} bytes", reason="token_too_large"
+        )
     if not _B64TOKEN.fullmatch(token):
         raise TokenMalformed("bearer token has characters a JWT cannot have")
     return token
@@ -165,7 +168,7 @@ def _allowed(verified: VerifiedToken, headers: Mapping[str, list[str]]) -> Any:
 
 def _denial_for(exc: StsError) -> _Denial | None:
     if isinstance(exc, AuthenticationError):
-        missing = exc.reason == "missing_token"
+        missing = exc.reason == "token_missing"
         return _Denial(
             http_status=401,
             grpc_code=code_pb2.UNAUTHENTICATED,
@@ -184,6 +187,10 @@ def _denial_for(exc: StsError) -> _Denial | None:
     return None
 
 
+def _ignore_decision(decision: str, reason: str) -> None:
+    pass
+
+
 class AuthorizationServicer:
     """``envoy.service.auth.v3.Authorization`` backed by a TokenVerifier.
 
@@ -192,9 +199,17 @@ class AuthorizationServicer:
     UpstreamUnavailable aborts the RPC with INTERNAL.
     """
 
-    def __init__(self, verifier: TokenVerifier, options: ExtAuthzOptions | None = None) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        options: ExtAuthzOptions | None = None,
+        *,
+        on_decision: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """``on_decision(decision, reason)`` ("allow"/"deny", reason code) feeds metrics."""
         self._verifier = verifier
         self._options = options or ExtAuthzOptions()
+        self._on_decision = on_decision or _ignore_decision
         self._modes: dict[str, Callable[[dict[str, list[str]]], Awaitable[Any]]] = {
             MODE_VERIFY: self._verify
         }
@@ -210,10 +225,11 @@ class AuthorizationServicer:
         log = _log.bind(request_id=request_id, authz_mode=mode)
         if handler is None:
             log.warning("ext_authz.unknown_mode")
+            self._on_decision("deny", "unknown_authz_mode")
             forbidden = _Denial(403, code_pb2.PERMISSION_DENIED, "unknown_authz_mode", "forbidden")
             return _denied(forbidden, request_id)
         try:
-            return await handler(headers)
+            response = await handler(headers)
         except StsError as exc:
             denial = _denial_for(exc)
             if denial is None:
@@ -221,6 +237,7 @@ class AuthorizationServicer:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
                 raise  # abort raises; this keeps type checkers and readers sure
             log.info("ext_authz.denied", reason=exc.reason, status=denial.http_status)
+            self._on_decision("deny", exc.reason)
             return _denied(denial, request_id)
         except Exception as exc:
             # Only the type: a buggy verifier's message could quote the token.
@@ -228,6 +245,8 @@ class AuthorizationServicer:
             log.error("ext_authz.fault", error=type(exc).__name__)  # noqa: TRY400
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             raise
+        self._on_decision("allow", "ok")
+        return response
 
     async def _verify(self, headers: dict[str, list[str]]) -> Any:
         token = bearer_from_headers(
