@@ -86,7 +86,7 @@ def _run_check(args: argparse.Namespace) -> int:
         print(f"octo-sts: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except PolicyInvalid as exc:
-        for problem in exc.problems:
+        for problem in _by_line(exc.problems):
             print(f"octo-sts: {_problem_line(args.policy, problem)}", file=sys.stderr)
         return EXIT_INVALID
     domain = args.domain or ""
@@ -118,7 +118,7 @@ def _run_lint(args: argparse.Namespace) -> int:
             unreadable = True
         except PolicyInvalid as exc:
             invalid = True
-            for problem in exc.problems:
+            for problem in _by_line(exc.problems):
                 print(_problem_line(name, problem))
     if unreadable:
         return EXIT_INVALID
@@ -154,6 +154,11 @@ def _load_policy(name: str, kind: PolicyKind) -> TrustPolicy:
     # policy problem (an oversized policy is invalid, not unreadable).
     data = read_limited(name, MAX_POLICY_BYTES, what="policy", overflow_error=False)
     return parse_trust_policy(data, kind=kind)
+
+
+def _by_line(problems: list[PolicyProblem]) -> list[PolicyProblem]:
+    """Problems in file order; those without a line (missing fields) last."""
+    return sorted(problems, key=lambda p: p.line if p.line is not None else sys.maxsize)
 
 
 def _problem_line(name: str, problem: PolicyProblem) -> str:

@@ -1,0 +1,141 @@
+"""The shipped JSON Schemas and the parser agree on a table of samples.
+
+Known, deliberate differences (the parser is stricter; the schema cannot say):
+* regex validity (RE2 syntax, no backreferences/lookarounds) is parser-only;
+* duplicate keys, anchors/aliases, merge keys and the size cap are YAML-level,
+  parser-only (the schema sees the already-loaded data);
+* JSON Schema ``pattern`` is a search in which ``$`` also matches before a final
+  newline, so ``"demo\\n"`` as a repository name passes the schema and fails
+  the parser.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import pytest
+
+from octosts.adapters.policy_yaml import load_document, parse_trust_policy
+from octosts.domain.errors import PolicyInvalid
+from octosts.domain.permissions import PERMISSION_LEVELS
+from octosts.domain.policy import ORG_FIELDS, REPO_FIELDS
+
+
+def schema(name: str) -> dict[str, Any]:
+    text = resources.files("octosts").joinpath(f"schemas/{name}.schema.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(loaded)
+    return loaded
+
+
+TRUST = schema("trust-policy")
+ORG = schema("org-trust-policy")
+ISSUERS = schema("trusted-token-issuers")
+
+HEAD = (
+    "issuer: https://token.actions.githubusercontent.com\nsubject: repo:o/r:ref:refs/heads/main\n"
+)
+PERMS = "permissions:\n  contents: read\n"
+
+# (yaml, valid as repo policy, valid as org policy)
+SAMPLES: list[tuple[str, bool, bool]] = [
+    (HEAD + PERMS, True, True),
+    (HEAD + PERMS + "audience: sts\n", True, True),
+    (HEAD + PERMS + "audience_pattern: sts-.*\n", True, True),
+    (HEAD + PERMS + "audience: a\naudience_pattern: b\n", False, False),
+    (HEAD + PERMS + "claim_pattern:\n  ref: refs/heads/.*\n  ok: 'true'\n", True, True),
+    (HEAD + PERMS + "claim_pattern:\n  ref: 1\n", False, False),
+    (HEAD + PERMS + "claim_pattern: []\n", False, False),
+    (HEAD + PERMS + "claim_pattern:\n", False, False),
+    (HEAD + PERMS + "repositories: [a, b]\n", False, True),
+    (HEAD + PERMS + "repositories: []\n", False, False),
+    (HEAD + PERMS + "repositories: [a, a]\n", False, False),
+    (HEAD + PERMS + "repositories: [o/a]\n", False, False),
+    (HEAD + PERMS + "repositories: ['..']\n", False, False),
+    (HEAD + PERMS + "repositories: a\n", False, False),
+    (HEAD + PERMS + "extra: 1\n", False, False),
+    (HEAD, False, False),
+    (HEAD + "permissions: {}\n", False, False),
+    (HEAD + "permissions:\n  contents: admin\n", False, False),
+    (HEAD + "permissions:\n  workflows: read\n", False, False),
+    (HEAD + "permissions:\n  workflows: write\n", True, True),
+    (HEAD + "permissions:\n  organization_projects: admin\n", True, True),
+    (HEAD + "permissions:\n  contnts: read\n", False, False),
+    (HEAD + "permissions:\n  contents: true\n", False, False),
+    ("subject: s\n" + PERMS, False, False),
+    ("issuer: i\n" + PERMS, False, False),
+    ("issuer: ''\nsubject: s\n" + PERMS, False, False),
+    ("issuer: 1\nsubject: s\n" + PERMS, False, False),
+    ("issuer_pattern: https://.*\nsubject_pattern: repo:.*\n" + PERMS, True, True),
+    ("issuer: i\nissuer_pattern: i\nsubject: s\n" + PERMS, False, False),
+    ("- a\n", False, False),
+]
+
+# Valid for the schema, invalid for the parser: regex validity is parser-only.
+PARSER_ONLY: list[str] = [
+    "issuer: i\nsubject_pattern: '(a)\\1'\n" + PERMS,
+    "issuer: i\nsubject_pattern: '(?=a)a'\n" + PERMS,
+    HEAD + PERMS + "claim_pattern:\n  ref: '(unclosed'\n",
+    HEAD + PERMS + 'repositories: ["demo\\n"]\n',
+]
+
+
+def parser_accepts(text: str, kind: str) -> bool:
+    try:
+        parse_trust_policy(text, kind=kind)  # type: ignore[arg-type]
+    except PolicyInvalid:
+        return False
+    return True
+
+
+def schema_accepts(text: str, validator: dict[str, Any]) -> bool:
+    data = load_document(text).data
+    return bool(jsonschema.Draft202012Validator(validator).is_valid(data))
+
+
+@pytest.mark.parametrize(("text", "repo_ok", "org_ok"), SAMPLES)
+def test_schema_and_parser_agree(text: str, repo_ok: bool, org_ok: bool) -> None:
+    assert parser_accepts(text, "repo") is repo_ok
+    assert schema_accepts(text, TRUST) is repo_ok
+    assert parser_accepts(text, "org") is org_ok
+    assert schema_accepts(text, ORG) is org_ok
+
+
+@pytest.mark.parametrize("text", PARSER_ONLY)
+def test_known_differences(text: str) -> None:
+    assert schema_accepts(text, TRUST) or schema_accepts(text, ORG)
+    assert not parser_accepts(text, "repo")
+    assert not parser_accepts(text, "org")
+
+
+def test_schema_tables_match_the_code() -> None:
+    for document, fields in ((TRUST, REPO_FIELDS), (ORG, ORG_FIELDS)):
+        assert set(document["properties"]) == set(fields)
+        permissions = document["properties"]["permissions"]["properties"]
+        assert {name: set(p["enum"]) for name, p in permissions.items()} == {
+            name: set(levels) for name, levels in PERMISSION_LEVELS.items()
+        }
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ("issuers: [https://token.actions.githubusercontent.com]\n", True),
+        ("mode: audit\nissuer_patterns: ['https://[a-z]+\\.example\\.com']\n", True),
+        ("mode: enforce\nissuers: [https://a.example/x]\nissuer_patterns: [x]\n", True),
+        ("mode: Enforce\nissuers: [https://a.example]\n", False),
+        ("issuers: []\n", False),
+        ("mode: audit\n", False),
+        ("issuers: [HTTPS://A.example]\n", False),
+        ("issuers: ['https://a.example?q=1']\n", False),
+        ("issuers: [https://a.example]\nextra: 1\n", False),
+        ("issuer_patterns: [" + ", ".join(["x"] * 17) + "]\n", False),
+    ],
+)
+def test_trusted_issuers_schema(text: str, valid: bool) -> None:
+    # The parser for this file arrives with [org-allowlist]; until then the
+    # schema is checked on its own.
+    assert schema_accepts(text, ISSUERS) is valid
