@@ -27,6 +27,7 @@ from octosts.domain.policy import PolicyKind, TrustPolicy, compile_policy
 MAX_POLICY_BYTES = 64 * 1024
 MAX_DEPTH = 16
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,12 @@ class _Walker:
         self.problems: list[PolicyProblem] = []
 
     def value(self, node: yaml.Node, path: str) -> object:
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+            # Collections are built here, not by the constructor, so explicit
+            # tags (!!python/..., !!set, !custom) must be refused here too.
+            raise _Refused(
+                problem=f"unsupported tag {node.tag[:60]!r}", problem_mark=node.start_mark
+            )
         if isinstance(node, yaml.MappingNode):
             return self.mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
