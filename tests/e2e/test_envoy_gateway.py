@@ -215,9 +215,19 @@ async def test_native_grpc_over_tls_both_services(edge: Edge, upstream: Upstream
         assert raw.token == f"{GITHUB_TOKEN}:octo/app"
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await sts.Exchange(sts_pb2.ExchangeRequest(scope="octo/app", identity="ci"), timeout=10)
-    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "token_missing" in denied.value.details()
+        # Service errors keep their gRPC status (the grpc-* stripping is for HTTP answers only).
+        with pytest.raises(grpc.aio.AioRpcError) as policy:
+            await sts.Exchange(
+                sts_pb2.ExchangeRequest(scope="deny/me", identity="ci"),
+                metadata=metadata,
+                timeout=10,
+            )
+        assert policy.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert policy.value.details() == "policy_denied"
     assert upstream.chainguard.calls == 1
-    assert len(upstream.sts.calls) == 1
+    assert len(upstream.sts.calls) == 2
 
 
 async def test_service_down_is_503_not_403(edge: Edge, upstream: Upstreams) -> None:
