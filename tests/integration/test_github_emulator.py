@@ -15,9 +15,15 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from octosts.adapters.signer import app_jwt
-from octosts.dev.github_emulator import FIRST_INSTALLATION_ID, GitHubEmulator
+from octosts.dev.github_emulator import (
+    FIRST_INSTALLATION_ID,
+    GitHubEmulator,
+    ensure_app_key,
+    load_app_public_key,
+)
 from tests.emulator import APP_ID, app_key, make_emulator, other_key, pem, real_time_clock, signer
 from tests.fakes import FakeClock
 
@@ -324,15 +330,16 @@ def cli_process(tmp_path) -> Iterator[tuple[subprocess.Popen[str], str]]:
                 stream.close()
 
 
-async def test_cli_serves_and_stops_on_interrupt(cli_process) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+async def test_cli_serves_and_stops_on_signal(cli_process, signum, code) -> None:
     proc, url = cli_process
     clock = real_time_clock()
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         resp = await client.get("/orgs/octo-org/installation", headers=await _jwt(clock))
         assert resp.status_code == 200
         assert resp.json()["id"] == ORG_ID
-    os.kill(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=5) == 130
+    os.kill(proc.pid, signum)
+    assert proc.wait(timeout=5) == code
 
 
 def test_cli_rejects_bad_key(tmp_path) -> None:
@@ -351,3 +358,21 @@ def test_cli_rejects_bad_key(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert "not a PEM" in proc.stderr
+
+
+def test_ensure_app_key_creates_once_with_private_mode(tmp_path) -> None:
+    path = ensure_app_key(tmp_path / "keys" / "app.pem")
+    assert path.stat().st_mode & 0o777 == 0o600
+    first = path.read_bytes()
+    assert ensure_app_key(path).read_bytes() == first
+    public = load_app_public_key(first)
+    assert (
+        load_app_public_key(
+            public.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        ).public_numbers()
+        == public.public_numbers()
+    )
+    with pytest.raises(ValueError, match="not a PEM"):
+        load_app_public_key(b"junk")

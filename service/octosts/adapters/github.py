@@ -321,7 +321,7 @@ class GitHubAppClient:
         path: str,
         *,
         authorization: str,
-        budget: str,
+        budget: str | None,
         what: str,
         accept: str = _JSON_MEDIA,
         json_body: object = None,
@@ -371,7 +371,8 @@ class GitHubAppClient:
             raise GitHubUnavailable(f"GitHub unreachable on {what}: {type(exc).__name__}") from exc
         if stage is not None:
             stage.annotate("github_status", result.status)
-        self._record_rate(budget, result.headers)
+        if budget is not None:
+            self._record_rate(budget, result.headers)
         return result
 
     # -- installations -------------------------------------------------------------------
@@ -555,7 +556,7 @@ class GitHubAppClient:
             "DELETE",
             "/installation/token",
             authorization=f"token {token}",
-            budget="revoke",
+            budget=None,  # the token's own budget, which nobody watches
             what=what,
         )
         if resp.status not in {204, 401}:

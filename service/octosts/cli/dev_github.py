@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from pathlib import Path
 
-from octosts.dev.github_emulator import GitHubEmulator, load_app_public_key
+from octosts.dev.github_emulator import GitHubEmulator, ensure_app_key, load_app_public_key
 
 EXIT_USAGE = 2
 
@@ -59,6 +60,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="FILE",
         help="the app's private or public RSA PEM (only the public half is used)",
     )
+    parser.add_argument(
+        "--create-key",
+        action="store_true",
+        help="write a new RSA private key to --app-key first if that file does not exist",
+    )
     parser.add_argument("--app-id", type=_positive, default=1, metavar="N")
     parser.add_argument("--latency-ms", type=_non_negative, default=0, metavar="N")
     parser.add_argument(
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.repos.is_dir():
         print(f"octo-sts: --repos {args.repos}: not a directory", file=sys.stderr)
         return EXIT_USAGE
+    if args.create_key:
+        ensure_app_key(args.app_key)
     try:
         public_key = load_app_public_key(args.app_key.read_bytes())
     except ValueError as exc:
@@ -103,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         for login, installation, is_user in emulator.owners():
             kind = "user" if is_user else "org"
             print(f"  installation {installation}: {login} ({kind})", flush=True)
-        # Ctrl-C raises KeyboardInterrupt here; `with` stops the server on the way out.
-        threading.Event().wait()
+        # Ctrl-C raises KeyboardInterrupt here and SIGTERM (process managers, `make run`)
+        # ends the wait; either way `with` stops the server on the way out.
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
     return 0
