@@ -305,12 +305,9 @@ class DevIssuer:
         key = next((k for k in keys if k.kid == kid), None) if kid else keys[-1]
         if key is None:
             raise LookupError(f"no key {kid!r}")
-        now = int(time.time())
-        payload: dict[str, Any] = {"iss": self.url, "iat": now, "exp": now + int(ttl)}
-        payload.update(claims or {})
-        payload.update(more)
-        header = {"kid": key.kid, **(headers or {})}
-        return jwt.encode(payload, key.private_key, algorithm=alg or key.alg, headers=header)
+        return mint_token(
+            key, self.url, {**(claims or {}), **more}, ttl=ttl, alg=alg, headers=headers
+        )
 
     # -- serving -------------------------------------------------------------
 
@@ -338,6 +335,23 @@ class DevIssuer:
 
     def redirect(self, path: str, location: str, status: int = 302) -> None:
         self.responses[path] = CannedResponse(status=status, headers={"Location": location})
+
+
+def mint_token(
+    key: SigningKey,
+    issuer_url: str,
+    claims: Mapping[str, Any],
+    *,
+    ttl: float = 600,
+    alg: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+) -> str:
+    """Sign ``claims`` (after defaulted ``iss``, ``iat``, ``exp``) with ``key``."""
+    now = int(time.time())
+    payload: dict[str, Any] = {"iss": issuer_url, "iat": now, "exp": now + int(ttl)}
+    payload.update(claims)
+    header = {"kid": key.kid, **(headers or {})}
+    return jwt.encode(payload, key.private_key, algorithm=alg or key.alg, headers=header)
 
 
 # -- state directory shared by `dev issuer` and `dev token` -------------------
