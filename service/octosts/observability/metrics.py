@@ -32,19 +32,22 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    make_wsgi_app,
     multiprocess,
-    start_http_server,
 )
 from prometheus_client import values as _prom_values
 
@@ -52,7 +55,6 @@ from octosts.domain import errors
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
-    from wsgiref.simple_server import WSGIServer
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -321,11 +323,33 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 -- stdlib name
+        pass  # scrapes are not worth a log line each
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
     """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread.
 
     ``port`` 0 picks a free port (read it back from ``.port``). Raises OSError
     when the address cannot be bound.
     """
-    httpd, thread = start_http_server(port, addr=host, registry=registry)
+    server_class = _Server6 if ":" in host else _Server
+    httpd: WSGIServer = make_server(
+        host, port, make_wsgi_app(registry), server_class, _QuietHandler
+    )
+    # A short poll interval so close() returns promptly.
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="metrics", daemon=True
+    )
+    thread.start()
     return MetricsServer(host=host, port=int(httpd.server_port), _httpd=httpd, _thread=thread)
