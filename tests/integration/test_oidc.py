@@ -223,6 +223,13 @@ async def test_junk_kids_trigger_one_refetch(issuer: DevIssuer, make: Make) -> N
     assert fetches(issuer) == (2, 2)
 
 
+async def test_unknown_kid_on_a_cold_issuer_fetches_once(issuer: DevIssuer, make: Make) -> None:
+    verifier, _ = make()
+    with pytest.raises(TokenSignatureInvalid):
+        await verifier.verify(issuer.mint(CLAIMS, headers={"kid": "junk"}))
+    assert fetches(issuer) == (1, 1)
+
+
 async def test_concurrent_cold_verifies_share_one_fetch(issuer: DevIssuer, make: Make) -> None:
     verifier, _ = make()
     tokens = [issuer.mint({**CLAIMS, "n": i}) for i in range(50)]
@@ -499,5 +506,6 @@ def test_config_rejects_bad_patterns() -> None:
         OidcConfig(allowed_issuer_patterns=("(a",))
     with pytest.raises(ValueError, match="RE2"):
         OidcConfig(allowed_issuer_patterns=(r"(a)\1",))
-    with pytest.raises(IssuerRejected):
+    with pytest.raises(ValueError, match="https"):
         OidcConfig(allowed_issuers=frozenset({"http://example.com"}))
+    OidcConfig(insecure_issuers=frozenset({"http://127.0.0.1:8080"}))

@@ -110,7 +110,10 @@ class OidcConfig:
             except re2.error as exc:
                 raise ValueError(f"allowed_issuer_patterns: bad RE2 pattern {pattern!r}") from exc
         for issuer in self.insecure_issuers | self.allowed_issuers:
-            parse_issuer_url(issuer, allow_insecure=issuer in self.insecure_issuers)
+            try:
+                parse_issuer_url(issuer, allow_insecure=issuer in self.insecure_issuers)
+            except IssuerRejected as exc:
+                raise ValueError(f"configured issuer {issuer!r}: {exc.detail}") from exc
         if self.max_token_bytes < 1 or self.max_response_bytes < 1 or self.cache_maxsize < 1:
             raise ValueError("size limits must be positive")
 
@@ -347,7 +350,13 @@ class OidcVerifier:
         else:
             keys = await self._load(token.issuer, insecure)
         candidates = keys.candidates(token.kid, token.alg)
-        if not candidates and token.kid is not None and self._may_refetch(token.issuer):
+        # keys loaded by this very call are as fresh as a refetch would be
+        if (
+            not candidates
+            and token.kid is not None
+            and cached is not None
+            and self._may_refetch(token.issuer)
+        ):
             keys = await self._flight.do(
                 token.issuer, lambda: self._fetch_keys(token.issuer, insecure, refetch=True)
             )
