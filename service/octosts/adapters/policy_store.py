@@ -126,9 +126,8 @@ class PolicyStore:
 
     @staticmethod
     def _parse(content: bytes, etag: str | None, location: PolicyLocation) -> _Cached:
-        kind = "org" if location.kind == "org" else "repo"
         try:
-            return _Cached(parse_trust_policy(content, kind=kind), None, etag)
+            return _Cached(parse_trust_policy(content, kind=location.kind), None, etag)
         except PolicyInvalid as exc:
             return _Cached(None, exc, etag)
 

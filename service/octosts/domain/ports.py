@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from octosts.domain.policy import TrustPolicy
+    from octosts.domain.policy import PolicyKind, TrustPolicy
     from octosts.domain.tokens import VerifiedToken
 
 
@@ -130,7 +130,7 @@ class PolicyLocation:
     owner: str
     repo: str
     path: str
-    kind: str  # "repo" | "org"
+    kind: PolicyKind
 
 
 class PolicySource(Protocol):

@@ -13,10 +13,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-SERVICE_NAMES = (
-    "octosts.v1.SecurityTokenService",
-    "chainguard.platform.oidc.SecurityTokenService",
-)
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 64 * 1024  # requests are tiny; refuse anything large before parsing
@@ -30,7 +26,7 @@ class GrpcServer:
         address: str,
         registrars: Sequence[Registrar],
         *,
-        service_names: Sequence[str] = SERVICE_NAMES,
+        service_names: Sequence[str],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         reuse_port: bool = False,
     ) -> None:

@@ -24,6 +24,11 @@ from octosts.transport.metadata import bearer_token, request_id, user_agent
 if TYPE_CHECKING:
     from octosts.domain.exchange import Exchanger
 
+SERVICE_NAMES = (
+    "octosts.v1.SecurityTokenService",
+    "chainguard.platform.oidc.SecurityTokenService",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class CallInfo:

@@ -1,0 +1,287 @@
+"""The one wiring module: settings -> adapters -> domain -> transport.
+
+Nothing else in the package constructs clients, caches or servers from
+configuration; tests build the same object graph through ``build_app`` with
+their own clock, registry or tracer provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import shutil
+import signal
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx
+import structlog
+from prometheus_client import CollectorRegistry
+
+from octosts.adapters.github import GitHubAppClient, GitHubConfig
+from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
+from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
+from octosts.adapters.signer import PemSigner
+from octosts.adapters.verified_cache import CachingVerifier
+from octosts.domain.exchange import Exchanger
+from octosts.domain.ports import Clock, SystemClock
+from octosts.observability.logging import configure_logging
+from octosts.observability.metrics import (
+    Metrics,
+    exposition_registry,
+    prepare_multiprocess_dir,
+    start_metrics_server,
+)
+from octosts.observability.stages import TelemetryObserver
+from octosts.observability.tracing import build_tracer_provider, make_tracer, settings_from_env
+from octosts.transport import ext_authz, sts
+from octosts.transport.interceptors import ObservabilityInterceptor
+from octosts.transport.server import GrpcServer
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from octosts.domain.exchange import ExchangeAttempt, ExchangeRequest
+    from octosts.observability.metrics import MetricsServer
+    from octosts.settings import Settings
+    from octosts.transport.errors import Failure
+
+_log = structlog.get_logger("octosts")
+EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+class ExchangeEvents:
+    """``ExchangeReporter``: one log line and one metric per finished exchange."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def exchange_done(
+        self,
+        call: sts.CallInfo,
+        request: ExchangeRequest,
+        attempt: ExchangeAttempt,
+        failed: Failure | None,
+    ) -> None:
+        caller = attempt.caller
+        result = "allowed" if failed is None else _result_for(failed)
+        reason = "allowed" if failed is None else failed.reason
+        self._metrics.exchange(result, reason)
+        _log.info(
+            "exchange",
+            rpc=call.rpc,
+            request_id=call.request_id,
+            result=result,
+            reason=reason,
+            scope=request.scope[:200],
+            identity=request.identity[:100],
+            iss=caller.issuer if caller else None,
+            sub=caller.subject if caller else None,
+            installation_id=attempt.installation_id,
+            duration_ms=round(call.duration_seconds * 1000, 3),
+        )
+
+
+def _result_for(failed: Failure) -> str:
+    name = failed.code.name
+    return "denied" if name in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "error"
+
+
+def outbound_tls(settings: Settings) -> ssl.SSLContext | bool:
+    """System trust, plus the operator's extra CA (GHES, in-cluster issuers, dev CA)."""
+    if not settings.outbound_ca_file:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=settings.outbound_ca_file)
+    return context
+
+
+@dataclass
+class App:
+    """A built service: start it, stop it."""
+
+    settings: Settings
+    server: GrpcServer
+    metrics: Metrics
+    tracer_provider: TracerProvider | None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    metrics_server: MetricsServer | None = None
+
+    async def start(self) -> int:
+        port = await self.server.start()
+        _log.info("serving", grpc_port=port, sts_domain=self.settings.sts_domain)
+        return port
+
+    async def stop(self) -> None:
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                await close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+
+
+def build_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+    environ: dict[str, str] | None = None,
+) -> App:
+    """Build every component from settings. Raises ValueError/StsError on bad config."""
+    clock = clock or SystemClock()
+    registry = registry if registry is not None else CollectorRegistry()
+    if tracer_provider is None:
+        tracer_provider = build_tracer_provider(
+            settings_from_env(os.environ if environ is None else environ)
+        )
+    metrics = Metrics(registry)
+    tracer = make_tracer(tracer_provider)
+    observer = TelemetryObserver(metrics, tracer)
+    tls = outbound_tls(settings)
+
+    oidc_config = OidcConfig(
+        insecure_issuers=frozenset(settings.insecure_issuers),
+        allowed_issuers=frozenset(settings.issuer_allowlist),
+        allowed_issuer_patterns=settings.issuer_patterns,
+        leeway_seconds=settings.oidc_leeway_seconds,
+        read_timeout=settings.outbound_timeout_seconds,
+        cache_maxsize=min(settings.cache_max_entries, 1024),
+    )
+    issuer_http = make_http_client(oidc_config, verify=tls)
+    verifier = CachingVerifier(
+        OidcVerifier(oidc_config, http=issuer_http, clock=clock, observer=observer),
+        clock=clock,
+        maxsize=settings.cache_max_entries,
+    )
+
+    github_http = httpx.AsyncClient(
+        verify=tls,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.outbound_timeout_seconds),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    )
+    github = GitHubAppClient(
+        GitHubConfig(
+            app_id=settings.github_app_id,
+            base_url=settings.github_base_url,
+            request_timeout=settings.outbound_timeout_seconds,
+            installation_ttl=settings.installation_ttl_seconds,
+            installation_negative_ttl=settings.installation_missing_seconds,
+            installation_cache_size=settings.cache_max_entries,
+            contents_token_cache_size=settings.cache_max_entries,
+        ),
+        http=github_http,
+        signer=PemSigner.from_pem(settings.github_app_private_key),
+        clock=clock,
+        observer=observer,
+        on_rate_limit=metrics.rate_limit_remaining,
+    )
+    policies = PolicyStore(
+        github,
+        clock=clock,
+        observer=observer,
+        config=PolicyCacheConfig(
+            fresh_seconds=settings.policy_fresh_seconds,
+            stale_seconds=settings.policy_stale_seconds,
+            missing_seconds=settings.policy_missing_seconds,
+            max_entries=settings.cache_max_entries,
+        ),
+    )
+    exchanger = Exchanger(
+        verifier=verifier,
+        github=github,
+        policies=policies,
+        observer=observer,
+        domain=settings.sts_domain,
+        org_policy_repo=settings.org_policy_repo,
+    )
+    events = ExchangeEvents(metrics)
+    authz = ext_authz.AuthorizationServicer(verifier)
+    server = GrpcServer(
+        settings.grpc_addr,
+        [
+            lambda s: sts.add_to_server(s, exchanger, events, verbose=settings.verbose_errors),
+            lambda s: ext_authz.add_to_server(s, authz),
+        ],
+        service_names=(*sts.SERVICE_NAMES, EXT_AUTHZ_SERVICE),
+        interceptors=[ObservabilityInterceptor(metrics, tracer)],
+        reuse_port=settings.workers > 1,
+    )
+    return App(
+        settings=settings,
+        server=server,
+        metrics=metrics,
+        tracer_provider=tracer_provider,
+        closers=[issuer_http.aclose, github_http.aclose],
+    )
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: NOT_SERVING, stop(grace), close clients."""
+    app = build_app(settings)
+    if settings.metrics_addr:
+        host, _, port = settings.metrics_addr.rpartition(":")
+        app.metrics_server = start_metrics_server(app.metrics.registry, host, int(port))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await app.start()
+    await stopping.wait()
+    _log.info("shutting_down", grace_seconds=settings.shutdown_grace_seconds)
+    await app.stop()
+
+
+def _worker(settings: Settings) -> None:
+    """Entry point of one worker process (spawned: a fresh interpreter)."""
+    configure_logging(level=settings.log_level, fmt=settings.log_format)  # type: ignore[arg-type]
+    asyncio.run(run(dataclasses.replace(settings, metrics_addr="")))
+
+
+def serve(settings: Settings) -> int:
+    """Run the service: in this process, or as N workers sharing the port (SO_REUSEPORT).
+
+    With several workers, this process only supervises: it exports the
+    Prometheus multi-process directory before any worker starts, serves the
+    aggregated ``/metrics`` and forwards SIGTERM/SIGINT to the workers.
+    """
+    configure_logging(level=settings.log_level, fmt=settings.log_format)  # type: ignore[arg-type]
+    if settings.workers == 1:
+        asyncio.run(run(settings))
+        return 0
+    run_dir = prepare_multiprocess_dir()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_worker, args=(settings,)) for _ in range(settings.workers)]
+    for process in workers:
+        process.start()
+    metrics_server = None
+    if settings.metrics_addr:
+        host, _, port = settings.metrics_addr.rpartition(":")
+        metrics_server = start_metrics_server(exposition_registry(run_dir), host, int(port))
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in workers:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = 0
+    for process in workers:
+        process.join()
+        failed += process.exitcode != 0
+    if metrics_server is not None:
+        metrics_server.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return 1 if failed else 0
