@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# xds-protos ships its own (older) opentelemetry/proto modules over opentelemetry-proto's;
+	@# reinstalling the latter restores what the OTLP exporter imports (tests/unit/test_imports.py).
+	$(PY) -m pip install --quiet --force-reinstall --no-deps opentelemetry-proto==1.45.2
 	touch $@
 
 $(GEN_STAMP): $(STAMP) $(shell find proto -name '*.proto') scripts/gen_protos.py

@@ -207,7 +207,7 @@ def build_app(
         org_policy_repo=settings.org_policy_repo,
     )
     events = ExchangeEvents(metrics)
-    authz = ext_authz.AuthorizationServicer(verifier)
+    authz = ext_authz.AuthorizationServicer(verifier, on_decision=metrics.ext_authz_decision)
     server = GrpcServer(
         settings.grpc_addr,
         [
