@@ -30,6 +30,9 @@ install: $(STAMP) $(GEN_STAMP) ## create .venv, install the package with dev ext
 proto: $(STAMP) ## regenerate Python code and the Envoy descriptor set from proto/
 	$(PY) scripts/gen_protos.py
 
+run: install ## start issuer + GitHub emulator + 2 STS replicas + Envoy on https://localhost:8443 and show an exchange
+	$(VENV)/bin/octo-sts dev stack --workdir .run
+
 test: install ## run every test (unit, integration, e2e)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from octosts.cli import dev_github, dev_issuer
+from octosts.cli import dev_github, dev_issuer, dev_stack
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -12,3 +12,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dev_sub = parser.add_subparsers(dest="dev_command", required=True, metavar="DEV_COMMAND")
     dev_issuer.register(dev_sub)
     dev_github.register(dev_sub)
+    dev_stack.register(dev_sub)

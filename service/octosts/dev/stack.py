@@ -1,0 +1,318 @@
+"""The whole local stack as real processes: dev issuer, GitHub emulator, STS replicas, Envoy.
+
+``make run`` (``octo-sts dev stack``) and the end-to-end tests start the same
+thing, so what the tests prove is what a user sees. Every process is started
+with the ``octo-sts`` CLI, polled for readiness with a deadline (never a
+sleep) and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Self
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from octosts.dev.certs import CertPaths, ensure_dev_certs
+from octosts.dev.envoy import EnvoyParams, EnvoyProcess, Upstream, free_port, render_config
+from octosts.dev.issuer import load_state, mint_token
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE_REPOS = REPO_ROOT / "examples" / "repos"
+DESCRIPTOR_SET = REPO_ROOT / "build" / "octosts.pb"
+# The examples name this issuer; the stack rewrites it to the issuer it starts.
+EXAMPLE_ISSUER = "http://127.0.0.1:8780"
+DEFAULT_DOMAIN = "octo-sts.local"
+APP_ID = 1
+
+
+class StackError(RuntimeError):
+    """A component did not start; the message carries the tail of its log."""
+
+
+@dataclass(frozen=True, slots=True)
+class StackPorts:
+    issuer: int
+    github: int
+    grpc: tuple[int, ...]
+    metrics: tuple[int, ...]
+    gateway: int
+    envoy_admin: int
+
+    @classmethod
+    def fixed(cls, replicas: int = 2) -> StackPorts:
+        """The documented ports of ``make run``."""
+        return cls(
+            issuer=8780,
+            github=8781,
+            grpc=tuple(8080 + 2 * i for i in range(replicas)),
+            metrics=tuple(9464 + i for i in range(replicas)),
+            gateway=8443,
+            envoy_admin=9901,
+        )
+
+    @classmethod
+    def free(cls, replicas: int = 2) -> StackPorts:
+        """Free loopback ports (tests)."""
+        return cls(
+            issuer=free_port(),
+            github=free_port(),
+            grpc=tuple(free_port() for _ in range(replicas)),
+            metrics=tuple(free_port() for _ in range(replicas)),
+            gateway=free_port(),
+            envoy_admin=free_port(),
+        )
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        self.log.close()
+
+
+def _deadline_poll(what: str, check: Any, timeout: float, proc: _Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.popen.poll() is not None:
+            raise StackError(f"{what} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            tail = proc.tail() if proc is not None else ""
+            raise StackError(f"{what} not ready after {timeout:.0f} s\n{tail}")
+        time.sleep(0.05)  # poll interval, not a readiness guess: the deadline decides
+
+
+def _http_ok(url: str, *, verify: Any = True) -> bool:
+    return httpx.get(url, timeout=1.0, verify=verify).status_code == 200
+
+
+def _grpc_serving(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=1.0
+        )
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class DevStack:
+    """Start with ``start()``; stop with ``stop()`` (or use as a context manager)."""
+
+    workdir: Path
+    ports: StackPorts
+    repos: Path = EXAMPLE_REPOS
+    domain: str = DEFAULT_DOMAIN
+    base_id: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    github_args: tuple[str, ...] = ()
+    _procs: list[_Proc] = field(default_factory=list)
+    _servers: dict[int, _Proc] = field(default_factory=dict)
+    envoy: EnvoyProcess | None = None
+    certs: CertPaths | None = None
+
+    # -- addresses -----------------------------------------------------------------------
+
+    @property
+    def issuer_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.issuer}"
+
+    @property
+    def github_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.github}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"https://localhost:{self.ports.gateway}"
+
+    @property
+    def ca_cert(self) -> Path:
+        assert self.certs is not None
+        return self.certs.ca_cert
+
+    @property
+    def app_key(self) -> Path:
+        return self.workdir / "app.pem"
+
+    def token(self, sub: str, aud: str | None = None, ttl: int = 600, **claims: Any) -> str:
+        """A token signed by the running dev issuer (like ``octo-sts dev token``)."""
+        state = load_state(self.workdir / "dev-issuer")
+        if state is None:
+            raise StackError("dev issuer state missing")
+        body = {"sub": sub, "aud": aud or self.domain, **claims}
+        return mint_token(state.key, state.issuer_url, body, ttl=ttl)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Proc:
+        log_path = self.workdir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("wb")
+        popen = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+            [sys.executable, "-m", "octosts", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # Ctrl-C in the terminal reaches the supervisor only
+        )
+        proc = _Proc(name, popen, log_path, log)
+        self._procs.append(proc)
+        return proc
+
+    def _seed_repos(self) -> Path:
+        """Copy the example repos with their issuer pointed at this stack's issuer."""
+        target = self.workdir / "repos"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(self.repos, target)
+        for path in target.rglob("*.yaml"):
+            text = path.read_text()
+            if EXAMPLE_ISSUER in text:
+                path.write_text(text.replace(EXAMPLE_ISSUER, self.issuer_url))
+        return target
+
+    def server_env(self, index: int) -> dict[str, str]:
+        return {
+            "STS_DOMAIN": self.domain,
+            "GITHUB_APP_ID": str(APP_ID),
+            "GITHUB_APP_PRIVATE_KEY_FILE": str(self.app_key),
+            "GITHUB_BASE_URL": self.github_url,
+            "OCTOSTS_GRPC_ADDR": f"127.0.0.1:{self.ports.grpc[index]}",
+            "OCTOSTS_METRICS_ADDR": f"127.0.0.1:{self.ports.metrics[index]}",
+            "OCTOSTS_INSECURE_ISSUERS": self.issuer_url,
+            "OCTOSTS_LOG_FORMAT": "json",
+            "OCTOSTS_SHUTDOWN_GRACE_SECONDS": "2",
+            **self.extra_env,
+        }
+
+    def start_server(self, index: int, timeout: float = 30.0) -> None:
+        proc = self._spawn(f"sts-{index}", ["serve"], self.server_env(index))
+        self._servers[index] = proc
+        port = self.ports.grpc[index]
+        _deadline_poll(f"sts replica {index}", lambda: _grpc_serving(port), timeout, proc)
+
+    def stop_server(self, index: int, *, kill: bool = False) -> None:
+        proc = self._servers.pop(index)
+        if kill:
+            proc.popen.kill()
+            proc.popen.wait(10)
+            proc.log.close()
+        else:
+            proc.stop()
+        self._procs.remove(proc)
+
+    def start(self, timeout: float = 30.0) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        self.certs = ensure_dev_certs(self.workdir / "certs")
+        issuer = self._spawn(
+            "issuer",
+            [
+                "dev", "issuer",
+                "--listen", f"127.0.0.1:{self.ports.issuer}",
+                "--state-dir", str(self.workdir / "dev-issuer"),
+                "--issuer-url", self.issuer_url,
+            ],
+        )  # fmt: skip
+        github = self._spawn(
+            "github",
+            [
+                "dev", "github",
+                "--listen", f"127.0.0.1:{self.ports.github}",
+                "--repos", str(self._seed_repos()),
+                "--app-key", str(self.app_key),
+                "--create-key",
+                "--app-id", str(APP_ID),
+                *self.github_args,
+            ],
+        )  # fmt: skip
+        discovery = f"{self.issuer_url}/.well-known/openid-configuration"
+        _deadline_poll("dev issuer", lambda: _http_ok(discovery), timeout, issuer)
+        health = f"{self.github_url}/_emulator/health"
+        _deadline_poll("GitHub emulator", lambda: _http_ok(health), timeout, github)
+        for index in range(len(self.ports.grpc)):
+            self.start_server(index, timeout)
+        self._start_envoy(timeout)
+
+    def _start_envoy(self, timeout: float) -> None:
+        assert self.certs is not None
+        if not DESCRIPTOR_SET.exists():
+            raise StackError(f"{DESCRIPTOR_SET} missing: run `make proto`")
+        params = EnvoyParams(
+            listen_host="127.0.0.1",
+            listen_port=self.ports.gateway,
+            admin_port=self.ports.envoy_admin,
+            cert_path=self.certs.cert,
+            key_path=self.certs.key,
+            descriptor_path=DESCRIPTOR_SET,
+            upstreams=[Upstream("127.0.0.1", port) for port in self.ports.grpc],
+            access_log_path=str(self.workdir / "logs" / "envoy-access.log"),
+            health_check_interval_s=1.0,
+        )
+        config = self.workdir / "envoy.yaml"
+        config.write_text(render_config(params))
+        self.envoy = EnvoyProcess(
+            config,
+            admin_port=self.ports.envoy_admin,
+            log_path=self.workdir / "logs" / "envoy.log",
+            base_id=self.base_id or None,
+        )
+        self.envoy.start(timeout=timeout)
+        # Ready means Envoy is up *and* sees a healthy replica (active health checks).
+        _deadline_poll(
+            "gateway",
+            lambda: _http_ok(f"{self.gateway_url}/healthz", verify=str(self.ca_cert)),
+            timeout,
+        )
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            with contextlib.suppress(Exception):
+                self.envoy.stop()
+            self.envoy = None
+        for proc in reversed(self._procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        self._procs.clear()
+        self._servers.clear()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
