@@ -16,6 +16,7 @@ import shutil
 import signal
 import ssl
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -29,6 +30,7 @@ from octosts.adapters.signer import PemSigner
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.exchange import Exchanger
 from octosts.domain.ports import Clock, SystemClock
+from octosts.observability.audit import Actor, AuditEvent, AuditLog, CloudEventSink, token_sha256
 from octosts.observability.logging import configure_logging
 from octosts.observability.metrics import (
     Metrics,
@@ -37,7 +39,12 @@ from octosts.observability.metrics import (
     start_metrics_server,
 )
 from octosts.observability.stages import TelemetryObserver
-from octosts.observability.tracing import build_tracer_provider, make_tracer, settings_from_env
+from octosts.observability.tracing import (
+    build_tracer_provider,
+    current_trace_id,
+    make_tracer,
+    settings_from_env,
+)
 from octosts.transport import ext_authz, sts
 from octosts.transport.interceptors import ObservabilityInterceptor
 from octosts.transport.server import GrpcServer
@@ -57,10 +64,12 @@ EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 class ExchangeEvents:
-    """``ExchangeReporter``: one log line and one metric per finished exchange."""
+    """``ExchangeReporter``: one audit event and one ``octo_sts_exchanges_total`` per exchange."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, audit: AuditLog, clock: Clock) -> None:
         self._metrics = metrics
+        self._audit = audit
+        self._clock = clock
 
     def exchange_done(
         self,
@@ -69,28 +78,50 @@ class ExchangeEvents:
         attempt: ExchangeAttempt,
         failed: Failure | None,
     ) -> None:
-        caller = attempt.caller
-        result = "allowed" if failed is None else _result_for(failed)
-        reason = "allowed" if failed is None else failed.reason
+        result, reason = ("ok", "ok") if failed is None else (_result_for(failed), failed.reason)
         self._metrics.exchange(result, reason)
-        _log.info(
-            "exchange",
-            rpc=call.rpc,
-            request_id=call.request_id,
-            result=result,
-            reason=reason,
-            scope=request.scope[:200],
-            identity=request.identity[:100],
-            iss=caller.issuer if caller else None,
-            sub=caller.subject if caller else None,
-            installation_id=attempt.installation_id,
-            duration_ms=round(call.duration_seconds * 1000, 3),
-        )
+        self._audit.record(audit_event(call, request, attempt, result, reason, self._clock))
+
+
+def audit_event(
+    call: sts.CallInfo,
+    request: ExchangeRequest,
+    attempt: ExchangeAttempt,
+    result: str,
+    reason: str,
+    clock: Clock,
+) -> AuditEvent:
+    """The audit record of one exchange: who asked, what they got (a hash, never the token)."""
+    caller = attempt.caller
+    minted = attempt.result.token if attempt.result is not None else None
+    return AuditEvent(
+        time=datetime.fromtimestamp(clock.now(), UTC),
+        request_id=call.request_id,
+        result=result,
+        reason=reason,
+        # Called inside the interceptor's RPC span: this is the caller's trace.
+        trace_id=current_trace_id(),
+        actor=None
+        if caller is None
+        else Actor(caller.issuer, caller.subject, dict(attempt.matched_claims)),
+        scope=request.scope[:200],
+        identity=request.identity[:100],
+        installation_id=attempt.installation_id,
+        permissions=dict(minted.permissions) if minted is not None else {},
+        repositories=tuple(minted.repositories) if minted is not None else (),
+        token_sha256=token_sha256(minted.token) if minted is not None else "",
+        user_agent=call.user_agent,
+        rpc=call.rpc,
+        duration_ms=round(call.duration_seconds * 1000, 3),
+    )
+
+
+_CALLER_FAULTS = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"})
 
 
 def _result_for(failed: Failure) -> str:
-    name = failed.code.name
-    return "denied" if name in {"PERMISSION_DENIED", "UNAUTHENTICATED"} else "error"
+    # Same split as metrics.exchange_outcome: "denied" is the caller's fault, "error" ours.
+    return "denied" if failed.code.name in _CALLER_FAULTS else "error"
 
 
 def outbound_tls(settings: Settings) -> ssl.SSLContext | bool:
@@ -112,8 +143,11 @@ class App:
     tracer_provider: TracerProvider | None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     metrics_server: MetricsServer | None = None
+    audit: AuditLog | None = None
 
     async def start(self) -> int:
+        if self.audit is not None:
+            self.audit.start()  # the sink's senders live in this event loop
         port = await self.server.start()
         _log.info("serving", grpc_port=port, sts_domain=self.settings.sts_domain)
         return port
@@ -123,6 +157,9 @@ class App:
         for close in reversed(self.closers):
             with contextlib.suppress(Exception):
                 await close()
+        if self.audit is not None:
+            # After the server: in-flight exchanges have recorded their events.
+            await self.audit.close(flush_within=self.settings.shutdown_grace_seconds)
         if self.metrics_server is not None:
             self.metrics_server.close()
         if self.tracer_provider is not None:
@@ -206,7 +243,12 @@ def build_app(
         domain=settings.sts_domain,
         org_policy_repo=settings.org_policy_repo,
     )
-    events = ExchangeEvents(metrics)
+    audit = AuditLog(
+        sink=CloudEventSink(settings.audit_sink_url, metrics=metrics, source=settings.sts_domain)
+        if settings.audit_sink_url
+        else None
+    )
+    events = ExchangeEvents(metrics, audit, clock)
     authz = ext_authz.AuthorizationServicer(verifier, on_decision=metrics.ext_authz_decision)
     server = GrpcServer(
         settings.grpc_addr,
@@ -224,6 +266,7 @@ def build_app(
         metrics=metrics,
         tracer_provider=tracer_provider,
         closers=[issuer_http.aclose, github_http.aclose],
+        audit=audit,
     )
 
 

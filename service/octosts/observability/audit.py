@@ -68,6 +68,8 @@ class AuditEvent:
     repositories: tuple[str, ...] = ()
     token_sha256: str = ""
     user_agent: str = ""
+    rpc: str = ""
+    duration_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +88,8 @@ class AuditEvent:
             "reason": self.reason,
             "result": self.result,
             "user_agent": self.user_agent,
+            "rpc": self.rpc,
+            "duration_ms": self.duration_ms,
         }
 
 

@@ -99,7 +99,8 @@ class TelemetryObserver:
         cache = notes.get("cache")
         if cache is not None:
             self._metrics.cache_request(str(notes.get("cache.name", name)), str(cache))
-        status = notes.get("github.status")
+        # ``github_status`` is the GitHub adapter's spelling; both feed the same metric.
+        status = notes.get("github.status", notes.get("github_status"))
         if status is not None:
             endpoint = str(notes.get("github.endpoint", name))
             code = status if isinstance(status, int) else _int_or_text(str(status))

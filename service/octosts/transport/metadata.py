@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterable
 
 from octosts.domain.errors import InvalidRequest, TokenMalformed
+from octosts.transport.interceptors import current_request_id
 
 MAX_AUTHORIZATION_BYTES = 16 * 1024 + 16
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -46,7 +47,15 @@ def bearer_token(metadata: Metadata) -> str:
 
 
 def request_id(metadata: Metadata) -> str:
-    """The caller's ``x-request-id`` when well-formed, else a fresh one."""
+    """The id of this request: the interceptor's, else the caller's well-formed one, else new.
+
+    Inside an RPC the interceptor has already chosen (and sent back) an id;
+    reusing it keeps error messages, logs, audit events and the caller's
+    ``x-request-id`` header in agreement.
+    """
+    chosen = current_request_id()
+    if chosen:
+        return chosen
     for value in _values(metadata, "x-request-id"):
         if _REQUEST_ID.fullmatch(value):
             return value
