@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := service/octosts/_gen/__init__.py
 PYTEST_ARGS ?=
 
-.PHONY: help install proto test unit lint fmt run bench clean
+.PHONY: help install system-deps proto test unit lint fmt run bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,7 +33,10 @@ proto: $(STAMP) ## regenerate Python code and the Envoy descriptor set from prot
 run: install ## start issuer + GitHub emulator + 2 STS replicas + Envoy on https://localhost:8443 and show an exchange
 	$(VENV)/bin/octo-sts dev stack --workdir .run
 
-test: install ## run every test (unit, integration, e2e)
+system-deps: ## Debian packages the tests use (prometheus, docker-compose); root only
+	@scripts/install-system-deps.sh
+
+test: install system-deps ## run every test (unit, integration, e2e)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install ## run only the fast unit tests

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Debian packages the test-suite uses as real components:
+#   prometheus      real Prometheus scraping the service + promtool for alert rules
+#   docker-compose  `docker-compose config -q` validates docker-compose.yml (no engine needed)
+# Idempotent: installs only what is missing. Needs root (CI runs as root); elsewhere it says
+# what to install and the tests that need the tool skip with a reason (they fail when CI is set).
+set -euo pipefail
+declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose)
+missing=()
+for tool in "${!tool_of[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_of[$tool]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "note: missing Debian packages: ${packages[*]} (run: sudo apt-get install ${packages[*]})" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# The package may start a system Prometheus; tests run their own on free ports.
+if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
