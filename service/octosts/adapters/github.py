@@ -432,6 +432,8 @@ class GitHubAppClient:
 
     async def _contents_token(self, installation_id: int) -> str:
         cached = self._contents_tokens.get(installation_id)
+        with self._observer.stage("contents_token_cache") as stage:
+            stage.annotate("cache", "hit" if cached is not None else "miss")
         if cached is not None:
             return cached.token
         entry = await self._token_flight.do(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 
 from octosts.adapters.cache import SingleFlight, TtlCache
-from octosts.domain.ports import Clock, TokenVerifier
+from octosts.domain.ports import Clock, NullObserver, StageObserver, TokenVerifier
 from octosts.domain.tokens import VerifiedToken
 
 
@@ -33,6 +33,7 @@ class CachingVerifier:
         clock: Clock,
         maxsize: int = 10_000,
         max_ttl: float = 3600.0,
+        observer: StageObserver | None = None,
     ) -> None:
         if max_ttl <= 0:
             raise ValueError("max_ttl must be positive")
@@ -43,6 +44,7 @@ class CachingVerifier:
             name="verified_tokens", maxsize=maxsize, clock=clock
         )
         self._flight: SingleFlight[bytes, VerifiedToken] = SingleFlight()
+        self._observer: StageObserver = observer or NullObserver()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -55,7 +57,11 @@ class CachingVerifier:
         """
         key = hashlib.sha256(bearer.encode()).digest()
         cached = self._cache.get(key)
-        if cached is not None and cached.expires_at > self._clock.now():
+        hit = cached is not None and cached.expires_at > self._clock.now()
+        # A stage of its own (not around the inner verify) so hit ratios are countable.
+        with self._observer.stage("verified_token_cache") as stage:
+            stage.annotate("cache", "hit" if hit else "miss")
+        if cached is not None and hit:
             return cached
         verified = await self._flight.do(key, lambda: self._inner.verify(bearer))
         ttl = min(verified.expires_at - self._clock.now(), self._max_ttl)
