@@ -22,6 +22,7 @@ from types import MappingProxyType
 import yaml
 
 from octosts.domain.errors import PolicyInvalid, PolicyProblem
+from octosts.domain.issuers import TrustedIssuers, compile_trusted_issuers
 from octosts.domain.policy import PolicyKind, TrustPolicy, compile_policy
 
 MAX_POLICY_BYTES = 64 * 1024
@@ -126,6 +127,25 @@ def parse_trust_policy(text: bytes | str, *, kind: PolicyKind) -> TrustPolicy:
     if document.problems:
         raise PolicyInvalid(list(document.problems))
     return policy
+
+
+def parse_trusted_issuers(
+    text: bytes | str, *, insecure_issuers: frozenset[str] = frozenset()
+) -> TrustedIssuers:
+    """Parse and validate an org ``trusted-token-issuers.yaml`` (same strict YAML rules).
+
+    Raises PolicyInvalid listing every problem (field and line).
+    """
+    document = load_document(text)
+    try:
+        trusted = compile_trusted_issuers(
+            document.data, lines=document.lines, insecure_issuers=insecure_issuers
+        )
+    except PolicyInvalid as exc:
+        raise PolicyInvalid([*document.problems, *exc.problems]) from None
+    if document.problems:
+        raise PolicyInvalid(list(document.problems))
+    return trusted
 
 
 def _decode(text: bytes | str) -> str:

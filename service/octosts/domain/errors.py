@@ -17,6 +17,7 @@ transport maps each branch to one gRPC status in ``transport/errors.py``
     │   ├── PolicyNotFound            no trust policy file under that name
     │   ├── PolicyInvalid             the policy file does not parse / validate
     │   ├── PolicyDenied              the token does not satisfy the policy
+    │   ├── IssuerNotTrusted          the org's trusted-token-issuers file refuses the issuer
     │   └── MintRejected              GitHub refused the token request (422)
     ├── RateLimited                   (RESOURCE_EXHAUSTED) GitHub primary/secondary limit
     └── UpstreamUnavailable           (UNAVAILABLE)
@@ -104,6 +105,10 @@ class PolicyInvalid(PermissionDenied):
 
 class PolicyDenied(PermissionDenied):
     reason = "policy_denied"
+
+
+class IssuerNotTrusted(PermissionDenied):
+    reason = "issuer_not_trusted"
 
 
 class MintRejected(PermissionDenied):

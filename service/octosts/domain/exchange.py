@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from octosts.domain.errors import InvalidRequest, PolicyDenied
+from octosts.domain.errors import InvalidRequest, IssuerNotTrusted, PolicyDenied
+from octosts.domain.issuers import judge_issuer
 from octosts.domain.names import Scope, check_identity, parse_scope
 from octosts.domain.policy import check
 from octosts.domain.ports import PolicyLocation
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         PolicySource,
         StageObserver,
         TokenVerifier,
+        TrustedIssuersSource,
     )
     from octosts.domain.tokens import VerifiedToken
 
@@ -70,6 +72,10 @@ class ExchangeAttempt:
     location: PolicyLocation | None = None
     matched_claims: dict[str, str] = field(default_factory=dict)
     result: ExchangeResult | None = None
+    # Set when the org's trusted-token-issuers file is in audit mode and would
+    # have refused the caller's issuer ("issuer_not_trusted"): the exchange
+    # went on, the audit event and metrics record it.
+    issuer_audit: str | None = None
 
 
 def policy_location(scope: Scope, identity: str, org_policy_repo: str) -> PolicyLocation:
@@ -103,7 +109,9 @@ class Exchanger:
         observer: StageObserver,
         domain: str,
         org_policy_repo: str = ".github",
+        trusted_issuers: TrustedIssuersSource | None = None,
     ) -> None:
+        self._trusted_issuers = trusted_issuers
         self._verifier = verifier
         self._github = github
         self._policies = policies
@@ -118,8 +126,8 @@ class Exchanger:
 
         Raises InvalidRequest (bad scope/identity/audience), AuthenticationError
         (token not trusted), PermissionDenied family (NoInstallation,
-        PolicyNotFound, PolicyInvalid, PolicyDenied, MintRejected), RateLimited,
-        UpstreamUnavailable.
+        PolicyNotFound, PolicyInvalid, PolicyDenied, IssuerNotTrusted,
+        MintRejected), RateLimited, UpstreamUnavailable.
         """
         attempt = attempt if attempt is not None else ExchangeAttempt()
         scope = parse_scope(request.scope)
@@ -134,6 +142,7 @@ class Exchanger:
         location = attempt.location = policy_location(scope, identity, self._org_policy_repo)
         installation_id = await self._github.installation_id(scope.owner)
         attempt.installation_id = installation_id
+        await self._org_allowlist(installation_id, scope.owner, caller.issuer, attempt)
         policy = await self._policies.trust_policy(installation_id, location)
         with self._observer.stage("policy_match") as stage:
             decision = check(policy, caller, domain=self._domain)
@@ -154,6 +163,30 @@ class Exchanger:
             matched_claims=attempt.matched_claims,
         )
         return attempt.result
+
+    async def _org_allowlist(
+        self, installation_id: int, owner: str, issuer: str, attempt: ExchangeAttempt
+    ) -> None:
+        """The org's trusted-token-issuers check, before any trust policy is read.
+
+        Raises IssuerNotTrusted (enforce mode), PolicyInvalid, RateLimited,
+        GitHubUnavailable (from the lookup).
+        """
+        if self._trusted_issuers is None:
+            return
+        trusted = await self._trusted_issuers.trusted_issuers(installation_id, owner)
+        with self._observer.stage("org_allowlist") as stage:
+            verdict = judge_issuer(trusted, issuer)
+            stage.annotate("reason", verdict.reason)
+            if trusted is not None:
+                stage.annotate("mode", trusted.mode)
+            if verdict.audited:
+                stage.annotate("audit", verdict.reason)
+                attempt.issuer_audit = verdict.reason
+            if not verdict.allowed:
+                raise IssuerNotTrusted(
+                    f"the issuer {issuer!r} is not in {owner}'s trusted-token-issuers file"
+                )
 
 
 def _check_requested_audience(audience: str | None) -> None:

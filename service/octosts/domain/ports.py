@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from octosts.domain.issuers import TrustedIssuers
     from octosts.domain.policy import PolicyKind, TrustPolicy
     from octosts.domain.tokens import VerifiedToken
 
@@ -139,5 +140,17 @@ class PolicySource(Protocol):
 
         Raises PolicyNotFound, PolicyInvalid, RateLimited (no last-known-good
         copy), GitHubUnavailable.
+        """
+        ...
+
+
+class TrustedIssuersSource(Protocol):
+    async def trusted_issuers(self, installation_id: int, owner: str) -> TrustedIssuers | None:
+        """The org's trusted-token-issuers file; None when there is no restriction.
+
+        None means the file is absent or no installation can read the org
+        policy repository. Raises PolicyInvalid (reason
+        ``trusted_issuers_invalid``: invalid file and no last known good copy),
+        RateLimited, GitHubUnavailable (GitHub failing and no last known good).
         """
         ...
