@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -294,10 +295,11 @@ class DevStack:
         )
         self.envoy.start(timeout=timeout)
         # Ready means Envoy is up *and* sees a healthy replica (active health checks).
+        # An SSLContext, not a path: httpx deprecates verify=<str>, and under
+        # filterwarnings=error the warning would be swallowed by the poll as "not ready".
+        ca = ssl.create_default_context(cafile=str(self.ca_cert))
         _deadline_poll(
-            "gateway",
-            lambda: _http_ok(f"{self.gateway_url}/healthz", verify=str(self.ca_cert)),
-            timeout,
+            "gateway", lambda: _http_ok(f"{self.gateway_url}/healthz", verify=ca), timeout
         )
 
     def stop(self) -> None:
