@@ -227,12 +227,12 @@ def test_lint_kind_from_location(tmp_path: Path, capsys: pytest.CaptureFixture[s
     capsys.readouterr()
 
 
-def test_lint_issuers_kind_not_supported_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_lint_issuers_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     issuers = write(tmp_path / "trusted-token-issuers.yaml", f"issuers: [{ISS}]\n")
-    assert main(["policy", "lint", str(issuers)]) == 2
-    assert "not supported yet" in capsys.readouterr().err
+    assert main(["policy", "lint", str(issuers)]) == 0
+    bad = write(tmp_path / "bad.yaml", "mode: audit\nissuer_patterns: ['https://x[.]com.+']\n")
+    assert main(["policy", "lint", "--kind", "issuers", str(bad)]) == 1
+    assert f"{bad}:2: issuer_patterns[0]: pattern" in capsys.readouterr().out
 
 
 def test_lint_unreadable_and_garbage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,203 @@
+"""Per-organization trusted-token-issuers, read from the org policy repository.
+
+``TrustedIssuersStore`` implements ``domain.ports.TrustedIssuersSource``.
+
+Lookup outcomes (``.github/chainguard/trusted-token-issuers.yaml`` in
+``ORG_POLICY_REPO`` of the scope's owner):
+
+==============================  ==========================================================
+GitHub says                     decision
+==============================  ==========================================================
+valid file                      that file (fresh ``fresh_seconds``, default 5 min)
+404 (absent)                    no restriction (cached the same way)
+unreadable (403, no contents    no restriction, logged as a warning
+read for the installation)
+invalid file                    last known good *file* (kept ``stale_seconds``, 1 h),
+                                else PolicyInvalid: every exchange into the org refused
+rate limited / GitHub down      the last answer of any kind (within ``stale_seconds``),
+                                else the error (RateLimited / GitHubUnavailable)
+==============================  ==========================================================
+
+The previous answer is revalidated with its ETag (a 304 costs no rate limit).
+Concurrent lookups for one org share one GitHub read (single-flight). A push
+to the org policy repository (``invalidate``) makes the next lookup read
+GitHub again while keeping the last known good copy for the fallbacks above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from octosts.adapters.cache import SingleFlight, TtlCache
+from octosts.adapters.policy_yaml import parse_trusted_issuers
+from octosts.domain.errors import PolicyInvalid, PolicyNotFound, RateLimited, UpstreamUnavailable
+from octosts.domain.issuers import ISSUERS_FILE
+
+if TYPE_CHECKING:
+    from octosts.domain.issuers import TrustedIssuers
+    from octosts.domain.ports import Clock, GitHubApp, Stage, StageObserver
+
+_log = structlog.get_logger("octosts.trusted_issuers")
+INVALID_REASON = "trusted_issuers_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIssuersConfig:
+    fresh_seconds: float = 300.0
+    stale_seconds: float = 3600.0
+    max_entries: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.fresh_seconds <= 0 or self.stale_seconds < 0 or self.max_entries < 1:
+            raise ValueError("TrustedIssuersConfig: TTLs must be positive, max_entries >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What the last read decided for one org."""
+
+    trusted: TrustedIssuers | None  # None: no restriction (absent/unreadable) or error
+    error: PolicyInvalid | None  # invalid file with no last known good
+    etag: str | None
+    # The last valid file and when it was read, for the invalid-file fallback.
+    last_good: TrustedIssuers | None
+    last_good_at: float | None
+    # The current file's problems when it is invalid (even while last_good is served).
+    invalid: PolicyInvalid | None = None
+
+
+class TrustedIssuersStore:
+    """``TrustedIssuersSource`` over ``GitHubApp.read_file``, cached per org."""
+
+    def __init__(
+        self,
+        github: GitHubApp,
+        *,
+        clock: Clock,
+        observer: StageObserver,
+        org_policy_repo: str = ".github",
+        insecure_issuers: frozenset[str] = frozenset(),
+        config: TrustedIssuersConfig | None = None,
+    ) -> None:
+        self._github = github
+        self._clock = clock
+        self._observer = observer
+        self._repo = org_policy_repo
+        self._insecure = insecure_issuers
+        self._config = config or TrustedIssuersConfig()
+        self._cache: TtlCache[str, _Answer] = TtlCache(
+            name="trusted_issuers", maxsize=self._config.max_entries, clock=clock
+        )
+        self._flight: SingleFlight[str, _Answer] = SingleFlight()
+
+    def __repr__(self) -> str:
+        return f"TrustedIssuersStore(org_policy_repo={self._repo!r})"
+
+    async def trusted_issuers(self, installation_id: int, owner: str) -> TrustedIssuers | None:
+        """See ``TrustedIssuersSource.trusted_issuers``."""
+        key = owner.lower()
+        with self._observer.stage("trusted_issuers_fetch") as stage:
+            stage.annotate("cache.name", "trusted_issuers")
+            answer = self._cache.get(key)
+            if answer is not None:
+                stage.annotate("cache", "hit")
+            else:
+                stage.annotate("cache", "miss")
+                answer = await self._flight.do(
+                    key, lambda: self._refresh(installation_id, owner, key, stage)
+                )
+        if answer.error is not None:
+            raise answer.error.with_traceback(None)
+        return answer.trusted
+
+    def invalidate(self, owner: str) -> bool:
+        """Make the next lookup for ``owner`` read GitHub (push to the policy repo).
+
+        The entry stays available as last known good for the fallbacks.
+        Returns whether there was an entry.
+        """
+        key = owner.lower()
+        entry = self._cache.get_entry(key)
+        if entry is None:
+            return False
+        remaining = max(entry.keep_until - self._clock.now(), 0.0)
+        self._cache.set(key, entry.value, ttl=0.0, stale_for=remaining)
+        return True
+
+    async def _refresh(self, installation_id: int, owner: str, key: str, stage: Stage) -> _Answer:
+        previous_entry = self._cache.get_entry(key)
+        previous = previous_entry.value if previous_entry is not None else None
+        try:
+            read = await self._github.read_file(
+                installation_id,
+                owner,
+                self._repo,
+                ISSUERS_FILE,
+                previous.etag if previous else None,
+            )
+        except PolicyNotFound as exc:
+            if exc.reason == "policy_unreadable":
+                _log.warning(
+                    "trusted_issuers_unreadable",
+                    owner=owner,
+                    repo=self._repo,
+                    detail=exc.detail[:200],
+                    effect="no issuer restriction for this organization",
+                )
+                stage.annotate("outcome", "unreadable")
+            else:
+                stage.annotate("outcome", "absent")
+            # An answer, not a failure: a deleted file also ends the last known good.
+            answer = _Answer(None, None, None, None, None)
+        except (RateLimited, UpstreamUnavailable):
+            if previous is not None:
+                stage.annotate("stale", value=True)
+                return previous  # not re-cached: the next exchange tries GitHub again
+            raise
+        else:
+            if read.content is None and previous is not None:  # 304: unchanged
+                stage.annotate("revalidated", value=True)
+                answer = previous
+                if previous.invalid is not None:  # the fallback may have run out
+                    answer = self._fallback(previous.invalid, previous.etag, previous, stage)
+            else:
+                answer = self._parse(read.content or b"", read.etag, previous, stage)
+        self._cache.set(
+            key, answer, ttl=self._config.fresh_seconds, stale_for=self._config.stale_seconds
+        )
+        return answer
+
+    def _last_good(self, previous: _Answer | None) -> tuple[TrustedIssuers | None, float | None]:
+        if previous is None or previous.last_good is None or previous.last_good_at is None:
+            return None, None
+        if self._clock.now() - previous.last_good_at > self._config.stale_seconds:
+            return None, None
+        return previous.last_good, previous.last_good_at
+
+    def _parse(
+        self, content: bytes, etag: str | None, previous: _Answer | None, stage: Stage
+    ) -> _Answer:
+        try:
+            trusted = parse_trusted_issuers(content, insecure_issuers=self._insecure)
+        except PolicyInvalid as exc:
+            _log.warning(
+                "trusted_issuers_invalid", problems=[p.render()[:200] for p in exc.problems[:10]]
+            )
+            return self._fallback(exc, etag, previous, stage)
+        stage.annotate("outcome", "valid")
+        return _Answer(trusted, None, etag, trusted, self._clock.now())
+
+    def _fallback(
+        self, invalid: PolicyInvalid, etag: str | None, previous: _Answer | None, stage: Stage
+    ) -> _Answer:
+        """The answer for an invalid file: last known good while it lasts, else reject."""
+        stage.annotate("outcome", "invalid")
+        last_good, last_good_at = self._last_good(previous)
+        if last_good is not None:
+            stage.annotate("stale", value=True)
+            return _Answer(last_good, None, etag, last_good, last_good_at, invalid)
+        error = PolicyInvalid(invalid.problems, reason=INVALID_REASON)
+        return _Answer(None, error, etag, None, None, invalid)

@@ -1,0 +1,183 @@
+"""Trusted-token-issuers: the file's rules, the RE2 pattern guard, judging issuers."""
+
+from __future__ import annotations
+
+import pytest
+
+from octosts.adapters.policy_yaml import parse_trusted_issuers
+from octosts.domain.errors import PolicyInvalid
+from octosts.domain.issuers import (
+    NO_RESTRICTION,
+    TrustedIssuers,
+    check_pattern_guard,
+    compile_trusted_issuers,
+    judge_issuer,
+)
+
+GHA = "https://token.actions.githubusercontent.com"
+
+# Every case from the issue, plus spellings of the same thing.
+REFUSED = [
+    ".",
+    r"https://.*",
+    r"https://x\.com/.+",
+    r"https://x\.com\S+",
+    r"https://x\.com[^\n]+",
+    r"https://x\.com[[:ascii:]]+",
+    r"https://x\.com[[:punct:]]",
+    r"https://x\.com[[:^alpha:]]",
+    r"https://x\.com[.-9]",
+    r"https://x\.com[+-0]",
+    r"https://x\.com[\x20-\x7e]",
+    r"https://x\.com\p{P}",
+    r"https://x\.com\pP",
+    r"https://x\.com\p{Po}",
+    r"https://x\.com\p{Common}",
+    r"https://x\.com\PL",
+    r"https://x\.com\p{^Greek}",
+    r"https://x\.com[^a-z]",
+    r"https://x\.com\W",
+    r"https://x\.com\D",
+    r"https://x\.com\C",
+    r"https://x\.com/*",
+    r"https://x\.com/+",
+    r"https://x\.com/?",
+    r"https://x\.com(/a)?",
+    r"https://x\.com(/a){0,3}",
+    r"https://x\.com(/a){2}",
+    r"https://x\.com(?:/a|/b)",
+    r"https://a\.com|https://b\.com/x",
+    r"https://x\.com(\x2F)*",
+    r"https://x\.com\x{2f}?",
+    r"https://x\.com\057?",
+    r"https://x\.com\/*",
+    r"https://x\.com(\Q/\E)?",
+    r"https://x\.com[/]*",
+    r"(?s:https://x\.com.)",
+    r"(?P<host>[a-z]+|/)",
+]
+
+ACCEPTED = [
+    r"https://token\.actions\.githubusercontent\.com",
+    r"https://[a-z0-9-]+\.oidc\.example\.com",
+    r"https://oidc\.example\.com/[a-z0-9-]+",
+    r"https://gitlab\.com/[^/]+",
+    r"https:\x2F/x\.com",
+    r"https:\x{2F}\x2fx\.com",
+    r"https:\/\/x\.com",
+    r"https://x\.com/\Q/\E",
+    r"https://x\.com[/]a",
+    r"(?i)https://X\.example\.com/(?:a){1}",
+    r"https://(?:a|b)\.example\.com/x",
+    r"https://[\pL\d-]+\.example\.com",
+    r"https://[[:alnum:]-]+\.example\.com",
+    r"https://[]a-]+\.example\.com",
+    r"^https://a\.example\.com/\d{1,5}$",
+    r"https://\p{Greek}+\.example\.com",
+]
+
+
+@pytest.mark.parametrize("pattern", REFUSED)
+def test_guard_refuses_patterns_that_can_match_slash(pattern: str) -> None:
+    with pytest.raises(ValueError, match="may match '/'") as info:
+        check_pattern_guard(pattern)
+    assert repr(pattern)[:40] in str(info.value)  # the error names the pattern
+
+
+@pytest.mark.parametrize("pattern", ACCEPTED)
+def test_guard_accepts_fixed_slashes_and_slash_free_classes(pattern: str) -> None:
+    check_pattern_guard(pattern)
+
+
+def test_file_errors_name_the_pattern_and_line() -> None:
+    text = f"mode: enforce\nissuers:\n  - {GHA}\nissuer_patterns:\n  - 'https://x\\.com.*'\n"
+    with pytest.raises(PolicyInvalid) as info:
+        parse_trusted_issuers(text)
+    [problem] = info.value.problems
+    assert problem.line == 5
+    assert problem.field == "issuer_patterns[0]"
+    assert "https://x\\\\.com.*" in problem.message
+
+
+def test_valid_file_parses_with_defaults() -> None:
+    trusted = parse_trusted_issuers(f"issuers: [{GHA}]\n")
+    assert trusted.mode == "enforce"
+    assert trusted.allows(GHA)
+    assert not trusted.allows(GHA + "/x")
+
+
+def test_patterns_are_full_match() -> None:
+    trusted = parse_trusted_issuers(
+        "mode: audit\nissuer_patterns: ['https://[a-z]+\\.example\\.com']\n"
+    )
+    assert trusted.mode == "audit"
+    assert trusted.allows("https://abc.example.com")
+    assert not trusted.allows("https://abc.example.com.evil")
+    assert not trusted.allows("xhttps://abc.example.com")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("mode: Enforce\nissuers: [https://a.example]\n", "mode"),
+        ("mode: warn\nissuers: [https://a.example]\n", "mode"),
+        ("issuers: []\n", "at least one entry"),
+        ("mode: audit\n", "at least one entry"),
+        ("issuers: [http://a.example]\n", "https"),
+        ("issuers: [https://A.example]\n", "lowercase"),
+        ("issuers: [HTTPS://a.example]\n", "issuers[0]"),
+        ("issuers: ['https://a.example?x=1']\n", "query"),
+        ("issuers: [https://a.example, https://a.example]\n", "duplicate"),
+        ("issuers: https://a.example\n", "list"),
+        ("issuers: [1]\n", "string"),
+        ("issuers: [https://a.example]\nextra: 1\n", "unknown field"),
+        ("issuers: [https://a.example]\nissuers: [https://b.example]\n", "duplicate key"),
+        ("issuer_patterns: ['(']\n", "invalid RE2"),
+        ("issuer_patterns: ['']\n", "non-empty"),
+        ("- a\n", "mapping"),
+        ("issuers: &a [https://a.example]\n", "anchors"),
+        ("issuers: [https://a.example/" + "a" * 260 + "]\n", "256"),
+    ],
+)
+def test_invalid_files(text: str, needle: str) -> None:
+    with pytest.raises(PolicyInvalid) as info:
+        parse_trusted_issuers(text)
+    assert needle in str(info.value)
+
+
+def test_limits_on_entry_counts() -> None:
+    many = [f"https://i{n}.example" for n in range(65)]
+    with pytest.raises(PolicyInvalid, match="at most 64"):
+        compile_trusted_issuers({"issuers": many})
+    patterns = [f"https://p{n}\\.example" for n in range(17)]
+    with pytest.raises(PolicyInvalid, match="at most 16"):
+        compile_trusted_issuers({"issuer_patterns": patterns})
+    ok = compile_trusted_issuers({"issuers": many[:64], "issuer_patterns": patterns[:16]})
+    assert len(ok.issuers) == 64
+    assert len(ok.patterns) == 16
+
+
+def test_insecure_issuer_only_when_the_operator_allows_it() -> None:
+    with pytest.raises(PolicyInvalid):
+        compile_trusted_issuers({"issuers": ["http://127.0.0.1:8000"]})
+    ok = compile_trusted_issuers(
+        {"issuers": ["http://127.0.0.1:8000"]},
+        insecure_issuers=frozenset({"http://127.0.0.1:8000"}),
+    )
+    assert ok.allows("http://127.0.0.1:8000")
+
+
+def test_judge_issuer_modes() -> None:
+    enforce = TrustedIssuers("enforce", frozenset({GHA}), ())
+    audit = TrustedIssuers("audit", frozenset({GHA}), ())
+    assert judge_issuer(None, "https://x.example") == NO_RESTRICTION
+    assert judge_issuer(enforce, GHA).allowed
+    refused = judge_issuer(enforce, "https://x.example")
+    assert (refused.allowed, refused.audited, refused.reason) == (
+        False,
+        False,
+        "issuer_not_trusted",
+    )
+    audited = judge_issuer(audit, "https://x.example")
+    assert (audited.allowed, audited.audited) == (True, True)
+    assert not judge_issuer(audit, GHA).audited
