@@ -12,6 +12,13 @@ codes, so policies can be tried without a real GitHub App:
   ETag / If-None-Match -> 304, which costs no rate limit) and
   ``PUT /repos/{o}/{r}/contents/{path}`` (needs ``contents: write``).
 * ``DELETE /installation/token``, ``GET /rate_limit``.
+* Commits and pull requests for webhook tests (``commit``, ``open_pull_request``):
+  ``GET /repos/{o}/{r}/contents/{path}?ref=SHA``, ``GET /repos/{o}/{r}/compare/{base}...{head}``,
+  ``GET /repos/{o}/{r}/pulls/{n}/files`` (paginated with ``Link``), ``POST
+  /repos/{o}/{r}/check-runs`` (needs ``checks: write``) and ``GET
+  /repos/{o}/{r}/commits/{ref}/check-runs``. With ``configure_webhook(url,
+  secrets)`` every commit and pull request sends a signed delivery
+  (``X-Hub-Signature-256``) from a background thread; ``deliveries()`` lists them.
 * Rate-limit headers on every answer, a primary limit per budget (app, or
   installation) per hour, forced faults (secondary limits, 5xx), latency and a
   random failure rate from a seeded RNG.
@@ -33,7 +40,9 @@ import base64
 import binascii
 import collections
 import hashlib
+import hmac
 import json
+import queue
 import random
 import secrets
 import socket
@@ -42,6 +51,8 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -173,6 +184,32 @@ class _Owner:
     repos: dict[str, str] = field(default_factory=dict)  # lower -> canonical name
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook delivery the emulator sent, and the receiver's HTTP status (0: no answer)."""
+
+    event: str
+    action: str
+    status: int
+    body: bytes = field(repr=False, default=b"")
+
+
+@dataclass(slots=True)
+class _Commit:
+    sha: str
+    parent: str | None
+    files: dict[str, bytes]
+    changed: dict[str, str]  # path -> added | modified | removed
+
+
+@dataclass(slots=True)
+class _Pull:
+    number: int
+    head_ref: str
+    base_sha: str
+    head_sha: str
+
+
 class _HttpError(Exception):
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -245,6 +282,15 @@ class GitHubEmulator:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.ca_cert: Path | None = None
+        self._commits: dict[str, _Commit] = {}
+        self._heads: dict[tuple[str, str, str], str] = {}  # (owner, repo, branch) -> sha
+        self._pulls: dict[tuple[str, str, int], _Pull] = {}
+        self._check_runs: list[dict[str, Any]] = []
+        self._webhook_url: str | None = None
+        self._webhook_secrets: tuple[str, ...] = ()
+        self._outbox: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._deliveries: list[Delivery] = []
+        self._sender: threading.Thread | None = None
         if repos_dir is not None:
             self._load(repos_dir, user_owners)
         else:
@@ -316,6 +362,319 @@ class GitHubEmulator:
     def get_file(self, owner: str, repo: str, path: str) -> bytes | None:
         with self._lock:
             return self._files.get((owner.lower(), repo.lower()), {}).get(path.strip("/"))
+
+    # -- commits, pull requests, webhooks ---------------------------------------------------
+
+    def configure_webhook(self, url: str, secrets: tuple[str, ...] | str) -> None:
+        """Send deliveries to ``url``, signed with the first of ``secrets``. Raises ValueError."""
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("the webhook URL must be http(s)")
+        with self._lock:
+            self._webhook_url = url
+            self._webhook_secrets = (secrets,) if isinstance(secrets, str) else tuple(secrets)
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_loop, daemon=True)
+                self._sender.start()
+
+    def deliveries(self) -> list[Delivery]:
+        with self._lock:
+            return list(self._deliveries)
+
+    def check_runs(
+        self, owner: str, repo: str, head_sha: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Check runs created in a repository (optionally for one commit), oldest first."""
+        with self._lock:
+            return [
+                dict(run)
+                for run in self._check_runs
+                if run["_repo"] == (owner.lower(), repo.lower())
+                and (head_sha is None or run["head_sha"] == head_sha)
+            ]
+
+    def head(self, owner: str, repo: str, branch: str = "main") -> str:
+        """The head commit of a branch (creating an initial commit for ``main``)."""
+        with self._lock:
+            key = (owner.lower(), repo.lower(), branch)
+            if key not in self._heads:
+                if branch != "main":
+                    raise KeyError(branch)
+                self.add_repo(owner, repo)
+                files = dict(self._files[(owner.lower(), repo.lower())])
+                sha = self._new_commit(None, files, {})
+                self._heads[key] = sha
+            return self._heads[key]
+
+    def _new_commit(
+        self, parent: str | None, files: dict[str, bytes], changed: dict[str, str]
+    ) -> str:
+        sha = secrets.token_hex(20)
+        self._commits[sha] = _Commit(sha, parent, files, changed)
+        return sha
+
+    def commit(
+        self,
+        owner: str,
+        repo: str,
+        changes: Mapping[str, bytes | str | None],
+        *,
+        branch: str = "main",
+        sender: str = "octocat",
+        sender_type: str = "User",
+    ) -> str:
+        """Commit file changes (None deletes) to a branch and send a ``push`` delivery.
+
+        Commits to ``main`` change what the contents API serves. Returns the sha.
+        """
+        with self._lock:
+            self.add_repo(owner, repo)
+            key = (owner.lower(), repo.lower(), branch)
+            parent = self._heads.get(key) or self.head(owner, repo)
+            files = dict(self._commits[parent].files)
+            changed: dict[str, str] = {}
+            for raw_path, content in changes.items():
+                path = raw_path.strip("/")
+                if content is None:
+                    if files.pop(path, None) is not None:
+                        changed[path] = "removed"
+                    continue
+                changed[path] = "modified" if path in files else "added"
+                files[path] = content.encode() if isinstance(content, str) else content
+            sha = self._new_commit(parent, files, changed)
+            self._heads[key] = sha
+            if branch == "main":
+                self._files[(owner.lower(), repo.lower())] = dict(files)
+            before = parent
+        commit_json = {
+            "id": sha,
+            "message": "emulated commit",
+            "added": sorted(p for p, k in changed.items() if k == "added"),
+            "modified": sorted(p for p, k in changed.items() if k == "modified"),
+            "removed": sorted(p for p, k in changed.items() if k == "removed"),
+        }
+        self._enqueue(
+            "push",
+            {
+                "ref": f"refs/heads/{branch}",
+                "before": before,
+                "after": sha,
+                "commits": [commit_json],
+                "head_commit": commit_json,
+                **self._event_context(owner, repo, sender, sender_type),
+            },
+        )
+        return sha
+
+    def open_pull_request(
+        self,
+        owner: str,
+        repo: str,
+        changes: Mapping[str, bytes | str | None],
+        *,
+        sender: str = "octocat",
+        sender_type: str = "User",
+    ) -> tuple[int, str]:
+        """Commit ``changes`` on a new branch, open a PR into ``main`` and send
+        ``pull_request`` (opened). Returns (number, head sha)."""
+        with self._lock:
+            number = 1 + sum(1 for k in self._pulls if k[:2] == (owner.lower(), repo.lower()))
+            base = self.head(owner, repo)
+        branch = f"pr-{number}"
+        with self._lock:
+            self._heads[(owner.lower(), repo.lower(), branch)] = base
+        head = self.commit(
+            owner, repo, changes, branch=branch, sender=sender, sender_type=sender_type
+        )
+        with self._lock:
+            self._pulls[(owner.lower(), repo.lower(), number)] = _Pull(number, branch, base, head)
+        self._enqueue(
+            "pull_request",
+            {
+                "action": "opened",
+                "number": number,
+                "pull_request": self._pull_json(
+                    owner, repo, self._pulls[(owner.lower(), repo.lower(), number)]
+                ),
+                **self._event_context(owner, repo, sender, sender_type),
+            },
+        )
+        return number, head
+
+    def _pull_json(self, owner: str, repo: str, pull: _Pull) -> dict[str, Any]:
+        return {
+            "number": pull.number,
+            "state": "open",
+            "head": {"ref": pull.head_ref, "sha": pull.head_sha},
+            "base": {"ref": "main", "sha": pull.base_sha},
+            "url": f"/repos/{owner}/{repo}/pulls/{pull.number}",
+        }
+
+    def _event_context(
+        self, owner: str, repo: str, sender: str, sender_type: str
+    ) -> dict[str, Any]:
+        installation = self.installation_id(owner)
+        return {
+            "repository": {
+                "name": repo,
+                "full_name": f"{owner}/{repo}",
+                "owner": {"login": owner},
+                "default_branch": "main",
+            },
+            "installation": {"id": installation},
+            "sender": {"login": sender, "type": sender_type},
+        }
+
+    def _enqueue(self, event: str, payload: dict[str, Any]) -> None:
+        with self._lock:
+            configured = self._webhook_url is not None
+        if configured:
+            self._outbox.put((event, payload))
+
+    def send_event(self, event: str, payload: dict[str, Any]) -> None:
+        """Queue an arbitrary signed delivery (e.g. ``check_suite``, ``ping``)."""
+        self._enqueue(event, payload)
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            event, payload = item
+            body = json.dumps(payload).encode()
+            with self._lock:
+                url, keys = self._webhook_url, self._webhook_secrets
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "GitHub-Hookshot/emulator",
+                "X-GitHub-Event": event,
+                "X-GitHub-Delivery": str(uuid.uuid4()),
+            }
+            if keys:
+                digest = hmac.new(keys[0].encode(), body, hashlib.sha256).hexdigest()
+                headers["X-Hub-Signature-256"] = f"sha256={digest}"
+            status, answer = 0, b""
+            try:
+                request = urllib.request.Request(  # noqa: S310 - http(s) checked when configured
+                    str(url), data=body, headers=headers, method="POST"
+                )
+                with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                    status, answer = resp.status, resp.read(65536)
+            except urllib.error.HTTPError as exc:
+                status, answer = exc.code, exc.read(65536)
+            except OSError:
+                status = 0
+            with self._lock:
+                self._deliveries.append(
+                    Delivery(event, str(payload.get("action", "")), status, answer)
+                )
+
+    def _route_repo_extras(
+        self, method: str, segments: list[str], body: bytes, grant: _Grant, query: str
+    ) -> _Answer | None:
+        owner, repo, kind = segments[1], segments[2], segments[3]
+        if method == "GET" and kind == "compare" and len(segments) == 5:
+            self._authorize_repo(grant, owner, repo, "read")
+            base, sep, head = segments[4].partition("...")
+            if not sep:
+                raise _HttpError(404, "Not Found")
+            return _json(200, self._compare(owner, repo, base, head))
+        if method == "GET" and kind == "pulls" and len(segments) == 6 and segments[5] == "files":
+            self._authorize_repo(grant, owner, repo, "read", "pull_requests")
+            return self._pull_files_answer(owner, repo, segments[4], query)
+        if method == "POST" and kind == "check-runs" and len(segments) == 4:
+            self._authorize_repo(grant, owner, repo, "write", "checks")
+            return self._create_check_run(owner, repo, body)
+        if (
+            method == "GET"
+            and kind == "commits"
+            and len(segments) == 6
+            and segments[5] == "check-runs"
+        ):
+            self._authorize_repo(grant, owner, repo, "read", "checks")
+            runs = [
+                {k: v for k, v in run.items() if k != "_repo"}
+                for run in self.check_runs(owner, repo, self._resolve(owner, repo, segments[4]))
+            ]
+            return _json(200, {"total_count": len(runs), "check_runs": runs})
+        return None
+
+    def _resolve(self, owner: str, repo: str, ref: str) -> str:
+        with self._lock:
+            if ref in self._commits:
+                return ref
+            sha = self._heads.get((owner.lower(), repo.lower(), ref))
+        if sha is None:
+            raise _HttpError(404, "No commit found for the ref")
+        return sha
+
+    def _compare(self, owner: str, repo: str, base: str, head: str) -> dict[str, Any]:
+        base_sha, head_sha = self._resolve(owner, repo, base), self._resolve(owner, repo, head)
+        with self._lock:
+            old, new = self._commits[base_sha].files, self._commits[head_sha].files
+        files = []
+        for path in sorted(set(old) | set(new)):
+            if path not in new:
+                files.append({"filename": path, "status": "removed"})
+            elif path not in old:
+                files.append({"filename": path, "status": "added"})
+            elif old[path] != new[path]:
+                files.append({"filename": path, "status": "modified"})
+        return {"status": "ahead", "ahead_by": 1, "files": files}
+
+    def _pull_files_answer(self, owner: str, repo: str, raw_number: str, query: str) -> _Answer:
+        with self._lock:
+            pull = self._pulls.get(
+                (owner.lower(), repo.lower(), int(raw_number) if raw_number.isdigit() else -1)
+            )
+        if pull is None:
+            raise _HttpError(404, "Not Found")
+        files = self._compare(owner, repo, pull.base_sha, pull.head_sha)["files"]
+        params = urllib.parse.parse_qs(query)
+        per_page = min(max(int(params.get("per_page", ["30"])[0] or 30), 1), 100)
+        page = max(int(params.get("page", ["1"])[0] or 1), 1)
+        chunk = files[(page - 1) * per_page : page * per_page]
+        headers = {}
+        if page * per_page < len(files):
+            link = f"/repos/{owner}/{repo}/pulls/{pull.number}/files"
+            headers["link"] = f'<{self.url}{link}?per_page={per_page}&page={page + 1}>; rel="next"'
+        return _json(200, chunk, headers)
+
+    def _create_check_run(self, owner: str, repo: str, body: bytes) -> _Answer:
+        try:
+            request = json.loads(body)
+        except ValueError:
+            raise _HttpError(400, "Problems parsing JSON") from None
+        if not isinstance(request, dict) or not isinstance(request.get("name"), str):
+            raise _HttpError(422, "Invalid request. name is required.")
+        head_sha = request.get("head_sha")
+        with self._lock:
+            known = isinstance(head_sha, str) and head_sha in self._commits
+        if not known:
+            raise _HttpError(422, "No commit found for SHA")
+        output = request.get("output") or {}
+        if len(output.get("annotations") or []) > 50:
+            raise _HttpError(422, "Only 50 annotations are allowed per request")
+        with self._lock:
+            run = {
+                "id": len(self._check_runs) + 1,
+                "name": request["name"],
+                "head_sha": head_sha,
+                "status": request.get("status", "queued"),
+                "conclusion": request.get("conclusion"),
+                "output": output,
+                "_repo": (owner.lower(), repo.lower()),
+            }
+            self._check_runs.append(run)
+        return _json(201, {k: v for k, v in run.items() if k != "_repo"})
+
+    def _read_at_answer(self, grant: _Grant, owner: str, repo: str, path: str, ref: str) -> _Answer:
+        self._authorize_repo(grant, owner, repo, "read")
+        sha = self._resolve(owner, repo, ref)
+        with self._lock:
+            content = self._commits[sha].files.get(path.strip("/"))
+        if content is None:
+            raise _HttpError(404, "Not Found")
+        return _Answer(200, content, content_type="application/vnd.github.raw; charset=utf-8")
 
     # -- test hooks ------------------------------------------------------------------------
 
@@ -398,6 +757,10 @@ class GitHubEmulator:
         return self
 
     def stop(self) -> None:
+        if self._sender is not None:
+            self._outbox.put(None)
+            self._sender.join(timeout=15)
+            self._sender = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -428,7 +791,9 @@ class GitHubEmulator:
         try:
             self._maybe_fail(path)
             auth_kind, budget, principal = self._authenticate(headers)
-            answer = self._route(method, path, headers, body, auth_kind, principal, budget)
+            answer = self._route(
+                method, path, headers, body, auth_kind, principal, budget, query=parts.query
+            )
         except _HttpError as err:
             answer = _json(
                 err.status, {"message": err.message, "documentation_url": DOCS}, err.headers
@@ -560,6 +925,8 @@ class GitHubEmulator:
         auth: str,
         principal: object,
         budget: str,
+        *,
+        query: str = "",
     ) -> _Answer:
         segments = [s for s in path.split("/") if s]
         if method == "GET" and segments == ["rate_limit"]:
@@ -572,7 +939,7 @@ class GitHubEmulator:
             return self._route_app(method, segments, body)
         if not isinstance(principal, _Grant):  # pragma: no cover - auth is "token" here
             raise _HttpError(401, "Bad credentials")
-        return self._route_token(method, segments, headers, body, principal)
+        return self._route_token(method, segments, headers, body, principal, query=query)
 
     def _route_app(self, method: str, segments: list[str], body: bytes) -> _Answer:
         if method == "GET" and segments == ["app"]:
@@ -600,7 +967,13 @@ class GitHubEmulator:
         headers: Mapping[str, str],
         body: bytes,
         grant: _Grant,
+        *,
+        query: str = "",
     ) -> _Answer:
+        if segments[:1] == ["repos"] and len(segments) >= 4:
+            answer = self._route_repo_extras(method, segments, body, grant, query)
+            if answer is not None:
+                return answer
         if method == "DELETE" and segments == ["installation", "token"]:
             with self._lock:
                 self._tokens = {k: v for k, v in self._tokens.items() if v is not grant}
@@ -609,6 +982,9 @@ class GitHubEmulator:
             return self._repositories_answer(grant)
         if len(segments) >= 5 and segments[0] == "repos" and segments[3] == "contents":
             owner, repo, file_path = segments[1], segments[2], "/".join(segments[4:])
+            ref = urllib.parse.parse_qs(query).get("ref", [""])[0]
+            if method == "GET" and ref and ref != "main":
+                return self._read_at_answer(grant, owner, repo, file_path, ref)
             if method == "GET":
                 return self._read_answer(grant, owner, repo, file_path, headers)
             if method == "PUT":
@@ -731,7 +1107,9 @@ class GitHubEmulator:
         repos = [self._repo_json(owner, n) for n in names]
         return _json(200, {"total_count": len(repos), "repositories": repos})
 
-    def _authorize_repo(self, grant: _Grant, owner: str, repo: str, level: str) -> None:
+    def _authorize_repo(
+        self, grant: _Grant, owner: str, repo: str, level: str, permission: str = "contents"
+    ) -> None:
         with self._lock:
             known = (owner.lower(), repo.lower()) in self._files
         visible = (
@@ -742,7 +1120,7 @@ class GitHubEmulator:
         if not visible:
             # GitHub answers 404 for repositories a token cannot see.
             raise _HttpError(404, "Not Found")
-        granted = grant.permissions.get("contents")
+        granted = grant.permissions.get(permission)
         if granted is None or _LEVELS.get(granted, 0) < _LEVELS[level]:
             raise _HttpError(403, "Resource not accessible by integration")
 
