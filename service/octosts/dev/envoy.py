@@ -93,6 +93,12 @@ class EnvoyParams:
     health_check_interval_s: float = 5.0
     health_check_timeout_s: float = 1.0
     health_check_service: str = ""  # "" = the server's overall health
+    # Tracing is off unless a collector is given: spans go over OTLP/gRPC to it, and the
+    # W3C traceparent Envoy sends upstream makes its span the parent of the service's.
+    otlp_collector: Upstream | None = None
+    trace_service_name: str = "octo-sts-gateway"
+    trace_sampling_percent: float = 100.0
+    trace_flush_interval_ms: int = 1000
     template_path: Path = field(default=DEFAULT_TEMPLATE)
 
     def __post_init__(self) -> None:
@@ -102,6 +108,10 @@ class EnvoyParams:
             raise ValueError("at least one upstream is required")
         if self.num_retries < 0:
             raise ValueError("num_retries must not be negative")
+        if not 0 <= self.trace_sampling_percent <= 100:
+            raise ValueError("trace_sampling_percent must be between 0 and 100")
+        if self.trace_flush_interval_ms < 1:
+            raise ValueError("trace_flush_interval_ms must be positive")
         for name in (
             "authz_timeout_s",
             "connect_timeout_s",
@@ -152,8 +162,83 @@ def render_config(params: EnvoyParams) -> str:
         # STRICT_DNS resolves every address of a name (compose replicas); IPs need no DNS.
         "cluster_type": "STATIC" if all(u.is_ip for u in params.upstreams) else "STRICT_DNS",
         "lb_endpoints": json.dumps(endpoints),
+        **_tracing_values(params),
     }
     return Template(params.template_path.read_text()).substitute(values)
+
+
+OTLP_CLUSTER = "otel_collector"
+
+
+def _tracing_values(params: EnvoyParams) -> dict[str, str]:
+    """Whole lines for the template's tracing placeholders (YAML comments when off)."""
+    collector = params.otlp_collector
+    if collector is None:
+        return {
+            "tracing_runtime": "# tracing off: no OTLP collector configured",
+            "tracing": "# tracing off: no OTLP collector configured",
+            "tracing_cluster": "# no OTLP collector cluster",
+        }
+    runtime = {
+        "layers": [
+            {
+                "name": "tracing",
+                "static_layer": {
+                    # Envoy batches spans for 5 s (or 5 spans) by default.
+                    "tracing.opentelemetry.flush_interval_ms": params.trace_flush_interval_ms,
+                    "tracing.opentelemetry.min_flush_spans": 1,
+                },
+            }
+        ]
+    }
+    tracing = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": params.trace_service_name,
+            },
+        },
+        # A caller's sampled traceparent is always followed; this only decides new traces.
+        "random_sampling": {"value": params.trace_sampling_percent},
+    }
+    http2 = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    cluster = {
+        "name": OTLP_CLUSTER,
+        "type": "STATIC" if collector.is_ip else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            http2: {
+                "@type": f"type.googleapis.com/{http2}",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": collector.host,
+                                        "port_value": collector.port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    return {
+        "tracing_runtime": "layered_runtime: " + json.dumps(runtime),
+        "tracing": "tracing: " + json.dumps(tracing),
+        "tracing_cluster": "- " + json.dumps(cluster),
+    }
 
 
 def envoy_binary() -> str:

@@ -135,6 +135,8 @@ class DevStack:
     base_id: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     github_args: tuple[str, ...] = ()
+    # "host:port" of an OTLP/gRPC collector: traces on for Envoy and every replica.
+    otlp_collector: str = ""
     _procs: list[_Proc] = field(default_factory=list)
     _servers: dict[int, _Proc] = field(default_factory=dict)
     envoy: EnvoyProcess | None = None
@@ -211,7 +213,16 @@ class DevStack:
             "OCTOSTS_INSECURE_ISSUERS": self.issuer_url,
             "OCTOSTS_LOG_FORMAT": "json",
             "OCTOSTS_SHUTDOWN_GRACE_SECONDS": "2",
+            **self._otel_env(),
             **self.extra_env,
+        }
+
+    def _otel_env(self) -> dict[str, str]:
+        if not self.otlp_collector:
+            return {}
+        return {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://{self.otlp_collector}",
+            "OTEL_SERVICE_NAME": "octo-sts",
         }
 
     def start_server(self, index: int, timeout: float = 30.0) -> None:
@@ -284,6 +295,7 @@ class DevStack:
             upstreams=[Upstream("127.0.0.1", port) for port in self.ports.grpc],
             access_log_path=str(self.workdir / "logs" / "envoy-access.log"),
             health_check_interval_s=1.0,
+            otlp_collector=Upstream.parse(self.otlp_collector) if self.otlp_collector else None,
         )
         config = self.workdir / "envoy.yaml"
         config.write_text(render_config(params))
