@@ -54,6 +54,12 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     audit_sink_url: str = ""
+    # [org-allowlist]: per-org trusted-token-issuers cache and the GitHub webhook.
+    issuers_fresh_seconds: float = 300.0
+    issuers_stale_seconds: float = 3600.0
+    webhook_addr: str = ""  # empty: no webhook listener
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    webhook_max_body_bytes: int = 1 << 20
 
 
 # name -> (attribute, parser). Parsers raise ValueError with a short message.
@@ -111,6 +117,12 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "OCTOSTS_LOG_LEVEL": ("log_level", _str),
     "OCTOSTS_LOG_FORMAT": ("log_format", _str),
     "OCTOSTS_AUDIT_SINK_URL": ("audit_sink_url", _str),
+    "OCTOSTS_ISSUERS_FRESH_SECONDS": ("issuers_fresh_seconds", _float),
+    "OCTOSTS_ISSUERS_STALE_SECONDS": ("issuers_stale_seconds", _float),
+    "OCTOSTS_WEBHOOK_ADDR": ("webhook_addr", _str),
+    # Comma-separated: several secrets are accepted at once while rotating.
+    "OCTOSTS_WEBHOOK_SECRETS": ("webhook_secrets", _list),
+    "OCTOSTS_WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", _int),
 }
 # Read the PEM from this file when GITHUB_APP_PRIVATE_KEY is not given.
 _KEY_FILE = "GITHUB_APP_PRIVATE_KEY_FILE"
@@ -189,7 +201,8 @@ def _parse_values(raw: Mapping[str, str], problems: list[str]) -> dict[str, obje
             kwargs[attribute] = parse(raw[name])
         except ValueError as exc:
             # The private key never reaches a message, even a parse error.
-            shown = "" if attribute == "github_app_private_key" else f" ({raw[name]!r})"
+            secret = attribute in {"github_app_private_key", "webhook_secrets"}
+            shown = "" if secret else f" ({raw[name]!r})"
             problems.append(f"{name}: invalid value{shown}: {exc}")
     return kwargs
 
@@ -242,9 +255,25 @@ def _validate_values(kwargs: Mapping[str, object], problems: list[str]) -> None:
     ca_file = str(kwargs.get("outbound_ca_file", ""))
     if ca_file and not Path(ca_file).is_file():
         problems.append(f"OCTOSTS_OUTBOUND_CA_FILE: no such file {ca_file!r}")
+    _validate_webhook(kwargs, problems)
     repo = str(kwargs.get("org_policy_repo", ".github"))
     if not repo or "/" in repo or repo in {".", ".."}:
         problems.append("ORG_POLICY_REPO: must be a repository name")
+
+
+def _validate_webhook(kwargs: Mapping[str, object], problems: list[str]) -> None:
+    addr = str(kwargs.get("webhook_addr", ""))
+    _check_addr("OCTOSTS_WEBHOOK_ADDR", addr, problems, optional=True)
+    secrets = kwargs.get("webhook_secrets", ())
+    if addr and not secrets:
+        problems.append("OCTOSTS_WEBHOOK_SECRETS: required when OCTOSTS_WEBHOOK_ADDR is set")
+    if isinstance(secrets, tuple) and any(len(s) < 16 for s in secrets):
+        problems.append("OCTOSTS_WEBHOOK_SECRETS: each secret must be at least 16 characters")
+    max_body = kwargs.get("webhook_max_body_bytes", 1 << 20)
+    if not isinstance(max_body, int) or not 1024 <= max_body <= 25 << 20:
+        problems.append("OCTOSTS_WEBHOOK_MAX_BODY_BYTES: must be between 1024 and 26214400")
+    if float(str(kwargs.get("issuers_fresh_seconds", 300.0))) <= 0:
+        problems.append("OCTOSTS_ISSUERS_FRESH_SECONDS: must be positive")
 
 
 def variables() -> tuple[str, ...]:
