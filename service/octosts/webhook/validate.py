@@ -1,0 +1,85 @@
+"""Which changed files are policies, and the "Trust Policy Validation" check-run output (pure)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from octosts.adapters.policy_yaml import parse_trust_policy, parse_trusted_issuers
+from octosts.domain.errors import PolicyInvalid, PolicyProblem
+from octosts.domain.issuers import ISSUERS_FILE
+
+CHECK_NAME = "Trust Policy Validation"
+MAX_ANNOTATIONS = 50  # GitHub's per-request limit
+_POLICY_RE = re.compile(r"^\.github/chainguard/[^/]+\.sts\.yaml$")
+
+
+def is_policy_path(path: str, *, repo: str, org_policy_repo: str) -> bool:
+    """A trust policy, or the issuers file when ``repo`` is the org policy repository."""
+    if _POLICY_RE.fullmatch(path):
+        return True
+    return repo.lower() == org_policy_repo.lower() and path == ISSUERS_FILE
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    path: str
+    line: int | None
+    message: str
+
+
+def validate_file(
+    path: str,
+    content: bytes,
+    *,
+    repo: str,
+    org_policy_repo: str,
+    insecure_issuers: frozenset[str] = frozenset(),
+) -> list[FileProblem]:
+    """Every problem of one policy file (empty when valid)."""
+    try:
+        if path == ISSUERS_FILE:
+            parse_trusted_issuers(content, insecure_issuers=insecure_issuers)
+        else:
+            org = repo.lower() == org_policy_repo.lower()
+            parse_trust_policy(content, kind="org" if org else "repo")
+    except PolicyInvalid as exc:
+        return [_problem(path, p) for p in exc.problems]
+    return []
+
+
+def _problem(path: str, problem: PolicyProblem) -> FileProblem:
+    where = f"{problem.field}: " if problem.field else ""
+    return FileProblem(path, problem.line, f"{where}{problem.message}"[:500])
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    conclusion: str  # success | failure
+    title: str
+    summary: str
+    annotations: tuple[dict[str, object], ...]
+
+
+def check_outcome(checked: list[str], problems: list[FileProblem]) -> CheckOutcome:
+    """The check run for ``checked`` files with ``problems`` among them."""
+    if not problems:
+        files = ", ".join(f"`{p}`" for p in checked[:20]) or "no policy files changed"
+        return CheckOutcome("success", "All trust policies are valid", f"Checked: {files}", ())
+    lines = [
+        f"- `{p.path}`" + (f" line {p.line}" if p.line else "") + f": {p.message}" for p in problems
+    ]
+    annotations = tuple(
+        {
+            "path": p.path,
+            "start_line": p.line or 1,
+            "end_line": p.line or 1,
+            "annotation_level": "failure",
+            "title": "Invalid trust policy",
+            "message": p.message,
+        }
+        for p in problems[:MAX_ANNOTATIONS]
+    )
+    bad = len({p.path for p in problems})
+    title = f"{len(problems)} problem(s) in {bad} policy file(s)"
+    return CheckOutcome("failure", title, "\n".join(lines)[:60000], annotations)
