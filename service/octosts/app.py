@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 
 import httpx
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
 from octosts.adapters.signer import PemSigner
+from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuersStore
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.exchange import Exchanger
 from octosts.domain.ports import Clock, SystemClock
@@ -48,6 +49,9 @@ from octosts.observability.tracing import (
 from octosts.transport import ext_authz, sts
 from octosts.transport.interceptors import ObservabilityInterceptor
 from octosts.transport.server import GrpcServer
+from octosts.webhook.github_checks import GitHubChecks
+from octosts.webhook.handler import WebhookConfig, WebhookHandler
+from octosts.webhook.server import WebhookServer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -66,10 +70,13 @@ EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 class ExchangeEvents:
     """``ExchangeReporter``: one audit event and one ``octo_sts_exchanges_total`` per exchange."""
 
-    def __init__(self, metrics: Metrics, audit: AuditLog, clock: Clock) -> None:
+    def __init__(
+        self, metrics: Metrics, audit: AuditLog, clock: Clock, issuer_audits: Counter | None = None
+    ) -> None:
         self._metrics = metrics
         self._audit = audit
         self._clock = clock
+        self._issuer_audits = issuer_audits
 
     def exchange_done(
         self,
@@ -80,6 +87,16 @@ class ExchangeEvents:
     ) -> None:
         result, reason = ("ok", "ok") if failed is None else (_result_for(failed), failed.reason)
         self._metrics.exchange(result, reason)
+        if attempt.issuer_audit is not None and self._issuer_audits is not None:
+            # Audit-mode org allowlist: allowed, but counted and logged for the org's admins.
+            self._issuer_audits.inc()
+            _log.warning(
+                "issuer_audit",
+                request_id=call.request_id,
+                reason=attempt.issuer_audit,
+                scope=request.scope[:200],
+                iss=attempt.caller.issuer if attempt.caller else None,
+            )
         self._audit.record(audit_event(call, request, attempt, result, reason, self._clock))
 
 
@@ -144,15 +161,26 @@ class App:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     metrics_server: MetricsServer | None = None
     audit: AuditLog | None = None
+    webhook: WebhookServer | None = None
+    webhook_port: int | None = None
 
     async def start(self) -> int:
         if self.audit is not None:
             self.audit.start()  # the sink's senders live in this event loop
         port = await self.server.start()
-        _log.info("serving", grpc_port=port, sts_domain=self.settings.sts_domain)
+        if self.webhook is not None:
+            self.webhook_port = await self.webhook.start()
+        _log.info(
+            "serving",
+            grpc_port=port,
+            webhook_port=self.webhook_port,
+            sts_domain=self.settings.sts_domain,
+        )
         return port
 
     async def stop(self) -> None:
+        if self.webhook is not None:
+            await self.webhook.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
         for close in reversed(self.closers):
             with contextlib.suppress(Exception):
@@ -236,6 +264,18 @@ def build_app(
             max_entries=settings.cache_max_entries,
         ),
     )
+    trusted_issuers = TrustedIssuersStore(
+        github,
+        clock=clock,
+        observer=observer,
+        org_policy_repo=settings.org_policy_repo,
+        insecure_issuers=frozenset(settings.insecure_issuers),
+        config=TrustedIssuersConfig(
+            fresh_seconds=settings.issuers_fresh_seconds,
+            stale_seconds=settings.issuers_stale_seconds,
+            max_entries=settings.cache_max_entries,
+        ),
+    )
     exchanger = Exchanger(
         verifier=verifier,
         github=github,
@@ -243,13 +283,42 @@ def build_app(
         observer=observer,
         domain=settings.sts_domain,
         org_policy_repo=settings.org_policy_repo,
+        trusted_issuers=trusted_issuers,
     )
+    webhook = None
+    if settings.webhook_addr:
+        handler = WebhookHandler(
+            WebhookConfig(
+                secrets=tuple(s.encode() for s in settings.webhook_secrets),
+                org_policy_repo=settings.org_policy_repo,
+                insecure_issuers=frozenset(settings.insecure_issuers),
+            ),
+            checks=GitHubChecks(
+                github,
+                http=github_http,
+                base_url=settings.github_base_url,
+                timeout=settings.outbound_timeout_seconds,
+            ),
+            policies=policies,
+            issuers=trusted_issuers,
+        )
+        webhook = WebhookServer(
+            settings.webhook_addr,
+            handler,
+            max_body=settings.webhook_max_body_bytes,
+            reuse_port=settings.workers > 1,
+        )
     audit = AuditLog(
         sink=CloudEventSink(settings.audit_sink_url, metrics=metrics, source=settings.sts_domain)
         if settings.audit_sink_url
         else None
     )
-    events = ExchangeEvents(metrics, audit, clock)
+    issuer_audits = Counter(
+        "octo_sts_issuer_audit_total",
+        "Exchanges allowed only because the org's trusted-token-issuers file is in audit mode.",
+        registry=registry,
+    )
+    events = ExchangeEvents(metrics, audit, clock, issuer_audits)
     authz = ext_authz.AuthorizationServicer(verifier, on_decision=metrics.ext_authz_decision)
     server = GrpcServer(
         settings.grpc_addr,
@@ -268,6 +337,7 @@ def build_app(
         tracer_provider=tracer_provider,
         closers=[issuer_http.aclose, github_http.aclose],
         audit=audit,
+        webhook=webhook,
     )
 
 

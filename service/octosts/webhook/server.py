@@ -31,6 +31,7 @@ class WebhookServer:
         *,
         max_body: int = 1 << 20,
         read_timeout: float = 10.0,
+        reuse_port: bool = False,
     ) -> None:
         host, _, port = addr.rpartition(":")
         self._host = host.strip("[]") or "127.0.0.1"
@@ -38,12 +39,17 @@ class WebhookServer:
         self._handler = handler
         self._max_body = max_body
         self._timeout = read_timeout
+        self._reuse_port = reuse_port  # several workers share the port (SO_REUSEPORT)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
         """Listen; returns the bound port."""
         self._server = await asyncio.start_server(
-            self._serve, self._host, self._port, limit=MAX_HEADER_BYTES
+            self._serve,
+            self._host,
+            self._port,
+            limit=MAX_HEADER_BYTES,
+            reuse_port=self._reuse_port or None,
         )
         port: int = self._server.sockets[0].getsockname()[1]
         return port
