@@ -100,10 +100,16 @@ class EnvoyParams:
     trace_sampling_percent: float = 100.0
     trace_flush_interval_ms: int = 1000
     template_path: Path = field(default=DEFAULT_TEMPLATE)
+    # Loopback unless a private network needs it (docker-compose: Prometheus scrapes envoy:9901).
+    admin_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         _check_port("listen port", self.listen_port)
         _check_port("admin port", self.admin_port)
+        try:
+            ipaddress.ip_address(self.admin_host)
+        except ValueError as exc:
+            raise ValueError(f"admin_host {self.admin_host!r} is not an IP address") from exc
         if not self.upstreams:
             raise ValueError("at least one upstream is required")
         if self.num_retries < 0:
@@ -145,6 +151,7 @@ def render_config(params: EnvoyParams) -> str:
     values = {
         "listen_host": _q(params.listen_host),
         "listen_port": str(params.listen_port),
+        "admin_host": _q(params.admin_host),
         "admin_port": str(params.admin_port),
         "cert_path": _q(params.cert_path),
         "key_path": _q(params.key_path),
