@@ -65,11 +65,12 @@ gen_typescript() {
   fi
   rm -rf "$dir/src/gen"
   mkdir -p "$dir/src/gen"
-  # google/api/{annotations,http}.proto are generated too: the octosts.v1 descriptor imports them.
+  # google/api/{annotations,http}.proto are generated too (the octosts.v1 descriptor imports them),
+  # and google/rpc/error_details.proto to read the ErrorInfo (reason) in error details.
   protoc \
     "--plugin=protoc-gen-es=$dir/node_modules/.bin/protoc-gen-es" \
     "--es_out=$dir/src/gen" --es_opt=target=ts,import_extension=js \
-    "${PROTOS[@]}" google/api/annotations.proto google/api/http.proto
+    "${PROTOS[@]}" google/api/annotations.proto google/api/http.proto google/rpc/error_details.proto
   echo "gen_clients: TypeScript code in $dir/src/gen"
 }
 

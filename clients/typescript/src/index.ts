@@ -1,0 +1,219 @@
+// Octo STS client for Node.js: exchange a workload OIDC token for a short-lived GitHub token,
+// over native gRPC (Connect's gRPC transport, HTTP/2) or the HTTP/JSON gateway (GET /sts/exchange).
+//
+//   const tok = await exchange({ endpoint: "https://sts.example.com", scope: "org/repo",
+//                                identity: "deploy", token: oidcJwt, caFile: "ca.pem" });
+//   use(tok.token); // console.log(tok) / JSON.stringify(tok) never show the token
+import { readFileSync } from "node:fs";
+import * as http from "node:http";
+import * as https from "node:https";
+import { inspect } from "node:util";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { SecurityTokenService } from "./gen/octosts/v1/sts_pb.js";
+import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+
+export * as octostsv1 from "./gen/octosts/v1/sts_pb.js";
+export * as chainguardoidc from "./gen/chainguard/platform/oidc/oidc_pb.js";
+
+/** Largest response accepted (a token and its permissions fit in a few KiB). */
+export const MAX_RESPONSE_BYTES = 256 * 1024;
+
+export interface ExchangeOptions {
+  /** `https://host[:port]` (TLS) or `http://host:port` (plaintext, in-mesh). */
+  endpoint: string;
+  scope: string;
+  identity: string;
+  /** The workload's OIDC token (JWT). */
+  token: string;
+  audience?: string;
+  /** PEM CA bundle to trust instead of the system roots. */
+  caFile?: string;
+  transport?: "grpc" | "http";
+  /** Per-attempt timeout (default 10 s). */
+  timeoutMs?: number;
+  /** Attempts on UNAVAILABLE / HTTP 503 (default 4). */
+  maxAttempts?: number;
+  /** Overall deadline including retries (default 30 s). */
+  deadlineMs?: number;
+  /** First backoff (default 200 ms), doubled each retry up to 5 s, with equal jitter. */
+  initialBackoffMs?: number;
+}
+
+/** A minted GitHub token; the token itself is hidden from inspect/JSON. */
+export class GitHubToken {
+  readonly #token: string;
+  constructor(
+    token: string,
+    readonly expiresAt: Date,
+    readonly permissions: Readonly<Record<string, string>>,
+    readonly repositories: readonly string[],
+    readonly requestId?: string,
+  ) {
+    this.#token = token;
+  }
+  get token(): string {
+    return this.#token;
+  }
+  toJSON(): object {
+    return { expiresAt: this.expiresAt.toISOString(), permissions: this.permissions, repositories: this.repositories };
+  }
+  [inspect.custom](): string {
+    return `GitHubToken { token: <redacted>, expiresAt: ${this.expiresAt.toISOString()} }`;
+  }
+}
+
+/** A failed exchange: gRPC code name, HTTP status (gateway), the server's reason and request id. */
+export class OctoStsError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly reason?: string,
+    readonly requestId?: string,
+    readonly status?: number,
+  ) {
+    super(`${code}: ${message}${reason ? ` reason=${reason}` : ""}${requestId ? ` request_id=${requestId}` : ""}`);
+    this.name = "OctoStsError";
+  }
+}
+
+const HTTP_CODES: Record<number, string> = {
+  400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+  429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+};
+
+function codeName(code: Code): string {
+  return Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+}
+
+function checkToken(token: string): void {
+  if (!token || /[\s\x00-\x1f\x7f]/.test(token) || token.length > 16384) {
+    throw new OctoStsError("the OIDC token is empty, too large or contains whitespace", "INVALID_ARGUMENT");
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Exchange with retries on UNAVAILABLE only (bounded attempts, overall deadline). */
+export async function exchange(opts: ExchangeOptions): Promise<GitHubToken> {
+  checkToken(opts.token);
+  const maxAttempts = opts.maxAttempts ?? 4;
+  const deadline = Date.now() + (opts.deadlineMs ?? 30_000);
+  const once = opts.transport === "http" ? exchangeHttpOnce : exchangeGrpcOnce;
+  for (let attempt = 0; ; attempt++) {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) throw new OctoStsError("the exchange deadline passed", "DEADLINE_EXCEEDED");
+    try {
+      return await once(opts, Math.min(opts.timeoutMs ?? 10_000, remaining));
+    } catch (err) {
+      if (!(err instanceof OctoStsError) || err.code !== "UNAVAILABLE" || attempt + 1 >= maxAttempts) throw err;
+      const cap = Math.min(5_000, (opts.initialBackoffMs ?? 200) * 2 ** attempt);
+      const delay = cap / 2 + (Math.random() * cap) / 2;
+      if (Date.now() + delay >= deadline) throw err;
+      await sleep(delay);
+    }
+  }
+}
+
+async function exchangeGrpcOnce(opts: ExchangeOptions, timeoutMs: number): Promise<GitHubToken> {
+  const ca = opts.caFile ? readFileSync(opts.caFile) : undefined;
+  const transport = createGrpcTransport({
+    baseUrl: opts.endpoint,
+    readMaxBytes: MAX_RESPONSE_BYTES,
+    nodeOptions: ca ? { ca } : {},
+  });
+  const client = createClient(SecurityTokenService, transport);
+  let requestId: string | undefined;
+  try {
+    const res = await client.exchange(
+      { scope: opts.scope, identity: opts.identity, audience: opts.audience },
+      {
+        headers: { authorization: `Bearer ${opts.token}` },
+        timeoutMs,
+        onHeader: (h) => {
+          requestId = h.get("x-request-id") ?? undefined;
+        },
+      },
+    );
+    const token = res.token || res.accessToken;
+    if (!token) throw new OctoStsError("the response carries no token", "INTERNAL", undefined, requestId);
+    const expiresAt = res.expiresAt ? timestampDate(res.expiresAt) : new Date(Date.now() + res.expiresIn * 1000);
+    return new GitHubToken(token, expiresAt, { ...res.permissions }, [...res.repositories], requestId);
+  } catch (err) {
+    if (err instanceof OctoStsError) throw err;
+    const ce = ConnectError.from(err);
+    const info = ce.findDetails(ErrorInfoSchema)[0];
+    throw new OctoStsError(
+      ce.rawMessage,
+      codeName(ce.code),
+      info?.reason || undefined,
+      info?.metadata["request_id"] || ce.metadata.get("x-request-id") || undefined,
+    );
+  }
+}
+
+function get(url: URL, headers: Record<string, string>, ca: Buffer | undefined, timeoutMs: number) {
+  return new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
+    const mod = url.protocol === "https:" ? https : http;
+    const req = mod.request(url, { method: "GET", headers, ca, timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on("data", (c: Buffer) => {
+        size += c.length;
+        if (size > MAX_RESPONSE_BYTES) {
+          req.destroy(new OctoStsError(`the response is larger than ${MAX_RESPONSE_BYTES} bytes`, "INTERNAL"));
+          return;
+        }
+        chunks.push(c);
+      });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on("error", reject);
+    });
+    req.on("timeout", () => req.destroy(new OctoStsError("the request timed out", "DEADLINE_EXCEEDED")));
+    req.on("error", (e) =>
+      reject(e instanceof OctoStsError ? e : new OctoStsError(`cannot reach the service: ${e.message}`, "UNAVAILABLE")),
+    );
+    req.end();
+  });
+}
+
+async function exchangeHttpOnce(opts: ExchangeOptions, timeoutMs: number): Promise<GitHubToken> {
+  const url = new URL("/sts/exchange", opts.endpoint);
+  url.searchParams.set("scope", opts.scope);
+  url.searchParams.set("identity", opts.identity);
+  if (opts.audience !== undefined) url.searchParams.set("audience", opts.audience);
+  const ca = opts.caFile ? readFileSync(opts.caFile) : undefined;
+  const res = await get(url, { authorization: `Bearer ${opts.token}`, accept: "application/json" }, ca, timeoutMs);
+  const headerId = res.headers["x-request-id"];
+  let requestId = typeof headerId === "string" ? headerId : undefined;
+  let data: any;
+  try {
+    data = JSON.parse(res.body.toString("utf8"));
+  } catch {
+    data = undefined;
+  }
+  if (res.status !== 200) {
+    let code = HTTP_CODES[res.status] ?? "INTERNAL";
+    let reason: string | undefined;
+    let message = `HTTP ${res.status}`;
+    if (data && typeof data === "object") {
+      if (typeof data.message === "string") message = data.message;
+      if (typeof data.request_id === "string") requestId ??= data.request_id;
+      if (typeof data.code === "string" && !/^[A-Z_]+$/.test(data.code)) reason = data.code;
+      for (const d of Array.isArray(data.details) ? data.details : []) {
+        if (d?.["@type"] === "type.googleapis.com/google.rpc.ErrorInfo") reason ??= d.reason;
+      }
+    } else {
+      message = res.body.toString("utf8").split("\n")[0].slice(0, 300) || message;
+    }
+    throw new OctoStsError(message, code, reason, requestId, res.status);
+  }
+  const token = data?.token || data?.access_token;
+  if (typeof token !== "string" || !token) throw new OctoStsError("the response carries no token", "INTERNAL", undefined, requestId);
+  const expiresAt = data.expires_at ? new Date(data.expires_at) : new Date(Date.now() + Number(data.expires_in) * 1000);
+  if (Number.isNaN(expiresAt.getTime())) throw new OctoStsError("the response carries no expiry", "INTERNAL", undefined, requestId);
+  return new GitHubToken(token, expiresAt, { ...(data.permissions ?? {}) }, [...(data.repositories ?? [])], requestId);
+}
