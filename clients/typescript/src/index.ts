@@ -9,7 +9,7 @@ import * as http from "node:http";
 import * as https from "node:https";
 import { inspect } from "node:util";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { SecurityTokenService } from "./gen/octosts/v1/sts_pb.js";
 import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
@@ -120,10 +120,13 @@ export async function exchange(opts: ExchangeOptions): Promise<GitHubToken> {
 
 async function exchangeGrpcOnce(opts: ExchangeOptions, timeoutMs: number): Promise<GitHubToken> {
   const ca = opts.caFile ? readFileSync(opts.caFile) : undefined;
+  // One HTTP/2 session per attempt, closed afterwards: an idle session would keep the
+  // Node.js process (a CLI, a CI step) alive for minutes.
+  const sessionManager = new Http2SessionManager(opts.endpoint, {}, ca ? { ca } : {});
   const transport = createGrpcTransport({
     baseUrl: opts.endpoint,
     readMaxBytes: MAX_RESPONSE_BYTES,
-    nodeOptions: ca ? { ca } : {},
+    sessionManager,
   });
   const client = createClient(SecurityTokenService, transport);
   let requestId: string | undefined;
@@ -152,6 +155,8 @@ async function exchangeGrpcOnce(opts: ExchangeOptions, timeoutMs: number): Promi
       info?.reason || undefined,
       info?.metadata["request_id"] || ce.metadata.get("x-request-id") || undefined,
     );
+  } finally {
+    sessionManager.abort();
   }
 }
 
