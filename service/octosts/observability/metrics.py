@@ -97,9 +97,20 @@ class _BoundedLabel:
         self._limit = limit
         self._seen: set[str] = set()
         self._lock = threading.Lock()
+        # raw value -> label, so the hot path (a known value) is one dict lookup, no regex.
+        self._memo: dict[str | int, str] = {}
 
     def __call__(self, value: str | int) -> str:
+        memo = self._memo.get(value)
+        if memo is not None:
+            return memo
         text = _LABEL_SAFE.sub("_", str(value))[:_MAX_LABEL_LEN] or "none"
+        label = self._admit(text)
+        if label != OTHER and len(self._memo) < 4 * self._limit:
+            self._memo[value] = label
+        return label
+
+    def _admit(self, text: str) -> str:
         if text in self._seen:
             return text
         with self._lock:

@@ -20,6 +20,9 @@ only need the ``StageObserver`` port (no metrics object):
                                 with ``installation_id``
 ==============================  =====================================================
 
+Stages named ``*_cache`` (pure cache look-ups such as ``verified_token_cache``)
+record metrics only, no span: a span would cost more than the look-up.
+
 Exceptions are recorded on the span by type and StsError reason only: never
 the message (a foreign exception's text may quote a request or response).
 """
@@ -55,11 +58,27 @@ class _TelemetryStage:
         self._notes: dict[str, str | int | bool] = {}
 
     def annotate(self, key: str, value: str | int | bool) -> None:  # noqa: FBT001
+        # Defence in depth: annotations are ours, but never let a token through. Plain
+        # ASCII letters and digits ("hit", "miss", "allowed") cannot hold one: no regex.
         if isinstance(value, str):
-            # Defence in depth: annotations are ours, but never let a token through.
-            value = scrub(value)[:_MAX_ATTR_LEN]
+            if not (value.isascii() and value.isalnum()):
+                value = scrub(value)
+            value = value[:_MAX_ATTR_LEN]
         self._notes[key] = value
         self._span.set_attribute(key, value)
+
+
+class _MetricStage:
+    __slots__ = ("notes",)
+
+    def __init__(self) -> None:
+        self.notes: dict[str, str | int | bool] = {}
+
+    def annotate(self, key: str, value: str | int | bool) -> None:  # noqa: FBT001
+        self.notes[key] = value
+
+
+CACHE_LOOKUP_SUFFIX = "_cache"
 
 
 class TelemetryObserver:
@@ -71,6 +90,11 @@ class TelemetryObserver:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Stage]:
+        if name.endswith(CACHE_LOOKUP_SUFFIX):
+            # A cache lookup is a dictionary read: count it, but a span would cost more
+            # than the lookup and clutter every trace.
+            yield from self._metrics_only(name)
+            return
         with self._tracer.start_as_current_span(
             name, record_exception=False, set_status_on_exception=False
         ) as span:
@@ -90,6 +114,23 @@ class TelemetryObserver:
                 elapsed = time.perf_counter() - start
                 self._metrics.stage(name, outcome, elapsed)
                 self._derived_metrics(name, stage._notes, elapsed)  # noqa: SLF001
+
+    def _metrics_only(self, name: str) -> Iterator[Stage]:
+        stage = _MetricStage()
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            yield stage
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except BaseException as exc:
+            outcome = error_family(exc)
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            self._metrics.stage(name, outcome, elapsed)
+            self._derived_metrics(name, stage.notes, elapsed)
 
     def _derived_metrics(
         self, name: str, notes: dict[str, str | int | bool], elapsed: float
