@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := service/octosts/_gen/__init__.py
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps proto test unit lint fmt run bench clean
+.PHONY: help install system-deps proto test test-py test-go test-ts clients unit lint fmt run bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,8 +36,19 @@ run: install ## start issuer + GitHub emulator + 2 STS replicas + Envoy on https
 system-deps: ## Debian packages the tests use (prometheus, docker-compose); root only
 	@scripts/install-system-deps.sh
 
-test: install system-deps ## run every test (unit, integration, e2e)
+test: test-py test-go test-ts ## run every test: Python (unit, integration, e2e), Go and TypeScript clients
+
+test-py: install system-deps ## Python tests (unit, integration with real sockets, e2e with real Envoy)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-go: ## Go client tests
+	cd clients/go && go test ./...
+
+test-ts: ## TypeScript client tests
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm test
+
+clients: install ## regenerate the Go and TypeScript clients (committed; CI fails on drift)
+	scripts/gen_clients.sh
 
 unit: install ## run only the fast unit tests
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
