@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from octosts._gen.octosts.v1 import sts_pb2
 from octosts.dev.github_emulator import Fault, GitHubEmulator
@@ -41,6 +42,17 @@ async def code_of(call: object) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call  # type: ignore[misc]
     return info.value.code(), info.value.details() or ""
+
+
+async def error_info(call: object) -> error_details_pb2.ErrorInfo:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    trailers = dict(info.value.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    assert status.code == info.value.code().value[0]
+    detail = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(detail)
+    return detail
 
 
 async def test_allowed_exchange_returns_a_working_read_only_token(stack: Stack) -> None:
@@ -103,6 +115,16 @@ async def test_denials_are_permission_denied_with_reason_only_when_verbose(
     code, details = await code_of(verbose.exchange(scope, identity, verbose.token(**claims)))
     assert code == C.PERMISSION_DENIED
     assert reason in details
+
+
+async def test_failures_carry_error_info_for_clients(stack: Stack, verbose: Stack) -> None:
+    quiet = await error_info(stack.exchange(identity="missing"))
+    assert quiet.reason == "permission_denied"
+    assert quiet.metadata["request_id"]
+    loud = await error_info(verbose.exchange(identity="missing"))
+    assert loud.reason == "policy_not_found"
+    bad = await error_info(stack.exchange(scope="a/b/c"))
+    assert bad.reason == "invalid_request"
 
 
 async def test_issuer_mismatch_in_policy(stack: Stack) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from octosts.domain.errors import (
     AuthenticationError,
@@ -45,11 +47,27 @@ _TABLE: tuple[_Row, ...] = (
 )
 
 
+ERROR_DOMAIN = "octo-sts.dev"
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     code: grpc.StatusCode
     reason: str  # the real reason, for logs, metrics and audit
     message: str  # what the caller sees
+    shown_reason: str  # the reason the caller sees (collapsed for PERMISSION_DENIED)
+    request_id: str
+
+    def status_details(self) -> bytes:
+        """``grpc-status-details-bin``: a google.rpc.Status with an ErrorInfo for clients."""
+        info = error_details_pb2.ErrorInfo(
+            reason=self.shown_reason, domain=ERROR_DOMAIN, metadata={"request_id": self.request_id}
+        )
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        serialized: bytes = status.SerializeToString()
+        return serialized
 
 
 def _row_for(exc: BaseException) -> _Row:
@@ -72,4 +90,4 @@ def failure(exc: BaseException, request_id: str, *, verbose: bool = False) -> Fa
     detail = exc.detail if isinstance(exc, StsError) else ""
     if detail and (row.show_detail or verbose):
         message = f"{message}: {detail}"
-    return Failure(row.code, reason, message)
+    return Failure(row.code, reason, message, shown_reason, request_id)

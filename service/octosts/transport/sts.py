@@ -83,8 +83,14 @@ class _Handler:
         finally:
             call = CallInfo(rpc, rid, user_agent(metadata), time.perf_counter() - started)
             self._reporter.exchange_done(call, request, attempt, failed)
-        await context.abort(failed.code, failed.message)
+        await abort(context, failed)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+async def abort(context: grpc.aio.ServicerContext, failed: Failure) -> None:
+    """End the RPC with the failure's code, message and rich details (ErrorInfo)."""
+    trailers = (("grpc-status-details-bin", failed.status_details()),)
+    await context.abort(failed.code, failed.message, trailing_metadata=trailers)
 
 
 def expires_at_proto(result: ExchangeResult) -> Timestamp:
@@ -148,8 +154,7 @@ class ChainguardStsServicer(oidc_pb2_grpc.SecurityTokenServiceServicer):
             audience = chainguard_audience(request)
         except InvalidRequest as exc:
             rid = request_id(tuple(context.invocation_metadata() or ()))
-            bad = failure(exc, rid, verbose=self._verbose)
-            await context.abort(bad.code, bad.message)
+            await abort(context, failure(exc, rid, verbose=self._verbose))
         result = await self._handler.run(
             "chainguard.platform.oidc.SecurityTokenService/Exchange",
             context,
