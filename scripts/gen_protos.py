@@ -21,6 +21,7 @@ PROTO = ROOT / "proto"
 OUT = ROOT / "service" / "octosts" / "_gen"
 DESCRIPTORS = ROOT / "build" / "octosts.pb"
 OWN_PACKAGES = ("octosts", "chainguard")
+ENVOY_EXTRA = ("google/rpc/error_details.proto", "google/rpc/status.proto")
 
 
 def _include_dirs() -> list[str]:
@@ -37,18 +38,26 @@ def main() -> int:
     OUT.mkdir(parents=True)
     DESCRIPTORS.parent.mkdir(parents=True, exist_ok=True)
     includes = [f"-I{d}" for d in _include_dirs()]
-    args = [
+    python = [
         "grpc_tools.protoc",
         *includes,
         f"--python_out={OUT}",
         f"--pyi_out={OUT}",
         f"--grpc_python_out={OUT}",
+        *protos,
+    ]
+    # Envoy's transcoder renders grpc-status-details-bin as JSON only for types it
+    # knows, so the descriptor set also carries google.rpc.ErrorInfo.
+    descriptors = [
+        "grpc_tools.protoc",
+        *includes,
         "--include_imports",
         "--include_source_info",
         f"--descriptor_set_out={DESCRIPTORS}",
         *protos,
+        *ENVOY_EXTRA,
     ]
-    if protoc.main(args) != 0:
+    if protoc.main(python) != 0 or protoc.main(descriptors) != 0:
         print("protoc failed", file=sys.stderr)
         return 1
     pattern = re.compile(rf"^(from|import) ({'|'.join(OWN_PACKAGES)})(\.|\s)", re.MULTILINE)
