@@ -22,8 +22,8 @@ from octosts.domain.tokens import VerifiedToken
 from octosts.transport.ext_authz import (
     AuthorizationServicer,
     ExtAuthzOptions,
-    bearer_from_headers,
 )
+from octosts.transport.metadata import bearer_from_values
 
 GOOD = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOm8vcjpyZWY6bWFpbiJ9.c2ln"
 
@@ -235,11 +235,11 @@ async def test_max_token_bytes_option() -> None:
 def test_bearer_from_headers_errors_never_contain_the_token() -> None:
     for values in (["Basic " + GOOD], ["Bearer " + GOOD + "!"], ["Bearer " + GOOD] * 2):
         with pytest.raises(TokenMalformed) as info:
-            bearer_from_headers(values)
+            bearer_from_values(values)
         assert GOOD not in str(info.value)
     with pytest.raises(AuthenticationError, match="no authorization header"):
-        bearer_from_headers([])
-    assert bearer_from_headers([f"  Bearer   {GOOD} "]) == GOOD
+        bearer_from_values([])
+    assert bearer_from_values([f"  Bearer   {GOOD} "]) == GOOD
 
 
 async def test_decisions_are_reported() -> None:

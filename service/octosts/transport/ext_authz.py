@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,20 +46,17 @@ from octosts.domain.errors import (
     AuthenticationError,
     StsError,
     TokenClaimsInvalid,
-    TokenMalformed,
     UpstreamUnavailable,
 )
 from octosts.domain.ports import TokenVerifier
 from octosts.domain.tokens import VerifiedToken
+from octosts.transport.metadata import MAX_TOKEN_BYTES, bearer_from_values
 
 HEADER_PREFIX = "x-octo-sts-"
 ISSUER_HEADER = "x-octo-sts-issuer"
 SUBJECT_HEADER = "x-octo-sts-subject"
 MODE_VERIFY = "verify"
 
-# RFC 6750 b64token; a JWT uses a subset. Rejecting anything else up front keeps
-# commas (several joined Authorization headers) and whitespace out of the verifier.
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9\-_.:]{1,128}")
 # Header values Envoy accepts and a reader can trust: printable ASCII, no controls.
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,2048}")
@@ -69,7 +66,7 @@ _log = structlog.get_logger("octosts.ext_authz")
 
 @dataclass(frozen=True, slots=True)
 class ExtAuthzOptions:
-    max_token_bytes: int = 16 * 1024  # same order as Envoy's default header limits
+    max_token_bytes: int = MAX_TOKEN_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,33 +76,6 @@ class _Denial:
     reason: str
     message: str
     www_authenticate: str | None = None
-
-
-def bearer_from_headers(values: Sequence[str], *, max_bytes: int = 16 * 1024) -> str:
-    """The raw token from the ``authorization`` header value(s) of one request.
-
-    Raises TokenMalformed: reason ``token_missing`` when there is no Bearer token
-    (no header, another scheme, empty), ``token_too_large`` past ``max_bytes``,
-    ``token_malformed`` for several headers or characters a JWT cannot have.
-    Reasons match ``transport.metadata.bearer_token``. Messages never contain the token.
-    """
-    if not values:
-        raise TokenMalformed("no authorization header", reason="token_missing")
-    if len(values) > 1:
-        raise TokenMalformed("more than one authorization header")
-    scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() != "bearer":
-        raise TokenMalformed("authorization scheme is not Bearer", reason="token_missing")
-    token = token.strip()
-    if not token:
-        raise TokenMalformed("empty bearer token", reason="token_missing")
-    if len(token) > max_bytes:
-        raise TokenMalformed(
-            f"bearer token longer than {max_bytes} bytes", reason="token_too_large"
-        )
-    if not _B64TOKEN.fullmatch(token):
-        raise TokenMalformed("bearer token has characters a JWT cannot have")
-    return token
 
 
 def _request_headers(http: Any) -> dict[str, list[str]]:
@@ -249,7 +219,7 @@ class AuthorizationServicer:
         return response
 
     async def _verify(self, headers: dict[str, list[str]]) -> Any:
-        token = bearer_from_headers(
+        token = bearer_from_values(
             headers.get("authorization", []), max_bytes=self._options.max_token_bytes
         )
         verified = await self._verifier.verify(token)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from octosts.domain.errors import InvalidRequest, TokenMalformed
 from octosts.transport.interceptors import current_request_id
 
-MAX_AUTHORIZATION_BYTES = 16 * 1024 + 16
+MAX_TOKEN_BYTES = 16 * 1024
+# RFC 6750 b64token; a JWT uses a subset. Rejecting anything else up front keeps
+# commas (several joined Authorization headers) and whitespace out of the verifier.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Metadata = Iterable[tuple[str, str | bytes]]
@@ -23,27 +26,43 @@ def _values(metadata: Metadata, name: str) -> list[str]:
     return out
 
 
-def bearer_token(metadata: Metadata) -> str:
-    """The token from exactly one ``authorization: Bearer <token>`` value.
+def bearer_from_values(values: Sequence[str], *, max_bytes: int = MAX_TOKEN_BYTES) -> str:
+    """The raw token from the ``authorization`` value(s) of one request (gRPC or HTTP).
 
-    Raises TokenMalformed (missing, wrong scheme, empty, oversized) or
-    InvalidRequest (more than one authorization value).
+    Raises TokenMalformed: reason ``token_missing`` when there is no Bearer token
+    (no value, another scheme, empty), ``token_too_large`` past ``max_bytes``,
+    ``token_malformed`` for several values or characters a JWT cannot have.
+    Messages never contain the token.
     """
-    values = _values(metadata, "authorization")
     if not values:
-        raise TokenMalformed("missing authorization metadata", reason="token_missing")
+        raise TokenMalformed("no authorization header", reason="token_missing")
     if len(values) > 1:
-        raise InvalidRequest("exactly one authorization value is allowed")
-    value = values[0]
-    if len(value) > MAX_AUTHORIZATION_BYTES:
-        raise TokenMalformed("authorization value too large", reason="token_too_large")
-    scheme, _, token = value.strip().partition(" ")
+        raise TokenMalformed("more than one authorization header")
+    scheme, _, token = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise TokenMalformed("authorization scheme must be Bearer", reason="token_missing")
+        raise TokenMalformed("authorization scheme is not Bearer", reason="token_missing")
     token = token.strip()
     if not token:
         raise TokenMalformed("empty bearer token", reason="token_missing")
+    if len(token) > max_bytes:
+        raise TokenMalformed(
+            f"bearer token longer than {max_bytes} bytes", reason="token_too_large"
+        )
+    if not _B64TOKEN.fullmatch(token):
+        raise TokenMalformed("bearer token has characters a JWT cannot have")
     return token
+
+
+def bearer_token(metadata: Metadata) -> str:
+    """The token from exactly one ``authorization: Bearer <token>`` metadata value.
+
+    Raises InvalidRequest (more than one authorization value: a malformed
+    request, not a bad credential) or TokenMalformed as ``bearer_from_values``.
+    """
+    values = _values(metadata, "authorization")
+    if len(values) > 1:
+        raise InvalidRequest("exactly one authorization value is allowed")
+    return bearer_from_values(values)
 
 
 def request_id(metadata: Metadata) -> str:
