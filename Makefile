@@ -62,8 +62,10 @@ fmt: install ## apply ruff's formatter and fixes
 	$(VENV)/bin/ruff format service tests scripts bench
 	$(VENV)/bin/ruff check --fix service tests scripts bench
 
-bench: install ## run the benchmarks; prints tables and writes bench/results.json
+bench: install system-deps ## run the benchmarks; prints tables and writes bench/results.json
 	$(PY) bench/exchange.py
+	$(PY) bench/gateway.py
+	$(PY) bench/overhead.py
 
 clean: ## remove the venv and generated files
 	rm -rf $(VENV) build service/octosts/_gen .pytest_cache .mypy_cache .ruff_cache

@@ -2,10 +2,11 @@
 # Debian packages the test-suite uses as real components:
 #   prometheus      real Prometheus scraping the service + promtool for alert rules
 #   docker-compose  `docker-compose config -q` validates docker-compose.yml (no engine needed)
+#   nghttp2-client  h2load, the HTTP/2 load generator of `make bench` (bench/gateway.py)
 # Idempotent: installs only what is missing. Needs root (CI runs as root); elsewhere it says
 # what to install and the tests that need the tool skip with a reason (they fail when CI is set).
 set -euo pipefail
-declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose)
+declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client)
 missing=()
 for tool in "${!tool_of[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_of[$tool]}")
