@@ -76,6 +76,10 @@ MAX_JWT_LIFETIME = 600
 JWT_SKEW = 60
 MAX_BODY = 10 * 1024 * 1024
 CALL_LOG_SIZE = 10_000
+# Issued installation tokens kept for authentication. A load test mints thousands a
+# second; beyond this the oldest are forgotten (their holders get 401, as for a
+# revoked token) so memory and per-mint work stay flat.
+MAX_TOKENS = 50_000
 DOCS = "https://docs.github.com/rest"
 
 _LEVELS = {"read": 1, "write": 2, "admin": 3}
@@ -275,6 +279,8 @@ class GitHubEmulator:
         self._lock = threading.RLock()
         self._files: dict[tuple[str, str], dict[str, bytes]] = {}
         self._owners: dict[str, _Owner] = {}
+        # Insertion order is expiry order (one fixed lifetime): expired tokens are
+        # dropped from the front, the oldest evicted first when the store is full.
         self._tokens: dict[str, _Grant] = {}
         self._budgets: dict[str, _Budget] = {}
         self._faults: collections.deque[Fault] = collections.deque()
@@ -976,7 +982,8 @@ class GitHubEmulator:
                 return answer
         if method == "DELETE" and segments == ["installation", "token"]:
             with self._lock:
-                self._tokens = {k: v for k, v in self._tokens.items() if v is not grant}
+                for key in [k for k, v in self._tokens.items() if v is grant]:
+                    del self._tokens[key]
             return _Answer(204, b"", content_type="")
         if method == "GET" and segments == ["installation", "repositories"]:
             return self._repositories_answer(grant)
@@ -1077,8 +1084,7 @@ class GitHubEmulator:
         expires = self._clock.now() + TOKEN_LIFETIME
         grant = _Grant(owner.installation_id, owner.login, dict(permissions), selected, expires)
         with self._lock:
-            now = self._clock.now()
-            self._tokens = {k: v for k, v in self._tokens.items() if v.expires_at > now}
+            self._drop_old_tokens(self._clock.now())
             self._tokens[token] = grant
         answer: dict[str, object] = {
             "token": token,
@@ -1089,6 +1095,19 @@ class GitHubEmulator:
         if selected is not None:
             answer["repositories"] = [self._repo_json(owner, n) for n in sorted(selected)]
         return _json(201, answer)
+
+    def _drop_old_tokens(self, now: float) -> None:
+        """Forget expired tokens and make room for one more (caller holds the lock).
+
+        Amortised O(1) per mint: only the front (oldest) entries are looked at. A
+        token that expired out of order (a clock set back) is still refused when used.
+        """
+        tokens = self._tokens
+        while tokens:
+            oldest = next(iter(tokens))
+            if tokens[oldest].expires_at > now and len(tokens) < MAX_TOKENS:
+                return
+            del tokens[oldest]
 
     def _repo_json(self, owner: _Owner, lower_name: str) -> dict[str, object]:
         name = owner.repos.get(lower_name, lower_name)
