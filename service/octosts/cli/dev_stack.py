@@ -41,7 +41,7 @@ def _demo(stack: DevStack) -> int:
     url = f"{stack.gateway_url}/sts/exchange?scope=octo-org/demo&identity=ci"
     token = stack.token(DEMO_SUBJECT, workflow_ref=DEMO_WORKFLOW)
     reply = httpx.get(
-        url, headers={"authorization": f"Bearer {token}"}, verify=str(stack.ca_cert), timeout=10
+        url, headers={"authorization": f"Bearer {token}"}, verify=stack.client_tls(), timeout=10
     )
     shown = reply.json()
     for key in ("token", "access_token"):

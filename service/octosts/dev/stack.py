@@ -165,6 +165,14 @@ class DevStack:
     def app_key(self) -> Path:
         return self.workdir / "app.pem"
 
+    def client_tls(self) -> ssl.SSLContext:
+        """A client context trusting the stack's CA.
+
+        An SSLContext, not a path: httpx deprecates ``verify=<str>``, and under
+        ``filterwarnings=error`` the warning would be swallowed by a poll as "not ready".
+        """
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
     def token(self, sub: str, aud: str | None = None, ttl: int = 600, **claims: Any) -> str:
         """A token signed by the running dev issuer (like ``octo-sts dev token``)."""
         state = load_state(self.workdir / "dev-issuer")
@@ -307,9 +315,7 @@ class DevStack:
         )
         self.envoy.start(timeout=timeout)
         # Ready means Envoy is up *and* sees a healthy replica (active health checks).
-        # An SSLContext, not a path: httpx deprecates verify=<str>, and under
-        # filterwarnings=error the warning would be swallowed by the poll as "not ready".
-        ca = ssl.create_default_context(cafile=str(self.ca_cert))
+        ca = self.client_tls()
         _deadline_poll(
             "gateway", lambda: _http_ok(f"{self.gateway_url}/healthz", verify=ca), timeout
         )
