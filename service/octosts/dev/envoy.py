@@ -102,6 +102,8 @@ class EnvoyParams:
     template_path: Path = field(default=DEFAULT_TEMPLATE)
     # Loopback unless a private network needs it (docker-compose: Prometheus scrapes envoy:9901).
     admin_host: str = "127.0.0.1"
+    # The replicas' GitHub webhook listeners (OCTOSTS_WEBHOOK_ADDR); none: no /webhook route.
+    webhook_upstreams: Sequence[Upstream] = ()
 
     def __post_init__(self) -> None:
         _check_port("listen port", self.listen_port)
@@ -131,6 +133,7 @@ class EnvoyParams:
                 raise ValueError(f"{name} must be positive")
         # Upstreams arrive as any sequence; keep the frozen value immutable.
         object.__setattr__(self, "upstreams", tuple(self.upstreams))
+        object.__setattr__(self, "webhook_upstreams", tuple(self.webhook_upstreams))
 
 
 def _duration(seconds: float) -> str:
@@ -170,11 +173,69 @@ def render_config(params: EnvoyParams) -> str:
         "cluster_type": "STATIC" if all(u.is_ip for u in params.upstreams) else "STRICT_DNS",
         "lb_endpoints": json.dumps(endpoints),
         **_tracing_values(params),
+        **_webhook_values(params),
     }
     return Template(params.template_path.read_text()).substitute(values)
 
 
 OTLP_CLUSTER = "otel_collector"
+WEBHOOK_CLUSTER = "sts_webhook"
+_TYPE = "type.googleapis.com/"
+
+
+def _webhook_values(params: EnvoyParams) -> dict[str, str]:
+    """The /webhook route and its cluster (YAML comments when no listener is configured).
+
+    GitHub deliveries authenticate with their HMAC signature, checked by the service over
+    the exact bytes received: ext_authz and the transcoder stay out of the way.
+    """
+    if not params.webhook_upstreams:
+        return {"webhook_route": "# no webhook listener", "webhook_cluster": "# no webhook cluster"}
+    off = {
+        "envoy.filters.http.ext_authz": {
+            "@type": _TYPE + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            "disabled": True,
+        },
+        "envoy.filters.http.grpc_json_transcoder": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "disabled": True,
+        },
+    }
+    route = {
+        "match": {
+            "path": "/webhook",
+            "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
+        },
+        "route": {"cluster": WEBHOOK_CLUSTER, "timeout": "15s"},
+        "typed_per_filter_config": off,
+    }
+    cluster = {
+        "name": WEBHOOK_CLUSTER,
+        "type": "STATIC" if all(u.is_ip for u in params.webhook_upstreams) else "STRICT_DNS",
+        "connect_timeout": _duration(params.connect_timeout_s),
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": WEBHOOK_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": u.host, "port_value": u.port}
+                                }
+                            }
+                        }
+                        for u in params.webhook_upstreams
+                    ]
+                }
+            ],
+        },
+    }
+    return {
+        "webhook_route": f"- {json.dumps(route)}",
+        "webhook_cluster": f"- {json.dumps(cluster)}",
+    }
 
 
 def _tracing_values(params: EnvoyParams) -> dict[str, str]:

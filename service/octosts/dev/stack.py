@@ -34,6 +34,8 @@ DESCRIPTOR_SET = REPO_ROOT / "build" / "octosts.pb"
 # The examples name this issuer; the stack rewrites it to the issuer it starts.
 EXAMPLE_ISSUER = "http://127.0.0.1:8780"
 DEFAULT_DOMAIN = "octo-sts.local"
+# Signs GitHub webhook deliveries in the dev stack only (a real deployment sets its own).
+DEV_WEBHOOK_SECRET = "octo-sts-dev-webhook-secret"  # noqa: S105 - dev stack only
 APP_ID = 1
 
 
@@ -49,6 +51,7 @@ class StackPorts:
     metrics: tuple[int, ...]
     gateway: int
     envoy_admin: int
+    webhook: tuple[int, ...] = ()
 
     @classmethod
     def fixed(cls, replicas: int = 2) -> StackPorts:
@@ -60,6 +63,7 @@ class StackPorts:
             metrics=tuple(9464 + i for i in range(replicas)),
             gateway=8443,
             envoy_admin=9901,
+            webhook=tuple(8090 + i for i in range(replicas)),
         )
 
     @classmethod
@@ -72,6 +76,7 @@ class StackPorts:
             metrics=tuple(free_port() for _ in range(replicas)),
             gateway=free_port(),
             envoy_admin=free_port(),
+            webhook=tuple(free_port() for _ in range(replicas)),
         )
 
 
@@ -222,6 +227,7 @@ class DevStack:
             "OCTOSTS_LOG_FORMAT": "json",
             "OCTOSTS_SHUTDOWN_GRACE_SECONDS": "2",
             **self._otel_env(),
+            **self._webhook_env(index),
             **self.extra_env,
         }
 
@@ -231,6 +237,14 @@ class DevStack:
         return {
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://{self.otlp_collector}",
             "OTEL_SERVICE_NAME": "octo-sts",
+        }
+
+    def _webhook_env(self, index: int) -> dict[str, str]:
+        if index >= len(self.ports.webhook):
+            return {}
+        return {
+            "OCTOSTS_WEBHOOK_ADDR": f"127.0.0.1:{self.ports.webhook[index]}",
+            "OCTOSTS_WEBHOOK_SECRETS": DEV_WEBHOOK_SECRET,
         }
 
     def start_server(self, index: int, timeout: float = 30.0) -> None:
@@ -301,6 +315,7 @@ class DevStack:
             key_path=self.certs.key,
             descriptor_path=DESCRIPTOR_SET,
             upstreams=[Upstream("127.0.0.1", port) for port in self.ports.grpc],
+            webhook_upstreams=[Upstream("127.0.0.1", port) for port in self.ports.webhook],
             access_log_path=str(self.workdir / "logs" / "envoy-access.log"),
             health_check_interval_s=1.0,
             otlp_collector=Upstream.parse(self.otlp_collector) if self.otlp_collector else None,
