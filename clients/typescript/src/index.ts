@@ -209,7 +209,11 @@ async function exchangeHttpOnce(opts: ExchangeOptions, timeoutMs: number): Promi
       if (typeof data.request_id === "string") requestId ??= data.request_id;
       if (typeof data.code === "string" && !/^[A-Z_]+$/.test(data.code)) reason = data.code;
       for (const d of Array.isArray(data.details) ? data.details : []) {
-        if (d?.["@type"] === "type.googleapis.com/google.rpc.ErrorInfo") reason ??= d.reason;
+        // The transcoder renders the server's google.rpc.ErrorInfo: reason and metadata.request_id.
+        if (d?.["@type"] !== "type.googleapis.com/google.rpc.ErrorInfo") continue;
+        if (typeof d.reason === "string" && d.reason) reason ??= d.reason;
+        const rid = d.metadata?.request_id;
+        if (typeof rid === "string" && rid) requestId ??= rid;
       }
     } else {
       message = res.body.toString("utf8").split("\n")[0].slice(0, 300) || message;

@@ -65,8 +65,10 @@ function gateway(req: http.IncomingMessage, res: http.ServerResponse) {
   if (script.deny) {
     return send(403, {
       code: 7, message: "no trust policy matched",
-      details: [{ "@type": "type.googleapis.com/google.rpc.ErrorInfo", reason: "policy_denied" }],
-    }, { "x-request-id": "r-7" });
+      // Only the ErrorInfo carries the request id here: the client must read its metadata.
+      details: [{ "@type": "type.googleapis.com/google.rpc.ErrorInfo", reason: "policy_denied",
+                  domain: "octo-sts.dev", metadata: { request_id: "r-7" } }],
+    });
   }
   send(200, {
     token: MINTED, access_token: MINTED, token_type: "Bearer", expires_in: 3600,
