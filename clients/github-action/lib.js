@@ -76,7 +76,9 @@ async function exchange(endpoint, scope, identity, oidcToken) {
     }
     if (res.status !== 200) {
       const msg = data && typeof data.message === "string" ? data.message : body.split("\n")[0].slice(0, 300);
-      const rid = res.headers.get("x-request-id") || (data && data.request_id) || "";
+      // Envoy's x-request-id header, else the server's google.rpc.ErrorInfo or the edge's body.
+      const info = Array.isArray(data?.details) ? data.details.find((d) => d?.["@type"]?.endsWith("google.rpc.ErrorInfo")) : undefined;
+      const rid = res.headers.get("x-request-id") || info?.metadata?.request_id || data?.request_id || "";
       const e = new Error(`exchange failed: HTTP ${res.status}: ${msg}${rid ? ` (request id ${rid})` : ""}`);
       e.retryable = res.status === 503;
       throw e;
