@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := service/octosts/_gen/__init__.py
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps proto test test-py test-go test-ts clients unit lint fmt run bench clean
+.PHONY: help install system-deps proto test test-py test-go test-ts client-deps clients unit lint fmt run bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,14 +38,18 @@ system-deps: ## Debian packages the tests use (prometheus, docker-compose); root
 
 test: test-py test-go test-ts ## run every test: Python (unit, integration, e2e), Go and TypeScript clients
 
-test-py: install system-deps ## Python tests (unit, integration with real sockets, e2e with real Envoy)
+test-py: install system-deps client-deps ## Python tests (unit, integration with real sockets, e2e with real Envoy)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+client-deps: ## Go modules and Node packages the live client tests use
+	cd clients/go && go mod download
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
 
 test-go: ## Go client tests
 	cd clients/go && go test ./...
 
 test-ts: ## TypeScript client tests
-	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm test
+	cd clients/typescript && npm test
 
 clients: install ## regenerate the Go and TypeScript clients (committed; CI fails on drift)
 	scripts/gen_clients.sh
