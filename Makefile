@@ -45,10 +45,10 @@ client-deps: ## Go modules and Node packages the live client tests use
 	cd clients/go && go mod download
 	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
 
-test-go: ## Go client tests
+test-go: client-deps ## Go client tests
 	cd clients/go && go test ./...
 
-test-ts: ## TypeScript client tests
+test-ts: client-deps ## TypeScript client tests
 	cd clients/typescript && npm test
 
 clients: install ## regenerate the Go and TypeScript clients (committed; CI fails on drift)
