@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import httpx
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
-from octosts.adapters.github import GitHubAppClient, GitHubConfig
+from octosts.adapters.github import GitHubAppClient, GitHubConfig, github_http_client
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
 from octosts.adapters.signer import PemSigner
@@ -230,13 +229,7 @@ def build_app(
         observer=observer,
     )
 
-    github_http = httpx.AsyncClient(
-        verify=tls,
-        trust_env=False,
-        follow_redirects=False,
-        timeout=httpx.Timeout(settings.outbound_timeout_seconds),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-    )
+    github_http = github_http_client(settings.outbound_timeout_seconds, verify=tls)
     github = GitHubAppClient(
         GitHubConfig(
             app_id=settings.github_app_id,

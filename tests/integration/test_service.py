@@ -318,3 +318,18 @@ async def test_health_is_serving(stack: Stack) -> None:
     for service in ("", "octosts.v1.SecurityTokenService"):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reinstalled_app_is_found_again_without_waiting_for_the_cache(stack: Stack) -> None:
+    await stack.exchange()  # installation id cached for an hour
+    old_id = stack.github.installation_id("octo-org")
+    stack.github.remove_owner("octo-org")
+    new_id = stack.github.add_owner("octo-org")
+    assert new_id != old_id
+    for repo in ("demo", ".github"):
+        stack.github.add_repo("octo-org", repo)
+    stack.github.set_file("octo-org", "demo", POLICY, repo_policy(stack.issuer.url))
+    stack.clock.advance(11)  # policy cache stale: it is read again under the new installation
+    # The mint for the old id answers 404: denied once, and the stale id is forgotten.
+    assert (await code_of(stack.exchange()))[0] == C.PERMISSION_DENIED
+    assert (await stack.exchange()).token.startswith("ghs_")

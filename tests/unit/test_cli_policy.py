@@ -240,11 +240,23 @@ def test_lint_unreadable_and_garbage(tmp_path: Path, capsys: pytest.CaptureFixtu
     garbage.write_bytes(b"\x00\xff\x00")
     assert main(["policy", "lint", str(garbage)]) == 1
     assert f"{garbage}:1:" in capsys.readouterr().out
-    assert main(["policy", "lint", str(tmp_path / "nope.yaml")]) == 2
-    assert main(["policy", "lint", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "nope.yaml" in err
-    assert "Traceback" not in err
+    assert main(["policy", "lint", str(tmp_path / "nope.yaml")]) == 1
+    assert main(["policy", "lint", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "nope.yaml" in captured.out
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_claims_with_a_huge_integer_are_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    claims = tmp_path / "claims.json"
+    claims.write_text('{"sub": ' + "9" * 5000 + "}")
+    policy = tmp_path / "p.sts.yaml"
+    policy.write_text("issuer: https://issuer.example\nsubject: a\npermissions: {contents: read}\n")
+    args = ["policy", "check", "--policy", str(policy), "--claims", str(claims), "--domain", "x"]
+    assert main(args) == 2
+    assert "cannot be read" in capsys.readouterr().err
 
 
 def test_lint_escapes_control_characters(

@@ -111,3 +111,13 @@ async def test_requested_audience_must_be_in_token() -> None:
 
 def test_request_repr_hides_the_bearer() -> None:
     assert "s3cret" not in repr(ExchangeRequest("s3cret.token", "o/r", "ci"))
+
+
+@pytest.mark.parametrize("repo", [".github", ".GITHUB", ".GitHub"])
+def test_org_policy_repo_is_matched_case_insensitively(repo: str) -> None:
+    from octosts.domain.exchange import policy_location  # noqa: PLC0415
+    from octosts.domain.names import parse_scope  # noqa: PLC0415
+
+    location = policy_location(parse_scope(f"acme/{repo}"), "ci", ".github")
+    assert location.kind == "org"
+    assert location.repo == ".github"

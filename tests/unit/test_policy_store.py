@@ -117,3 +117,16 @@ async def test_org_policy_with_repositories_parses_as_org() -> None:
     github.files[KEY] = GOOD + b"repositories: [demo]\n"
     with pytest.raises(PolicyInvalid):
         await store.trust_policy(7, LOC)
+
+
+async def test_repo_and_org_readings_of_one_file_are_cached_apart() -> None:
+    # An org policy with `repositories` is invalid as a repo policy; a caller reaching the
+    # same file as a repo policy must not poison the org policy's cache entry.
+    store, github, _ = make()
+    path = ".github/chainguard/ci.sts.yaml"
+    github.files[("octo-org", ".github", path)] = GOOD + b"repositories: [demo]\n"
+    as_repo = PolicyLocation("octo-org", ".github", path, "repo")
+    as_org = PolicyLocation("octo-org", ".github", path, "org")
+    with pytest.raises(PolicyInvalid):
+        await store.trust_policy(7, as_repo)
+    assert (await store.trust_policy(7, as_org)).repositories == ("demo",)

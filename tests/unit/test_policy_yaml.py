@@ -195,3 +195,11 @@ def test_load_document_lines() -> None:
         "c.d": 5,
     }
     assert document.problems == ()
+
+
+def test_integer_past_the_digit_limit_is_a_policy_problem_not_a_crash() -> None:
+    from octosts.adapters.policy_yaml import load_document  # noqa: PLC0415
+    from octosts.domain.errors import PolicyInvalid  # noqa: PLC0415
+
+    with pytest.raises(PolicyInvalid, match="cannot be read"):
+        load_document("subject: " + "9" * 5000 + "\n")

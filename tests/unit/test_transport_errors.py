@@ -102,3 +102,10 @@ def test_request_id_is_kept_when_well_formed_and_replaced_otherwise() -> None:
     assert len(fresh) == 32
     assert fresh != request_id(())
     assert user_agent((("user-agent", "x" * 500),)) == "x" * 200
+
+
+def test_issuer_rejections_do_not_say_why() -> None:
+    shown = failure(errors.IssuerRejected("localhost resolves to a non-public address"), "r")
+    assert shown.code == C.UNAUTHENTICATED
+    assert "non-public" not in shown.message
+    assert "invalid_token_issuer" in shown.message

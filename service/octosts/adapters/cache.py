@@ -83,6 +83,12 @@ class TtlCache(Generic[K, V]):
             del self._data[k]
         return len(doomed)
 
+    def delete_values(self, predicate: Callable[[V], bool]) -> int:
+        doomed = [k for k, entry in self._data.items() if predicate(entry.value)]
+        for k in doomed:
+            del self._data[k]
+        return len(doomed)
+
     def clear(self) -> None:
         self._data.clear()
 

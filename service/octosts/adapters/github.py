@@ -105,6 +105,23 @@ class GitHubConfig:
         return self.base_url.rstrip("/")
 
 
+def github_http_client(timeout: float, *, verify: Any = True) -> httpx.AsyncClient:
+    """An httpx client for the GitHub API: no proxies from the environment, no redirects.
+
+    ``Accept-Encoding: identity`` because bodies are read raw under a byte cap:
+    with gzip the parser would get compressed bytes (httpx's raw stream does not
+    decode) and the cap would count the wrong size.
+    """
+    return httpx.AsyncClient(
+        verify=verify,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"Accept-Encoding": "identity"},
+    )
+
+
 def check_base_url(url: str) -> None:
     """https, or http on a loopback host only. Raises ValueError."""
     parts = urllib.parse.urlsplit(url)
@@ -423,11 +440,6 @@ class GitHubAppClient:
             self._no_installation.set(key, value=True, ttl=self._config.installation_negative_ttl)
         raise NoInstallation(f"the GitHub App is not installed for {owner!r}")
 
-    def forget_installation(self, owner: str) -> None:
-        """Drop cached knowledge about an owner (e.g. after a 404 on mint)."""
-        self._installations.delete(owner.lower())
-        self._no_installation.delete(owner.lower())
-
     # -- contents ------------------------------------------------------------------------
 
     async def _contents_token(self, installation_id: int) -> str:
@@ -538,6 +550,10 @@ class GitHubAppClient:
             json_body=body,
             stage=stage,
         )
+        if resp.status == 404:
+            # Uninstalled (or reinstalled under a new id): the next lookup must ask GitHub
+            # instead of serving this id from the cache for an hour.
+            self._installations.delete_values(lambda cached: cached == installation_id)
         if resp.status != 201:
             raise _error_for(
                 resp,

@@ -171,7 +171,13 @@ def make_http_client(config: OidcConfig, *, verify: Any = True) -> httpx.AsyncCl
         follow_redirects=False,
         timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-        headers={"User-Agent": "octo-sts", "Accept": "application/json"},
+        # identity: bodies are read raw under a byte cap. With gzip the cap would see
+        # compressed bytes (a small response inflating to gigabytes) or hand them to the parser.
+        headers={
+            "User-Agent": "octo-sts",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+        },
     )
 
 
@@ -273,8 +279,13 @@ def _refuse_address(ip: str) -> bool:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
         return True
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        # Tunnelled IPv4 (6to4, Teredo) reaches the embedded address: judge that one too.
+        embedded = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
+        if addr.is_site_local or (embedded is not None and _refuse_address(str(embedded))):
+            return True
+        if addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
     return (
         addr.is_loopback
         or addr.is_private

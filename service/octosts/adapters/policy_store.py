@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from octosts.domain.policy import TrustPolicy
     from octosts.domain.ports import Clock, GitHubApp, PolicyLocation, Stage, StageObserver
 
-Key = tuple[
-    str, str, str
-]  # owner, repo, path (owner lower-cased: GitHub names are case-insensitive)
+# (owner, repo, path, kind): names lower-cased (GitHub's are case-insensitive); the kind is part
+# of the key because the same file parses differently as a repo and as an org policy.
+Key = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ class PolicyStore:
 
 
 def _key(location: PolicyLocation) -> Key:
-    return (location.owner.lower(), location.repo.lower(), location.path)
+    return (location.owner.lower(), location.repo.lower(), location.path, location.kind)
 
 
 def _describe(location: PolicyLocation) -> str:

@@ -101,6 +101,9 @@ def load_document(text: bytes | str) -> YamlDocument:
         ) from exc
     except yaml.YAMLError as exc:
         raise PolicyInvalid([PolicyProblem("", f"invalid YAML: {exc}")]) from exc
+    except (ValueError, OverflowError) as exc:
+        # Scalar construction: an integer past Python's digit limit, a bad timestamp...
+        raise PolicyInvalid([PolicyProblem("", f"value cannot be read: {str(exc)[:120]}")]) from exc
     finally:
         if loader is not None:
             loader.dispose()

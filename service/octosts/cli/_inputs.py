@@ -69,6 +69,8 @@ def loads_object(text: str, *, where: str) -> dict[str, Any]:
         raise InputError(f"{where}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
     except RecursionError as exc:
         raise InputError(f"{where}: JSON nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise InputError(f"{where}: value cannot be read: {str(exc)[:120]}") from exc
     if not isinstance(value, dict):
         raise InputError(f"{where}: expected a JSON object")
     return value

@@ -6,8 +6,8 @@ A claims file that breaks the token field syntax rules (``iss``, ``sub``,
 ``invalid_token_subject``, ``invalid_token_audience``, ``token_claims_invalid``),
 exit 1: the service would refuse such a token the same way.
 
-``lint`` exit codes: 0 all valid, 1 any invalid (one ``file:line: field: message``
-line per problem on stdout), 2 when a file cannot be read at all.
+``lint`` exit codes: 0 all valid, 1 any invalid or unreadable (one
+``file:line: field: message`` line per problem on stdout).
 """
 
 from __future__ import annotations
@@ -112,20 +112,20 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_lint(args: argparse.Namespace) -> int:
-    invalid = unreadable = False
+    invalid = False
     for name in args.files:
         kind = _lint_kind(name, args.kind)
         try:
             _lint_one(name, kind)
         except InputError as exc:
-            print(f"octo-sts: {exc}", file=sys.stderr)
-            unreadable = True
+            # A file that cannot be read is not a valid policy: one problem line, exit 1
+            # (the lint contract has two outcomes, so CI scripts need not special-case it).
+            invalid = True
+            print(printable(str(exc)))
         except PolicyInvalid as exc:
             invalid = True
             for problem in _by_line(exc.problems):
                 print(_problem_line(name, problem))
-    if unreadable:
-        return EXIT_INVALID
     return EXIT_DENIED if invalid else EXIT_ALLOWED
 
 

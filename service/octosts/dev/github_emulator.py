@@ -279,6 +279,7 @@ class GitHubEmulator:
         self._lock = threading.RLock()
         self._files: dict[tuple[str, str], dict[str, bytes]] = {}
         self._owners: dict[str, _Owner] = {}
+        self._next_installation_id = FIRST_INSTALLATION_ID
         # Insertion order is expiry order (one fixed lifetime): expired tokens are
         # dropped from the front, the oldest evicted first when the store is full.
         self._tokens: dict[str, _Grant] = {}
@@ -322,7 +323,13 @@ class GitHubEmulator:
         with self._lock:
             owner = self._owners.get(login.lower())
             if owner is None:
-                next_id = FIRST_INSTALLATION_ID + len(self._owners)
+                # Ids are never reused: a reinstalled owner gets a new one, as on GitHub.
+                next_id = max(
+                    (o.installation_id + 1 for o in self._owners.values()),
+                    default=FIRST_INSTALLATION_ID,
+                )
+                next_id = max(next_id, self._next_installation_id)
+                self._next_installation_id = next_id + 1
                 owner = _Owner(login, next_id, is_user)
                 self._owners[login.lower()] = owner
             return owner.installation_id

@@ -85,7 +85,8 @@ def policy_location(scope: Scope, identity: str, org_policy_repo: str) -> Policy
     ``owner/repo`` reads that repository's own policy.
     """
     path = f"{POLICY_DIR}/{identity}.sts.yaml"
-    if scope.repo is None or scope.repo == org_policy_repo:
+    # GitHub repository names are case-insensitive: `owner/.GITHUB` is the org policy repo.
+    if scope.repo is None or scope.repo.lower() == org_policy_repo.lower():
         return PolicyLocation(scope.owner, org_policy_repo, path, "org")
     return PolicyLocation(scope.owner, scope.repo, path, "repo")
 

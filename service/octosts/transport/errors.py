@@ -20,6 +20,7 @@ from google.rpc import error_details_pb2, status_pb2
 from octosts.domain.errors import (
     AuthenticationError,
     InvalidRequest,
+    IssuerRejected,
     PermissionDenied,
     RateLimited,
     StsError,
@@ -39,6 +40,8 @@ class _Row:
 _C = grpc.StatusCode
 _TABLE: tuple[_Row, ...] = (
     _Row(InvalidRequest, _C.INVALID_ARGUMENT, "invalid request", show_detail=True),
+    # No detail: "resolves to a non-public address" would let anyone map internal DNS names.
+    _Row(IssuerRejected, _C.UNAUTHENTICATED, "token issuer not accepted"),
     _Row(AuthenticationError, _C.UNAUTHENTICATED, "token not verified", show_detail=True),
     _Row(PermissionDenied, _C.PERMISSION_DENIED, "permission denied", show_reason=False),
     _Row(RateLimited, _C.RESOURCE_EXHAUSTED, "GitHub rate limit reached, retry later"),
