@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import time
 
 from octosts.dev.stack import DEV_WEBHOOK_SECRET, DevStack
 from tests.e2e.test_gateway_stack import http
@@ -43,3 +45,43 @@ async def test_unsigned_or_forged_delivery_is_refused_by_the_service(stack: DevS
     assert missing.status_code == 401
     assert forged.status_code == 401
     assert get.status_code == 404  # only POST is routed
+
+
+def _push_payload() -> bytes:
+    return json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "repository": {
+                "name": "demo",
+                "owner": {"login": "octo-org"},
+                "default_branch": "main",
+            },
+            "commits": [
+                {"added": [], "modified": [".github/chainguard/ci.sts.yaml"], "removed": []}
+            ],
+            "head_commit": None,
+            "sender": {"login": "octocat", "type": "User"},
+        }
+    ).encode()
+
+
+def _pushes_seen(stack: DevStack, index: int) -> int:
+    log = stack.workdir / "logs" / f"sts-{index}.log"
+    return sum('"webhook_push"' in line for line in log.read_text().splitlines())
+
+
+async def test_push_reaches_every_replica_so_each_drops_its_cache(stack: DevStack) -> None:
+    before = [_pushes_seen(stack, i) for i in range(len(stack.ports.grpc))]
+    body = _push_payload()
+    headers = {"x-github-event": "push", "x-hub-signature-256": signed(body)}
+    async with http(stack) as client:
+        reply = await client.post("/webhook", content=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+    # Mirrors are sent asynchronously: wait, with a deadline, until every replica logged one.
+    deadline = time.monotonic() + 10
+    while True:
+        seen = [_pushes_seen(stack, i) - before[i] for i in range(len(before))]
+        if all(count >= 1 for count in seen) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert all(count >= 1 for count in seen), seen

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 import httpx
 
@@ -183,13 +183,44 @@ WEBHOOK_CLUSTER = "sts_webhook"
 _TYPE = "type.googleapis.com/"
 
 
+def _static_cluster(
+    name: str, upstreams: Sequence[Upstream], connect_timeout: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC" if all(u.is_ip for u in upstreams) else "STRICT_DNS",
+        "connect_timeout": connect_timeout,
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": _socket(u)}}} for u in upstreams
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def _socket(upstream: Upstream) -> dict[str, Any]:
+    return {"address": upstream.host, "port_value": upstream.port}
+
+
 def _webhook_values(params: EnvoyParams) -> dict[str, str]:
-    """The /webhook route and its cluster (YAML comments when no listener is configured).
+    """The /webhook routes and clusters (YAML comments when no listener is configured).
 
     GitHub deliveries authenticate with their HMAC signature, checked by the service over
     the exact bytes received: ext_authz and the transcoder stay out of the way.
+
+    A ``push`` invalidates caches, and each replica has its own: besides the delivery to
+    the pool, Envoy mirrors it to every replica (each checks the signature; invalidating
+    twice is harmless). Other events (pull requests -> one check run) go to one replica.
+    Replicas behind one DNS name cannot be told apart, so there only the pool is used.
     """
-    if not params.webhook_upstreams:
+    upstreams = params.webhook_upstreams
+    if not upstreams:
         return {"webhook_route": "# no webhook listener", "webhook_cluster": "# no webhook cluster"}
     off = {
         "envoy.filters.http.ext_authz": {
@@ -197,44 +228,41 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
             "disabled": True,
         },
         "envoy.filters.http.grpc_json_transcoder": {
-            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "@type": _TYPE + "envoy.config.route.v3.FilterConfig",
             "disabled": True,
         },
     }
-    route = {
-        "match": {
-            "path": "/webhook",
-            "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
-        },
-        "route": {"cluster": WEBHOOK_CLUSTER, "timeout": "15s"},
-        "typed_per_filter_config": off,
-    }
-    cluster = {
-        "name": WEBHOOK_CLUSTER,
-        "type": "STATIC" if all(u.is_ip for u in params.webhook_upstreams) else "STRICT_DNS",
-        "connect_timeout": _duration(params.connect_timeout_s),
-        "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {
-            "cluster_name": WEBHOOK_CLUSTER,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": u.host, "port_value": u.port}
-                                }
-                            }
-                        }
-                        for u in params.webhook_upstreams
-                    ]
-                }
-            ],
-        },
-    }
+    post = {"name": ":method", "string_match": {"exact": "POST"}}
+    timeout = _duration(params.connect_timeout_s)
+    clusters = [_static_cluster(WEBHOOK_CLUSTER, upstreams, timeout)]
+    routes = []
+    if len(upstreams) > 1 and all(u.is_ip for u in upstreams):
+        replicas = [f"{WEBHOOK_CLUSTER}_{i}" for i in range(len(upstreams))]
+        clusters += [
+            _static_cluster(n, [u], timeout) for n, u in zip(replicas, upstreams, strict=True)
+        ]
+        push = {"name": "x-github-event", "string_match": {"exact": "push"}}
+        routes.append(
+            {
+                "match": {"path": "/webhook", "headers": [post, push]},
+                "route": {
+                    "cluster": WEBHOOK_CLUSTER,
+                    "timeout": "15s",
+                    "request_mirror_policies": [{"cluster": n} for n in replicas],
+                },
+                "typed_per_filter_config": off,
+            }
+        )
+    routes.append(
+        {
+            "match": {"path": "/webhook", "headers": [post]},
+            "route": {"cluster": WEBHOOK_CLUSTER, "timeout": "15s"},
+            "typed_per_filter_config": off,
+        }
+    )
     return {
-        "webhook_route": f"- {json.dumps(route)}",
-        "webhook_cluster": f"- {json.dumps(cluster)}",
+        "webhook_route": "\n              ".join(f"- {json.dumps(r)}" for r in routes),
+        "webhook_cluster": "\n  ".join(f"- {json.dumps(c)}" for c in clusters),
     }
 
 
