@@ -122,6 +122,34 @@ async def test_malformed_payload_is_a_400_not_a_traceback(stack: Stack) -> None:
         assert resp.status_code == 400
 
 
+REPOSITORY = {"name": "demo", "owner": {"login": "octo-org"}, "default_branch": "main"}
+
+
+@pytest.mark.parametrize(
+    ("event", "payload"),
+    [
+        ("push", {"ref": "refs/heads/main", "repository": []}),
+        ("push", {"ref": "refs/heads/main", "repository": REPOSITORY, "commits": ["x"]}),
+        ("push", {"ref": "refs/heads/main", "repository": REPOSITORY, "head_commit": "x"}),
+        ("pull_request", {"action": "opened", "pull_request": [], "repository": REPOSITORY}),
+        ("pull_request", {"action": [], "repository": REPOSITORY}),
+        ("check_suite", {"action": "requested", "check_suite": {"head_sha": []}}),
+        ("check_suite", {"action": "requested", "check_suite": "x", "repository": []}),
+    ],
+)
+async def test_malformed_signed_shapes_get_a_json_400_over_the_wire(
+    stack: Stack, event: str, payload: dict[str, object]
+) -> None:
+    body = json.dumps({**payload, "sender": {"type": "User"}}).encode()
+    resp = await post(stack, event, body, signed(body, NEW_SECRET))
+    assert resp.status_code == 400
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.json()["error"].startswith(f"malformed {event} payload")
+    # the listener is still serving
+    ping = await post(stack, "ping", PING, signed(PING, NEW_SECRET))
+    assert ping.status_code == 200
+
+
 async def test_wrong_path_and_method(stack: Stack) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         base = f"http://127.0.0.1:{stack.app.webhook_port}"

@@ -7,6 +7,7 @@ Authenticates with a short-lived installation token minted through the app
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class GitHubChecks:
         self._github = github
         self._http = http
         self._base = base_url.rstrip("/")
+        self._origin = _origin(self._base)
+        self._base_path = urllib.parse.urlsplit(self._base).path
         self._timeout = timeout
         self._cap = max_response_bytes
 
@@ -66,29 +69,91 @@ class GitHubChecks:
         minted = await self._github.mint(installation_id, CHECK_PERMISSIONS, [repo])
         return _RepoChecks(self, minted.token, owner, repo)
 
+    def resolve(self, url: str) -> str:
+        """``url`` as an absolute URL under the API base.
+
+        A path (``/repos/...``) is appended to the base. An absolute URL (a
+        pagination ``Link``) must have the base's scheme, host and port and a
+        path under the base path, since the installation token goes with it.
+        Raises GitHubUnavailable otherwise.
+        """
+        full = self._base + url if url.startswith("/") and not url.startswith("//") else url
+        try:
+            parts = urllib.parse.urlsplit(full)
+            origin = _origin(full)
+        except ValueError:
+            origin = None
+        if (
+            origin is None
+            or origin != self._origin
+            or parts.username is not None
+            or parts.password is not None
+            or not _under(parts.path, self._base_path)
+        ):
+            raise GitHubUnavailable("GitHub answer links outside the API base URL")
+        return full
+
     async def request(
         self, method: str, url: str, token: str, *, accept: str, json_body: object = None
     ) -> httpx.Response:
-        """Raises GitHubUnavailable for transport failures, timeouts and oversized answers."""
+        """One call, bounded as a whole (connect to last body byte) by ``timeout``.
+
+        Raises GitHubUnavailable for transport failures, timeouts, oversized or
+        compressed answers and URLs outside the API base.
+        """
         headers = {
             "Authorization": f"token {token}",
             "Accept": accept,
+            # The body is read raw under a byte cap: a gzip answer would reach
+            # the JSON parser compressed (httpx's raw stream does not decode).
+            "Accept-Encoding": "identity",
             "X-GitHub-Api-Version": "2022-11-28",
             "User-Agent": "octo-sts-webhook",
         }
-        full = url if url.startswith(self._base) else self._base + url
+        full = self.resolve(url)
         try:
-            async with self._http.stream(
-                method, full, headers=headers, json=json_body, timeout=self._timeout
-            ) as resp:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._http.stream(
+                    method, full, headers=headers, json=json_body, timeout=self._timeout
+                ) as resp,
+            ):
+                if resp.headers.get("content-encoding", "identity").lower() != "identity":
+                    raise GitHubUnavailable("GitHub answer is compressed despite identity")
                 body = bytearray()
                 async for chunk in resp.aiter_raw():
                     body += chunk
                     if len(body) > self._cap:
                         raise GitHubUnavailable(f"GitHub answer exceeds {self._cap} bytes")
                 return httpx.Response(resp.status_code, headers=resp.headers, content=bytes(body))
+        except TimeoutError as exc:
+            raise GitHubUnavailable(f"GitHub request took longer than {self._timeout:g} s") from exc
         except httpx.HTTPError as exc:
             raise GitHubUnavailable(f"GitHub unreachable: {type(exc).__name__}") from exc
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, lower-cased host, port with the scheme's default). Raises ValueError."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return None
+    return (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def _under(path: str, base_path: str) -> bool:
+    """``path`` is ``base_path`` or below it, with no dot segments to climb out."""
+    base = base_path.rstrip("/")
+    if not (path == base or path.startswith(base + "/")):
+        return False
+    segments = urllib.parse.unquote(path).split("/")
+    return not any(s in {".", ".."} for s in segments)
+
+
+def _json(resp: httpx.Response, what: str) -> object:
+    try:
+        return resp.json()
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise GitHubUnavailable(f"GitHub answer to {what} is not JSON") from exc
 
 
 def _check(resp: httpx.Response, what: str) -> None:
@@ -133,15 +198,15 @@ class _RepoChecks:
             if url is None:
                 break
             resp = await self._get(url, "pull request files")
-            files += _files(resp.json())
+            files += _files(_json(resp, "pull request files"))
             match = _NEXT_RE.search(resp.headers.get("link", ""))
-            url = match.group(1) if match else None
+            url = self._client.resolve(match.group(1)) if match else None
         return files
 
     async def compare(self, base: str, head: str) -> list[ChangedFile]:
         b, h = urllib.parse.quote(base, safe=""), urllib.parse.quote(head, safe="")
         resp = await self._get(f"{self._prefix}/compare/{b}...{h}", "compare")
-        data = resp.json()
+        data = _json(resp, "compare")
         return _files(data.get("files", []) if isinstance(data, dict) else None)
 
     async def read_at(self, path: str, ref: str) -> bytes | None:

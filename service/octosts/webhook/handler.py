@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -12,11 +13,13 @@ import structlog
 
 from octosts.domain.errors import StsError
 from octosts.domain.issuers import ISSUERS_FILE
+from octosts.domain.names import is_owner_name, is_repo_name
 from octosts.webhook.signature import signature_valid
 from octosts.webhook.validate import (
     CHECK_NAME,
     FileProblem,
     check_outcome,
+    incomplete_outcome,
     is_policy_path,
     validate_file,
 )
@@ -29,6 +32,8 @@ PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
 SUITE_ACTIONS = frozenset({"requested", "rerequested"})
 MAX_PENDING = 64
 MAX_FILES_CHECKED = 200
+_SHA_RE = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
+_MAX_ID = (1 << 63) - 1
 
 
 class PolicyInvalidator(Protocol):
@@ -80,45 +85,55 @@ class WebhookHandler:
         event = headers.get("x-github-event", "")
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return WebhookReply(400, {"error": "body is not JSON"})
         if not isinstance(payload, dict):
             return WebhookReply(400, {"error": "body is not a JSON object"})
         sender = payload.get("sender")
         if isinstance(sender, dict) and sender.get("type") == "Bot":
             return WebhookReply(202, {"ignored": "bot sender"})
+        what = _printable(event[:40])
         try:
             return await self._dispatch(event, payload)
-        except (KeyError, TypeError, ValueError):
-            return WebhookReply(400, {"error": f"malformed {event[:40]} payload"})
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            # MalformedPayload names the part; any other of these is a shape the
+            # checks missed, still the sender's mistake and not a crash.
+            part = f": {exc.field}" if isinstance(exc, MalformedPayload) else ""
+            return WebhookReply(400, {"error": f"malformed {what} payload{part}"})
 
     async def _dispatch(self, event: str, payload: dict[str, Any]) -> WebhookReply:
         if event == "ping":
             return WebhookReply(200, {"ok": True})
         if event == "push":
             return self._push(payload)
-        if event == "pull_request" and payload.get("action") in PR_ACTIONS:
-            pr = payload["pull_request"]
-            return self._schedule(payload, str(pr["head"]["sha"]), pr_number=int(pr["number"]))
-        if event == "check_suite" and payload.get("action") in SUITE_ACTIONS:
-            suite = payload["check_suite"]
-            prs = suite.get("pull_requests") or []
-            number = int(prs[0]["number"]) if prs and isinstance(prs[0], dict) else None
-            base = str(payload["repository"].get("default_branch") or "main")
-            return self._schedule(payload, str(suite["head_sha"]), pr_number=number, base=base)
-        return WebhookReply(202, {"ignored": f"event {event[:40]!r}"})
+        if event == "pull_request" and _action(payload) in PR_ACTIONS:
+            pr = _object(payload, "pull_request")
+            head = _object(pr, "head", "pull_request.")
+            return self._schedule(
+                payload,
+                _sha(head, "sha", "pull_request.head."),
+                pr_number=_number(pr, "number", "pull_request."),
+            )
+        if event == "check_suite" and _action(payload) in SUITE_ACTIONS:
+            suite = _object(payload, "check_suite")
+            prs = _list(suite, "pull_requests", "check_suite.")
+            number = None
+            if prs:
+                first = prs[0]
+                if not isinstance(first, dict):
+                    raise MalformedPayload("check_suite.pull_requests[0]")
+                number = _number(first, "number", "check_suite.pull_requests[0].")
+            _owner, _repo, base = _repository(payload)
+            head_sha = _sha(suite, "head_sha", "check_suite.")
+            return self._schedule(payload, head_sha, pr_number=number, base=base)
+        return WebhookReply(202, {"ignored": f"event {_printable(event[:40])!r}"})
 
     def _push(self, payload: dict[str, Any]) -> WebhookReply:
-        repository = payload["repository"]
-        owner, repo = _owner_repo(repository)
-        default = str(repository.get("default_branch") or "main")
-        if payload.get("ref") != f"refs/heads/{default}":
+        owner, repo, default = _repository(payload)
+        if _text(payload, "ref") != f"refs/heads/{default}":
             return WebhookReply(202, {"ignored": "push to a non-default branch"})
-        commits = payload.get("commits") or []
-        paths: set[str] = set()
-        for commit in [*commits, payload.get("head_commit") or {}]:
-            for kind in ("added", "modified", "removed"):
-                paths.update(str(p) for p in commit.get(kind) or ())
+        commits = _list(payload, "commits")
+        paths = _pushed_paths(payload, commits)
         # GitHub lists at most 20 commits (and none for some forced pushes): then forget all.
         whole_repo = len(commits) >= 20 or not commits
         dropped = 0
@@ -141,8 +156,8 @@ class WebhookHandler:
     def _schedule(
         self, payload: dict[str, Any], head_sha: str, *, pr_number: int | None, base: str = ""
     ) -> WebhookReply:
-        owner, repo = _owner_repo(payload["repository"])
-        installation = int(payload["installation"]["id"])
+        owner, repo, _default = _repository(payload)
+        installation = _number(_object(payload, "installation"), "id", "installation.")
         if self._checks is None:
             return WebhookReply(202, {"ignored": "policy checks are not configured"})
         if len(self._tasks) >= MAX_PENDING:
@@ -157,14 +172,29 @@ class WebhookHandler:
     async def _validate(
         self, installation: int, owner: str, repo: str, head_sha: str, pr: int | None, base: str
     ) -> None:
+        """Post the check run for ``head_sha``. Never raises: it runs as a background task.
+
+        A check that cannot complete (GitHub unreachable, an unreadable answer, a
+        bug) still ends in a failed check run when GitHub can be reached, so a
+        policy change is never shown as validated when it was not.
+        """
         assert self._checks is not None  # _schedule checked
         try:
             client = await self._checks.for_repo(installation, owner, repo)
+        except Exception as exc:  # noqa: BLE001 - background task: log, never "never retrieved"
+            _log_failure("webhook_check_failed", exc, owner=owner, repo=repo, step="token")
+            return
+        checked: list[str] = []
+        try:
             changed = await (
                 client.pull_files(pr) if pr is not None else client.compare(base, head_sha)
             )
             checked, problems = await self._problems(client, repo, head_sha, changed)
             outcome = check_outcome(checked, problems)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check run below
+            _log_failure("webhook_check_failed", exc, owner=owner, repo=repo, step="validate")
+            outcome = incomplete_outcome(_error_name(exc))
+        try:
             await client.create_check_run(
                 head_sha,
                 {
@@ -178,21 +208,16 @@ class WebhookHandler:
                     },
                 },
             )
-            _log.info(
-                "webhook_check",
-                owner=owner,
-                repo=repo,
-                conclusion=outcome.conclusion,
-                files=len(checked),
-            )
-        except StsError as exc:
-            _log.warning(
-                "webhook_check_failed",
-                owner=owner,
-                repo=repo,
-                reason=exc.reason,
-                detail=exc.detail[:200],
-            )
+        except Exception as exc:  # noqa: BLE001 - background task: log, never "never retrieved"
+            _log_failure("webhook_check_failed", exc, owner=owner, repo=repo, step="check_run")
+            return
+        _log.info(
+            "webhook_check",
+            owner=owner,
+            repo=repo,
+            conclusion=outcome.conclusion,
+            files=len(checked),
+        )
 
     async def _problems(
         self, client: RepoChecks, repo: str, head_sha: str, changed: Sequence[ChangedFile]
@@ -227,9 +252,108 @@ class WebhookHandler:
             task.cancel()
 
 
-def _owner_repo(repository: Mapping[str, Any]) -> tuple[str, str]:
-    owner = repository["owner"]["login"]
-    repo = repository["name"]
-    if not isinstance(owner, str) or not isinstance(repo, str) or not owner or not repo:
-        raise ValueError("repository owner and name must be strings")
-    return owner, repo
+class MalformedPayload(ValueError):
+    """A signed delivery whose shape is not what GitHub sends; ``field`` names the part."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+def _action(payload: Mapping[str, Any]) -> str | None:
+    return _text(payload, "action", optional=True)
+
+
+def _object(parent: Mapping[str, Any], key: str, where: str = "") -> Mapping[str, Any]:
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        raise MalformedPayload(f"{where}{key}")
+    return value
+
+
+def _list(parent: Mapping[str, Any], key: str, where: str = "") -> list[Any]:
+    """A list member; absent or null is empty."""
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedPayload(f"{where}{key}")
+    return value
+
+
+def _text(
+    parent: Mapping[str, Any], key: str, where: str = "", *, optional: bool = False
+) -> str | None:
+    value = parent.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise MalformedPayload(f"{where}{key}")
+    return value
+
+
+def _number(parent: Mapping[str, Any], key: str, where: str = "") -> int:
+    value = parent.get(key)
+    # bool is an int subclass: ``"id": true`` is not an id
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_ID:
+        raise MalformedPayload(f"{where}{key}")
+    return value
+
+
+def _sha(parent: Mapping[str, Any], key: str, where: str = "") -> str:
+    value = parent.get(key)
+    if not isinstance(value, str) or _SHA_RE.fullmatch(value) is None:
+        raise MalformedPayload(f"{where}{key}")
+    return value
+
+
+def _pushed_paths(payload: Mapping[str, Any], commits: list[Any]) -> set[str]:
+    """Every path added, modified or removed by the push's commits and head commit."""
+    head_commit = payload.get("head_commit")
+    if head_commit is not None and not isinstance(head_commit, dict):
+        raise MalformedPayload("head_commit")
+    paths: set[str] = set()
+    for index, commit in enumerate([*commits, head_commit or {}]):
+        where = f"commits[{index}]." if index < len(commits) else "head_commit."
+        if not isinstance(commit, dict):
+            raise MalformedPayload(where.rstrip("."))
+        for kind in ("added", "modified", "removed"):
+            for path in _list(commit, kind, where):
+                if not isinstance(path, str):
+                    raise MalformedPayload(f"{where}{kind}")
+                paths.add(path)
+    return paths
+
+
+def _repository(payload: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(owner, repo, default branch) of the delivery's repository."""
+    repository = _object(payload, "repository")
+    owner = _text(_object(repository, "owner", "repository."), "login", "repository.owner.")
+    repo = _text(repository, "name", "repository.")
+    if owner is None or not is_owner_name(owner):
+        raise MalformedPayload("repository.owner.login")
+    if repo is None or not is_repo_name(repo):
+        raise MalformedPayload("repository.name")
+    default = _text(repository, "default_branch", "repository.", optional=True)
+    return owner, repo, default or "main"
+
+
+def _printable(text: str) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
+def _error_name(exc: BaseException) -> str:
+    """The exception's type, with the reason of an StsError: never its message."""
+    reason = exc.reason if isinstance(exc, StsError) else ""
+    return f"{type(exc).__name__} ({reason})" if reason else type(exc).__name__
+
+
+def _log_failure(event: str, exc: BaseException, **fields: object) -> None:
+    # Only the type and reason: messages of foreign exceptions can quote URLs,
+    # headers or response bodies.
+    _log.warning(
+        event,
+        error=type(exc).__name__,
+        reason=exc.reason if isinstance(exc, StsError) else None,
+        **fields,
+    )

@@ -73,6 +73,10 @@ class WebhookServer:
         except ConnectionError:
             writer.close()
             return
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500; the connection never just drops
+            # The type only: a message could quote the delivery.
+            _log.error("webhook_internal_error", error=type(exc).__name__)
+            status, body = 500, {"error": "internal error"}
         data = json.dumps(body).encode()
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"

@@ -83,3 +83,18 @@ def check_outcome(checked: list[str], problems: list[FileProblem]) -> CheckOutco
     bad = len({p.path for p in problems})
     title = f"{len(problems)} problem(s) in {bad} policy file(s)"
     return CheckOutcome("failure", title, "\n".join(lines)[:60000], annotations)
+
+
+def incomplete_outcome(error: str) -> CheckOutcome:
+    """The check run when validation could not finish (``error``: a type and reason, no message).
+
+    A failure rather than neutral: GitHub counts a neutral conclusion as passing
+    for a required check, and these files were not validated.
+    """
+    return CheckOutcome(
+        "failure",
+        "Trust policies could not be validated",
+        f"The policy check stopped with {error} before it could read and check every "
+        "changed policy file. Nothing was validated: re-run the check to try again.",
+        (),
+    )

@@ -1,0 +1,209 @@
+"""The webhook's GitHub client: deadline, Link URLs that stay on the API, identity encoding."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from octosts.domain.errors import GitHubUnavailable
+from octosts.domain.ports import GitHubApp
+from octosts.webhook.github_checks import GitHubChecks
+from tests.fakes import FakeGitHub
+
+API = "https://api.github.com"
+GHES = "https://ghe.example.com/api/v3"
+FILES_PATH = "/repos/octo-org/demo/pulls/1/files"
+
+
+class _Body(httpx.AsyncByteStream):
+    """A body that is streamed like a network one (httpx pre-reads plain ``content=``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._data
+
+
+def answer(data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(200, headers=headers, stream=_Body(data))
+
+
+def checks_over(
+    handler: Callable[[httpx.Request], httpx.Response], base_url: str = API
+) -> tuple[GitHubChecks, httpx.AsyncClient]:
+    github: GitHubApp = FakeGitHub({})
+    # A plain client: httpx's default Accept-Encoding (gzip, deflate, ...) unless told otherwise.
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return GitHubChecks(github, http=http, base_url=base_url), http
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        (API, f"{API}{FILES_PATH}?per_page=100&page=2"),
+        (API, f"https://API.GitHub.com{FILES_PATH}?page=2"),
+        (API, f"https://api.github.com:443{FILES_PATH}"),
+        (GHES, f"{GHES}{FILES_PATH}?page=2"),
+        (GHES + "/", f"{GHES}{FILES_PATH}"),
+        ("http://127.0.0.1:8080", f"http://127.0.0.1:8080{FILES_PATH}?page=3"),
+    ],
+)
+def test_link_urls_on_the_api_are_followed(base: str, url: str) -> None:
+    checks, _ = checks_over(lambda _r: httpx.Response(200), base)
+    assert checks.resolve(url) == url
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        (API, f"https://api.github.com.evil.com{FILES_PATH}"),
+        (API, f"https://api.github.comevil.com{FILES_PATH}"),
+        (API, f"https://api.github.com@evil.com{FILES_PATH}"),
+        (API, f"https://user:pw@api.github.com{FILES_PATH}"),
+        (API, f"http://api.github.com{FILES_PATH}"),
+        (API, f"https://api.github.com:8443{FILES_PATH}"),
+        (API, f"https://evil.com{FILES_PATH}"),
+        (API, f"//evil.com{FILES_PATH}"),
+        (API, "javascript:alert(1)"),
+        (API, f"https://api.github.com:99999{FILES_PATH}"),
+        (API, "repos/octo-org/demo"),
+        (GHES, f"https://ghe.example.com/api/v30{FILES_PATH}"),
+        (GHES, f"https://ghe.example.com/api/v3x{FILES_PATH}"),
+        (GHES, f"https://ghe.example.com{FILES_PATH}"),
+        (GHES, "https://ghe.example.com/api/v3/../../admin"),
+        (GHES, "https://ghe.example.com/api/v3/%2e%2e/%2E%2E/admin"),
+        (GHES, f"https://ghe.example.com.evil.com/api/v3{FILES_PATH}"),
+        (GHES, "/repos/../../admin"),
+    ],
+)
+def test_link_urls_off_the_api_are_refused(base: str, url: str) -> None:
+    checks, _ = checks_over(lambda _r: httpx.Response(200), base)
+    with pytest.raises(GitHubUnavailable, match="outside the API base URL"):
+        checks.resolve(url)
+
+
+async def test_a_next_link_to_another_host_never_gets_the_token() -> None:
+    seen: list[httpx.Request] = []
+
+    def github(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        evil = f"https://api.github.com.evil.com{FILES_PATH}?page=2"
+        return answer(
+            json.dumps([{"filename": "a.md", "status": "added"}]).encode(),
+            {"link": f'<{evil}>; rel="next"'},
+        )
+
+    checks, http = checks_over(github)
+    async with http:
+        repo = await checks.for_repo(1, "octo-org", "demo")
+        with pytest.raises(GitHubUnavailable, match="outside the API base URL"):
+            await repo.pull_files(1)
+    assert [r.url.host for r in seen] == ["api.github.com"]
+
+
+async def test_requests_ask_for_identity_so_a_gzip_capable_server_answers_plain_json() -> None:
+    files = [{"filename": ".github/chainguard/a.sts.yaml", "status": "added"}]
+    encodings: list[str | None] = []
+
+    def github(request: httpx.Request) -> httpx.Response:
+        accepted = request.headers.get("accept-encoding")
+        encodings.append(accepted)
+        body = json.dumps(files).encode()
+        if accepted and "gzip" in accepted:  # what GitHub does when offered gzip
+            return answer(gzip.compress(body), {"content-encoding": "gzip"})
+        return answer(body)
+
+    checks, http = checks_over(github)
+    async with http:
+        repo = await checks.for_repo(1, "octo-org", "demo")
+        changed = await repo.pull_files(1)
+    assert [(f.path, f.status) for f in changed] == [(".github/chainguard/a.sts.yaml", "added")]
+    assert encodings == ["identity"]
+
+
+async def test_a_compressed_answer_despite_identity_is_refused() -> None:
+    def github(_request: httpx.Request) -> httpx.Response:
+        return answer(gzip.compress(b"[]"), {"content-encoding": "gzip"})
+
+    checks, http = checks_over(github)
+    async with http:
+        repo = await checks.for_repo(1, "octo-org", "demo")
+        with pytest.raises(GitHubUnavailable, match="compressed"):
+            await repo.pull_files(1)
+
+
+async def test_an_answer_that_is_not_json_is_github_unavailable() -> None:
+    checks, http = checks_over(lambda _r: answer(b"<html>oops</html>"))
+    async with http:
+        repo = await checks.for_repo(1, "octo-org", "demo")
+        with pytest.raises(GitHubUnavailable, match="not JSON"):
+            await repo.pull_files(1)
+        with pytest.raises(GitHubUnavailable, match="not JSON"):
+            await repo.compare("main", "a" * 40)
+
+
+TRICKLE_BYTES = 100
+TRICKLE_INTERVAL = 0.05  # 5 s in all; each read is far quicker than the per-read timeout
+
+
+@pytest.fixture
+async def trickling_server() -> AsyncIterator[str]:
+    """Answers at once, then sends the body one byte every 50 ms: no single read is slow."""
+    handlers: set[asyncio.Task[None]] = set()
+    stop = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % TRICKLE_BYTES
+            )
+            body = b"[" + b" " * (TRICKLE_BYTES - 2) + b"]"
+            for byte in body:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                # the slowness under test; ends early when the fixture finishes
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), TRICKLE_INTERVAL)
+                if stop.is_set():
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        await asyncio.gather(*handlers)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_whole_request_has_a_deadline_even_when_every_read_is_quick(
+    trickling_server: str,
+) -> None:
+    github: GitHubApp = FakeGitHub({})
+    async with httpx.AsyncClient() as http:
+        checks = GitHubChecks(github, http=http, base_url=trickling_server, timeout=0.5)
+        repo = await checks.for_repo(1, "octo-org", "demo")
+        started = time.monotonic()
+        with pytest.raises(GitHubUnavailable, match=r"longer than 0.5 s"):
+            await repo.pull_files(1)
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.5  # the trickle alone takes 5 s
