@@ -38,7 +38,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
@@ -183,6 +183,10 @@ class Metrics:
         self._endpoint = _BoundedLabel(16)
         self._installation = _BoundedLabel(1000)
         self._rpc = _BoundedLabel(64)
+        # Label children by (metric, *labels), one cache per metric type (see _child).
+        self._c: dict[tuple[object, ...], Counter] = {}
+        self._h: dict[tuple[object, ...], Histogram] = {}
+        self._g: dict[tuple[object, ...], Gauge] = {}
 
         self.exchanges = Counter(
             "octo_sts_exchanges",
@@ -249,36 +253,53 @@ class Metrics:
             registry=registry,
         )
 
-    # Recording helpers: they bound label values so callers cannot forget to.
+    # Recording helpers: they bound label values so callers cannot forget to. Children
+    # are cached per label tuple: ``.labels()`` validates and sorts on every call, which
+    # was the largest part of recording. The tuples are of bounded values, so the caches
+    # are bounded by the label cardinalities.
 
     def exchange(self, result: str, reason: str) -> None:
-        self.exchanges.labels(result=result, reason=self._reason(reason)).inc()
+        _child(self._c, self.exchanges, result, self._reason(reason)).inc()
 
     def stage(self, stage: str, outcome: str, seconds: float) -> None:
-        self.stage_duration.labels(stage=self._stage(stage), outcome=outcome).observe(seconds)
+        _child(self._h, self.stage_duration, self._stage(stage), outcome).observe(seconds)
 
     def cache_request(self, cache: str, result: str) -> None:
-        self.cache_requests.labels(cache=self._cache(cache), result=self._cache(result)).inc()
+        _child(self._c, self.cache_requests, self._cache(cache), self._cache(result)).inc()
 
     def github_request(self, endpoint: str, status: int | str, seconds: float) -> None:
         endpoint = self._endpoint(endpoint)
-        self.github_requests.labels(endpoint=endpoint, status=_status_label(status)).inc()
-        self.github_request_duration.labels(endpoint=endpoint).observe(seconds)
+        _child(self._c, self.github_requests, endpoint, _status_label(status)).inc()
+        _child(self._h, self.github_request_duration, endpoint).observe(seconds)
 
     def rate_limit_remaining(self, installation: int | str, remaining: float) -> None:
         label = self._installation(installation)
-        self.github_rate_limit_remaining.labels(installation=label).set(remaining)
+        _child(self._g, self.github_rate_limit_remaining, label).set(remaining)
 
     def ext_authz_decision(self, decision: str, reason: str) -> None:
-        self.ext_authz_decisions.labels(decision=decision, reason=self._authz_reason(reason)).inc()
+        reason = self._authz_reason(reason)
+        _child(self._c, self.ext_authz_decisions, decision, reason).inc()
 
     def audit_dropped(self, reason: str) -> None:
         self.audit_events_dropped.labels(reason=reason).inc()
 
     def grpc(self, service: str, method: str, code: str, seconds: float) -> None:
         service, method = self._rpc(service), self._rpc(method)
-        self.grpc_handled.labels(grpc_service=service, grpc_method=method, grpc_code=code).inc()
-        self.grpc_handling_seconds.labels(grpc_service=service, grpc_method=method).observe(seconds)
+        _child(self._c, self.grpc_handled, service, method, code).inc()
+        _child(self._h, self.grpc_handling_seconds, service, method).observe(seconds)
+
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+def _child(cache: dict[tuple[object, ...], _M], metric: _M, *labels: str) -> _M:
+    """``metric.labels(*labels)``, memoised in ``cache`` (keyed by the metric too)."""
+    key = (id(metric), *labels)
+    child = cache.get(key)
+    if child is None:
+        # Label values positionally, in the metric's declared order (as every caller does).
+        child = cache[key] = metric.labels(*labels)
+    return child
 
 
 def _status_label(status: int | str) -> str:

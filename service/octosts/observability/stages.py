@@ -35,7 +35,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.context import attach, detach
+from opentelemetry.trace import Span, Status, StatusCode, set_span_in_context
 
 from octosts.domain.errors import StsError
 from octosts.observability.logging import scrub
@@ -51,11 +52,10 @@ _MAX_ATTR_LEN = 256
 
 
 class _TelemetryStage:
-    __slots__ = ("_notes", "_span")
+    __slots__ = ("notes",)
 
-    def __init__(self, span: Span) -> None:
-        self._span = span
-        self._notes: dict[str, str | int | bool] = {}
+    def __init__(self) -> None:
+        self.notes: dict[str, str | int | bool] = {}
 
     def annotate(self, key: str, value: str | int | bool) -> None:  # noqa: FBT001
         # Defence in depth: annotations are ours, but never let a token through. Plain
@@ -64,8 +64,9 @@ class _TelemetryStage:
             if not (value.isascii() and value.isalnum()):
                 value = scrub(value)
             value = value[:_MAX_ATTR_LEN]
-        self._notes[key] = value
-        self._span.set_attribute(key, value)
+        # Kept here and set on the span once, when it ends: one lock round per stage
+        # instead of one per annotation.
+        self.notes[key] = value
 
 
 class _MetricStage:
@@ -95,25 +96,36 @@ class TelemetryObserver:
             # than the lookup and clutter every trace.
             yield from self._metrics_only(name)
             return
-        with self._tracer.start_as_current_span(
-            name, record_exception=False, set_status_on_exception=False
-        ) as span:
-            stage = _TelemetryStage(span)
-            start = time.perf_counter()
-            outcome = "ok"
-            try:
-                yield stage
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            except BaseException as exc:
-                outcome = error_family(exc)
+        # start_span + attach rather than start_as_current_span: the SDK's context
+        # manager stack (decorator, use_span, generator frames) cost about as much as
+        # the span itself on this path, which runs several times per exchange.
+        span = self._tracer.start_span(name)
+        # A non-recording span (tracing off, or not sampled) need not become current:
+        # nested stages then hang off the RPC span's context, which carries the same
+        # trace id and sampling decision.
+        token = attach(set_span_in_context(span)) if span.is_recording() else None
+        stage = _TelemetryStage()
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            yield stage
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except BaseException as exc:
+            outcome = error_family(exc)
+            if token is not None:
                 _record_error(span, exc)
-                raise
-            finally:
-                elapsed = time.perf_counter() - start
-                self._metrics.stage(name, outcome, elapsed)
-                self._derived_metrics(name, stage._notes, elapsed)  # noqa: SLF001
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            if token is not None:
+                detach(token)
+                if stage.notes:
+                    span.set_attributes(stage.notes)
+                span.end()
+            self._metrics.stage(name, outcome, elapsed)
+            self._derived_metrics(name, stage.notes, elapsed)
 
     def _metrics_only(self, name: str) -> Iterator[Stage]:
         stage = _MetricStage()

@@ -207,11 +207,9 @@ def _sampler(settings: TracingSettings) -> Sampler:
 
 def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
     # Imported here: it pulls in grpc and the OTLP protos, unneeded when tracing is off.
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter,
-    )
+    from octosts.observability.otlp import FastOTLPSpanExporter  # noqa: PLC0415
 
-    return OTLPSpanExporter(
+    return FastOTLPSpanExporter(
         endpoint=settings.endpoint,
         insecure=settings.insecure,
         headers=settings.headers or None,

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import attach, detach
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from octosts.observability.tracing import extract_trace_context
 
@@ -125,6 +126,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         full_method = str(details.method)
         service, method = split_method(full_method)
         metadata = tuple(details.invocation_metadata or ())
+        name = f"{service}/{method}"
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id = sanitise_request_id(
@@ -133,48 +136,42 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             token = _request_id.set(request_id)
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            # start_span + attach, not start_as_current_span: the SDK's context-manager
+            # layers cost about as much as the span (see observability/stages.py).
+            span = self._tracer.start_span(
+                name,
+                context=extract_trace_context(metadata),
+                kind=SpanKind.SERVER,
+                attributes={**attributes, "octosts.request_id": request_id},
+            )
+            span_token = attach(set_span_in_context(span))
             try:
-                with (
-                    structlog.contextvars.bound_contextvars(request_id=request_id, rpc=full_method),
-                    self._tracer.start_as_current_span(
-                        f"{service}/{method}",
-                        context=extract_trace_context(metadata),
-                        kind=SpanKind.SERVER,
-                        record_exception=False,
-                        set_status_on_exception=False,
-                        attributes={
-                            "rpc.system": "grpc",
-                            "rpc.service": service,
-                            "rpc.method": method,
-                            "octosts.request_id": request_id,
-                        },
-                    ) as span,
+                with structlog.contextvars.bound_contextvars(
+                    request_id=request_id, rpc=full_method
                 ):
-                    try:
-                        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-                        result = behavior(request, context)
-                        if inspect.isawaitable(result):
-                            result = await result
-                        code = _context_code(context, grpc.StatusCode.OK)
-                    except grpc.aio.AbortError:
-                        code = _context_code(context, grpc.StatusCode.UNKNOWN)
-                        raise
-                    except asyncio.CancelledError:
-                        code = grpc.StatusCode.CANCELLED
-                        raise
-                    except Exception as exc:
-                        code = grpc.StatusCode.UNKNOWN
-                        # Type only: the message of an unexpected exception may quote input.
-                        span.set_attribute(
-                            "error.type", f"{type(exc).__module__}.{type(exc).__qualname__}"
-                        )
-                        raise
-                    finally:
-                        span.set_attribute("rpc.grpc.status_code", code.value[0])
-                        if code in _SERVER_FAULTS:
-                            span.set_status(Status(StatusCode.ERROR, code.name))
+                    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    code = _context_code(context, grpc.StatusCode.OK)
                     return result
+            except grpc.aio.AbortError:
+                code = _context_code(context, grpc.StatusCode.UNKNOWN)
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = grpc.StatusCode.UNKNOWN
+                # Type only: the message of an unexpected exception may quote input.
+                span.set_attribute("error.type", f"{type(exc).__module__}.{type(exc).__qualname__}")
+                raise
             finally:
+                detach(span_token)
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code in _SERVER_FAULTS:
+                    span.set_status(Status(StatusCode.ERROR, code.name))
+                span.end()
                 self._metrics.grpc(service, method, code.name, time.perf_counter() - start)
                 _request_id.reset(token)
 
