@@ -82,6 +82,7 @@ EXCHANGE_PATH = "/octosts.v1.SecurityTokenService/Exchange"
 MODES = ("bare", "metrics", "full")
 TARGET_PERCENT = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PIN_ENV = "OCTOSTS_OVERHEAD_BENCH_CPU"  # read by ``--replica`` only
 
 
 # -- child process roles ------------------------------------------------------------------
@@ -93,6 +94,9 @@ def serve_replica(mode: str) -> int:
     ``bare`` swaps the service's ``Metrics`` for one whose recording methods do
     nothing, before the app is built; everything else is the production path.
     """
+    cpu = os.environ.get(PIN_ENV)
+    if cpu:
+        os.sched_setaffinity(0, {int(cpu)})  # before any thread starts: all inherit it
     if mode == "bare":
         from octosts import app  # noqa: PLC0415 - patched before the CLI imports it
         from octosts.observability.metrics import Metrics  # noqa: PLC0415
@@ -207,7 +211,9 @@ class Replica:
         self.log.close()
 
 
-def start_replica(stack: DevStack, mode: str, sink_port: int, workdir: Path) -> Replica:
+def start_replica(
+    stack: DevStack, mode: str, sink_port: int, workdir: Path, cpu: int | None
+) -> Replica:
     port = free_port()
     env = {
         **os.environ,
@@ -224,6 +230,8 @@ def start_replica(stack: DevStack, mode: str, sink_port: int, workdir: Path) -> 
     for name in list(env):  # whatever the caller's shell has, only ``full`` traces
         if name.startswith("OTEL_"):
             del env[name]
+    if cpu is not None:
+        env[PIN_ENV] = str(cpu)
     if mode == "full":
         env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
         env["OTEL_SERVICE_NAME"] = "octo-sts"
@@ -388,7 +396,22 @@ def summarise(rounds: list[dict[str, Round]]) -> dict[str, Any]:
     return {"modes": per_mode, "overhead": comparisons}
 
 
+def _pinning(enabled: bool) -> int | None:  # noqa: FBT001
+    """The replicas' CPU; this process (and every other child) keeps the rest.
+
+    A replica alone on its core measures its own cost, not its neighbours':
+    without pinning the emulator, h2load and the replica trade cores and the
+    per-round spread triples.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2:
+        return None
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return cpus[-1]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    replica_cpu = _pinning(args.pin)
     receiver = subprocess.Popen(
         [sys.executable, __file__, "--receiver"],
         stdin=subprocess.PIPE,
@@ -407,7 +430,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack = _Upstreams(workdir=workdir, ports=StackPorts.free(replicas=0))
             with stack:
                 for mode in MODES:
-                    replicas[mode] = start_replica(stack, mode, sink_port, workdir)
+                    replicas[mode] = start_replica(stack, mode, sink_port, workdir, replica_cpu)
                 token = stack.token(SUB, ttl=3600, workflow_ref=WORKFLOW)
                 body = workdir / "exchange.bin"
                 request = sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci")
@@ -482,6 +505,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "full": "metrics + tracing, OTLP/gRPC BatchSpanProcessor, default sampler",
             },
             "cpus": os.cpu_count(),
+            "replica_pinned_to_cpu": replica_cpu,
         },
     }
 
@@ -522,6 +546,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--clients", type=int, default=8, help="h2load connections")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the replicas to their own CPU",
+    )
     parser.add_argument("--replica", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
