@@ -183,6 +183,11 @@ class Replica:
     popen: subprocess.Popen[bytes]
     log: IO[bytes]
 
+    def log_tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        text = Path(self.log.name).read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
     def cpu_seconds(self) -> float:
         """User + system CPU of the replica process (all threads) so far."""
         fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rpartition(")")[2].split()
@@ -333,7 +338,8 @@ def measure(
     if load["succeeded"] != load["requests"] or failed or mints < load["requests"]:
         raise RuntimeError(
             f"{replica.mode}: {load['requests']} requests, {load['succeeded']} HTTP ok, "
-            f"{mints} tokens minted, {failed} failed GitHub calls; see the replica log"
+            f"{mints} tokens minted, {failed} failed GitHub calls; replica log:\n"
+            + replica.log_tail()
         )
     # All of the replica's CPU in the window (warm-up and the requests in flight at the
     # end included) over all exchanges it served (= tokens minted).
