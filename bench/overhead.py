@@ -405,9 +405,8 @@ def summarise(rounds: list[dict[str, Round]]) -> dict[str, Any]:
 def _pinning(enabled: bool) -> int | None:  # noqa: FBT001
     """The replicas' CPU; this process (and every other child) keeps the rest.
 
-    A replica alone on its core measures its own cost, not its neighbours':
-    without pinning the emulator, h2load and the replica trade cores and the
-    per-round spread triples.
+    A replica alone on its core measures its own cost rather than its
+    neighbours' (the emulator and h2load otherwise migrate onto its core).
     """
     cpus = sorted(os.sched_getaffinity(0))
     if not enabled or len(cpus) < 2:
