@@ -1,16 +1,25 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from octosts.domain.errors import (
     InvalidRequest,
     NoInstallation,
     PolicyDenied,
     PolicyNotFound,
+    TokenClaimsInvalid,
     TokenSignatureInvalid,
 )
-from octosts.domain.exchange import ExchangeAttempt, Exchanger, ExchangeRequest
+from octosts.domain.exchange import (
+    ExchangeAttempt,
+    Exchanger,
+    ExchangeRequest,
+    _check_requested_audience,
+)
 from octosts.domain.ports import NullObserver
+from octosts.domain.tokens import check_audience
 from tests.fakes import FakeGitHub, FakePolicies, FakeVerifier, policy, verified
 
 REPO_PATH = ".github/chainguard/ci.sts.yaml"
@@ -121,3 +130,50 @@ def test_org_policy_repo_is_matched_case_insensitively(repo: str) -> None:
     location = policy_location(parse_scope(f"acme/{repo}"), "ci", ".github")
     assert location.kind == "org"
     assert location.repo == ".github"
+
+
+BAD_REQUESTED_AUDIENCES = [
+    "",
+    "a" * 256,
+    "a b",
+    "a\tb",
+    "a|b",
+    "a@b",
+    "a\x7fb",
+    "a\u200bb",  # zero-width space
+    *[f"a{c}b" for c in "\"'`\\<>;&$(){}[]"],
+]
+
+
+@pytest.mark.parametrize("audience", BAD_REQUESTED_AUDIENCES)
+async def test_a_bad_requested_audience_is_invalid_before_the_token_is_checked(
+    audience: str,
+) -> None:
+    verifier = FakeVerifier({"good": verified(aud=(audience,))})
+    exchanger = Exchanger(
+        verifier=verifier,
+        github=FakeGitHub({"octo-org": 7}),
+        policies=FakePolicies({("octo-org", "demo", REPO_PATH): policy()}),
+        observer=NullObserver(),
+        domain="octo-sts.dev",
+    )
+    with pytest.raises(InvalidRequest, match=r"^requested audience ") as info:
+        await exchanger.exchange(ExchangeRequest("good", "octo-org/demo", "ci", audience=audience))
+    assert info.value.reason == "invalid_request"
+    assert verifier.calls == 0
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_requested_audience_follows_the_token_aud_rule(audience: str) -> None:
+    try:
+        check_audience(audience)
+        token_rule_accepts = True
+    except TokenClaimsInvalid:
+        token_rule_accepts = False
+    try:
+        _check_requested_audience(audience)
+        request_rule_accepts = True
+    except InvalidRequest:
+        request_rule_accepts = False
+    assert request_rule_accepts is token_rule_accepts

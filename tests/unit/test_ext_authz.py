@@ -23,7 +23,7 @@ from octosts.transport.ext_authz import (
     AuthorizationServicer,
     ExtAuthzOptions,
 )
-from octosts.transport.metadata import bearer_from_values
+from octosts.transport.metadata import bearer_from_values, is_request_id
 
 GOOD = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOm8vcjpyZWY6bWFpbiJ9.c2ln"
 
@@ -209,6 +209,14 @@ async def test_unknown_mode_is_403(mode: str | None) -> None:
 async def test_hostile_request_id_is_not_echoed() -> None:
     resp = await check(FakeVerifier(), check_request({"x-request-id": "<script>\n"}))
     assert denial_body(resp)["request_id"] == ""
+
+
+@pytest.mark.parametrize(
+    "value", ["abc-123", "A.b_c:d-e", "x" * 128, "x" * 129, "a b", "a/b", "é", "a,b", ""]
+)
+async def test_request_id_echo_follows_the_metadata_rule(value: str) -> None:
+    resp = await check(FakeVerifier(), check_request({"x-request-id": value}))
+    assert denial_body(resp)["request_id"] == (value if is_request_id(value) else "")
 
 
 @pytest.mark.parametrize("fault", [RuntimeError(f"boom {GOOD}"), InvalidRequest("odd")])

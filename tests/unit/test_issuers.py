@@ -106,6 +106,13 @@ def test_valid_file_parses_with_defaults() -> None:
     assert not trusted.allows(GHA + "/x")
 
 
+@pytest.mark.parametrize(
+    "issuer", ["https://a.example:8443/Tenant/V2", "https://a.example/ABC", "https://[::a]/x"]
+)
+def test_only_scheme_and_host_must_be_lowercase(issuer: str) -> None:
+    assert parse_trusted_issuers(f"issuers: ['{issuer}']\n").allows(issuer)
+
+
 def test_patterns_are_full_match() -> None:
     trusted = parse_trusted_issuers(
         "mode: audit\nissuer_patterns: ['https://[a-z]+\\.example\\.com']\n"
@@ -125,6 +132,8 @@ def test_patterns_are_full_match() -> None:
         ("mode: audit\n", "at least one entry"),
         ("issuers: [http://a.example]\n", "https"),
         ("issuers: [https://A.example]\n", "lowercase"),
+        ("issuers: ['https://a.Example:8443/x']\n", "lowercase"),
+        ("issuers: ['https://[::A]/x']\n", "lowercase"),
         ("issuers: [HTTPS://a.example]\n", "issuers[0]"),
         ("issuers: ['https://a.example?x=1']\n", "query"),
         ("issuers: [https://a.example, https://a.example]\n", "duplicate"),

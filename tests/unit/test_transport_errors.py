@@ -5,7 +5,13 @@ import pytest
 
 from octosts.domain import errors
 from octosts.transport.errors import failure, status_code
-from octosts.transport.metadata import bearer_token, request_id, user_agent
+from octosts.transport.metadata import (
+    bearer_token,
+    is_request_id,
+    request_id,
+    sanitise_request_id,
+    user_agent,
+)
 
 C = grpc.StatusCode
 
@@ -109,3 +115,24 @@ def test_issuer_rejections_do_not_say_why() -> None:
     assert shown.code == C.UNAUTHENTICATED
     assert "non-public" not in shown.message
     assert "invalid_token_issuer" in shown.message
+
+
+GOOD_REQUEST_IDS = ["abc-123", "a", "A.b_c:d-e", "x" * 128, "0f8fad5b-d9cb-469f-a165-70867728950e"]
+BAD_REQUEST_IDS = ["", "x" * 129, "bad id", "a\nb", "<script>", "a/b", "é", "a,b", None, 5, b"abc"]
+
+
+@pytest.mark.parametrize("value", GOOD_REQUEST_IDS)
+def test_good_request_ids_are_kept_everywhere(value: str) -> None:
+    assert is_request_id(value)
+    assert sanitise_request_id(value) == value
+    assert request_id((("x-request-id", value),)) == value
+
+
+@pytest.mark.parametrize("value", BAD_REQUEST_IDS)
+def test_bad_request_ids_are_replaced_everywhere(value: object) -> None:
+    assert not is_request_id(value)
+    fresh = sanitise_request_id(value)
+    assert fresh != value
+    assert is_request_id(fresh)
+    if isinstance(value, str):
+        assert request_id((("x-request-id", value),)) != value

@@ -44,7 +44,9 @@ from octosts.domain.errors import (
     RateLimited,
     StsError,
 )
+from octosts.domain.names import is_owner_name, is_repo_name
 from octosts.domain.ports import FileRead, MintedToken
+from octosts.domain.text import show
 
 if TYPE_CHECKING:
     from octosts.adapters.signer import AppSigner
@@ -54,9 +56,8 @@ API_VERSION = "2022-11-28"
 _JSON_MEDIA = "application/vnd.github+json"
 _RAW_MEDIA = "application/vnd.github.raw+json"
 
-# GitHub login and repository name syntax; checked before a name becomes part of a URL.
-_OWNER_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
-_REPO_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+# Owner and repository names follow domain.names (checked before a name becomes part
+# of a URL); file paths are checked here, segment by segment.
 _PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._@+=,-]{1,255}$")
 
 # Label used for rate-limit budgets spent with the app JWT (not an installation's).
@@ -242,13 +243,13 @@ def _parse_time(value: object) -> datetime:
 
 
 def _check_owner(owner: str) -> None:
-    if not _OWNER_RE.fullmatch(owner):
-        raise InvalidRequest(f"invalid GitHub owner name {owner[:50]!r}")
+    if not is_owner_name(owner):
+        raise InvalidRequest(f"invalid GitHub owner name {show(owner, 50)}")
 
 
 def _check_repo(repo: str) -> None:
-    if not _REPO_RE.fullmatch(repo) or repo in {".", ".."}:
-        raise InvalidRequest(f"invalid GitHub repository name {repo[:110]!r}")
+    if not is_repo_name(repo):
+        raise InvalidRequest(f"invalid GitHub repository name {show(repo, 110)}")
 
 
 def _quote_path(path: str) -> str:
@@ -256,7 +257,7 @@ def _quote_path(path: str) -> str:
     if len(path) > 1024 or any(
         s in {".", ".."} or not _PATH_SEGMENT_RE.fullmatch(s) for s in segments
     ):
-        raise InvalidRequest(f"invalid repository file path {path[:100]!r}")
+        raise InvalidRequest(f"invalid repository file path {show(path, 100)}")
     return "/".join(urllib.parse.quote(s, safe="") for s in segments)
 
 

@@ -20,6 +20,7 @@ from octosts.domain.issuers import judge_issuer
 from octosts.domain.names import Scope, check_identity, parse_scope
 from octosts.domain.policy import check
 from octosts.domain.ports import PolicyLocation
+from octosts.domain.tokens import audience_problem
 
 if TYPE_CHECKING:
     from octosts.domain.policy import TrustPolicy
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from octosts.domain.tokens import VerifiedToken
 
 POLICY_DIR = ".github/chainguard"
-MAX_AUDIENCE_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,10 +191,12 @@ class Exchanger:
 
 
 def _check_requested_audience(audience: str | None) -> None:
+    """The same rule as the token's ``aud`` entries. Raises InvalidRequest."""
     if audience is None:
         return
-    if not audience or len(audience) > MAX_AUDIENCE_LENGTH or not audience.isprintable():
-        raise InvalidRequest("audience must be 1-255 printable characters")
+    problem = audience_problem(audience)
+    if problem is not None:
+        raise InvalidRequest(f"requested audience {problem}")
 
 
 def _matched_claims(policy: TrustPolicy, caller: VerifiedToken) -> dict[str, str]:

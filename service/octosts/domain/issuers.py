@@ -46,7 +46,7 @@ from typing import Literal
 
 from octosts.domain.errors import IssuerRejected, PolicyInvalid, PolicyProblem
 from octosts.domain.policy import Pattern, compile_pattern
-from octosts.domain.tokens import check_issuer_url
+from octosts.domain.tokens import parse_issuer_url
 
 IssuersMode = Literal["enforce", "audit"]
 
@@ -170,13 +170,12 @@ class _Compiler:
         good: list[str] = []
         for path, issuer in self.entries("issuers", value, MAX_ISSUERS):
             try:
-                check_issuer_url(issuer, allow_insecure=issuer in self.insecure)
+                url = parse_issuer_url(issuer, allow_insecure=issuer in self.insecure)
             except IssuerRejected as exc:
                 self.problem(path, exc.detail or "not a valid issuer URL")
                 continue
-            scheme, _, rest = issuer.partition("://")
-            host = rest.split("/", 1)[0]
-            if scheme != scheme.lower() or host != host.lower():
+            # Entries are compared with a token's iss as exact strings: keep them canonical.
+            if url.scheme != url.scheme.lower() or url.host != url.host.lower():
                 self.problem(path, "scheme and host must be lowercase")
                 continue
             good.append(issuer)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from octosts.domain.errors import InvalidRequest
+from octosts.domain.text import show
 
 MAX_OWNER = 39
 MAX_REPO = 100
@@ -44,12 +45,12 @@ def parse_scope(text: str) -> Scope:
     parts = text.split("/")
     if len(parts) > 2:
         raise InvalidRequest(
-            f"scope {_show(text)} has more than one '/'; expected 'owner' or 'owner/repo'"
+            f"scope {show(text, _SHOWN)} has more than one '/'; expected 'owner' or 'owner/repo'"
         )
     owner = parts[0]
     if not is_owner_name(owner):
         raise InvalidRequest(
-            f"scope owner {_show(owner)} is not a GitHub owner name "
+            f"scope owner {show(owner, _SHOWN)} is not a GitHub owner name "
             f"(1-{MAX_OWNER} letters, digits and single inner hyphens)"
         )
     if len(parts) == 1:
@@ -57,7 +58,7 @@ def parse_scope(text: str) -> Scope:
     repo = parts[1]
     if not is_repo_name(repo):
         raise InvalidRequest(
-            f"scope repository {_show(repo)} is not a GitHub repository name "
+            f"scope repository {show(repo, _SHOWN)} is not a GitHub repository name "
             f"(1-{MAX_REPO} of A-Z a-z 0-9 . _ -, not '.' or '..')"
         )
     return Scope(owner=owner, repo=repo)
@@ -72,7 +73,7 @@ def check_identity(text: str) -> str:
         raise InvalidRequest("identity is empty")
     if len(text) > MAX_IDENTITY or text in {".", ".."} or _IDENTITY.fullmatch(text) is None:
         raise InvalidRequest(
-            f"identity {_show(text)} is not a policy name "
+            f"identity {show(text, _SHOWN)} is not a policy name "
             f"(1-{MAX_IDENTITY} of A-Z a-z 0-9 _ . -, not '.' or '..')"
         )
     return text
@@ -86,11 +87,3 @@ def is_repo_name(text: str) -> bool:
     return (
         0 < len(text) <= MAX_REPO and text not in {".", ".."} and _REPO.fullmatch(text) is not None
     )
-
-
-def _show(text: str) -> str:
-    """A bounded, printable-ASCII rendering of untrusted input for messages."""
-    clipped = text[:_SHOWN]
-    safe = "".join(c if " " <= c <= "~" else "?" for c in clipped)
-    suffix = "..." if len(text) > _SHOWN else ""
-    return repr(safe + suffix)

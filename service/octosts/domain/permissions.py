@@ -12,6 +12,8 @@ import difflib
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from octosts.domain.text import show
+
 READ = "read"
 WRITE = "write"
 ADMIN = "admin"
@@ -97,13 +99,9 @@ def permission_problem(name: str, level: object) -> str | None:
     if not isinstance(level, str):
         return f"level must be a string, one of {_levels(allowed)}"
     if level not in allowed:
-        return f"level {_clip(level)!r} is not allowed; use one of {_levels(allowed)}"
+        return f"level {show(level, 40)} is not allowed; use one of {_levels(allowed)}"
     return None
 
 
 def _levels(levels: frozenset[str]) -> str:
     return "|".join(sorted(levels, key=LEVEL_RANK.__getitem__))
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -33,6 +33,7 @@ from octosts.domain.decision import (
 from octosts.domain.errors import PolicyInvalid, PolicyProblem
 from octosts.domain.names import MAX_REPO, is_repo_name
 from octosts.domain.permissions import permission_problem
+from octosts.domain.text import clip, show
 from octosts.domain.tokens import VerifiedToken
 
 PolicyKind = Literal["repo", "org"]
@@ -40,7 +41,6 @@ PolicyKind = Literal["repo", "org"]
 MAX_PATTERN = 4096
 MAX_CLAIM_PATTERNS = 64
 MAX_REPOSITORIES = 500
-_SHOWN = 120
 
 REPO_FIELDS = (
     "issuer",
@@ -171,7 +171,7 @@ class _Compiler:
         allowed = ORG_FIELDS if self.kind == "org" else REPO_FIELDS
         for key in data:
             if not isinstance(key, str):
-                self.problem(_clip(str(key)), "field names must be strings")
+                self.problem(clip(str(key)), "field names must be strings")
             elif key == "repositories" and self.kind == "repo":
                 self.problem(
                     key, "only allowed in organization policies (in the org policy repository)"
@@ -179,7 +179,7 @@ class _Compiler:
             elif key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.problem(_clip(key), f"unknown field{hint}")
+                self.problem(clip(key), f"unknown field{hint}")
 
     def pair(
         self, data: Mapping[str, object], name: str, *, required: bool
@@ -232,7 +232,7 @@ class _Compiler:
                 self.problem("claim_pattern", "claim names must be non-empty strings")
                 continue
             path = f"claim_pattern.{name}"
-            compiled_pattern = self.pattern(_clip(path), source)
+            compiled_pattern = self.pattern(clip(path), source)
             if compiled_pattern is not None:
                 compiled[name] = compiled_pattern
         return MappingProxyType(compiled)
@@ -254,7 +254,7 @@ class _Compiler:
             if not isinstance(name, str):
                 self.problem("permissions", "permission names must be strings")
                 continue
-            path = _clip(f"permissions.{name}")
+            path = clip(f"permissions.{name}")
             problem = permission_problem(name, level)
             if problem is not None:
                 self.problem(path, problem)
@@ -282,7 +282,7 @@ class _Compiler:
             elif not is_repo_name(item):
                 self.problem(
                     path,
-                    f"{_clip(item)!r} is not a repository name "
+                    f"{show(item)} is not a repository name "
                     f"(1-{MAX_REPO} of A-Z a-z 0-9 . _ -, not '.' or '..', no owner)",
                 )
             elif item in seen:
@@ -312,13 +312,13 @@ def _check_issuer(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> De
     if policy.issuer is not None and token.issuer != policy.issuer:
         return Decision.deny(
             ISSUER_MISMATCH,
-            f"issuer {_show(token.issuer)} is not the policy's issuer {_show(policy.issuer)}",
+            f"issuer {show(token.issuer)} is not the policy's issuer {show(policy.issuer)}",
         )
     if policy.issuer_pattern is not None and not policy.issuer_pattern.fullmatch(token.issuer):
         return Decision.deny(
             ISSUER_MISMATCH,
-            f"issuer {_show(token.issuer)} does not match issuer_pattern "
-            f"{_show(policy.issuer_pattern.source)}",
+            f"issuer {show(token.issuer)} does not match issuer_pattern "
+            f"{show(policy.issuer_pattern.source)}",
         )
     return None
 
@@ -327,13 +327,13 @@ def _check_subject(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> D
     if policy.subject is not None and token.subject != policy.subject:
         return Decision.deny(
             SUBJECT_MISMATCH,
-            f"subject {_show(token.subject)} is not the policy's subject {_show(policy.subject)}",
+            f"subject {show(token.subject)} is not the policy's subject {show(policy.subject)}",
         )
     if policy.subject_pattern is not None and not policy.subject_pattern.fullmatch(token.subject):
         return Decision.deny(
             SUBJECT_MISMATCH,
-            f"subject {_show(token.subject)} does not match subject_pattern "
-            f"{_show(policy.subject_pattern.source)}",
+            f"subject {show(token.subject)} does not match subject_pattern "
+            f"{show(policy.subject_pattern.source)}",
         )
     return None
 
@@ -341,7 +341,7 @@ def _check_subject(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> D
 def _check_claims(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> Decision | None:
     for name, pattern in policy.claim_pattern.items():
         if name not in token.claims:
-            return Decision.deny(CLAIM_MISSING, f"claim {_show(name)} is not in the token")
+            return Decision.deny(CLAIM_MISSING, f"claim {show(name)} is not in the token")
         value = token.claims[name]
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -350,12 +350,12 @@ def _check_claims(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> De
         else:
             return Decision.deny(
                 CLAIM_NOT_STRING,
-                f"claim {_show(name)} is {_type_name(value)}, not a string or boolean",
+                f"claim {show(name)} is {_type_name(value)}, not a string or boolean",
             )
         if not pattern.fullmatch(text):
             return Decision.deny(
                 CLAIM_MISMATCH,
-                f"claim {_show(name)} value {_show(text)} does not match {_show(pattern.source)}",
+                f"claim {show(name)} value {show(text)} does not match {show(pattern.source)}",
             )
     return None
 
@@ -365,19 +365,19 @@ def _check_audience(policy: TrustPolicy, token: VerifiedToken, domain: str) -> D
         if policy.audience not in token.audience:
             return Decision.deny(
                 AUDIENCE_MISMATCH,
-                f"audience {_show(policy.audience)} is not among the token's "
+                f"audience {show(policy.audience)} is not among the token's "
                 f"{len(token.audience)} aud value(s)",
             )
     elif policy.audience_pattern is not None:
         if not any(policy.audience_pattern.fullmatch(aud) for aud in token.audience):
             return Decision.deny(
                 AUDIENCE_MISMATCH,
-                f"no aud value matches audience_pattern {_show(policy.audience_pattern.source)}",
+                f"no aud value matches audience_pattern {show(policy.audience_pattern.source)}",
             )
     elif not domain or domain not in token.audience:
         return Decision.deny(
             AUDIENCE_MISMATCH,
-            f"the policy names no audience, so aud must contain the service domain {_show(domain)}",
+            f"the policy names no audience, so aud must contain the service domain {show(domain)}",
         )
     return None
 
@@ -385,7 +385,7 @@ def _check_audience(policy: TrustPolicy, token: VerifiedToken, domain: str) -> D
 def _re2_message(exc: Exception) -> str:
     arg = exc.args[0] if exc.args else ""
     text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
-    return _clip(text, 200)
+    return clip(text, 200)
 
 
 def _type_name(value: object) -> str:
@@ -400,11 +400,3 @@ def _type_name(value: object) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
     return type(value).__name__
-
-
-def _clip(text: str, limit: int = _SHOWN) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _show(text: str) -> str:
-    return repr(_clip(text))

@@ -188,21 +188,28 @@ def check_subject(subject: object) -> str:
     return subject
 
 
-def _check_audience_entry(entry: object) -> str:
-    reason = "invalid_token_audience"
+def audience_problem(entry: object) -> str | None:
+    """Why ``entry`` is not an audience value, or None when it is.
+
+    The one rule for a token's ``aud`` entries and for the audience a caller
+    asks for: 1-255 characters, no control or whitespace characters, none of
+    ``" ' ` \\ < > ; & $ ( ) { } [ ] | @``.
+    """
     if not isinstance(entry, str) or not entry:
-        raise TokenClaimsInvalid("aud entry empty or not a string", reason=reason)
+        return "empty or not a string"
     if len(entry) > MAX_AUDIENCE_LENGTH:
-        raise TokenClaimsInvalid(
-            f"aud entry longer than {MAX_AUDIENCE_LENGTH} characters", reason=reason
-        )
+        return f"longer than {MAX_AUDIENCE_LENGTH} characters"
     if any(_is_bad_char(c) for c in entry):
-        raise TokenClaimsInvalid("aud contains control or whitespace characters", reason=reason)
+        return "contains control or whitespace characters"
     if any(c in _AUDIENCE_FORBIDDEN for c in entry):
-        raise TokenClaimsInvalid(
-            "aud contains a forbidden character (one of \" ' ` \\ < > ; & $ ( ) { } [ ] | @)",
-            reason=reason,
-        )
+        return "contains a forbidden character (one of \" ' ` \\ < > ; & $ ( ) { } [ ] | @)"
+    return None
+
+
+def _check_audience_entry(entry: object) -> str:
+    problem = audience_problem(entry)
+    if problem is not None or not isinstance(entry, str):
+        raise TokenClaimsInvalid(f"aud entry {problem}", reason="invalid_token_audience")
     return entry
 
 

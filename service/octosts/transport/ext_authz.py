@@ -50,14 +50,13 @@ from octosts.domain.errors import (
 )
 from octosts.domain.ports import TokenVerifier
 from octosts.domain.tokens import VerifiedToken
-from octosts.transport.metadata import MAX_TOKEN_BYTES, bearer_from_values
+from octosts.transport.metadata import MAX_TOKEN_BYTES, bearer_from_values, is_request_id
 
 HEADER_PREFIX = "x-octo-sts-"
 ISSUER_HEADER = "x-octo-sts-issuer"
 SUBJECT_HEADER = "x-octo-sts-subject"
 MODE_VERIFY = "verify"
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9\-_.:]{1,128}")
 # Header values Envoy accepts and a reader can trust: printable ASCII, no controls.
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,2048}")
 
@@ -188,7 +187,7 @@ class AuthorizationServicer:
         http = request.attributes.request.http
         headers = _request_headers(http)
         request_id = next(iter(headers.get("x-request-id", [])), "")
-        if not _REQUEST_ID.fullmatch(request_id):
+        if not is_request_id(request_id):
             request_id = ""
         mode = request.attributes.context_extensions.get("mode", "")
         handler = self._modes.get(mode)
