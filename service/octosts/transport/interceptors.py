@@ -26,9 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +36,7 @@ from opentelemetry.context import attach, detach
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from octosts.observability.tracing import extract_trace_context
+from octosts.transport.metadata import sanitise_request_id
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from octosts.observability.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("octosts_request_id", default="")
 
 # Codes that mean the server failed (OpenTelemetry's rpc conventions): span status ERROR.
@@ -65,13 +63,6 @@ _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 def current_request_id() -> str:
     """The request id of the RPC being handled ("" outside one)."""
     return _request_id.get()
-
-
-def sanitise_request_id(value: object) -> str:
-    """``value`` when it is a safe request id (1-128 of ``[A-Za-z0-9._:-]``), else a new one."""
-    if isinstance(value, str) and _REQUEST_ID_OK.fullmatch(value):
-        return value
-    return uuid.uuid4().hex
 
 
 def split_method(full: str) -> tuple[str, str]:
