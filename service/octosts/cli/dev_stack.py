@@ -85,5 +85,9 @@ def _run(args: argparse.Namespace) -> int:
             stop.wait()
         return 0
     finally:
+        # A second Ctrl-C (impatient user, or a supervisor signalling the whole group) must
+        # not interrupt the shutdown half-way and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping ...", file=sys.stderr)
         stack.stop()
