@@ -207,9 +207,11 @@ def _sampler(settings: TracingSettings) -> Sampler:
 
 def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
     # Imported here: it pulls in grpc and the OTLP protos, unneeded when tracing is off.
-    from octosts.observability.otlp import FastOTLPSpanExporter  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter,
+    )
 
-    return FastOTLPSpanExporter(
+    return OTLPSpanExporter(
         endpoint=settings.endpoint,
         insecure=settings.insecure,
         headers=settings.headers or None,
