@@ -16,11 +16,10 @@ import shutil
 import signal
 import ssl
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig, github_http_client
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
@@ -30,7 +29,8 @@ from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuer
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.exchange import Exchanger
 from octosts.domain.ports import Clock, SystemClock
-from octosts.observability.audit import Actor, AuditEvent, AuditLog, CloudEventSink, token_sha256
+from octosts.observability.audit import AuditLog, CloudEventSink
+from octosts.observability.exchanges import ExchangeEvents
 from octosts.observability.logging import configure_logging
 from octosts.observability.metrics import (
     Metrics,
@@ -41,7 +41,6 @@ from octosts.observability.metrics import (
 from octosts.observability.stages import TelemetryObserver
 from octosts.observability.tracing import (
     build_tracer_provider,
-    current_trace_id,
     make_tracer,
     settings_from_env,
 )
@@ -57,87 +56,11 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import TracerProvider
 
-    from octosts.domain.exchange import ExchangeAttempt, ExchangeRequest
     from octosts.observability.metrics import MetricsServer
     from octosts.settings import Settings
-    from octosts.transport.errors import Failure
 
 _log = structlog.get_logger("octosts")
 EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
-
-
-class ExchangeEvents:
-    """``ExchangeReporter``: one audit event and one ``octo_sts_exchanges_total`` per exchange."""
-
-    def __init__(
-        self, metrics: Metrics, audit: AuditLog, clock: Clock, issuer_audits: Counter | None = None
-    ) -> None:
-        self._metrics = metrics
-        self._audit = audit
-        self._clock = clock
-        self._issuer_audits = issuer_audits
-
-    def exchange_done(
-        self,
-        call: sts.CallInfo,
-        request: ExchangeRequest,
-        attempt: ExchangeAttempt,
-        failed: Failure | None,
-    ) -> None:
-        result, reason = ("ok", "ok") if failed is None else (_result_for(failed), failed.reason)
-        self._metrics.exchange(result, reason)
-        if attempt.issuer_audit is not None and self._issuer_audits is not None:
-            # Audit-mode org allowlist: allowed, but counted and logged for the org's admins.
-            self._issuer_audits.inc()
-            _log.warning(
-                "issuer_audit",
-                request_id=call.request_id,
-                reason=attempt.issuer_audit,
-                scope=request.scope[:200],
-                iss=attempt.caller.issuer if attempt.caller else None,
-            )
-        self._audit.record(audit_event(call, request, attempt, result, reason, self._clock))
-
-
-def audit_event(
-    call: sts.CallInfo,
-    request: ExchangeRequest,
-    attempt: ExchangeAttempt,
-    result: str,
-    reason: str,
-    clock: Clock,
-) -> AuditEvent:
-    """The audit record of one exchange: who asked, what they got (a hash, never the token)."""
-    caller = attempt.caller
-    minted = attempt.result.token if attempt.result is not None else None
-    return AuditEvent(
-        time=datetime.fromtimestamp(clock.now(), UTC),
-        request_id=call.request_id,
-        result=result,
-        reason=reason,
-        # Called inside the interceptor's RPC span: this is the caller's trace.
-        trace_id=current_trace_id(),
-        actor=None
-        if caller is None
-        else Actor(caller.issuer, caller.subject, dict(attempt.matched_claims)),
-        scope=request.scope[:200],
-        identity=request.identity[:100],
-        installation_id=attempt.installation_id,
-        permissions=dict(minted.permissions) if minted is not None else {},
-        repositories=tuple(minted.repositories) if minted is not None else (),
-        token_sha256=token_sha256(minted.token) if minted is not None else "",
-        user_agent=call.user_agent,
-        rpc=call.rpc,
-        duration_ms=round(call.duration_seconds * 1000, 3),
-    )
-
-
-_CALLER_FAULTS = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED"})
-
-
-def _result_for(failed: Failure) -> str:
-    # Same split as metrics.exchange_outcome: "denied" is the caller's fault, "error" ours.
-    return "denied" if failed.code.name in _CALLER_FAULTS else "error"
 
 
 def outbound_tls(settings: Settings) -> ssl.SSLContext | bool:
@@ -306,12 +229,7 @@ def build_app(
         if settings.audit_sink_url
         else None
     )
-    issuer_audits = Counter(
-        "octo_sts_issuer_audit_total",
-        "Exchanges allowed only because the org's trusted-token-issuers file is in audit mode.",
-        registry=registry,
-    )
-    events = ExchangeEvents(metrics, audit, clock, issuer_audits)
+    events = ExchangeEvents(metrics, audit, clock)
     authz = ext_authz.AuthorizationServicer(verifier, on_decision=metrics.ext_authz_decision)
     server = GrpcServer(
         settings.grpc_addr,

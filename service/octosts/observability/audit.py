@@ -70,6 +70,8 @@ class AuditEvent:
     user_agent: str = ""
     rpc: str = ""
     duration_ms: float | None = None
+    # Set when the org's trusted-issuers file is in audit mode and would have refused the issuer.
+    issuer_audit: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class AuditEvent:
             "user_agent": self.user_agent,
             "rpc": self.rpc,
             "duration_ms": self.duration_ms,
+            "issuer_audit": self.issuer_audit,
         }
 
 

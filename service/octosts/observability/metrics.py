@@ -239,6 +239,11 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.issuer_audits = Counter(
+            "octo_sts_issuer_audit",
+            "Exchanges allowed only because the org's trusted-token-issuers file is in audit mode.",
+            registry=registry,
+        )
         self.grpc_handled = Counter(
             "grpc_server_handled",
             "RPCs completed on the server, regardless of success or failure.",
@@ -279,6 +284,9 @@ class Metrics:
     def ext_authz_decision(self, decision: str, reason: str) -> None:
         reason = self._authz_reason(reason)
         _child(self._c, self.ext_authz_decisions, decision, reason).inc()
+
+    def issuer_audit(self) -> None:
+        self.issuer_audits.inc()
 
     def audit_dropped(self, reason: str) -> None:
         self.audit_events_dropped.labels(reason=reason).inc()

@@ -46,7 +46,7 @@ class ExchangeReporter(Protocol):
         call: CallInfo,
         request: ExchangeRequest,
         attempt: ExchangeAttempt,
-        failed: Failure | None,
+        error: BaseException | None,
     ) -> None: ...
 
 
@@ -72,18 +72,18 @@ class _Handler:
         context.set_trailing_metadata((("x-request-id", rid),))
         attempt = ExchangeAttempt()
         request = ExchangeRequest(bearer="", scope=scope, identity=identity, audience=audience)
-        failed: Failure | None = None
+        error: BaseException | None = None
         try:
             request = ExchangeRequest(bearer_token(metadata), scope, identity, audience)
             return await self._exchanger.exchange(request, attempt)
-        except StsError as exc:
-            failed = failure(exc, rid, verbose=self._verbose)
-        except Exception as exc:  # noqa: BLE001 - every fault becomes INTERNAL, never a traceback to callers
-            failed = failure(exc, rid, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - every fault becomes a status, never a traceback to callers
+            error = exc
         finally:
             call = CallInfo(rpc, rid, user_agent(metadata), time.perf_counter() - started)
-            self._reporter.exchange_done(call, request, attempt, failed)
-        await abort(context, failed)
+            self._reporter.exchange_done(call, request, attempt, error)
+        # Foreign exceptions are INTERNAL without detail, whatever the verbosity.
+        verbose = self._verbose and isinstance(error, StsError)
+        await abort(context, failure(error, rid, verbose=verbose))
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 

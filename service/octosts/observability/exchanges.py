@@ -1,0 +1,85 @@
+"""What every finished exchange leaves behind: one metric sample and one audit event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import structlog
+
+from octosts.observability.audit import Actor, AuditEvent, token_sha256
+from octosts.observability.metrics import exchange_outcome
+from octosts.observability.tracing import current_trace_id
+
+if TYPE_CHECKING:
+    from octosts.domain.exchange import ExchangeAttempt, ExchangeRequest
+    from octosts.domain.ports import Clock
+    from octosts.observability.audit import AuditLog
+    from octosts.observability.metrics import Metrics
+    from octosts.transport.sts import CallInfo
+
+_log = structlog.get_logger("octosts")
+
+
+class ExchangeEvents:
+    """``transport.sts.ExchangeReporter``: ``octo_sts_exchanges_total`` and an audit event."""
+
+    def __init__(self, metrics: Metrics, audit: AuditLog, clock: Clock) -> None:
+        self._metrics = metrics
+        self._audit = audit
+        self._clock = clock
+
+    def exchange_done(
+        self,
+        call: CallInfo,
+        request: ExchangeRequest,
+        attempt: ExchangeAttempt,
+        error: BaseException | None,
+    ) -> None:
+        result, reason = exchange_outcome(error)
+        self._metrics.exchange(result, reason)
+        if attempt.issuer_audit is not None:
+            # Audit-mode org allowlist: allowed, but counted and logged for the org's admins.
+            self._metrics.issuer_audit()
+            _log.warning(
+                "issuer_audit",
+                request_id=call.request_id,
+                reason=attempt.issuer_audit,
+                scope=request.scope[:200],
+                iss=attempt.caller.issuer if attempt.caller else None,
+            )
+        self._audit.record(audit_event(call, request, attempt, result, reason, self._clock))
+
+
+def audit_event(
+    call: CallInfo,
+    request: ExchangeRequest,
+    attempt: ExchangeAttempt,
+    result: str,
+    reason: str,
+    clock: Clock,
+) -> AuditEvent:
+    """The audit record of one exchange: who asked, what they got (a hash, never the token)."""
+    caller = attempt.caller
+    minted = attempt.result.token if attempt.result is not None else None
+    return AuditEvent(
+        time=datetime.fromtimestamp(clock.now(), UTC),
+        request_id=call.request_id,
+        result=result,
+        reason=reason,
+        # Called inside the interceptor's RPC span: this is the caller's trace.
+        trace_id=current_trace_id(),
+        actor=None
+        if caller is None
+        else Actor(caller.issuer, caller.subject, dict(attempt.matched_claims)),
+        scope=request.scope[:200],
+        identity=request.identity[:100],
+        installation_id=attempt.installation_id,
+        permissions=dict(minted.permissions) if minted is not None else {},
+        repositories=tuple(minted.repositories) if minted is not None else (),
+        token_sha256=token_sha256(minted.token) if minted is not None else "",
+        user_agent=call.user_agent,
+        rpc=call.rpc,
+        duration_ms=round(call.duration_seconds * 1000, 3),
+        issuer_audit=attempt.issuer_audit,
+    )
