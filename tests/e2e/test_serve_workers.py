@@ -1,0 +1,98 @@
+"""`octo-sts serve` with several worker processes on one port: real processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
+from octosts.dev.stack import DevStack, StackPorts
+from tests.e2e.envoy_harness import unique_base_id
+
+SUB = "repo:octo-org/demo:ref:refs/heads/main"
+WORKFLOW = "octo-org/demo/.github/workflows/ci.yaml@refs/heads/main"
+
+
+@pytest.fixture
+def workers_stack(tmp_path: Path) -> Iterator[DevStack]:
+    stack = DevStack(
+        workdir=tmp_path / "stack",
+        ports=StackPorts.free(1),
+        base_id=unique_base_id(),
+        extra_env={"OCTOSTS_WORKERS": "2"},
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["/usr/bin/pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def _exchanges_total(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "octo_sts_exchanges":
+            total += sum(s.value for s in family.samples if s.name == "octo_sts_exchanges_total")
+    return total
+
+
+async def test_two_workers_share_the_port_and_metrics_are_aggregated(
+    workers_stack: DevStack,
+) -> None:
+    stack = workers_stack
+    supervisor = stack._servers[0].popen
+    workers = _children(supervisor.pid)
+    # The supervisor spawns 2 workers (multiprocessing may add a resource tracker).
+    assert len(workers) >= 2
+    before = _exchanges_total(stack.ports.metrics[0])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.grpc[0]}") as channel:
+        stub = sts_pb2_grpc.SecurityTokenServiceStub(channel)
+        for _ in range(20):
+            # A fresh channel per call would spread over workers; one channel still proves
+            # the aggregation, since the parent reads every worker's values.
+            reply = await stub.Exchange(
+                sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci"),
+                metadata=(("authorization", f"Bearer {stack.token(SUB, workflow_ref=WORKFLOW)}"),),
+            )
+            assert reply.token.startswith("ghs_")
+    assert _exchanges_total(stack.ports.metrics[0]) - before == 20
+
+
+async def test_sigterm_stops_every_worker_and_exits_zero(workers_stack: DevStack) -> None:
+    proc = workers_stack._servers[0].popen
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    # The supervisor joined its workers before exiting; multiprocessing's resource tracker
+    # follows once its pipe closes. Poll with a deadline: none may stay running.
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not [pid for pid in workers if _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (orphans are reparented to a PID 1 that may never reap them)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
