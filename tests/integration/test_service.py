@@ -333,3 +333,25 @@ async def test_reinstalled_app_is_found_again_without_waiting_for_the_cache(stac
     # The mint for the old id answers 404: denied once, and the stale id is forgotten.
     assert (await code_of(stack.exchange()))[0] == C.PERMISSION_DENIED
     assert (await stack.exchange()).token.startswith("ghs_")
+
+
+async def test_shutdown_lets_in_flight_exchanges_finish(
+    backends: tuple[DevIssuer, GitHubEmulator],
+) -> None:
+    issuer, github = backends
+    async with running(issuer, github, shutdown_grace_seconds=5.0) as stack:
+        await stack.exchange()  # warm: the next exchange only waits for the mint
+        github.latency_ms = 500
+        registry = stack.app.metrics.registry
+        labels = {"stage": "policy_match", "outcome": "ok"}
+        name = "octo_sts_stage_duration_seconds_count"
+        matched = registry.get_sample_value(name, labels)
+        in_flight = asyncio.create_task(stack.exchange())
+        deadline = asyncio.get_running_loop().time() + 5
+        # Once the policy matched, the (slow) mint is under way.
+        while registry.get_sample_value(name, labels) == matched:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        await stack.app.server.stop(5.0)  # SIGTERM path: NOT_SERVING, then drain
+        assert (await in_flight).token.startswith("ghs_")
+        github.latency_ms = 0
