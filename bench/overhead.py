@@ -17,6 +17,9 @@ Every piece is its own process, talking over loopback:
              the standard default ``parentbased_always_on``, so every exchange
              is traced), BatchSpanProcessor -> OTLP/gRPC to a sink process
              that counts and discards the spans.
+  ``sampled`` as ``full`` with ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` and
+             ``OTEL_TRACES_SAMPLER_ARG=0.1``: the knob for operators who need
+             lower cost (callers' sampled ``traceparent`` are still followed).
   =========  ===================================================================
 
 - the load generator ``h2load`` (C; gRPC as HTTP/2 POSTs of one framed
@@ -79,7 +82,7 @@ from octosts.dev.stack import APP_ID, DevStack, StackPorts
 SUB = "repo:octo-org/demo:ref:refs/heads/main"
 WORKFLOW = "octo-org/demo/.github/workflows/ci.yaml@refs/heads/main"
 EXCHANGE_PATH = "/octosts.v1.SecurityTokenService/Exchange"
-MODES = ("bare", "metrics", "full")
+MODES = ("bare", "metrics", "full", "sampled")
 TARGET_PERCENT = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PIN_ENV = "OCTOSTS_OVERHEAD_BENCH_CPU"  # read by ``--replica`` only
@@ -237,9 +240,14 @@ def start_replica(
             del env[name]
     if cpu is not None:
         env[PIN_ENV] = str(cpu)
-    if mode == "full":
+    if mode in {"full", "sampled"}:
         env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
         env["OTEL_SERVICE_NAME"] = "octo-sts"
+    if mode == "sampled":
+        # The operator's knob when full tracing costs too much: keep 1 new trace in 10
+        # (callers' sampled traceparents are still followed).
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        env["OTEL_TRACES_SAMPLER_ARG"] = "0.1"
     log = (workdir / f"replica-{mode}.log").open("wb")
     popen = subprocess.Popen(
         [sys.executable, __file__, "--replica", mode],
@@ -383,6 +391,7 @@ def summarise(rounds: list[dict[str, Round]]) -> dict[str, Any]:
         ("full_vs_bare", "bare", "full"),
         ("metrics_vs_bare", "bare", "metrics"),
         ("full_vs_metrics", "metrics", "full"),
+        ("sampled_vs_bare", "bare", "sampled"),
     ):
         comparisons[name] = {
             "cpu_percent": _spread(
@@ -508,6 +517,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "bare": "metric recording no-op (bench only), no tracer provider",
                 "metrics": "Prometheus metrics recorded, tracing off (no OTEL_*)",
                 "full": "metrics + tracing, OTLP/gRPC BatchSpanProcessor, default sampler",
+                "sampled": "as full with OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG=0.1",
             },
             "cpus": os.cpu_count(),
             "replica_pinned_to_cpu": replica_cpu,
