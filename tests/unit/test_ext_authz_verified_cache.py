@@ -1,4 +1,4 @@
-"""CachingVerifier: verify once per token until it expires, never cache failures."""
+"""CachingVerifier: verify once per token until it expires; remember bad signatures briefly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import hashlib
 import pytest
 
 from octosts.adapters.verified_cache import CachingVerifier
-from octosts.domain.errors import IssuerUnavailable, TokenSignatureInvalid
+from octosts.domain.errors import (
+    IssuerRejected,
+    IssuerUnavailable,
+    TokenClaimsInvalid,
+    TokenExpired,
+    TokenMalformed,
+    TokenSignatureInvalid,
+)
 from octosts.domain.ports import TokenVerifier
 from octosts.domain.tokens import VerifiedToken
 from tests.fakes import FakeClock
@@ -70,8 +77,17 @@ async def test_already_expired_result_is_not_stored() -> None:
     assert len(cached) == 0
 
 
-@pytest.mark.parametrize("error", [TokenSignatureInvalid("bad"), IssuerUnavailable("down")])
-async def test_failures_are_not_cached(error: Exception) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        IssuerUnavailable("down"),
+        TokenExpired("expired"),
+        TokenClaimsInvalid("nbf in the future"),
+        IssuerRejected("resolves to a private address"),
+        TokenMalformed("junk"),
+    ],
+)
+async def test_other_failures_are_not_cached(error: Exception) -> None:
     inner = CountingVerifier()
     inner.fail = error
     cached = CachingVerifier(inner, clock=FakeClock(T0))
@@ -82,6 +98,69 @@ async def test_failures_are_not_cached(error: Exception) -> None:
     inner.fail = None
     await cached.verify("tok")
     assert inner.calls == 3
+
+
+async def test_signature_failure_is_remembered_for_failure_ttl_only() -> None:
+    clock = FakeClock(T0)
+    inner = CountingVerifier()
+    inner.fail = TokenSignatureInvalid("token signature does not verify")
+    cached = CachingVerifier(inner, clock=clock, failure_ttl=5)
+    raised = []
+    for _attempt in range(3):
+        with pytest.raises(TokenSignatureInvalid) as info:
+            await cached.verify("forged")
+        raised.append(info.value)
+    assert inner.calls == 1
+    # a fresh exception each time (no traceback chained across requests), same reason/detail
+    assert raised[1] is not raised[2]
+    assert {(e.reason, e.detail) for e in raised} == {
+        ("token_signature_invalid", "token signature does not verify")
+    }
+    assert len(cached) == 0  # never in the verified cache
+    inner.fail = None
+    clock.advance(4.9)
+    with pytest.raises(TokenSignatureInvalid):
+        await cached.verify("forged")
+    assert inner.calls == 1
+    clock.advance(0.1)  # TTL over: verified again (e.g. after a JWKS refresh)
+    await cached.verify("forged")
+    assert inner.calls == 2
+
+
+async def test_remembered_failure_is_per_token() -> None:
+    inner = CountingVerifier()
+    inner.fail = TokenSignatureInvalid("bad")
+    cached = CachingVerifier(inner, clock=FakeClock(T0))
+    with pytest.raises(TokenSignatureInvalid):
+        await cached.verify("forged")
+    inner.fail = None
+    await cached.verify("forgeD")  # another token is verified, not denied by association
+    assert inner.calls == 2
+
+
+async def test_failure_ttl_zero_disables_the_negative_cache() -> None:
+    inner = CountingVerifier()
+    inner.fail = TokenSignatureInvalid("bad")
+    cached = CachingVerifier(inner, clock=FakeClock(T0), failure_ttl=0)
+    for _attempt in range(2):
+        with pytest.raises(TokenSignatureInvalid):
+            await cached.verify("forged")
+    assert inner.calls == 2
+    with pytest.raises(ValueError, match="failure_ttl"):
+        CachingVerifier(inner, clock=FakeClock(T0), failure_ttl=-1)
+
+
+async def test_negative_cache_is_bounded() -> None:
+    inner = CountingVerifier()
+    inner.fail = TokenSignatureInvalid("bad")
+    cached = CachingVerifier(inner, clock=FakeClock(T0), failure_maxsize=2)
+    for token in ("f-1", "f-2", "f-3"):
+        with pytest.raises(TokenSignatureInvalid):
+            await cached.verify(token)
+    assert len(cached._failures) == 2
+    with pytest.raises(TokenSignatureInvalid):
+        await cached.verify("f-1")  # evicted (least recently used): verified again
+    assert inner.calls == 4
 
 
 async def test_bounded_and_keyed_by_hash_not_raw_token() -> None:

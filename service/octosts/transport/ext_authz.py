@@ -205,7 +205,9 @@ class AuthorizationServicer:
                 log.error("ext_authz.fault", error=type(exc).__name__, reason=exc.reason)  # noqa: TRY400
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
                 raise  # abort raises; this keeps type checkers and readers sure
-            log.info("ext_authz.denied", reason=exc.reason, status=denial.http_status)
+            # debug, not info: a denial is counted (octo_sts_ext_authz_decisions_total{reason})
+            # and in Envoy's access log; a line per junk request is log volume attackers control.
+            log.debug("ext_authz.denied", reason=exc.reason, status=denial.http_status)
             self._on_decision("deny", exc.reason)
             return _denied(denial, request_id)
         except Exception as exc:

@@ -5,7 +5,8 @@ health Check) so that, around the servicer method:
 
 - the request id is taken from ``x-request-id`` metadata (Envoy sets one) when
   it is well-formed, else a new one is generated; it is sent back as
-  ``x-request-id`` initial metadata, bound to structlog's contextvars with the
+  ``x-request-id`` initial metadata (except to ext_authz Check, whose caller, Envoy,
+  ignores it: ``NO_REQUEST_ID_ECHO``), bound to structlog's contextvars with the
   rpc name, and readable with ``current_request_id()``;
 - the W3C trace context (``traceparent``) of the metadata becomes the parent of
   a SERVER span named ``<service>/<method>``; the stage spans of
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
     from octosts.observability.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
+# Methods whose only caller discards response metadata: Envoy's ext_authz client reads the
+# CheckResponse alone (the request id is in a denial's body and Envoy's own x-request-id). Sending
+# initial metadata on its own is a separate gRPC batch, ~0.1 ms of CPU per RPC on the edge path.
+NO_REQUEST_ID_ECHO = frozenset({"/envoy.service.auth.v3.Authorization/Check"})
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("octosts_request_id", default="")
 
 # Codes that mean the server failed (OpenTelemetry's rpc conventions): span status ERROR.
@@ -119,6 +124,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         metadata = tuple(details.invocation_metadata or ())
         name = f"{service}/{method}"
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        echo_request_id = full_method not in NO_REQUEST_ID_ECHO
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id = sanitise_request_id(
@@ -140,7 +146,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 with structlog.contextvars.bound_contextvars(
                     request_id=request_id, rpc=full_method
                 ):
-                    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                    if echo_request_id:
+                        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
                         result = await result
