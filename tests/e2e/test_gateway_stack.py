@@ -413,3 +413,14 @@ async def test_replica_killed_mid_load_fails_no_exchange(own_stack: DevStack) ->
     assert failed == {}, f"failed exchanges: {failed}"
     # The killed replica was taking its share of the load (else the test proves nothing).
     assert served_by_victim[0] > 0
+
+
+async def test_repeated_scope_is_400_not_a_guess(stack: DevStack) -> None:
+    async with http(stack) as client:
+        reply = await client.get(
+            "/sts/exchange?scope=octo-org/demo&scope=octo-org/other&identity=ci",
+            headers=bearer(repo_token(stack)),
+        )
+    assert reply.status_code == 400
+    assert reply.headers["content-type"] == "application/json"
+    assert "repeated_parameter" in reply.json()["message"]

@@ -12,8 +12,8 @@ from envoy.service.auth.v3 import external_auth_pb2
 
 from octosts.domain.errors import (
     AuthenticationError,
-    InvalidRequest,
     IssuerUnavailable,
+    StsError,
     TokenExpired,
     TokenMalformed,
 )
@@ -219,7 +219,7 @@ async def test_request_id_echo_follows_the_metadata_rule(value: str) -> None:
     assert denial_body(resp)["request_id"] == (value if is_request_id(value) else "")
 
 
-@pytest.mark.parametrize("fault", [RuntimeError(f"boom {GOOD}"), InvalidRequest("odd")])
+@pytest.mark.parametrize("fault", [RuntimeError(f"boom {GOOD}"), StsError("odd")])
 async def test_verifier_fault_is_an_rpc_error(fault: Exception) -> None:
     servicer = AuthorizationServicer(FakeVerifier(fault))
     context = FakeContext()
@@ -257,3 +257,31 @@ async def test_decisions_are_reported() -> None:
     await servicer.Check(check_request({}), FakeContext())
     await servicer.Check(check_request({}, mode="other"), FakeContext())
     assert seen == [("allow", "ok"), ("deny", "token_missing"), ("deny", "unknown_authz_mode")]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "scope=o/a&scope=o/b&identity=ci",
+        "scope=o/a&identity=ci&identity=other",
+        "scope=o/a&scope=&identity=ci",
+    ],
+)
+async def test_repeated_query_parameters_are_400_before_verification(query: str) -> None:
+    verifier = FakeVerifier()
+    req = check_request({"authorization": f"Bearer {GOOD}", "x-request-id": "rid-2"})
+    req.attributes.request.http.path = f"/sts/exchange?{query}"
+    resp = await check(verifier, req)
+    assert resp.denied_response.status.code == 400
+    body = denial_body(resp)
+    assert body["code"] == 3
+    assert "repeated_parameter" in body["message"]
+    assert verifier.calls == []
+
+
+async def test_distinct_query_parameters_pass() -> None:
+    verifier = FakeVerifier()
+    req = check_request({"authorization": f"Bearer {GOOD}"})
+    req.attributes.request.http.path = "/sts/exchange?scope=o/a&identity=ci&unknown=1"
+    resp = await check(verifier, req)
+    assert resp.WhichOneof("http_response") == "ok_response"

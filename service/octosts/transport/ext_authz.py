@@ -18,6 +18,7 @@ only internal faults are RPC errors, which Envoy turns into 503 through
 =========================================  ======  =============================
 token missing / malformed / not trusted    401     ``www-authenticate: Bearer``
 issuer unreachable (IssuerUnavailable...)  503     the token may well be valid: retry
+a query parameter given twice              400     ambiguous request: refused, not guessed
 unknown or missing ``mode``                403     an Envoy config error; fail closed
 verifier bug (anything else)               RPC     INTERNAL -> Envoy answers 503
 =========================================  ======  =============================
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,7 @@ from google.rpc import code_pb2, status_pb2
 
 from octosts.domain.errors import (
     AuthenticationError,
+    InvalidRequest,
     StsError,
     TokenClaimsInvalid,
     UpstreamUnavailable,
@@ -146,6 +149,13 @@ def _denial_for(exc: StsError) -> _Denial | None:
             # RFC 6750 section 3: no error code when the request carried no token.
             www_authenticate="Bearer" if missing else 'Bearer error="invalid_token"',
         )
+    if isinstance(exc, InvalidRequest):
+        return _Denial(
+            http_status=400,
+            grpc_code=code_pb2.INVALID_ARGUMENT,
+            reason=exc.reason,
+            message=exc.detail or "invalid request",
+        )
     if isinstance(exc, UpstreamUnavailable):
         return _Denial(
             http_status=503,
@@ -154,6 +164,26 @@ def _denial_for(exc: StsError) -> _Denial | None:
             message="cannot verify the token right now, retry later",
         )
     return None
+
+
+def reject_repeated_parameters(path: str) -> None:
+    """Refuse a query string naming a parameter twice (``?scope=a&scope=b``).
+
+    Which value the transcoder would pick is an implementation detail; an
+    ambiguous request is refused instead (HTTP parameter pollution).
+    Raises InvalidRequest naming the parameter.
+    """
+    _, _, query = path.partition("?")
+    if not query:
+        return
+    seen: set[str] = set()
+    for name, _ in urllib.parse.parse_qsl(query.partition("#")[0], keep_blank_values=True):
+        if name in seen:
+            shown = name[:40].encode("ascii", "backslashreplace").decode()
+            raise InvalidRequest(
+                f"query parameter {shown!r} given more than once", reason="repeated_parameter"
+            )
+        seen.add(name)
 
 
 def _ignore_decision(decision: str, reason: str) -> None:
@@ -198,6 +228,7 @@ class AuthorizationServicer:
             forbidden = _Denial(403, code_pb2.PERMISSION_DENIED, "unknown_authz_mode", "forbidden")
             return _denied(forbidden, request_id)
         try:
+            reject_repeated_parameters(http.path)
             response = await handler(headers)
         except StsError as exc:
             denial = _denial_for(exc)
