@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from octosts.adapters.cache import SingleFlight, TtlCache
+from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
 from octosts.adapters.signer import JWT_LIFETIME_SECONDS, app_jwt
 from octosts.domain.errors import (
     GitHubUnavailable,
@@ -371,15 +372,15 @@ class GitHubAppClient:
                     timeout=timeout,
                     follow_redirects=False,
                 ) as resp:
-                    declared = resp.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > cap:
-                        raise GitHubUnavailable(f"GitHub answer to {what} exceeds {cap} bytes")
-                    body = bytearray()
-                    async for chunk in resp.aiter_raw():
-                        body += chunk
-                        if len(body) > cap:
-                            raise GitHubUnavailable(f"GitHub answer to {what} exceeds {cap} bytes")
-                    result = _Response(resp.status_code, resp.headers, bytes(body))
+                    try:
+                        body = await read_capped(resp, cap)
+                    except BodyTooLarge as exc:
+                        raise GitHubUnavailable(
+                            f"GitHub answer to {what} exceeds {cap} bytes"
+                        ) from exc
+                    except BodyCompressed as exc:
+                        raise GitHubUnavailable(f"GitHub answer to {what} is compressed") from exc
+                    result = _Response(resp.status_code, resp.headers, body)
         except TimeoutError as exc:
             raise GitHubUnavailable(f"GitHub timed out on {what}") from exc
         except httpx.TimeoutException as exc:

@@ -38,6 +38,7 @@ import re2
 from jwt.api_jwk import PyJWK
 
 from octosts.adapters.cache import SingleFlight, TtlCache
+from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
 from octosts.domain.errors import (
     IssuerRejected,
     IssuerUnavailable,
@@ -530,15 +531,13 @@ class OidcVerifier:
             ) as response:
                 if response.is_redirect:
                     return response.status_code, response.headers.get("location"), b""
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > cap:
-                    raise IssuerUnavailable(f"{what} response larger than {cap} bytes")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > cap:
-                        raise IssuerUnavailable(f"{what} response larger than {cap} bytes")
-                return response.status_code, None, bytes(body)
+                try:
+                    body = await read_capped(response, cap)
+                except BodyTooLarge as exc:
+                    raise IssuerUnavailable(f"{what} response larger than {cap} bytes") from exc
+                except BodyCompressed as exc:
+                    raise IssuerUnavailable(f"{what} response is compressed") from exc
+                return response.status_code, None, body
         except httpx.TimeoutException as exc:
             raise IssuerUnavailable(f"{what} fetch timed out") from exc
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
 from octosts.domain.errors import GitHubUnavailable, PolicyNotFound, StsError
 
 if TYPE_CHECKING:
@@ -118,14 +119,13 @@ class GitHubChecks:
                     method, full, headers=headers, json=json_body, timeout=self._timeout
                 ) as resp,
             ):
-                if resp.headers.get("content-encoding", "identity").lower() != "identity":
-                    raise GitHubUnavailable("GitHub answer is compressed despite identity")
-                body = bytearray()
-                async for chunk in resp.aiter_raw():
-                    body += chunk
-                    if len(body) > self._cap:
-                        raise GitHubUnavailable(f"GitHub answer exceeds {self._cap} bytes")
-                return httpx.Response(resp.status_code, headers=resp.headers, content=bytes(body))
+                try:
+                    body = await read_capped(resp, self._cap)
+                except BodyTooLarge as exc:
+                    raise GitHubUnavailable(f"GitHub answer exceeds {self._cap} bytes") from exc
+                except BodyCompressed as exc:
+                    raise GitHubUnavailable("GitHub answer is compressed despite identity") from exc
+                return httpx.Response(resp.status_code, headers=resp.headers, content=body)
         except TimeoutError as exc:
             raise GitHubUnavailable(f"GitHub request took longer than {self._timeout:g} s") from exc
         except httpx.HTTPError as exc:

@@ -1,0 +1,34 @@
+"""Bounded reads of HTTP response bodies (issuers, GitHub, webhook calls to GitHub)."""
+
+from __future__ import annotations
+
+import httpx
+
+
+class BodyTooLarge(Exception):
+    """The response is larger than the caller's cap (or claims to be)."""
+
+
+class BodyCompressed(Exception):
+    """The server compressed the body although ``Accept-Encoding: identity`` was sent."""
+
+
+async def read_capped(response: httpx.Response, cap: int) -> bytes:
+    """The raw body, at most ``cap`` bytes: an error past it, never a truncation.
+
+    Raw bytes are read (no decoding), so the cap counts what crossed the wire and a
+    small compressed body can never inflate in memory. Our clients ask for
+    ``identity``; a server that compresses anyway is refused.
+    Raises BodyTooLarge, BodyCompressed.
+    """
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        raise BodyCompressed
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > cap:
+            raise BodyTooLarge
+    return bytes(body)
