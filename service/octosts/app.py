@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -35,6 +37,7 @@ from octosts.observability.logging import configure_logging
 from octosts.observability.metrics import (
     Metrics,
     exposition_registry,
+    mark_worker_dead,
     prepare_multiprocess_dir,
     start_metrics_server,
 )
@@ -52,7 +55,7 @@ from octosts.webhook.handler import WebhookConfig, WebhookHandler
 from octosts.webhook.server import WebhookServer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -279,7 +282,9 @@ def serve(settings: Settings) -> int:
 
     With several workers, this process only supervises: it exports the
     Prometheus multi-process directory before any worker starts, serves the
-    aggregated ``/metrics`` and forwards SIGTERM/SIGINT to the workers.
+    aggregated ``/metrics`` and forwards SIGTERM/SIGINT to the workers. A worker
+    that dies on its own takes the others down (exit 1): a restart by the
+    orchestrator beats a replica quietly running on fewer workers.
     """
     configure_logging(level=settings.log_level, fmt=settings.log_format)  # type: ignore[arg-type]
     if settings.workers == 1:
@@ -294,8 +299,21 @@ def serve(settings: Settings) -> int:
     if settings.metrics_addr:
         host, _, port = settings.metrics_addr.rpartition(":")
         metrics_server = start_metrics_server(exposition_registry(run_dir), host, int(port))
+    try:
+        return _supervise(workers, run_dir)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _supervise(workers: Sequence[multiprocessing.process.BaseProcess], run_dir: Path) -> int:
+    """Forward SIGTERM/SIGINT; wait for every worker. Returns 1 if any failed."""
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for process in workers:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
@@ -303,10 +321,17 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     failed = 0
-    for process in workers:
-        process.join()
-        failed += process.exitcode != 0
-    if metrics_server is not None:
-        metrics_server.close()
-    shutil.rmtree(run_dir, ignore_errors=True)
+    running = list(workers)
+    while running:
+        for sentinel in multiprocessing.connection.wait([p.sentinel for p in running]):
+            process = next(p for p in running if p.sentinel == sentinel)
+            process.join()
+            running.remove(process)
+            mark_worker_dead(process.pid or 0, run_dir)
+            failed += process.exitcode != 0
+            if not stopping:
+                # A worker died on its own: stop the rest and exit non-zero, so the
+                # orchestrator restarts a whole, healthy replica instead of a partial one.
+                _log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
+                forward(signal.SIGTERM, None)
     return 1 if failed else 0

@@ -96,3 +96,20 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state != "Z"
+
+
+async def test_a_worker_dying_on_its_own_takes_the_replica_down(workers_stack: DevStack) -> None:
+    # A replica quietly serving on fewer workers is worse than a restart by the orchestrator.
+    proc = workers_stack._servers[0].popen
+    workers = [pid for pid in _children(proc.pid) if _is_worker(pid)]
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    assert proc.wait(timeout=20) == 1
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    return b"multiprocessing.spawn" in cmdline and b"resource_tracker" not in cmdline
