@@ -273,7 +273,7 @@ async def run(settings: Settings) -> None:
 
 def _worker(settings: Settings) -> None:
     """Entry point of one worker process (spawned: a fresh interpreter)."""
-    configure_logging(level=settings.log_level, fmt=settings.log_format)  # type: ignore[arg-type]
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     asyncio.run(run(dataclasses.replace(settings, metrics_addr="")))
 
 
@@ -286,7 +286,7 @@ def serve(settings: Settings) -> int:
     that dies on its own takes the others down (exit 1): a restart by the
     orchestrator beats a replica quietly running on fewer workers.
     """
-    configure_logging(level=settings.log_level, fmt=settings.log_format)  # type: ignore[arg-type]
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     if settings.workers == 1:
         asyncio.run(run(settings))
         return 0

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -52,7 +53,7 @@ class Settings:
     workers: int = 1
     shutdown_grace_seconds: float = 5.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: Literal["json", "console"] = "json"
     audit_sink_url: str = ""
     # [org-allowlist]: per-org trusted-token-issuers cache and the GitHub webhook.
     issuers_fresh_seconds: float = 300.0
