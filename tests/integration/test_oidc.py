@@ -430,12 +430,14 @@ async def test_ssrf_guard_addresses(
     assert fetches(issuer) == (0, 0)
 
 
-async def test_unresolvable_issuer_is_unavailable(
+async def test_unresolvable_issuer_is_rejected_like_a_private_one(
     issuer: DevIssuer, make: Make, resolver: FakeResolver
 ) -> None:
+    # Same status as "resolves to a non-public address": the answer must not tell a
+    # caller whether an internal host name exists.
     resolver.answers.clear()
     verifier, _ = make()
-    with pytest.raises(IssuerUnavailable, match="resolve"):
+    with pytest.raises(IssuerRejected, match="resolve"):
         await verifier.verify(issuer.mint(CLAIMS))
 
 

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from octosts.adapters.oidc import UNKNOWN_KEY_REASON
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.errors import (
     IssuerRejected,
@@ -85,6 +86,8 @@ async def test_already_expired_result_is_not_stored() -> None:
         TokenClaimsInvalid("nbf in the future"),
         IssuerRejected("resolves to a private address"),
         TokenMalformed("junk"),
+        # A kid the issuer does not publish yet may become valid at the next key rotation.
+        TokenSignatureInvalid("no key matches the kid", reason=UNKNOWN_KEY_REASON),
     ],
 )
 async def test_other_failures_are_not_cached(error: Exception) -> None:

@@ -77,6 +77,10 @@ async def system_resolver(host: str) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+# A token whose kid the issuer does not (yet) publish: may become valid when keys rotate.
+UNKNOWN_KEY_REASON = "unknown_key_id"
+
+
 @dataclass(frozen=True, slots=True)
 class OidcConfig:
     """Settings for ``OidcVerifier``.
@@ -414,7 +418,7 @@ class OidcVerifier:
     async def _guard(self, url: IssuerUrl, *, insecure: bool) -> None:
         """SSRF guard: refuse hosts resolving to non-public addresses.
 
-        Raises IssuerRejected (refused address), IssuerUnavailable (no answer).
+        Raises IssuerRejected (refused address, or the name does not resolve).
         """
         if self._trusted_origin(url, insecure=insecure):
             return
@@ -425,9 +429,12 @@ class OidcVerifier:
                 async with asyncio.timeout(self._config.connect_timeout):
                     addresses = await self._resolver(url.host)
             except (OSError, TimeoutError, UnicodeError) as exc:
-                raise IssuerUnavailable(f"cannot resolve issuer host {url.host}") from exc
+                # Rejected, not "unavailable": otherwise the status code (401 vs 503) would
+                # tell anyone whether an internal name resolves. Issuers already cached keep
+                # working on their stale keys through a DNS outage.
+                raise IssuerRejected(f"cannot resolve issuer host {url.host}") from exc
         if not addresses:
-            raise IssuerUnavailable(f"issuer host {url.host} has no addresses")
+            raise IssuerRejected(f"issuer host {url.host} has no addresses")
         if any(_refuse_address(a) for a in addresses):
             raise IssuerRejected(
                 f"issuer host {url.host} resolves to a non-public address "
@@ -563,7 +570,9 @@ class OidcVerifier:
         self, bearer: str, token: _Unverified, keys: IssuerKeys, candidates: list[int]
     ) -> dict[str, Any]:
         if not candidates:
-            raise TokenSignatureInvalid("no issuer key matches the token's kid and algorithm")
+            raise TokenSignatureInvalid(
+                "no issuer key matches the token's kid and algorithm", reason=UNKNOWN_KEY_REASON
+            )
         last: Exception | None = None
         for index in candidates:
             try:

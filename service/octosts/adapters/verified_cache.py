@@ -14,10 +14,9 @@ verification is a dictionary lookup.
   token costs a dictionary lookup instead of a JWT parse and an RSA verify
   each time (DoS hardening for the edge). Safe because the outcome is a
   function of the token bytes and the issuer's key set: an attacker cannot
-  make someone else's valid token fail, and the only way a cached failure can
-  go wrong is a key the issuer publishes (or a kid refetch allowed) within
-  the TTL, which delays acceptance by at most ``failure_ttl`` (the kid
-  refetch interval already delays it longer). No other failure is cached:
+  make someone else's valid token fail. A kid the issuer does not publish
+  (yet) is *not* remembered: it depends on key rotation and on the per-issuer
+  refetch slot, which anyone can use up. No other failure is cached:
   IssuerUnavailable must not outlive an outage, and expiry/not-yet-valid/
   issuer-rule outcomes depend on the clock, DNS or configuration. Distinct
   junk tokens still cost a verification each (the cache is bounded, it only
@@ -30,6 +29,7 @@ from __future__ import annotations
 import hashlib
 
 from octosts.adapters.cache import SingleFlight, TtlCache
+from octosts.adapters.oidc import UNKNOWN_KEY_REASON
 from octosts.domain.errors import TokenSignatureInvalid
 from octosts.domain.ports import Clock, NullObserver, StageObserver, TokenVerifier
 from octosts.domain.tokens import VerifiedToken
@@ -93,7 +93,9 @@ class CachingVerifier:
         try:
             verified = await self._flight.do(key, lambda: self._inner.verify(bearer))
         except TokenSignatureInvalid as exc:
-            if self._failure_ttl > 0:
+            # A kid the issuer does not publish yet depends on the issuer's rotation and on a
+            # refetch slot other callers can use up: never remember it.
+            if self._failure_ttl > 0 and exc.reason != UNKNOWN_KEY_REASON:
                 self._failures.set(key, (exc.detail, exc.reason), ttl=self._failure_ttl)
             raise
         ttl = min(verified.expires_at - self._clock.now(), self._max_ttl)

@@ -30,6 +30,7 @@ because the values would silently stay in one process.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -153,6 +154,8 @@ def exchange_outcome(exc: BaseException | None) -> tuple[str, str]:
     """
     if exc is None:
         return "ok", "ok"
+    if isinstance(exc, asyncio.CancelledError):
+        return "error", "cancelled"
     caller_faults = errors.InvalidRequest | errors.AuthenticationError | errors.PermissionDenied
     if isinstance(exc, caller_faults):
         return "denied", exc.reason

@@ -7,6 +7,7 @@ table in ``transport/errors.py``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -76,6 +77,9 @@ class _Handler:
         try:
             request = ExchangeRequest(bearer_token(metadata), scope, identity, audience)
             return await self._exchanger.exchange(request, attempt)
+        except asyncio.CancelledError as exc:  # client gone, deadline: recorded, then let through
+            error = exc
+            raise
         except Exception as exc:  # noqa: BLE001 - every fault becomes a status, never a traceback to callers
             error = exc
         finally:
