@@ -265,6 +265,7 @@ async def test_decisions_are_reported() -> None:
         "scope=o/a&scope=o/b&identity=ci",
         "scope=o/a&identity=ci&identity=other",
         "scope=o/a&scope=&identity=ci",
+        "audience=a&audience=b&scope=o/a&identity=ci",
     ],
 )
 async def test_repeated_query_parameters_are_400_before_verification(query: str) -> None:
@@ -279,9 +280,25 @@ async def test_repeated_query_parameters_are_400_before_verification(query: str)
     assert verifier.calls == []
 
 
-async def test_distinct_query_parameters_pass() -> None:
+@pytest.mark.parametrize(
+    "query",
+    [
+        "scope=o/a&identity=ci&unknown=1",
+        # Parameters the transcoder ignores may repeat (tracking tags and the like).
+        "scope=o/a&identity=ci&utm=1&utm=2",
+    ],
+)
+async def test_distinct_exchange_fields_pass(query: str) -> None:
     verifier = FakeVerifier()
     req = check_request({"authorization": f"Bearer {GOOD}"})
-    req.attributes.request.http.path = "/sts/exchange?scope=o/a&identity=ci&unknown=1"
+    req.attributes.request.http.path = f"/sts/exchange?{query}"
     resp = await check(verifier, req)
     assert resp.WhichOneof("http_response") == "ok_response"
+
+
+async def test_undecodable_query_is_400() -> None:
+    req = check_request({"authorization": f"Bearer {GOOD}"})
+    req.attributes.request.http.path = "/sts/exchange?scope=%ff&identity=ci"
+    resp = await check(FakeVerifier(), req)
+    assert resp.denied_response.status.code == 400
+    assert "bad_query" in denial_body(resp)["message"]

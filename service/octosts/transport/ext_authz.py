@@ -44,6 +44,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
+from octosts._gen.octosts.v1 import sts_pb2
 from octosts.domain.errors import (
     AuthenticationError,
     InvalidRequest,
@@ -166,22 +167,33 @@ def _denial_for(exc: StsError) -> _Denial | None:
     return None
 
 
+# The request fields the JSON gateway fills from the query string (octosts.v1.ExchangeRequest).
+# Others are ignored by the transcoder (ignore_unknown_query_parameters), so repeating them is
+# harmless; repeating one of these would leave the transcoder to pick a value.
+EXCHANGE_FIELDS = frozenset(f.name for f in sts_pb2.ExchangeRequest.DESCRIPTOR.fields)
+
+
 def reject_repeated_parameters(path: str) -> None:
-    """Refuse a query string naming a parameter twice (``?scope=a&scope=b``).
+    """Refuse a query string naming an Exchange field twice (``?scope=a&scope=b``).
 
     Which value the transcoder would pick is an implementation detail; an
     ambiguous request is refused instead (HTTP parameter pollution).
-    Raises InvalidRequest naming the parameter.
+    Raises InvalidRequest naming the parameter (or for a query that is not UTF-8).
     """
     _, _, query = path.partition("?")
     if not query:
         return
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query.partition("#")[0], keep_blank_values=True, errors="strict"
+        )
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("query string is not valid UTF-8", reason="bad_query") from exc
     seen: set[str] = set()
-    for name, _ in urllib.parse.parse_qsl(query.partition("#")[0], keep_blank_values=True):
-        if name in seen:
-            shown = name[:40].encode("ascii", "backslashreplace").decode()
+    for name, _ in pairs:
+        if name in EXCHANGE_FIELDS and name in seen:
             raise InvalidRequest(
-                f"query parameter {shown!r} given more than once", reason="repeated_parameter"
+                f"query parameter {name!r} given more than once", reason="repeated_parameter"
             )
         seen.add(name)
 
