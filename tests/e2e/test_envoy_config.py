@@ -117,3 +117,39 @@ def test_start_and_stop_leave_nothing_behind(tmp_path: Path) -> None:
     assert envoy.pid is None
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not Path(f"/dev/shm/envoy_shared_memory_{base_id * 10}").exists()
+
+
+def test_webhook_routes_are_rate_limited_strip_identity_headers_and_mirror_pushes(
+    tmp_path: Path,
+) -> None:
+    from octosts.dev.envoy import EnvoyParams, validate  # noqa: PLC0415
+
+    base, _, _ = write_config(tmp_path, [free_port()])
+    hooks = [Upstream("127.0.0.1", free_port()), Upstream("127.0.0.1", free_port())]
+    params = EnvoyParams(
+        **{
+            **{f: getattr(base, f) for f in base.__dataclass_fields__},
+            "webhook_upstreams": hooks,
+            "webhook_rate_per_second": 5,
+        }
+    )
+    path = tmp_path / "webhook.yaml"
+    path.write_text(render_config(params))
+    validate(path)
+    config = yaml.safe_load(path.read_text())
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    hooks_routes = [r for r in routes if r["match"].get("path") == "/webhook"]
+    assert len(hooks_routes) == 2  # push (mirrored) first, then every other event
+    push, other = hooks_routes
+    assert [m["cluster"] for m in push["route"]["request_mirror_policies"]] == [
+        "sts_webhook_0",
+        "sts_webhook_1",
+    ]
+    assert "request_mirror_policies" not in other["route"]
+    for route in hooks_routes:
+        assert route["request_headers_to_remove"] == ["x-octo-sts-issuer", "x-octo-sts-subject"]
+        limit = route["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+        assert limit["token_bucket"]["tokens_per_fill"] == 5
+        authz = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+        assert authz["disabled"] is True

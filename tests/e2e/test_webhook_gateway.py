@@ -85,3 +85,21 @@ async def test_push_reaches_every_replica_so_each_drops_its_cache(stack: DevStac
             break
         await asyncio.sleep(0.05)
     assert all(count >= 1 for count in seen), seen
+
+
+async def test_unauthenticated_flood_is_rate_limited_by_envoy(stack: DevStack) -> None:
+    body = b'{"zen": "x"}'
+    statuses: list[int] = []
+    async with http(stack) as client:
+        for _ in range(80):  # the bucket holds 40 and refills 20/s
+            reply = await client.post("/webhook", content=body, headers={"x-github-event": "push"})
+            statuses.append(reply.status_code)
+        assert 429 in statuses  # answered by Envoy before any replica reads the body
+        assert set(statuses) <= {401, 429}
+        # Leave the shared stack usable: wait (with a deadline) for the bucket to refill.
+        deadline = time.monotonic() + 10
+        ping = json.dumps({"zen": "y"}).encode()
+        headers = {"x-github-event": "ping", "x-hub-signature-256": signed(ping)}
+        while (await client.post("/webhook", content=ping, headers=headers)).status_code == 429:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)

@@ -29,6 +29,8 @@ from typing import IO, Any, Self
 
 import httpx
 
+from octosts.transport.ext_authz import ISSUER_HEADER, SUBJECT_HEADER
+
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
 _STDERR_TAIL = 4000
@@ -104,6 +106,9 @@ class EnvoyParams:
     admin_host: str = "127.0.0.1"
     # The replicas' GitHub webhook listeners (OCTOSTS_WEBHOOK_ADDR); none: no /webhook route.
     webhook_upstreams: Sequence[Upstream] = ()
+    # Unauthenticated callers can POST to /webhook (the service checks the HMAC), and a push
+    # is mirrored to every replica: Envoy caps the rate before any of that work is done.
+    webhook_rate_per_second: int = 20
 
     def __post_init__(self) -> None:
         _check_port("listen port", self.listen_port)
@@ -114,6 +119,8 @@ class EnvoyParams:
             raise ValueError(f"admin_host {self.admin_host!r} is not an IP address") from exc
         if not self.upstreams:
             raise ValueError("at least one upstream is required")
+        if self.webhook_rate_per_second < 1:
+            raise ValueError("webhook_rate_per_second must be at least 1")
         if self.num_retries < 0:
             raise ValueError("num_retries must not be negative")
         if not 0 <= self.trace_sampling_percent <= 100:
@@ -232,6 +239,19 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
             "disabled": True,
         },
     }
+    off["envoy.filters.http.local_ratelimit"] = {
+        "@type": _TYPE + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "webhook",
+        "token_bucket": {
+            "max_tokens": 2 * params.webhook_rate_per_second,
+            "tokens_per_fill": params.webhook_rate_per_second,
+            "fill_interval": "1s",
+        },
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+    }
+    # Only the service may set these: Check strips them on the other routes.
+    spoofable = [ISSUER_HEADER, SUBJECT_HEADER]
     post = {"name": ":method", "string_match": {"exact": "POST"}}
     timeout = _duration(params.connect_timeout_s)
     clusters = [_static_cluster(WEBHOOK_CLUSTER, upstreams, timeout)]
@@ -251,6 +271,7 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
                     "request_mirror_policies": [{"cluster": n} for n in replicas],
                 },
                 "typed_per_filter_config": off,
+                "request_headers_to_remove": spoofable,
             }
         )
     routes.append(
@@ -258,6 +279,7 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
             "match": {"path": "/webhook", "headers": [post]},
             "route": {"cluster": WEBHOOK_CLUSTER, "timeout": "15s"},
             "typed_per_filter_config": off,
+            "request_headers_to_remove": spoofable,
         }
     )
     return {
