@@ -152,6 +152,7 @@ def build_app(
         OidcVerifier(oidc_config, http=issuer_http, clock=clock, observer=observer),
         clock=clock,
         maxsize=settings.cache_max_entries,
+        failure_maxsize=settings.cache_max_entries,
         observer=observer,
     )
 
