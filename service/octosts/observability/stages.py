@@ -69,16 +69,6 @@ class _TelemetryStage:
         self.notes[key] = value
 
 
-class _MetricStage:
-    __slots__ = ("notes",)
-
-    def __init__(self) -> None:
-        self.notes: dict[str, str | int | bool] = {}
-
-    def annotate(self, key: str, value: str | int | bool) -> None:  # noqa: FBT001
-        self.notes[key] = value
-
-
 CACHE_LOOKUP_SUFFIX = "_cache"
 
 
@@ -91,19 +81,17 @@ class TelemetryObserver:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[Stage]:
-        if name.endswith(CACHE_LOOKUP_SUFFIX):
-            # A cache lookup is a dictionary read: count it, but a span would cost more
-            # than the lookup and clutter every trace.
-            yield from self._metrics_only(name)
-            return
+        # A cache lookup is a dictionary read: count it, but a span would cost more than
+        # the lookup and clutter every trace.
+        traced = not name.endswith(CACHE_LOOKUP_SUFFIX)
         # start_span + attach rather than start_as_current_span: the SDK's context
         # manager stack (decorator, use_span, generator frames) cost about as much as
         # the span itself on this path, which runs several times per exchange.
-        span = self._tracer.start_span(name)
+        span = self._tracer.start_span(name) if traced else None
         # A non-recording span (tracing off, or not sampled) need not become current:
         # nested stages then hang off the RPC span's context, which carries the same
         # trace id and sampling decision.
-        token = attach(set_span_in_context(span)) if span.is_recording() else None
+        token = attach(set_span_in_context(span)) if span and span.is_recording() else None
         stage = _TelemetryStage()
         start = time.perf_counter()
         outcome = "ok"
@@ -114,33 +102,16 @@ class TelemetryObserver:
             raise
         except BaseException as exc:
             outcome = error_family(exc)
-            if token is not None:
+            if span is not None and token is not None:
                 _record_error(span, exc)
             raise
         finally:
             elapsed = time.perf_counter() - start
-            if token is not None:
+            if span is not None and token is not None:
                 detach(token)
                 if stage.notes:
                     span.set_attributes(stage.notes)
                 span.end()
-            self._metrics.stage(name, outcome, elapsed)
-            self._derived_metrics(name, stage.notes, elapsed)
-
-    def _metrics_only(self, name: str) -> Iterator[Stage]:
-        stage = _MetricStage()
-        start = time.perf_counter()
-        outcome = "ok"
-        try:
-            yield stage
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except BaseException as exc:
-            outcome = error_family(exc)
-            raise
-        finally:
-            elapsed = time.perf_counter() - start
             self._metrics.stage(name, outcome, elapsed)
             self._derived_metrics(name, stage.notes, elapsed)
 
