@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +139,11 @@ def test_worker_processes_are_aggregated(tmp_path: Path) -> None:
     assert 'octo_sts_exchanges_total{reason="ok",result="ok"} 2.0' in text
 
 
-@pytest.fixture
-def prometheus(server: tuple[Metrics, MetricsServer], tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def real_prometheus(tmp_path: Path, target: str, *, rules: Path | None = None) -> Iterator[str]:
+    """A real Prometheus scraping ``target`` every 200 ms; yields its URL, stopped by PID."""
     binary = tool("prometheus")
-    _, srv = server
+    rule_files = f"rule_files: [{rules}]" if rules is not None else ""
     config = tmp_path / "prometheus.yml"
     config.write_text(
         textwrap.dedent(
@@ -150,11 +152,11 @@ def prometheus(server: tuple[Metrics, MetricsServer], tmp_path: Path) -> Iterato
               scrape_interval: 200ms
               scrape_timeout: 200ms
               evaluation_interval: 200ms
-            rule_files: [{DEPLOY / "prometheus" / "alerts.yml"}]
+            {rule_files}
             scrape_configs:
               - job_name: octo-sts
                 static_configs:
-                  - targets: ["127.0.0.1:{srv.port}"]
+                  - targets: ["{target}"]
             """
         )
     )
@@ -188,6 +190,14 @@ def prometheus(server: tuple[Metrics, MetricsServer], tmp_path: Path) -> Iterato
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture
+def prometheus(server: tuple[Metrics, MetricsServer], tmp_path: Path) -> Iterator[str]:
+    _, srv = server
+    rules = DEPLOY / "prometheus" / "alerts.yml"
+    with real_prometheus(tmp_path, f"127.0.0.1:{srv.port}", rules=rules) as url:
+        yield url
 
 
 def query(url: str, expr: str) -> dict[str, Any]:

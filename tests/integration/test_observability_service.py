@@ -7,7 +7,6 @@ in-process on a real port with the real dev issuer and GitHub emulator.
 from __future__ import annotations
 
 import hashlib
-import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 import structlog
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -34,7 +32,7 @@ from octosts.observability.metrics import start_metrics_server
 from tests.fakes import FakeClock
 from tests.integration.service_harness import DOMAIN, SUBJECT, servers, settings_for
 from tests.integration.test_observability_audit import Sink
-from tests.integration.test_observability_prometheus import free_port, query, tool, wait_until
+from tests.integration.test_observability_prometheus import query, real_prometheus, wait_until
 
 CALLER_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN_ID = "b7ad6b7169203331"
@@ -270,64 +268,8 @@ async def test_audit_events_reach_the_cloudevents_sink_and_stop_flushes_them(
         sink.stop()
 
 
-@pytest.fixture
-def prometheus_for(tmp_path: Path) -> Iterator[Any]:
-    """Starts a real Prometheus scraping the given targets; stopped by PID at the end."""
-    import subprocess  # noqa: PLC0415
-
-    binary = tool("prometheus")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(target: str) -> str:
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            textwrap.dedent(
-                f"""
-                global: {{scrape_interval: 200ms, scrape_timeout: 200ms}}
-                scrape_configs:
-                  - job_name: octo-sts
-                    static_configs: [{{targets: ["{target}"]}}]
-                """
-            )
-        )
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            assert proc.poll() is None, "prometheus exited"
-            try:
-                return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, 20, "prometheus to be ready")
-        return url
-
-    try:
-        yield start
-    finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
 async def test_real_prometheus_scrapes_the_real_service(
-    upstreams: tuple[DevIssuer, GitHubEmulator], prometheus_for: Any
+    upstreams: tuple[DevIssuer, GitHubEmulator], tmp_path: Path
 ) -> None:
     async with running_service(*upstreams) as svc:
         # What `octo-sts serve` does with OCTOSTS_METRICS_ADDR.
@@ -335,19 +277,22 @@ async def test_real_prometheus_scrapes_the_real_service(
         svc.app.metrics_server = metrics_server
         answer, _ = await svc.exchange()
         assert isinstance(answer, sts_pb2.ExchangeResponse)
-        url = prometheus_for(f"127.0.0.1:{metrics_server.port}")
+        target = f"127.0.0.1:{metrics_server.port}"
+        with real_prometheus(tmp_path, target) as url:
 
-        def exchanges() -> list[Any]:
-            found: list[Any] = query(url, 'octo_sts_exchanges_total{result="ok"}')["data"]["result"]
-            return found
+            def exchanges() -> list[Any]:
+                found: list[Any] = query(url, 'octo_sts_exchanges_total{result="ok"}')["data"][
+                    "result"
+                ]
+                return found
 
-        (sample,) = wait_until(exchanges, 20, "the exchange counter to be scraped")
-        assert sample["metric"]["reason"] == "ok"
-        assert sample["value"][1] == "1"
-        buckets = query(url, 'sum by (stage) (octo_sts_stage_duration_seconds_bucket{le="+Inf"})')[
-            "data"
-        ]["result"]
-        stages = {r["metric"]["stage"] for r in buckets}
-        assert {"signature_verify", "policy_match", "token_mint"} <= stages, stages
-        handled = query(url, 'grpc_server_handled_total{grpc_method="Exchange",grpc_code="OK"}')
-        assert [r["value"][1] for r in handled["data"]["result"]] == ["1"]
+            (sample,) = wait_until(exchanges, 20, "the exchange counter to be scraped")
+            assert sample["metric"]["reason"] == "ok"
+            assert sample["value"][1] == "1"
+            buckets = query(
+                url, 'sum by (stage) (octo_sts_stage_duration_seconds_bucket{le="+Inf"})'
+            )["data"]["result"]
+            stages = {r["metric"]["stage"] for r in buckets}
+            assert {"signature_verify", "policy_match", "token_mint"} <= stages, stages
+            handled = query(url, 'grpc_server_handled_total{grpc_method="Exchange",grpc_code="OK"}')
+            assert [r["value"][1] for r in handled["data"]["result"]] == ["1"]
