@@ -329,7 +329,10 @@ def _supervise(workers: Sequence[multiprocessing.process.BaseProcess], run_dir: 
             process.join()
             running.remove(process)
             mark_worker_dead(process.pid or 0, run_dir)
-            failed += process.exitcode != 0
+            # A worker still starting up when we forward SIGTERM dies of the signal itself
+            # (its handlers are not installed yet): that is the shutdown we asked for.
+            asked = stopping and process.exitcode in (-signal.SIGTERM, -signal.SIGINT)
+            failed += process.exitcode != 0 and not asked
             if not stopping:
                 # A worker died on its own: stop the rest and exit non-zero, so the
                 # orchestrator restarts a whole, healthy replica instead of a partial one.

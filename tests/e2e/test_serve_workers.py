@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.stack import DevStack, StackPorts
 from tests.e2e.envoy_harness import unique_base_id
+from tests.emulator import app_key, pem
 
 SUB = "repo:octo-org/demo:ref:refs/heads/main"
+PEM = pem(app_key()).decode()
 WORKFLOW = "octo-org/demo/.github/workflows/ci.yaml@refs/heads/main"
 
 
@@ -113,3 +116,29 @@ def _is_worker(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return b"multiprocessing.spawn" in cmdline and b"resource_tracker" not in cmdline
+
+
+async def test_sigterm_while_workers_are_still_starting_exits_zero(tmp_path: Path) -> None:
+    # Workers that get the forwarded SIGTERM before installing their handlers die of the
+    # signal itself: that is the shutdown asked for, not a failure.
+    stack = DevStack(workdir=tmp_path / "stack", ports=StackPorts.free(1))
+    env = {**os.environ, **stack.server_env(0), "OCTOSTS_WORKERS": "2"}
+    env["GITHUB_APP_PRIVATE_KEY"] = PEM
+    env.pop("GITHUB_APP_PRIVATE_KEY_FILE")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "octosts", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while len([p for p in _children(proc.pid) if _is_worker(p)]) < 2:
+            assert time.monotonic() < deadline, "workers never started"
+            await asyncio.sleep(0.01)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
