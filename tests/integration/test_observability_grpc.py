@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from octosts.domain.errors import PolicyDenied
 from octosts.observability.metrics import Metrics
 from octosts.observability.stages import TelemetryObserver
-from octosts.transport.interceptors import ObservabilityInterceptor, current_request_id
+from octosts.transport.interceptors import ObservabilityInterceptor
+from octosts.transport.request_id import current_request_id
 
 SERVICE = "octosts.test.Probe"
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

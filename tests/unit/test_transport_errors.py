@@ -5,13 +5,8 @@ import pytest
 
 from octosts.domain import errors
 from octosts.transport.errors import failure, status_code
-from octosts.transport.metadata import (
-    bearer_token,
-    is_request_id,
-    request_id,
-    sanitise_request_id,
-    user_agent,
-)
+from octosts.transport.metadata import bearer_token, request_id, user_agent
+from octosts.transport.request_id import is_request_id, sanitise_request_id
 
 C = grpc.StatusCode
 

@@ -54,7 +54,8 @@ from octosts.domain.errors import (
 )
 from octosts.domain.ports import TokenVerifier
 from octosts.domain.tokens import VerifiedToken
-from octosts.transport.metadata import MAX_TOKEN_BYTES, bearer_from_values, is_request_id
+from octosts.transport.metadata import MAX_TOKEN_BYTES, bearer_from_values
+from octosts.transport.request_id import REQUEST_ID_HEADER, is_request_id
 
 HEADER_PREFIX = "x-octo-sts-"
 ISSUER_HEADER = "x-octo-sts-issuer"
@@ -228,7 +229,7 @@ class AuthorizationServicer:
     async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802  (gRPC method name)
         http = request.attributes.request.http
         headers = _request_headers(http)
-        request_id = next(iter(headers.get("x-request-id", [])), "")
+        request_id = next(iter(headers.get(REQUEST_ID_HEADER, [])), "")
         if not is_request_id(request_id):
             request_id = ""
         mode = request.attributes.context_extensions.get("mode", "")

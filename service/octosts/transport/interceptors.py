@@ -7,7 +7,7 @@ health Check) so that, around the servicer method:
   it is well-formed, else a new one is generated; it is sent back as
   ``x-request-id`` initial metadata (except to ext_authz Check, whose caller, Envoy,
   ignores it: ``NO_REQUEST_ID_ECHO``), bound to structlog's contextvars with the
-  rpc name, and readable with ``current_request_id()``;
+  rpc name, and readable with ``request_id.current_request_id()``;
 - the W3C trace context (``traceparent``) of the metadata becomes the parent of
   a SERVER span named ``<service>/<method>``; the stage spans of
   ``TelemetryObserver`` nest under it;
@@ -25,7 +25,6 @@ they are not part of the exchange path.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -37,19 +36,22 @@ from opentelemetry.context import attach, detach
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from octosts.observability.tracing import extract_trace_context
-from octosts.transport.metadata import sanitise_request_id
+from octosts.transport.request_id import (
+    REQUEST_ID_HEADER,
+    reset_current_request_id,
+    sanitise_request_id,
+    set_current_request_id,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from octosts.observability.metrics import Metrics
 
-REQUEST_ID_HEADER = "x-request-id"
 # Methods whose only caller discards response metadata: Envoy's ext_authz client reads the
 # CheckResponse alone (the request id is in a denial's body and Envoy's own x-request-id). Sending
 # initial metadata on its own is a separate gRPC batch, ~0.1 ms of CPU per RPC on the edge path.
 NO_REQUEST_ID_ECHO = frozenset({"/envoy.service.auth.v3.Authorization/Check"})
-_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("octosts_request_id", default="")
 
 # Codes that mean the server failed (OpenTelemetry's rpc conventions): span status ERROR.
 _SERVER_FAULTS = frozenset(
@@ -63,11 +65,6 @@ _SERVER_FAULTS = frozenset(
     }
 )
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def current_request_id() -> str:
-    """The request id of the RPC being handled ("" outside one)."""
-    return _request_id.get()
 
 
 def split_method(full: str) -> tuple[str, str]:
@@ -130,7 +127,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             request_id = sanitise_request_id(
                 next((v for k, v in metadata if k.lower() == REQUEST_ID_HEADER), None)
             )
-            token = _request_id.set(request_id)
+            token = set_current_request_id(request_id)
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             # start_span + attach, not start_as_current_span: the SDK's context-manager
@@ -171,6 +168,6 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                     span.set_status(Status(StatusCode.ERROR, code.name))
                 span.end()
                 self._metrics.grpc(service, method, code.name, time.perf_counter() - start)
-                _request_id.reset(token)
+                reset_current_request_id(token)
 
         return observed

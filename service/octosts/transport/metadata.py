@@ -5,16 +5,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TypeGuard
 
 from octosts.domain.errors import InvalidRequest, TokenMalformed
+from octosts.transport.request_id import (
+    REQUEST_ID_HEADER,
+    current_request_id,
+    is_request_id,
+)
 
 MAX_TOKEN_BYTES = 16 * 1024
 # RFC 6750 b64token; a JWT uses a subset. Rejecting anything else up front keeps
 # commas (several joined Authorization headers) and whitespace out of the verifier.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-# The one request-id rule (gRPC metadata, Envoy's x-request-id, log and audit fields).
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Metadata = Iterable[tuple[str, str | bytes]]
 
@@ -66,16 +68,6 @@ def bearer_token(metadata: Metadata) -> str:
     return bearer_from_values(values)
 
 
-def is_request_id(value: object) -> TypeGuard[str]:
-    """True for a safe request id: 1-128 of ``[A-Za-z0-9._:-]``."""
-    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
-
-
-def sanitise_request_id(value: object) -> str:
-    """``value`` when it is a safe request id, else a new one."""
-    return value if is_request_id(value) else uuid.uuid4().hex
-
-
 def request_id(metadata: Metadata) -> str:
     """The id of this request: the interceptor's, else the caller's well-formed one, else new.
 
@@ -83,13 +75,10 @@ def request_id(metadata: Metadata) -> str:
     reusing it keeps error messages, logs, audit events and the caller's
     ``x-request-id`` header in agreement.
     """
-    # Imported here: the interceptor module imports this one for the request-id rule.
-    from octosts.transport.interceptors import current_request_id  # noqa: PLC0415
-
     chosen = current_request_id()
     if chosen:
         return chosen
-    for value in _values(metadata, "x-request-id"):
+    for value in _values(metadata, REQUEST_ID_HEADER):
         if is_request_id(value):
             return value
     return uuid.uuid4().hex
