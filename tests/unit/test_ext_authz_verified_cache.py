@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
-from octosts.adapters.oidc import UNKNOWN_KEY_REASON
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.errors import (
+    UNKNOWN_KEY_ID,
     IssuerRejected,
     IssuerUnavailable,
     TokenClaimsInvalid,
@@ -87,7 +87,7 @@ async def test_already_expired_result_is_not_stored() -> None:
         IssuerRejected("resolves to a private address"),
         TokenMalformed("junk"),
         # A kid the issuer does not publish yet may become valid at the next key rotation.
-        TokenSignatureInvalid("no key matches the kid", reason=UNKNOWN_KEY_REASON),
+        TokenSignatureInvalid("no key matches the kid", reason=UNKNOWN_KEY_ID),
     ],
 )
 async def test_other_failures_are_not_cached(error: Exception) -> None:

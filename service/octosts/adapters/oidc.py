@@ -40,6 +40,7 @@ from jwt.api_jwk import PyJWK
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
 from octosts.domain.errors import (
+    UNKNOWN_KEY_ID,
     IssuerRejected,
     IssuerUnavailable,
     StsError,
@@ -75,10 +76,6 @@ async def system_resolver(host: str) -> list[str]:
     """Resolve ``host`` with the event loop's getaddrinfo (all address families)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-# A token whose kid the issuer does not (yet) publish: may become valid when keys rotate.
-UNKNOWN_KEY_REASON = "unknown_key_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,7 +568,7 @@ class OidcVerifier:
     ) -> dict[str, Any]:
         if not candidates:
             raise TokenSignatureInvalid(
-                "no issuer key matches the token's kid and algorithm", reason=UNKNOWN_KEY_REASON
+                "no issuer key matches the token's kid and algorithm", reason=UNKNOWN_KEY_ID
             )
         last: Exception | None = None
         for index in candidates:

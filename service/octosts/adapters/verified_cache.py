@@ -29,8 +29,7 @@ from __future__ import annotations
 import hashlib
 
 from octosts.adapters.cache import SingleFlight, TtlCache
-from octosts.adapters.oidc import UNKNOWN_KEY_REASON
-from octosts.domain.errors import TokenSignatureInvalid
+from octosts.domain.errors import UNKNOWN_KEY_ID, TokenSignatureInvalid
 from octosts.domain.ports import Clock, NullObserver, StageObserver, TokenVerifier
 from octosts.domain.tokens import VerifiedToken
 
@@ -95,7 +94,7 @@ class CachingVerifier:
         except TokenSignatureInvalid as exc:
             # A kid the issuer does not publish yet depends on the issuer's rotation and on a
             # refetch slot other callers can use up: never remember it.
-            if self._failure_ttl > 0 and exc.reason != UNKNOWN_KEY_REASON:
+            if self._failure_ttl > 0 and exc.reason != UNKNOWN_KEY_ID:
                 self._failures.set(key, (exc.detail, exc.reason), ttl=self._failure_ttl)
             raise
         ttl = min(verified.expires_at - self._clock.now(), self._max_ttl)

@@ -1,43 +1,55 @@
 """The exception tree of Octo STS.
 
-Every error raised by domain code or adapters is an ``StsError``; the
-transport maps each branch to one gRPC status in ``transport/errors.py``
-(the only such table)::
+Every error raised by domain code or adapters is an ``StsError``. What an
+error *means* is stated here, once, as class attributes; everything else reads
+them: the transport's table (``transport/errors.py``, the only one mapping
+errors to gRPC codes, HTTP statuses and the edge's answers), metrics and the
+audit event (``observability.metrics.exchange_outcome``)::
 
-    StsError                          (INTERNAL)
-    ├── InvalidRequest                (INVALID_ARGUMENT)  bad scope, identity, metadata
-    ├── AuthenticationError           (UNAUTHENTICATED)   the bearer token cannot be trusted
-    │   ├── TokenMalformed            too large, not a JWT, bad header/payload
-    │   ├── IssuerRejected            issuer URL fails the rules, or not allowed
-    │   ├── TokenSignatureInvalid     no matching key, bad signature, bad algorithm
-    │   ├── TokenExpired              exp/nbf/iat out of bounds
-    │   └── TokenClaimsInvalid        sub/aud/iss syntax, missing required claims
-    ├── PermissionDenied              (PERMISSION_DENIED) callers cannot tell which
-    │   ├── NoInstallation            the GitHub App is not installed for the owner
-    │   ├── PolicyNotFound            no trust policy file under that name
-    │   ├── PolicyInvalid             the policy file does not parse / validate
-    │   ├── PolicyDenied              the token does not satisfy the policy
-    │   ├── IssuerNotTrusted          the org's trusted-token-issuers file refuses the issuer
-    │   └── MintRejected              GitHub refused the token request (422)
-    ├── RateLimited                   (RESOURCE_EXHAUSTED) GitHub primary/secondary limit
-    └── UpstreamUnavailable           (UNAVAILABLE)
-        ├── IssuerUnavailable         discovery/JWKS unreachable, 5xx, timeout, oversized
-        └── GitHubUnavailable         GitHub unreachable, 5xx, timeout
+    StsError                     family                caller's fault
+    ├── InvalidRequest           invalid_request       yes   bad scope, identity, metadata
+    ├── AuthenticationError      unauthenticated       yes   the bearer token cannot be trusted
+    │   ├── TokenMalformed       missing, too large, not a JWT, bad header/payload
+    │   ├── IssuerRejected       issuer URL fails the rules, or not allowed
+    │   ├── TokenSignatureInvalid  no matching key, bad signature, bad algorithm
+    │   ├── TokenExpired         exp/nbf/iat out of bounds
+    │   └── TokenClaimsInvalid   sub/aud/iss syntax, missing required claims
+    ├── PermissionDenied         permission_denied     yes   callers cannot tell which
+    │   ├── NoInstallation       the GitHub App is not installed for the owner
+    │   ├── PolicyNotFound       no trust policy file under that name
+    │   ├── PolicyInvalid        the policy file does not parse / validate
+    │   ├── PolicyDenied         the token does not satisfy the policy
+    │   ├── IssuerNotTrusted     the org's trusted-token-issuers file refuses the issuer
+    │   └── MintRejected         GitHub refused the token request (422)
+    ├── RateLimited              rate_limited          no    GitHub primary/secondary limit
+    └── UpstreamUnavailable      upstream_unavailable  no
+        ├── IssuerUnavailable    discovery/JWKS unreachable, 5xx, timeout, oversized
+        └── GitHubUnavailable    GitHub unreachable, 5xx, timeout
+    (a bare StsError)            internal              no
+
+``family`` is the stable name of the top-level branch (metric labels, stage
+outcomes); ``caller_fault`` says whether the caller can fix it (an exchange
+``denied``) or the fault is ours or upstream's (``error``, what alerts watch).
 
 Each error has a stable, machine-readable ``reason`` (used in metrics, audit
 events and caller-facing messages) and a ``detail`` meant for the policy owner
 or operator. ``detail`` may name policy contents, so the transport shows it to
 callers only when verbose errors are enabled. Neither ever contains a token.
+A reason other code reads (a table row, a cache rule) is a constant below,
+next to its class; the others are written once, where they are raised.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class StsError(Exception):
     """Root of all Octo STS errors."""
 
+    family: ClassVar[str] = "internal"
+    caller_fault: ClassVar[bool] = False
     reason: str = "internal"
 
     def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
@@ -48,15 +60,21 @@ class StsError(Exception):
 
 
 class InvalidRequest(StsError):
-    reason = "invalid_request"
+    family = reason = "invalid_request"
+    caller_fault = True
 
 
 class AuthenticationError(StsError):
-    reason = "unauthenticated"
+    family = reason = "unauthenticated"
+    caller_fault = True
 
 
 class TokenMalformed(AuthenticationError):
     reason = "token_malformed"
+
+
+# No Bearer token at all (no header, another scheme, empty): RFC 6750 answers without an error code.
+TOKEN_MISSING = "token_missing"  # noqa: S105 - a reason code, not a secret
 
 
 class IssuerRejected(AuthenticationError):
@@ -65,6 +83,11 @@ class IssuerRejected(AuthenticationError):
 
 class TokenSignatureInvalid(AuthenticationError):
     reason = "token_signature_invalid"
+
+
+# The issuer does not (yet) publish the token's kid: may become valid when keys rotate,
+# so a verdict with this reason is never remembered.
+UNKNOWN_KEY_ID = "unknown_key_id"
 
 
 class TokenExpired(AuthenticationError):
@@ -76,7 +99,8 @@ class TokenClaimsInvalid(AuthenticationError):
 
 
 class PermissionDenied(StsError):
-    reason = "permission_denied"
+    family = reason = "permission_denied"
+    caller_fault = True
 
 
 class NoInstallation(PermissionDenied):
@@ -85,6 +109,10 @@ class NoInstallation(PermissionDenied):
 
 class PolicyNotFound(PermissionDenied):
     reason = "policy_not_found"
+
+
+# The app cannot read files there at all (no contents:read, GitHub 403), unlike an absent file.
+POLICY_UNREADABLE = "policy_unreadable"
 
 
 class PolicyInvalid(PermissionDenied):
@@ -116,11 +144,13 @@ class MintRejected(PermissionDenied):
 
 
 class RateLimited(StsError):
-    reason = "rate_limited"
+    family = reason = "rate_limited"
+    caller_fault = False
 
 
 class UpstreamUnavailable(StsError):
-    reason = "upstream_unavailable"
+    family = reason = "upstream_unavailable"
+    caller_fault = False
 
 
 class IssuerUnavailable(UpstreamUnavailable):

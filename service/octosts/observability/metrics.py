@@ -132,35 +132,23 @@ def _all_reasons() -> frozenset[str]:
 
 
 def error_family(exc: BaseException) -> str:
-    """The stable family of an error: the ``reason`` of its top-level StsError branch.
-
-    ``unauthenticated``, ``permission_denied``, ``invalid_request``,
-    ``rate_limited``, ``upstream_unavailable``, ``internal`` (a bare StsError),
-    or ``error`` for anything that is not an StsError.
-    """
-    if not isinstance(exc, errors.StsError):
-        return "error"
-    for cls in type(exc).__mro__:
-        if errors.StsError in cls.__bases__:
-            return str(cls.__dict__.get("reason", errors.StsError.reason))
-    return errors.StsError.reason
+    """The stable family of an error (``StsError.family``), or ``error`` for a foreign one."""
+    return exc.family if isinstance(exc, errors.StsError) else "error"
 
 
 def exchange_outcome(exc: BaseException | None) -> tuple[str, str]:
     """``(result, reason)`` labels for one exchange or Check.
 
-    ``result`` is ``ok``, ``denied`` (the caller's fault: bad request, token or
-    policy) or ``error`` (ours or upstream: what the error-rate alert watches).
+    ``result`` is ``ok``, ``denied`` (``StsError.caller_fault``: bad request,
+    token or policy) or ``error`` (ours or upstream: what the error-rate alert
+    watches).
     """
     if exc is None:
         return "ok", "ok"
     if isinstance(exc, asyncio.CancelledError):
         return "error", "cancelled"
-    caller_faults = errors.InvalidRequest | errors.AuthenticationError | errors.PermissionDenied
-    if isinstance(exc, caller_faults):
-        return "denied", exc.reason
     if isinstance(exc, errors.StsError):
-        return "error", exc.reason
+        return ("denied" if exc.caller_fault else "error"), exc.reason
     return "error", "internal"
 
 

@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 
-from octosts.domain.errors import InvalidRequest, TokenMalformed
+from octosts.domain.errors import TOKEN_MISSING, InvalidRequest, TokenMalformed
 from octosts.transport.request_id import (
     REQUEST_ID_HEADER,
     current_request_id,
@@ -38,15 +38,15 @@ def bearer_from_values(values: Sequence[str], *, max_bytes: int = MAX_TOKEN_BYTE
     Messages never contain the token.
     """
     if not values:
-        raise TokenMalformed("no authorization header", reason="token_missing")
+        raise TokenMalformed("no authorization header", reason=TOKEN_MISSING)
     if len(values) > 1:
         raise TokenMalformed("more than one authorization header")
     scheme, _, token = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
-        raise TokenMalformed("authorization scheme is not Bearer", reason="token_missing")
+        raise TokenMalformed("authorization scheme is not Bearer", reason=TOKEN_MISSING)
     token = token.strip()
     if not token:
-        raise TokenMalformed("empty bearer token", reason="token_missing")
+        raise TokenMalformed("empty bearer token", reason=TOKEN_MISSING)
     if len(token) > max_bytes:
         raise TokenMalformed(
             f"bearer token longer than {max_bytes} bytes", reason="token_too_large"
