@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grpc
 import pytest
 
 from octosts.domain import errors
-from octosts.transport.errors import failure, status_code
+from octosts.transport.errors import TABLE, UNKNOWN_AUTHZ_MODE, denial, failure, status_code
 from octosts.transport.metadata import bearer_token, request_id, user_agent
 from octosts.transport.request_id import is_request_id, sanitise_request_id
 
 C = grpc.StatusCode
+INVALID_TOKEN = 'Bearer error="invalid_token"'
 
 
 @pytest.mark.parametrize(
@@ -131,3 +135,121 @@ def test_bad_request_ids_are_replaced_everywhere(value: object) -> None:
     assert is_request_id(fresh)
     if isinstance(value, str):
         assert request_id((("x-request-id", value),)) != value
+
+
+# -- the one answer table ---------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+# What Envoy's grpc_json_transcoder answers for each gRPC code (convert_grpc_status).
+TRANSCODER_HTTP = {
+    C.INVALID_ARGUMENT: 400,
+    C.UNAUTHENTICATED: 401,
+    C.PERMISSION_DENIED: 403,
+    C.NOT_FOUND: 404,
+    C.RESOURCE_EXHAUSTED: 429,
+    C.INTERNAL: 500,
+    C.UNAVAILABLE: 503,
+    C.DEADLINE_EXCEEDED: 504,
+}
+
+
+def readme_error_rows() -> set[tuple[str, int, str | None]]:
+    """(gRPC code, HTTP status, www-authenticate) of each row of the README's "## Errors" table."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("## Errors")
+    table = []
+    for line in lines[start + 1 :]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|"):
+            table.append([cell.strip().strip("`") for cell in line.strip().strip("|").split("|")])
+    header, separator, *body = table
+    assert header == ["Condition", "gRPC", "HTTP", "www-authenticate"]
+    assert set("".join(separator)) <= {"-", ":"}
+    rows = set()
+    for _, code, http, www in body:
+        status = re.match(r"\d{3}\b", http)
+        assert status is not None, http
+        rows.add((code, int(status.group()), www or None))
+    return rows
+
+
+def test_readme_errors_table_is_the_transport_table() -> None:
+    ours = {(row.code.name, row.http_status, row.www_authenticate) for row in TABLE}
+    documented = readme_error_rows()
+    assert ours - documented == set(), "rows of transport/errors.py missing from the README"
+    assert documented - ours == set(), "README rows that transport/errors.py does not have"
+
+
+def test_http_status_column_is_what_the_gateway_answers() -> None:
+    # Exchange's errors reach HTTP callers through the transcoder, which maps the gRPC code.
+    for row in TABLE:
+        assert row.http_status == TRANSCODER_HTTP[row.code], row
+
+
+def test_no_row_is_hidden_by_an_earlier_one() -> None:
+    for i, row in enumerate(TABLE):
+        for earlier in TABLE[:i]:
+            shadows = issubclass(row.error, earlier.error) and earlier.reason in (None, row.reason)
+            assert not shadows, f"{earlier} hides {row}"
+    assert TABLE[-1].error is errors.StsError
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            errors.TokenMalformed("no header", reason=errors.TOKEN_MISSING),
+            (401, C.UNAUTHENTICATED, "missing bearer token (token_missing)", "Bearer"),
+        ),
+        (
+            errors.TokenExpired("expired at 12:00"),
+            (401, C.UNAUTHENTICATED, "invalid bearer token (token_expired)", INVALID_TOKEN),
+        ),
+        (
+            errors.IssuerRejected("resolves to 10.0.0.1"),
+            (401, C.UNAUTHENTICATED, "invalid bearer token (invalid_token_issuer)", INVALID_TOKEN),
+        ),
+        (
+            errors.InvalidRequest("query parameter 'scope' given more than once", reason="x"),
+            (400, C.INVALID_ARGUMENT, "query parameter 'scope' given more than once (x)", None),
+        ),
+        (
+            errors.InvalidRequest(),
+            (400, C.INVALID_ARGUMENT, "invalid request (invalid_request)", None),
+        ),
+        (
+            errors.IssuerUnavailable("timeout"),
+            (
+                503,
+                C.UNAVAILABLE,
+                "cannot verify the token right now, retry later (issuer_unavailable)",
+                None,
+            ),
+        ),
+        (
+            errors.PermissionDenied("no such check", reason=UNKNOWN_AUTHZ_MODE),
+            (403, C.PERMISSION_DENIED, "forbidden (unknown_authz_mode)", None),
+        ),
+    ],
+)
+def test_edge_denials(
+    exc: errors.StsError, expected: tuple[int, grpc.StatusCode, str, str | None]
+) -> None:
+    refused = denial(exc)
+    assert refused is not None
+    assert (
+        refused.http_status,
+        refused.code,
+        refused.message,
+        refused.www_authenticate,
+    ) == expected
+    assert refused.reason == exc.reason
+
+
+@pytest.mark.parametrize(
+    "exc", [errors.PolicyDenied("x"), errors.RateLimited("x"), errors.StsError("x")]
+)
+def test_what_the_edge_cannot_meet_is_a_fault_not_a_denial(exc: errors.StsError) -> None:
+    # The verifier raising these is a bug or a misconfiguration: Check fails, Envoy answers 503.
+    assert denial(exc) is None

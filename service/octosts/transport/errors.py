@@ -1,12 +1,22 @@
-"""The one table mapping domain errors to gRPC status codes.
+"""The one table of answers: domain error -> gRPC code, HTTP status, the edge's denial.
 
-Most specific first. Caller-facing messages are generic: a fixed sentence,
-the reason code and the request id. For the PERMISSION_DENIED family the
-reason is collapsed to ``permission_denied`` so a caller holding a valid
-token from an issuer they own cannot probe which policies exist (a
-``policy_not_found`` vs ``subject_mismatch`` answer would tell them);
-``OCTOSTS_VERBOSE_ERRORS`` (private deployments) shows the real reason and
-the owner-facing detail. Full detail always goes to the log and audit event.
+Most specific first; a row with a ``reason`` matches only errors carrying it.
+Every way Octo STS answers a failure reads its row here:
+
+- gRPC (``failure``): the code and a generic caller-facing message (a fixed
+  sentence, the reason code and the request id).
+- The JSON gateway: Envoy's transcoder turns the gRPC code into ``http_status``
+  (the tests hold the column to the transcoder's mapping and to the README).
+- The edge (ext_authz, ``denial``): a row with an ``edge`` text is a denial
+  with ``http_status``, that text and ``www_authenticate``; a row without one
+  is a fault there (the Check RPC fails, Envoy answers 503).
+
+For the PERMISSION_DENIED family the reason is collapsed to the family
+(``permission_denied``) so a caller holding a valid token from an issuer they
+own cannot probe which policies exist (a ``policy_not_found`` vs
+``subject_mismatch`` answer would tell them); ``OCTOSTS_VERBOSE_ERRORS``
+(private deployments) shows the real reason and the owner-facing detail. Full
+detail always goes to the log and audit event.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from octosts.domain.errors import (
+    TOKEN_MISSING,
     AuthenticationError,
     InvalidRequest,
     IssuerRejected,
@@ -27,26 +38,87 @@ from octosts.domain.errors import (
     UpstreamUnavailable,
 )
 
+# ext_authz was asked for a check it does not have: an Envoy configuration error, fail closed.
+UNKNOWN_AUTHZ_MODE = "unknown_authz_mode"
+
+# RFC 6750 section 3: no error code when the request carried no token.
+_BEARER = "Bearer"
+_INVALID_TOKEN = 'Bearer error="invalid_token"'  # noqa: S105 - a challenge, not a secret
+
 
 @dataclass(frozen=True, slots=True)
-class _Row:
+class Row:
     error: type[StsError]
     code: grpc.StatusCode
-    message: str
+    http_status: int
+    message: str  # what gRPC callers read
+    reason: str | None = None  # only errors with this reason
     show_detail: bool = False  # True only where detail never holds policy contents
-    show_reason: bool = True
+    show_reason: bool = True  # False: callers read the family, not the reason
+    edge: str | None = None  # the edge's denial text; None: a fault at the edge
+    edge_detail: bool = False  # the edge shows the detail, when there is one, instead of ``edge``
+    www_authenticate: str | None = None
 
 
 _C = grpc.StatusCode
-_TABLE: tuple[_Row, ...] = (
-    _Row(InvalidRequest, _C.INVALID_ARGUMENT, "invalid request", show_detail=True),
+TABLE: tuple[Row, ...] = (
+    Row(
+        InvalidRequest,
+        _C.INVALID_ARGUMENT,
+        400,
+        "invalid request",
+        show_detail=True,
+        edge="invalid request",
+        edge_detail=True,
+    ),
+    Row(
+        AuthenticationError,
+        _C.UNAUTHENTICATED,
+        401,
+        "token not verified",
+        reason=TOKEN_MISSING,
+        show_detail=True,
+        edge="missing bearer token",
+        www_authenticate=_BEARER,
+    ),
     # No detail: "resolves to a non-public address" would let anyone map internal DNS names.
-    _Row(IssuerRejected, _C.UNAUTHENTICATED, "token issuer not accepted"),
-    _Row(AuthenticationError, _C.UNAUTHENTICATED, "token not verified", show_detail=True),
-    _Row(PermissionDenied, _C.PERMISSION_DENIED, "permission denied", show_reason=False),
-    _Row(RateLimited, _C.RESOURCE_EXHAUSTED, "GitHub rate limit reached, retry later"),
-    _Row(UpstreamUnavailable, _C.UNAVAILABLE, "upstream unavailable, retry later"),
-    _Row(StsError, _C.INTERNAL, "internal error"),
+    Row(
+        IssuerRejected,
+        _C.UNAUTHENTICATED,
+        401,
+        "token issuer not accepted",
+        edge="invalid bearer token",
+        www_authenticate=_INVALID_TOKEN,
+    ),
+    Row(
+        AuthenticationError,
+        _C.UNAUTHENTICATED,
+        401,
+        "token not verified",
+        show_detail=True,
+        edge="invalid bearer token",
+        www_authenticate=_INVALID_TOKEN,
+    ),
+    Row(
+        PermissionDenied,
+        _C.PERMISSION_DENIED,
+        403,
+        "permission denied",
+        reason=UNKNOWN_AUTHZ_MODE,
+        show_reason=False,
+        edge="forbidden",
+    ),
+    Row(PermissionDenied, _C.PERMISSION_DENIED, 403, "permission denied", show_reason=False),
+    Row(RateLimited, _C.RESOURCE_EXHAUSTED, 429, "GitHub rate limit reached, retry later"),
+    # At the edge the token may well be valid: 503 (retry), not 401 (give up).
+    Row(
+        UpstreamUnavailable,
+        _C.UNAVAILABLE,
+        503,
+        "upstream unavailable, retry later",
+        edge="cannot verify the token right now, retry later",
+    ),
+    Row(StsError, _C.INTERNAL, 500, "internal error"),
 )
 
 
@@ -73,24 +145,49 @@ class Failure:
         return serialized
 
 
-def _row_for(exc: BaseException) -> _Row:
-    for row in _TABLE:
-        if isinstance(exc, row.error):
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """The edge's answer to a request it refuses (an ext_authz DeniedHttpResponse)."""
+
+    http_status: int
+    code: grpc.StatusCode
+    reason: str
+    message: str  # "<text> (<reason>)"
+    www_authenticate: str | None
+
+
+def row_for(exc: BaseException) -> Row:
+    for row in TABLE:
+        if isinstance(exc, row.error) and (row.reason is None or row.reason == exc.reason):
             return row
-    return _TABLE[-1]
+    return TABLE[-1]
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
-    return _row_for(exc).code
+    return row_for(exc).code
 
 
 def failure(exc: BaseException, request_id: str, *, verbose: bool = False) -> Failure:
     """Status code and caller-facing message for ``exc``."""
-    row = _row_for(exc)
-    reason = exc.reason if isinstance(exc, StsError) else "internal"
-    shown_reason = reason if (row.show_reason or verbose) else "permission_denied"
+    row = row_for(exc)
+    if isinstance(exc, StsError):
+        reason, family, detail = exc.reason, exc.family, exc.detail
+    else:
+        reason = family = StsError.reason
+        detail = ""
+    shown_reason = reason if (row.show_reason or verbose) else family
     message = f"{row.message} (reason: {shown_reason}, request_id: {request_id})"
-    detail = exc.detail if isinstance(exc, StsError) else ""
     if detail and (row.show_detail or verbose):
         message = f"{message}: {detail}"
     return Failure(row.code, reason, message, shown_reason, request_id)
+
+
+def denial(exc: StsError) -> Denial | None:
+    """The edge's denial for ``exc``, or None when the edge must fail (a fault, not a denial)."""
+    row = row_for(exc)
+    if row.edge is None:
+        return None
+    text = exc.detail if (row.edge_detail and exc.detail) else row.edge
+    return Denial(
+        row.http_status, row.code, exc.reason, f"{text} ({exc.reason})", row.www_authenticate
+    )

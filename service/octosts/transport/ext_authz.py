@@ -11,9 +11,9 @@ this service without code changes:
     ``x-octo-sts-subject`` set and every other client-supplied ``x-octo-sts-*``
     header removed.
 
-Outcomes (a denial is a *successful* Check carrying a DeniedHttpResponse;
-only internal faults are RPC errors, which Envoy turns into 503 through
-``status_on_error``):
+Outcomes, as the one answer table in ``transport/errors.py`` gives them (a
+denial is a *successful* Check carrying a DeniedHttpResponse; only internal
+faults are RPC errors, which Envoy turns into 503 through ``status_on_error``):
 
 =========================================  ======  =============================
 token missing / malformed / not trusted    401     ``www-authenticate: Bearer``
@@ -45,15 +45,10 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
 from octosts._gen.octosts.v1 import sts_pb2
-from octosts.domain.errors import (
-    AuthenticationError,
-    InvalidRequest,
-    StsError,
-    TokenClaimsInvalid,
-    UpstreamUnavailable,
-)
+from octosts.domain.errors import InvalidRequest, PermissionDenied, StsError, TokenClaimsInvalid
 from octosts.domain.ports import TokenVerifier
 from octosts.domain.tokens import VerifiedToken
+from octosts.transport.errors import UNKNOWN_AUTHZ_MODE, Denial, denial
 from octosts.transport.metadata import MAX_TOKEN_BYTES, bearer_from_values
 from octosts.transport.request_id import REQUEST_ID_HEADER, is_request_id
 
@@ -71,15 +66,6 @@ _log = structlog.get_logger("octosts.ext_authz")
 @dataclass(frozen=True, slots=True)
 class ExtAuthzOptions:
     max_token_bytes: int = MAX_TOKEN_BYTES
-
-
-@dataclass(frozen=True, slots=True)
-class _Denial:
-    http_status: int
-    grpc_code: int
-    reason: str
-    message: str
-    www_authenticate: str | None = None
 
 
 def _request_headers(http: Any) -> dict[str, list[str]]:
@@ -103,21 +89,16 @@ def _header(key: str, value: str) -> Any:
     )
 
 
-def _denied(denial: _Denial, request_id: str) -> Any:
-    body = json.dumps(
-        {
-            "code": denial.grpc_code,
-            "message": f"{denial.message} ({denial.reason})",
-            "request_id": request_id,
-        }
-    )
+def _denied(refused: Denial, request_id: str) -> Any:
+    code = refused.code.value[0]
+    body = json.dumps({"code": code, "message": refused.message, "request_id": request_id})
     headers = [_header("content-type", "application/json")]
-    if denial.www_authenticate is not None:
-        headers.append(_header("www-authenticate", denial.www_authenticate))
+    if refused.www_authenticate is not None:
+        headers.append(_header("www-authenticate", refused.www_authenticate))
     return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=denial.grpc_code, message=denial.reason),
+        status=status_pb2.Status(code=code, message=refused.reason),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=denial.http_status),
+            status=http_status_pb2.HttpStatus(code=refused.http_status),
             headers=headers,
             body=body,
         ),
@@ -138,34 +119,6 @@ def _allowed(verified: VerifiedToken, headers: Mapping[str, list[str]]) -> Any:
             headers_to_remove=spoofed,
         ),
     )
-
-
-def _denial_for(exc: StsError) -> _Denial | None:
-    if isinstance(exc, AuthenticationError):
-        missing = exc.reason == "token_missing"
-        return _Denial(
-            http_status=401,
-            grpc_code=code_pb2.UNAUTHENTICATED,
-            reason=exc.reason,
-            message="missing bearer token" if missing else "invalid bearer token",
-            # RFC 6750 section 3: no error code when the request carried no token.
-            www_authenticate="Bearer" if missing else 'Bearer error="invalid_token"',
-        )
-    if isinstance(exc, InvalidRequest):
-        return _Denial(
-            http_status=400,
-            grpc_code=code_pb2.INVALID_ARGUMENT,
-            reason=exc.reason,
-            message=exc.detail or "invalid request",
-        )
-    if isinstance(exc, UpstreamUnavailable):
-        return _Denial(
-            http_status=503,
-            grpc_code=code_pb2.UNAVAILABLE,
-            reason=exc.reason,
-            message="cannot verify the token right now, retry later",
-        )
-    return None
 
 
 # The request fields the JSON gateway fills from the query string (octosts.v1.ExchangeRequest).
@@ -203,6 +156,10 @@ def _ignore_decision(decision: str, reason: str) -> None:
     pass
 
 
+# One mode's check: request headers -> CheckResponse (raises StsError to deny).
+_Check = Callable[[dict[str, list[str]]], Awaitable[Any]]
+
+
 class AuthorizationServicer:
     """``envoy.service.auth.v3.Authorization`` backed by a TokenVerifier.
 
@@ -222,9 +179,7 @@ class AuthorizationServicer:
         self._verifier = verifier
         self._options = options or ExtAuthzOptions()
         self._on_decision = on_decision or _ignore_decision
-        self._modes: dict[str, Callable[[dict[str, list[str]]], Awaitable[Any]]] = {
-            MODE_VERIFY: self._verify
-        }
+        self._modes: dict[str, _Check] = {MODE_VERIFY: self._verify}
 
     async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802  (gRPC method name)
         http = request.attributes.request.http
@@ -233,27 +188,22 @@ class AuthorizationServicer:
         if not is_request_id(request_id):
             request_id = ""
         mode = request.attributes.context_extensions.get("mode", "")
-        handler = self._modes.get(mode)
         log = _log.bind(request_id=request_id, authz_mode=mode)
-        if handler is None:
-            log.warning("ext_authz.unknown_mode")
-            self._on_decision("deny", "unknown_authz_mode")
-            forbidden = _Denial(403, code_pb2.PERMISSION_DENIED, "unknown_authz_mode", "forbidden")
-            return _denied(forbidden, request_id)
         try:
+            handler = self._handler(mode, log)
             reject_repeated_parameters(http.path)
             response = await handler(headers)
         except StsError as exc:
-            denial = _denial_for(exc)
-            if denial is None:
+            refused = denial(exc)
+            if refused is None:
                 log.error("ext_authz.fault", error=type(exc).__name__, reason=exc.reason)  # noqa: TRY400
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
                 raise  # abort raises; this keeps type checkers and readers sure
             # debug, not info: a denial is counted (octo_sts_ext_authz_decisions_total{reason})
             # and in Envoy's access log; a line per junk request is log volume attackers control.
-            log.debug("ext_authz.denied", reason=exc.reason, status=denial.http_status)
+            log.debug("ext_authz.denied", reason=exc.reason, status=refused.http_status)
             self._on_decision("deny", exc.reason)
-            return _denied(denial, request_id)
+            return _denied(refused, request_id)
         except Exception as exc:
             # Only the type: a buggy verifier's message could quote the token.
             # No traceback either (TRY400): its frames' locals and messages are not ours to log.
@@ -262,6 +212,14 @@ class AuthorizationServicer:
             raise
         self._on_decision("allow", "ok")
         return response
+
+    def _handler(self, mode: str, log: Any) -> _Check:
+        """The check for ``mode``; raises PermissionDenied for none (an Envoy config error)."""
+        handler = self._modes.get(mode)
+        if handler is None:
+            log.warning("ext_authz.unknown_mode")
+            raise PermissionDenied("no check for this mode", reason=UNKNOWN_AUTHZ_MODE)
+        return handler
 
     async def _verify(self, headers: dict[str, list[str]]) -> Any:
         token = bearer_from_values(
