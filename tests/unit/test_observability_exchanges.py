@@ -3,11 +3,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from octosts.domain.errors import PolicyDenied
-from octosts.domain.exchange import ExchangeAttempt, ExchangeRequest
+from octosts.domain.exchange import CallInfo, ExchangeAttempt, ExchangeRequest
 from octosts.observability.audit import AuditEvent
 from octosts.observability.exchanges import ExchangeEvents
 from octosts.observability.metrics import Metrics
-from octosts.transport.sts import CallInfo
 from tests.fakes import FakeClock, verified
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from octosts.domain.exchange import ExchangeAttempt, ExchangeRequest
+from octosts.domain.exchange import CallInfo, ExchangeAttempt, ExchangeRequest
 from octosts.observability.metrics import exchange_outcome
-from octosts.transport.sts import CallInfo, _Handler
+from octosts.transport.sts import _Handler
 
 
 class Reporter:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from octosts.domain.errors import InvalidRequest, IssuerNotTrusted, PolicyDenied
 from octosts.domain.issuers import judge_issuer
@@ -76,6 +76,32 @@ class ExchangeAttempt:
     # have refused the caller's issuer ("issuer_not_trusted"): the exchange
     # went on, the audit event and metrics record it.
     issuer_audit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """The call an exchange arrived in, as the transport saw it (for the audit event)."""
+
+    rpc: str
+    request_id: str
+    user_agent: str
+    duration_seconds: float
+
+
+class ExchangeReporter(Protocol):
+    """Receives every finished exchange, once (audit event, metrics, log line).
+
+    ``error`` is None for a minted token, else what ended the exchange
+    (an StsError, a foreign exception, or CancelledError).
+    """
+
+    def exchange_done(
+        self,
+        call: CallInfo,
+        request: ExchangeRequest,
+        attempt: ExchangeAttempt,
+        error: BaseException | None,
+    ) -> None: ...
 
 
 def policy_location(scope: Scope, identity: str, org_policy_repo: str) -> PolicyLocation:

@@ -12,17 +12,16 @@ from octosts.observability.metrics import exchange_outcome
 from octosts.observability.tracing import current_trace_id
 
 if TYPE_CHECKING:
-    from octosts.domain.exchange import ExchangeAttempt, ExchangeRequest
+    from octosts.domain.exchange import CallInfo, ExchangeAttempt, ExchangeRequest
     from octosts.domain.ports import Clock
     from octosts.observability.audit import AuditLog
     from octosts.observability.metrics import Metrics
-    from octosts.transport.sts import CallInfo
 
 _log = structlog.get_logger("octosts")
 
 
 class ExchangeEvents:
-    """``transport.sts.ExchangeReporter``: ``octo_sts_exchanges_total`` and an audit event."""
+    """``domain.exchange.ExchangeReporter``: ``octo_sts_exchanges_total`` and an audit event."""
 
     def __init__(self, metrics: Metrics, audit: AuditLog, clock: Clock) -> None:
         self._metrics = metrics

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,7 +17,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from octosts._gen.chainguard.platform.oidc import oidc_pb2, oidc_pb2_grpc
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.domain.errors import InvalidRequest, StsError
-from octosts.domain.exchange import ExchangeAttempt, ExchangeRequest, ExchangeResult
+from octosts.domain.exchange import (
+    CallInfo,
+    ExchangeAttempt,
+    ExchangeReporter,
+    ExchangeRequest,
+    ExchangeResult,
+)
 from octosts.transport.errors import Failure, failure
 from octosts.transport.metadata import bearer_token, request_id, user_agent
 
@@ -29,26 +34,6 @@ SERVICE_NAMES = (
     "octosts.v1.SecurityTokenService",
     "chainguard.platform.oidc.SecurityTokenService",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class CallInfo:
-    rpc: str
-    request_id: str
-    user_agent: str
-    duration_seconds: float
-
-
-class ExchangeReporter(Protocol):
-    """Receives every finished exchange (audit event, metrics, log line)."""
-
-    def exchange_done(
-        self,
-        call: CallInfo,
-        request: ExchangeRequest,
-        attempt: ExchangeAttempt,
-        error: BaseException | None,
-    ) -> None: ...
 
 
 class _Handler:
