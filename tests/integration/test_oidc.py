@@ -495,7 +495,8 @@ async def test_errors_never_contain_the_token(issuer: DevIssuer, make: Make) -> 
 
 async def test_oversized_and_garbage_tokens(issuer: DevIssuer, make: Make) -> None:
     verifier, _ = make()
-    with pytest.raises(TokenMalformed, match="larger"):
+    # The size cap is the transport's (bearer_from_values, tested there); here junk is junk.
+    with pytest.raises(TokenMalformed):
         await verifier.verify("a" * (16 * 1024 + 1))
     for junk in ["", "abc", "a.b", "a.b.c.d", "é.b.c", "!!.!!.!!", raw_token({"alg": "RS256"}, {})]:
         with pytest.raises((TokenMalformed, IssuerRejected)):

@@ -31,8 +31,10 @@ from octosts.client import (
     Unavailable,
     parse_token_source,
 )
+from octosts.client import models as client_models
 from octosts.client.core import SyncTransport
 from octosts.client.http_transport import to_result
+from octosts.domain import tokens as domain_tokens
 
 RESULT = ExchangeResult(token="ghs_secret", expires_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
 
@@ -169,6 +171,16 @@ def test_missing_or_bad_token_and_request() -> None:
         client.exchange("o", "i", token="a\r\nX-Evil: 1")
     with pytest.raises(ValueError, match="non-empty"):
         client.exchange("", "i", token="t")
+
+
+def test_client_token_cap_is_the_service_cap() -> None:
+    # The client library speaks the wire contract only (it never imports the server's domain),
+    # so it keeps its own copy of the cap: a token it sends is one the service will read.
+    assert client_models.MAX_TOKEN_BYTES == domain_tokens.MAX_TOKEN_BYTES
+    client = _client(ScriptedTransport(), FakeTime(), RetryPolicy())
+    client.exchange("o", "i", token="a" * domain_tokens.MAX_TOKEN_BYTES)
+    with pytest.raises(ConfigError, match="larger than"):
+        client.exchange("o", "i", token="a" * (domain_tokens.MAX_TOKEN_BYTES + 1))
 
 
 def test_result_repr_hides_token_and_json_shape() -> None:

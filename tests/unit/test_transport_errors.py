@@ -7,7 +7,9 @@ import grpc
 import pytest
 
 from octosts.domain import errors
+from octosts.domain.tokens import MAX_TOKEN_BYTES
 from octosts.transport.errors import TABLE, UNKNOWN_AUTHZ_MODE, denial, failure, status_code
+from octosts.transport.ext_authz import ExtAuthzOptions
 from octosts.transport.metadata import bearer_token, request_id, user_agent
 from octosts.transport.request_id import is_request_id, sanitise_request_id
 
@@ -135,6 +137,15 @@ def test_bad_request_ids_are_replaced_everywhere(value: object) -> None:
     assert is_request_id(fresh)
     if isinstance(value, str):
         assert request_id((("x-request-id", value),)) != value
+
+
+def test_one_token_cap_on_both_paths() -> None:
+    largest = "a" * MAX_TOKEN_BYTES
+    assert bearer_token((("authorization", f"Bearer {largest}"),)) == largest
+    with pytest.raises(errors.TokenMalformed) as info:
+        bearer_token((("authorization", f"Bearer {largest}a"),))
+    assert info.value.reason == "token_too_large"
+    assert ExtAuthzOptions().max_token_bytes == MAX_TOKEN_BYTES
 
 
 # -- the one answer table ---------------------------------------------------------

@@ -6,7 +6,8 @@ time each one: ``token_parse`` -> ``issuer_validate`` -> ``discovery`` ->
 ``jwks`` run (and are observed) only when the issuer's keys are not cached;
 a cache hit is annotated ``cache=hit`` on the ``jwks`` stage.
 
-Defences, in order: the token is size-capped before any parsing; the issuer
+Defences, in order: the token arrives size-capped by the transport
+(``domain.tokens.MAX_TOKEN_BYTES``, before any parsing); the issuer
 URL from the unverified payload must pass the syntax rules and the optional
 deployment allowlist before any network call; every URL fetched (discovery,
 jwks_uri, each redirect hop) passes the same rules and an SSRF guard that
@@ -96,7 +97,6 @@ class OidcConfig:
     connect_timeout: float = 3.0
     read_timeout: float = 5.0
     fetch_deadline: float = 10.0  # whole fetch incl. redirects: slow-drip bodies end here
-    max_token_bytes: int = 16 * 1024
     max_response_bytes: int = 100 * 1024
     max_redirects: int = 3
     cache_ttl: float = 3600.0
@@ -116,7 +116,7 @@ class OidcConfig:
                 parse_issuer_url(issuer, allow_insecure=issuer in self.insecure_issuers)
             except IssuerRejected as exc:
                 raise ValueError(f"configured issuer {issuer!r}: {exc.detail}") from exc
-        if self.max_token_bytes < 1 or self.max_response_bytes < 1 or self.cache_maxsize < 1:
+        if self.max_response_bytes < 1 or self.cache_maxsize < 1:
             raise ValueError("size limits must be positive")
 
 
@@ -202,15 +202,13 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def parse_unverified(bearer: str, *, max_bytes: int) -> _Unverified:
+def parse_unverified(bearer: str) -> _Unverified:
     """Split and decode a compact JWS without trusting it.
 
+    ``bearer`` is within the transport's size cap (``bearer_from_values``).
     Raises TokenMalformed, TokenSignatureInvalid (algorithm not allowed),
     IssuerRejected (no ``iss``).
     """
-    # size first: nothing below runs on an oversized input
-    if len(bearer) > max_bytes:
-        raise TokenMalformed(f"token larger than {max_bytes} bytes")
     if not bearer.isascii():
         raise TokenMalformed("token is not ASCII")
     parts = bearer.split(".")
@@ -345,7 +343,7 @@ class OidcVerifier:
         """
         obs = self._observer
         with obs.stage("token_parse"):
-            token = parse_unverified(bearer, max_bytes=self._config.max_token_bytes)
+            token = parse_unverified(bearer)
         with obs.stage("issuer_validate") as stage:
             insecure = self._validate_issuer(token.issuer)
             cached = self._keys.get(token.issuer)

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from octosts.cli._inputs import InputError, decode_utf8, loads_object, read_limited
+from octosts.domain.tokens import MAX_TOKEN_BYTES
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
-MAX_TOKEN_BYTES = 16 * 1024
 TIME_CLAIMS = ("exp", "nbf", "iat")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 

@@ -66,6 +66,8 @@ class TokenVerifier(Protocol):
     async def verify(self, bearer: str) -> VerifiedToken:
         """Verify a raw JWT (without the ``Bearer`` scheme).
 
+        Callers pass tokens within ``tokens.MAX_TOKEN_BYTES`` (the transport
+        checks, once); implementations need not check again.
         Raises AuthenticationError subclasses for tokens that cannot be trusted
         and IssuerUnavailable when the issuer cannot be reached.
         """

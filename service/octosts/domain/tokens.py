@@ -17,6 +17,11 @@ from types import MappingProxyType
 
 from octosts.domain.errors import IssuerRejected, TokenClaimsInvalid, TokenExpired
 
+# The largest bearer token accepted, checked where a token enters (the transport's
+# bearer_from_values, the CLI); the client library mirrors it (a test holds them equal).
+# An Actions or Kubernetes OIDC token is 1-2 KiB: anything near this is a mistake or an
+# attempt to make every layer carry a huge header.
+MAX_TOKEN_BYTES = 16 * 1024
 MAX_ISSUER_LENGTH = 255
 MAX_PATH_SEGMENT_LENGTH = 150
 MAX_SUBJECT_LENGTH = 255

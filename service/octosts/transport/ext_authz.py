@@ -47,9 +47,9 @@ from google.rpc import code_pb2, status_pb2
 from octosts._gen.octosts.v1 import sts_pb2
 from octosts.domain.errors import InvalidRequest, PermissionDenied, StsError, TokenClaimsInvalid
 from octosts.domain.ports import TokenVerifier
-from octosts.domain.tokens import VerifiedToken
+from octosts.domain.tokens import MAX_TOKEN_BYTES, VerifiedToken
 from octosts.transport.errors import UNKNOWN_AUTHZ_MODE, Denial, denial
-from octosts.transport.metadata import MAX_TOKEN_BYTES, bearer_from_values
+from octosts.transport.metadata import bearer_from_values
 from octosts.transport.request_id import REQUEST_ID_HEADER, is_request_id
 
 HEADER_PREFIX = "x-octo-sts-"

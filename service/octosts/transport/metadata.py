@@ -7,13 +7,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 
 from octosts.domain.errors import TOKEN_MISSING, InvalidRequest, TokenMalformed
+from octosts.domain.tokens import MAX_TOKEN_BYTES
 from octosts.transport.request_id import (
     REQUEST_ID_HEADER,
     current_request_id,
     is_request_id,
 )
 
-MAX_TOKEN_BYTES = 16 * 1024
 # RFC 6750 b64token; a JWT uses a subset. Rejecting anything else up front keeps
 # commas (several joined Authorization headers) and whitespace out of the verifier.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -35,7 +35,8 @@ def bearer_from_values(values: Sequence[str], *, max_bytes: int = MAX_TOKEN_BYTE
     Raises TokenMalformed: reason ``token_missing`` when there is no Bearer token
     (no value, another scheme, empty), ``token_too_large`` past ``max_bytes``,
     ``token_malformed`` for several values or characters a JWT cannot have.
-    Messages never contain the token.
+    Messages never contain the token. This is the size check of both token paths
+    (Exchange, ext_authz Check): the verifier behind it does not repeat it.
     """
     if not values:
         raise TokenMalformed("no authorization header", reason=TOKEN_MISSING)
