@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import io
 import json
@@ -171,6 +172,18 @@ def test_missing_or_bad_token_and_request() -> None:
         client.exchange("o", "i", token="a\r\nX-Evil: 1")
     with pytest.raises(ValueError, match="non-empty"):
         client.exchange("", "i", token="t")
+
+
+def test_client_library_imports_only_itself_and_the_wire_contract() -> None:
+    package = Path(client_models.__file__).parent
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] == "octosts":
+                    assert name.startswith(("octosts.client", "octosts._gen")), (source, name)
 
 
 def test_client_token_cap_is_the_service_cap() -> None:
