@@ -30,6 +30,7 @@ from octosts.adapters.signer import PemSigner
 from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuersStore
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.exchange import Exchanger
+from octosts.domain.issuers import compile_allowlist
 from octosts.domain.ports import Clock, SystemClock
 from octosts.observability.audit import AuditLog, CloudEventSink
 from octosts.observability.exchanges import ExchangeEvents
@@ -139,10 +140,12 @@ def build_app(
     observer = TelemetryObserver(metrics, tracer)
     tls = outbound_tls(settings)
 
+    insecure_issuers = frozenset(settings.insecure_issuers)
     oidc_config = OidcConfig(
-        insecure_issuers=frozenset(settings.insecure_issuers),
-        allowed_issuers=frozenset(settings.issuer_allowlist),
-        allowed_issuer_patterns=settings.issuer_patterns,
+        insecure_issuers=insecure_issuers,
+        allowlist=compile_allowlist(
+            settings.issuer_allowlist, settings.issuer_patterns, insecure_issuers=insecure_issuers
+        ),
         leeway_seconds=settings.oidc_leeway_seconds,
         read_timeout=settings.outbound_timeout_seconds,
         cache_maxsize=min(settings.cache_max_entries, 1024),
@@ -189,7 +192,7 @@ def build_app(
         clock=clock,
         observer=observer,
         org_policy_repo=settings.org_policy_repo,
-        insecure_issuers=frozenset(settings.insecure_issuers),
+        insecure_issuers=insecure_issuers,
         config=TrustedIssuersConfig(
             fresh_seconds=settings.issuers_fresh_seconds,
             stale_seconds=settings.issuers_stale_seconds,
@@ -211,7 +214,7 @@ def build_app(
             WebhookConfig(
                 secrets=tuple(s.encode() for s in settings.webhook_secrets),
                 org_policy_repo=settings.org_policy_repo,
-                insecure_issuers=frozenset(settings.insecure_issuers),
+                insecure_issuers=insecure_issuers,
             ),
             checks=GitHubChecks(
                 github,

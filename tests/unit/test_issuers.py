@@ -8,12 +8,18 @@ from octosts.adapters.policy_yaml import parse_trusted_issuers
 from octosts.domain.errors import PolicyInvalid
 from octosts.domain.issuers import (
     NO_RESTRICTION,
+    AllowlistInvalid,
+    EntryProblem,
+    IssuerAllowlist,
     TrustedIssuers,
+    compile_allowlist,
     compile_trusted_issuers,
     judge_issuer,
 )
+from tests.unit.test_slash_guard import REFUSED
 
 GHA = "https://token.actions.githubusercontent.com"
+
 
 def test_file_errors_name_the_pattern_and_line() -> None:
     text = f"mode: enforce\nissuers:\n  - {GHA}\nissuer_patterns:\n  - 'https://x\\.com.*'\n"
@@ -88,8 +94,8 @@ def test_limits_on_entry_counts() -> None:
     with pytest.raises(PolicyInvalid, match="at most 16"):
         compile_trusted_issuers({"issuer_patterns": patterns})
     ok = compile_trusted_issuers({"issuers": many[:64], "issuer_patterns": patterns[:16]})
-    assert len(ok.issuers) == 64
-    assert len(ok.patterns) == 16
+    assert len(ok.allowlist.issuers) == 64
+    assert len(ok.allowlist.patterns) == 16
 
 
 def test_insecure_issuer_only_when_the_operator_allows_it() -> None:
@@ -103,8 +109,8 @@ def test_insecure_issuer_only_when_the_operator_allows_it() -> None:
 
 
 def test_judge_issuer_modes() -> None:
-    enforce = TrustedIssuers("enforce", frozenset({GHA}), ())
-    audit = TrustedIssuers("audit", frozenset({GHA}), ())
+    enforce = TrustedIssuers("enforce", IssuerAllowlist(frozenset({GHA})))
+    audit = TrustedIssuers("audit", IssuerAllowlist(frozenset({GHA})))
     assert judge_issuer(None, "https://x.example") == NO_RESTRICTION
     assert judge_issuer(enforce, GHA).allowed
     refused = judge_issuer(enforce, "https://x.example")
@@ -116,3 +122,45 @@ def test_judge_issuer_modes() -> None:
     audited = judge_issuer(audit, "https://x.example")
     assert (audited.allowed, audited.audited) == (True, True)
     assert not judge_issuer(audit, GHA).audited
+
+
+def test_allowlist_reports_every_bad_entry_naming_it() -> None:
+    with pytest.raises(AllowlistInvalid) as info:
+        compile_allowlist(
+            [GHA, "http://a.example", "https://A.example"],
+            [r"https://a\.example", "(unclosed", r"https://x\.com.*"],
+        )
+    problems = info.value.problems
+    assert [(p.field, p.index) for p in problems] == [
+        ("issuers", 1),
+        ("issuers", 2),
+        ("issuer_patterns", 1),
+        ("issuer_patterns", 2),
+    ]
+    assert problems[0] == EntryProblem(
+        "issuers", 1, "'http://a.example': issuer URL rejected: scheme must be https"
+    )
+    assert "'https://A.example'" in problems[1].message
+    assert "pattern '(unclosed': invalid RE2 pattern" in problems[2].message
+    assert "may match '/'" in problems[3].message
+
+
+def test_allowlist_value() -> None:
+    assert not IssuerAllowlist().restricts
+    allowlist = compile_allowlist([GHA], [r"https://[a-z]+\.example\.com"])
+    assert allowlist.restricts
+    assert allowlist.allows(GHA)
+    assert allowlist.allows("https://abc.example.com")
+    assert not allowlist.allows("https://abc.example.com/x")
+    insecure = "http://127.0.0.1:8000"
+    assert compile_allowlist([insecure], [], insecure_issuers=frozenset({insecure})).allows(
+        insecure
+    )
+
+
+@pytest.mark.parametrize("pattern", REFUSED)
+def test_the_file_and_the_deployment_refuse_the_same_patterns(pattern: str) -> None:
+    with pytest.raises(PolicyInvalid, match="may match '/'"):
+        compile_trusted_issuers({"issuer_patterns": [pattern]})
+    with pytest.raises(AllowlistInvalid, match="may match '/'"):
+        compile_allowlist([], [pattern])

@@ -35,7 +35,6 @@ from urllib.parse import urljoin
 
 import httpx
 import jwt
-import re2
 from jwt.api_jwk import PyJWK
 
 from octosts.adapters.cache import SingleFlight, TtlCache
@@ -50,6 +49,7 @@ from octosts.domain.errors import (
     TokenMalformed,
     TokenSignatureInvalid,
 )
+from octosts.domain.issuers import ANY_ISSUER, IssuerAllowlist, issuer_entry_problem
 from octosts.domain.ports import Clock, NullObserver, StageObserver, SystemClock
 from octosts.domain.tokens import (
     IssuerUrl,
@@ -86,13 +86,12 @@ class OidcConfig:
     ``insecure_issuers``: exact issuer URLs allowed to use plain http and
     loopback/private addresses (local development, in-cluster issuers); the
     permission extends to URLs on the same origin (their jwks_uri). When
-    ``allowed_issuers`` or ``allowed_issuer_patterns`` (RE2, full match) is
-    non-empty, only matching issuers (and ``insecure_issuers``) are accepted.
+    ``allowlist`` (the deployment's, built by ``domain.issuers.compile_allowlist``)
+    restricts, only issuers it allows (and ``insecure_issuers``) are accepted.
     """
 
     insecure_issuers: frozenset[str] = frozenset()
-    allowed_issuers: frozenset[str] = frozenset()
-    allowed_issuer_patterns: tuple[str, ...] = ()
+    allowlist: IssuerAllowlist = ANY_ISSUER
     leeway_seconds: float = 30.0
     connect_timeout: float = 3.0
     read_timeout: float = 5.0
@@ -106,16 +105,10 @@ class OidcConfig:
     kid_refetch_interval: float = 30.0
 
     def __post_init__(self) -> None:
-        for pattern in self.allowed_issuer_patterns:
-            try:
-                re2.compile(pattern)
-            except re2.error as exc:
-                raise ValueError(f"allowed_issuer_patterns: bad RE2 pattern {pattern!r}") from exc
-        for issuer in self.insecure_issuers | self.allowed_issuers:
-            try:
-                parse_issuer_url(issuer, allow_insecure=issuer in self.insecure_issuers)
-            except IssuerRejected as exc:
-                raise ValueError(f"configured issuer {issuer!r}: {exc.detail}") from exc
+        for issuer in self.insecure_issuers:
+            problem = issuer_entry_problem(issuer, allow_insecure=True)
+            if problem is not None:
+                raise ValueError(f"insecure_issuers: {problem}")
         if self.max_response_bytes < 1 or self.cache_maxsize < 1:
             raise ValueError("size limits must be positive")
 
@@ -318,7 +311,6 @@ class OidcVerifier:
         self._clock = clock or SystemClock()
         self._observer: StageObserver = observer or NullObserver()
         self._resolver = resolver
-        self._patterns = [re2.compile(p) for p in config.allowed_issuer_patterns]
         self._insecure_origins = {
             parse_issuer_url(i, allow_insecure=True).origin for i in config.insecure_issuers
         }
@@ -387,12 +379,8 @@ class OidcVerifier:
         """Returns whether the issuer is explicitly allowed to be insecure."""
         insecure = issuer in self._config.insecure_issuers
         parse_issuer_url(issuer, allow_insecure=insecure)
-        cfg = self._config
-        if (cfg.allowed_issuers or self._patterns) and not (
-            insecure
-            or issuer in cfg.allowed_issuers
-            or any(p.fullmatch(issuer) for p in self._patterns)
-        ):
+        allowlist = self._config.allowlist
+        if allowlist.restricts and not (insecure or allowlist.allows(issuer)):
             raise IssuerRejected("issuer is not in the deployment's issuer allowlist")
         return insecure
 

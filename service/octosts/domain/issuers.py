@@ -1,6 +1,14 @@
-"""Organization trusted-token-issuers: which OIDC issuers an org accepts at all.
+"""Issuer trust: which OIDC issuers are accepted at all, at two levels, one rule.
 
-The file ``.github/chainguard/trusted-token-issuers.yaml`` in the org policy
+``IssuerAllowlist`` (exact issuers plus guarded RE2 patterns, full match) is
+the one compiled value for both: the deployment's ``OCTOSTS_ISSUER_ALLOWLIST``
+/ ``OCTOSTS_ISSUER_PATTERNS`` (checked by the OIDC verifier before any network
+call) and each organization's trusted-token-issuers file. ``compile_allowlist``
+applies the same entry rules to both: issuers follow the token ``iss`` URL
+rules with a lowercase scheme and host; patterns compile with RE2 and pass the
+slash guard (``domain.slash_guard``).
+
+The organization's file ``.github/chainguard/trusted-token-issuers.yaml`` in the org policy
 repository restricts, for every exchange into that organization, which token
 issuers may be used, before any trust policy is read::
 
@@ -11,23 +19,24 @@ issuers may be used, before any trust policy is read::
       - https://[a-z0-9-]+\\.oidc\\.example\\.com
 
 ``compile_trusted_issuers`` validates parsed data (the YAML reading is the
-adapter's, ``adapters.policy_yaml.parse_trusted_issuers``).
-
-Every pattern must pass the slash guard (``domain.slash_guard``).
+adapter's, ``adapters.policy_yaml.parse_trusted_issuers``); on top of the
+entry rules it bounds the lists and refuses duplicates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from octosts.domain.errors import IssuerRejected, PolicyInvalid, PolicyProblem
 from octosts.domain.policy import Pattern, compile_pattern
 from octosts.domain.slash_guard import check_pattern_guard
+from octosts.domain.text import show
 from octosts.domain.tokens import parse_issuer_url
 
 IssuersMode = Literal["enforce", "audit"]
+AllowlistField = Literal["issuers", "issuer_patterns"]
 
 ISSUERS_FILE = ".github/chainguard/trusted-token-issuers.yaml"
 MAX_ISSUERS = 64
@@ -37,16 +46,104 @@ FIELDS = ("mode", "issuers", "issuer_patterns")
 
 
 @dataclass(frozen=True, slots=True)
-class TrustedIssuers:
-    """A validated trusted-token-issuers file."""
+class IssuerAllowlist:
+    """Accepted issuers: exact URLs and RE2 patterns (full match); see ``compile_allowlist``."""
 
-    mode: IssuersMode
-    issuers: frozenset[str]
-    patterns: tuple[Pattern, ...]
+    issuers: frozenset[str] = frozenset()
+    patterns: tuple[Pattern, ...] = ()
+
+    @property
+    def restricts(self) -> bool:
+        """False for the empty allowlist (a deployment without one accepts any issuer)."""
+        return bool(self.issuers or self.patterns)
 
     def allows(self, issuer: str) -> bool:
         """True when ``issuer`` is listed exactly or fully matches a pattern."""
         return issuer in self.issuers or any(p.fullmatch(issuer) for p in self.patterns)
+
+
+ANY_ISSUER = IssuerAllowlist()  # restricts nothing
+
+
+@dataclass(frozen=True, slots=True)
+class EntryProblem:
+    """Why entry ``index`` of list ``field`` was refused; ``message`` names the entry."""
+
+    field: AllowlistField
+    index: int
+    message: str
+
+
+class AllowlistInvalid(ValueError):
+    """One or more allowlist entries break the rules; ``problems`` lists every one."""
+
+    def __init__(self, problems: Sequence[EntryProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(f"{p.field}[{p.index}]: {p.message}" for p in self.problems))
+
+
+def compile_allowlist(
+    issuers: Sequence[str],
+    patterns: Sequence[str],
+    *,
+    insecure_issuers: frozenset[str] = frozenset(),
+) -> IssuerAllowlist:
+    """Validate and compile allowlist entries (both levels of issuer trust).
+
+    An issuer may be plain ``http://`` only when it is one of the operator's
+    ``insecure_issuers``. Raises AllowlistInvalid listing every bad entry.
+    """
+    problems: list[EntryProblem] = []
+    for index, issuer in enumerate(issuers):
+        problem = issuer_entry_problem(issuer, allow_insecure=issuer in insecure_issuers)
+        if problem is not None:
+            problems.append(EntryProblem("issuers", index, problem))
+    compiled: list[Pattern] = []
+    for index, source in enumerate(patterns):
+        try:
+            compiled.append(compile_issuer_pattern(source))
+        except ValueError as exc:
+            problems.append(EntryProblem("issuer_patterns", index, str(exc)))
+    if problems:
+        raise AllowlistInvalid(problems)
+    return IssuerAllowlist(frozenset(issuers), tuple(compiled))
+
+
+def issuer_entry_problem(issuer: str, *, allow_insecure: bool) -> str | None:
+    """Why ``issuer`` cannot be listed as an exact issuer, or None when it can."""
+    try:
+        url = parse_issuer_url(issuer, allow_insecure=allow_insecure)
+    except IssuerRejected as exc:
+        return f"{show(issuer, 80)}: {exc.detail or 'issuer URL rejected'}"
+    # Entries are compared with a token's iss as exact strings: keep them canonical.
+    if url.scheme != url.scheme.lower() or url.host != url.host.lower():
+        return f"{show(issuer, 80)}: issuer URL rejected: scheme and host must be lowercase"
+    return None
+
+
+def compile_issuer_pattern(source: str) -> Pattern:
+    """Compile an issuer pattern (RE2, full match) that passes the slash guard.
+
+    Raises ValueError naming the pattern.
+    """
+    try:
+        compiled = compile_pattern(source)
+    except ValueError as exc:
+        raise ValueError(f"pattern {show(source, 80)}: {exc}") from None
+    check_pattern_guard(source)
+    return compiled
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIssuers:
+    """A validated trusted-token-issuers file: its mode and its allowlist."""
+
+    mode: IssuersMode
+    allowlist: IssuerAllowlist
+
+    def allows(self, issuer: str) -> bool:
+        """True when the file's allowlist accepts ``issuer``."""
+        return self.allowlist.allows(issuer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +207,26 @@ class _Compiler:
             if key not in FIELDS:
                 self.problem(str(key)[:60], f"unknown field (allowed: {', '.join(FIELDS)})")
         mode = self.mode(data.get("mode", "enforce"))
-        issuers = self.issuers(data.get("issuers", []))
-        patterns = self.patterns(data.get("issuer_patterns", []))
+        issuers = self.entries("issuers", data.get("issuers", []), MAX_ISSUERS)
+        patterns = self.entries(
+            "issuer_patterns", data.get("issuer_patterns", []), MAX_ISSUER_PATTERNS
+        )
         if not issuers and not patterns and not self.problems:
             self.problem("", "list at least one entry in issuers or issuer_patterns")
+        allowlist = ANY_ISSUER
+        try:
+            allowlist = compile_allowlist(
+                [item for _, item in issuers],
+                [item for _, item in patterns],
+                insecure_issuers=self.insecure,
+            )
+        except AllowlistInvalid as exc:
+            paths = {"issuers": issuers, "issuer_patterns": patterns}
+            for problem in exc.problems:
+                self.problem(paths[problem.field][problem.index][0], problem.message)
         if self.problems:
             raise PolicyInvalid(self.problems)
-        return TrustedIssuers(mode=mode, issuers=frozenset(issuers), patterns=tuple(patterns))
+        return TrustedIssuers(mode=mode, allowlist=allowlist)
 
     def mode(self, value: object) -> IssuersMode:
         if value == "enforce" or value == "audit":  # noqa: PLR1714 - narrows the Literal
@@ -125,6 +235,7 @@ class _Compiler:
         return "enforce"
 
     def entries(self, name: str, value: object, limit: int) -> list[tuple[str, str]]:
+        """(path, entry) of every well-formed, distinct entry; the file's own limits."""
         if not isinstance(value, list):
             self.problem(name, "must be a list of strings")
             return []
@@ -144,30 +255,3 @@ class _Compiler:
                 seen.add(item)
                 result.append((path, item))
         return result
-
-    def issuers(self, value: object) -> list[str]:
-        good: list[str] = []
-        for path, issuer in self.entries("issuers", value, MAX_ISSUERS):
-            try:
-                url = parse_issuer_url(issuer, allow_insecure=issuer in self.insecure)
-            except IssuerRejected as exc:
-                self.problem(path, exc.detail or "not a valid issuer URL")
-                continue
-            # Entries are compared with a token's iss as exact strings: keep them canonical.
-            if url.scheme != url.scheme.lower() or url.host != url.host.lower():
-                self.problem(path, "scheme and host must be lowercase")
-                continue
-            good.append(issuer)
-        return good
-
-    def patterns(self, value: object) -> list[Pattern]:
-        good: list[Pattern] = []
-        for path, source in self.entries("issuer_patterns", value, MAX_ISSUER_PATTERNS):
-            try:
-                compiled = compile_pattern(source)
-                check_pattern_guard(source)
-            except ValueError as exc:
-                self.problem(path, str(exc))
-                continue
-            good.append(compiled)
-        return good
