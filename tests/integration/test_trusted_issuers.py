@@ -10,7 +10,7 @@ import pytest
 
 from octosts.dev.github_emulator import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
-from octosts.domain.issuers import ISSUERS_FILE
+from octosts.domain.layout import ISSUERS_FILE
 from tests.integration.service_harness import running, servers
 
 C = grpc.StatusCode

@@ -15,7 +15,7 @@ from octosts.domain.errors import (
     RateLimited,
 )
 from octosts.domain.exchange import ExchangeAttempt, Exchanger, ExchangeRequest
-from octosts.domain.issuers import ISSUERS_FILE
+from octosts.domain.layout import ISSUERS_FILE
 from octosts.domain.ports import NullObserver, TrustedIssuersSource
 from tests.fakes import FakeClock, FakeGitHub, FakePolicies, FakeVerifier, policy, verified
 

@@ -2,8 +2,8 @@
 
 ``TrustedIssuersStore`` implements ``domain.ports.TrustedIssuersSource``.
 
-Lookup outcomes (``.github/chainguard/trusted-token-issuers.yaml`` in
-``ORG_POLICY_REPO`` of the scope's owner):
+Lookup outcomes (``domain.layout.ISSUERS_FILE`` in ``ORG_POLICY_REPO`` of the
+scope's owner):
 
 ==============================  ==========================================================
 GitHub says                     decision
@@ -34,7 +34,7 @@ import structlog
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.policy_yaml import parse_trusted_issuers
 from octosts.domain.errors import PolicyInvalid, PolicyNotFound, RateLimited, UpstreamUnavailable
-from octosts.domain.issuers import ISSUERS_FILE
+from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, ISSUERS_FILE
 
 if TYPE_CHECKING:
     from octosts.domain.issuers import TrustedIssuers
@@ -78,7 +78,7 @@ class TrustedIssuersStore:
         *,
         clock: Clock,
         observer: StageObserver,
-        org_policy_repo: str = ".github",
+        org_policy_repo: str = DEFAULT_ORG_POLICY_REPO,
         insecure_issuers: frozenset[str] = frozenset(),
         config: TrustedIssuersConfig | None = None,
     ) -> None:

@@ -24,6 +24,7 @@ from octosts.adapters.policy_yaml import (
 )
 from octosts.cli._inputs import InputError, decode_utf8, loads_object, printable, read_limited
 from octosts.domain.errors import AuthenticationError, PolicyInvalid, PolicyProblem
+from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, ISSUERS_FILE_NAME, POLICY_DIR
 from octosts.domain.policy import PolicyKind, TrustPolicy, check
 from octosts.domain.tokens import token_from_claims
 
@@ -31,7 +32,9 @@ EXIT_ALLOWED = 0
 EXIT_DENIED = 1
 EXIT_INVALID = 2
 MAX_CLAIMS_BYTES = 256 * 1024
-ISSUERS_FILE_NAMES = frozenset({"trusted-token-issuers.yaml", "trusted-token-issuers.yml"})
+ISSUERS_FILE_NAMES = frozenset({ISSUERS_FILE_NAME, ISSUERS_FILE_NAME.replace(".yaml", ".yml")})
+# An org policy in a checkout of the conventionally named org policy repository.
+_ORG_POLICY_DIR = (DEFAULT_ORG_POLICY_REPO, *POLICY_DIR.split("/"))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,8 +71,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lint_parser = policy_sub.add_parser(
         "lint",
         help="validate policy files",
-        description="Kind by default: trusted-token-issuers.yaml -> issuers; "
-        "<dir named .github>/.github/chainguard/*.yaml (the org policy repository) -> org; "
+        description=f"Kind by default: {ISSUERS_FILE_NAME} -> issuers; "
+        f"<dir named {DEFAULT_ORG_POLICY_REPO}>/{POLICY_DIR}/*.yaml "
+        "(the org policy repository) -> org; "
         "anything else -> trust. Exit 0 all valid, 1 any invalid, 2 unreadable file.",
     )
     lint_parser.add_argument("--kind", choices=("trust", "org", "issuers"))
@@ -148,7 +152,7 @@ def _lint_kind(name: str, explicit: str | None) -> str:
     parts = path.absolute().parts
     # The org policy repository is conventionally named `.github`, so an org
     # policy checkout path ends in `.github/.github/chainguard/NAME.sts.yaml`.
-    if len(parts) >= 4 and parts[-4:-1] == (".github", ".github", "chainguard"):
+    if parts[-len(_ORG_POLICY_DIR) - 1 : -1] == _ORG_POLICY_DIR:
         return "org"
     return "trust"
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from octosts.domain.errors import InvalidRequest, IssuerNotTrusted, PolicyDenied
 from octosts.domain.issuers import judge_issuer
+from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, is_org_policy_repo, policy_path
 from octosts.domain.names import Scope, check_identity, parse_scope
 from octosts.domain.policy import check
 from octosts.domain.ports import PolicyLocation
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
         TrustedIssuersSource,
     )
     from octosts.domain.tokens import VerifiedToken
-
-POLICY_DIR = ".github/chainguard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +109,8 @@ def policy_location(scope: Scope, identity: str, org_policy_repo: str) -> Policy
     ``owner`` and ``owner/<org policy repo>`` read the org policy; any other
     ``owner/repo`` reads that repository's own policy.
     """
-    path = f"{POLICY_DIR}/{identity}.sts.yaml"
-    # GitHub repository names are case-insensitive: `owner/.GITHUB` is the org policy repo.
-    if scope.repo is None or scope.repo.lower() == org_policy_repo.lower():
+    path = policy_path(identity)
+    if scope.repo is None or is_org_policy_repo(scope.repo, org_policy_repo):
         return PolicyLocation(scope.owner, org_policy_repo, path, "org")
     return PolicyLocation(scope.owner, scope.repo, path, "repo")
 
@@ -135,7 +133,7 @@ class Exchanger:
         policies: PolicySource,
         observer: StageObserver,
         domain: str,
-        org_policy_repo: str = ".github",
+        org_policy_repo: str = DEFAULT_ORG_POLICY_REPO,
         trusted_issuers: TrustedIssuersSource | None = None,
     ) -> None:
         self._trusted_issuers = trusted_issuers

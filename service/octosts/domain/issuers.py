@@ -8,8 +8,8 @@ applies the same entry rules to both: issuers follow the token ``iss`` URL
 rules with a lowercase scheme and host; patterns compile with RE2 and pass the
 slash guard (``domain.slash_guard``).
 
-The organization's file ``.github/chainguard/trusted-token-issuers.yaml`` in the org policy
-repository restricts, for every exchange into that organization, which token
+The organization's file (``domain.layout.ISSUERS_FILE`` in the org policy
+repository) restricts, for every exchange into that organization, which token
 issuers may be used, before any trust policy is read::
 
     mode: enforce            # or audit (default enforce)
@@ -38,7 +38,6 @@ from octosts.domain.tokens import parse_issuer_url
 IssuersMode = Literal["enforce", "audit"]
 AllowlistField = Literal["issuers", "issuer_patterns"]
 
-ISSUERS_FILE = ".github/chainguard/trusted-token-issuers.yaml"
 MAX_ISSUERS = 64
 MAX_ISSUER_PATTERNS = 16
 MAX_ENTRY_LENGTH = 256

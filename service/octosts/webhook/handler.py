@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from octosts.domain.errors import StsError
-from octosts.domain.issuers import ISSUERS_FILE
+from octosts.domain.layout import (
+    DEFAULT_ORG_POLICY_REPO,
+    ISSUERS_FILE,
+    in_policy_dir,
+    is_org_policy_repo,
+)
 from octosts.domain.names import is_owner_name, is_repo_name
 from octosts.webhook.signature import signature_valid
 from octosts.webhook.validate import (
@@ -53,7 +58,7 @@ class WebhookReply:
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     secrets: tuple[bytes, ...] = field(repr=False)
-    org_policy_repo: str = ".github"
+    org_policy_repo: str = DEFAULT_ORG_POLICY_REPO
     insecure_issuers: frozenset[str] = frozenset()
 
 
@@ -141,9 +146,9 @@ class WebhookHandler:
             if whole_repo:
                 dropped += self._policies.invalidate(owner, repo)
             for path in paths:
-                if path.startswith(".github/chainguard/"):
+                if in_policy_dir(path):
                     dropped += self._policies.invalidate(owner, repo, path)
-        issuers_changed = repo.lower() == self._config.org_policy_repo.lower() and (
+        issuers_changed = is_org_policy_repo(repo, self._config.org_policy_repo) and (
             whole_repo or ISSUERS_FILE in paths
         )
         if issuers_changed and self._issuers is not None:

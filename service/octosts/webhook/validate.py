@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from octosts.adapters.policy_yaml import parse_trust_policy, parse_trusted_issuers
 from octosts.domain.errors import PolicyInvalid, PolicyProblem
-from octosts.domain.issuers import ISSUERS_FILE
+from octosts.domain.layout import ISSUERS_FILE, is_org_policy_repo, is_trust_policy_path
 
 CHECK_NAME = "Trust Policy Validation"
 MAX_ANNOTATIONS = 50  # GitHub's per-request limit
-_POLICY_RE = re.compile(r"^\.github/chainguard/[^/]+\.sts\.yaml$")
 
 
 def is_policy_path(path: str, *, repo: str, org_policy_repo: str) -> bool:
     """A trust policy, or the issuers file when ``repo`` is the org policy repository."""
-    if _POLICY_RE.fullmatch(path):
+    if is_trust_policy_path(path):
         return True
-    return repo.lower() == org_policy_repo.lower() and path == ISSUERS_FILE
+    return is_org_policy_repo(repo, org_policy_repo) and path == ISSUERS_FILE
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +39,7 @@ def validate_file(
         if path == ISSUERS_FILE:
             parse_trusted_issuers(content, insecure_issuers=insecure_issuers)
         else:
-            org = repo.lower() == org_policy_repo.lower()
+            org = is_org_policy_repo(repo, org_policy_repo)
             parse_trust_policy(content, kind="org" if org else "repo")
     except PolicyInvalid as exc:
         return [_problem(path, p) for p in exc.problems]
