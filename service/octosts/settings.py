@@ -1,69 +1,90 @@
-"""Service settings: frozen, validated once at start-up.
+"""Service settings: each declared once, all validated at once at start-up.
 
-``load(environ, path)`` reads environment variables (the README's table) and,
-optionally, a YAML file whose keys are the same names in lower case
-(``sts_domain: ...``); the environment wins over the file. Every problem is
-reported at once with the variable's name, so a bad deployment fails fast
-with a clear message instead of at the first exchange.
+Every setting is one field of ``Settings``, declared with ``setting(...)`` or
+``required(...)``: its environment variable, default, parser and checks. There
+is no other list of settings: ``load``, the config file's known keys and the
+README table's test all read these declarations. Adding a setting is adding a
+field (and its README row).
+
+``load(environ, path)`` reads the environment variables and, optionally, a YAML
+file whose keys are the same names in lower case (``sts_domain: ...``); the
+environment wins. It parses and checks every setting, then the rules that span
+several (``_RULES``: the issuer allowlist with the insecure issuers, the
+webhook's secrets), and reports every problem at once, each with its
+variable's name, so a bad deployment fails fast with a clear message instead
+of at the first exchange. Secret values (``secret=True``) never appear in a
+message or a repr.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
+
+from octosts.domain.issuers import AllowlistInvalid, compile_allowlist, issuer_entry_problem
+from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO
+from octosts.domain.names import is_repo_name
+
+T = TypeVar("T")
+LogFormat = Literal["json", "console"]
+CONFIG_FILE_VARIABLE = "OCTOSTS_CONFIG"
 
 
 class SettingsError(ValueError):
     """One or more settings are invalid; the message lists each of them."""
 
 
-DEFAULT_GRPC_ADDR = "127.0.0.1:8080"
-DEFAULT_GITHUB_BASE_URL = "https://api.github.com"
-
-
 @dataclass(frozen=True, slots=True)
-class Settings:
-    sts_domain: str
-    github_app_id: int
-    github_app_private_key: str = field(repr=False)
-    grpc_addr: str = DEFAULT_GRPC_ADDR
-    metrics_addr: str = ""
-    github_base_url: str = DEFAULT_GITHUB_BASE_URL
-    org_policy_repo: str = ".github"
-    insecure_issuers: tuple[str, ...] = ()
-    issuer_allowlist: tuple[str, ...] = ()
-    issuer_patterns: tuple[str, ...] = ()
-    outbound_ca_file: str = ""
-    oidc_leeway_seconds: int = 30
-    outbound_timeout_seconds: float = 5.0
-    policy_fresh_seconds: float = 10.0
-    policy_stale_seconds: float = 3600.0
-    policy_missing_seconds: float = 30.0
-    installation_ttl_seconds: float = 3600.0
-    installation_missing_seconds: float = 300.0
-    cache_max_entries: int = 10_000
-    verbose_errors: bool = False
-    workers: int = 1
-    shutdown_grace_seconds: float = 5.0
-    log_level: str = "info"
-    log_format: Literal["json", "console"] = "json"
-    audit_sink_url: str = ""
-    # [org-allowlist]: per-org trusted-token-issuers cache and the GitHub webhook.
-    issuers_fresh_seconds: float = 300.0
-    issuers_stale_seconds: float = 3600.0
-    webhook_addr: str = ""  # empty: no webhook listener
-    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
-    webhook_max_body_bytes: int = 1 << 20
+class Spec:
+    """How one setting is read: the declaration behind a ``Settings`` field."""
+
+    env: str
+    parse: Callable[[str], Any]  # raises ValueError with a short message
+    check: Callable[[Any], Iterable[str]] | None  # yields problems with a parsed value
+    secret: bool
+    required: bool
+    file_env: str | None  # a variable naming a file to read the value from instead
 
 
-# name -> (attribute, parser). Parsers raise ValueError with a short message.
+_SPEC = "octosts.setting"
+
+
+def setting(
+    env: str,
+    parse: Callable[[str], T],
+    default: T,
+    *,
+    check: Callable[[T], Iterable[str]] | None = None,
+    secret: bool = False,
+) -> T:
+    """Declare an optional setting (a ``Settings`` field default)."""
+    spec = Spec(env, parse, check, secret, required=False, file_env=None)
+    return field(default=default, repr=not secret, metadata={_SPEC: spec})
+
+
+def required(
+    env: str,
+    parse: Callable[[str], T],
+    *,
+    check: Callable[[T], Iterable[str]] | None = None,
+    secret: bool = False,
+    file_env: str | None = None,
+) -> T:
+    """Declare a setting without a default: missing or empty is a problem."""
+    spec = Spec(env, parse, check, secret, required=True, file_env=file_env)
+    return cast("T", field(repr=not secret, metadata={_SPEC: spec}))
+
+
+# -- parsers: str -> value, ValueError with a short message ---------------------------------
+
+
 def _str(value: str) -> str:
     return value.strip()
 
@@ -92,68 +113,89 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-_VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
-    "STS_DOMAIN": ("sts_domain", _str),
-    "GITHUB_APP_ID": ("github_app_id", _int),
-    "GITHUB_APP_PRIVATE_KEY": ("github_app_private_key", str),
-    "OCTOSTS_GRPC_ADDR": ("grpc_addr", _str),
-    "OCTOSTS_METRICS_ADDR": ("metrics_addr", _str),
-    "GITHUB_BASE_URL": ("github_base_url", _str),
-    "ORG_POLICY_REPO": ("org_policy_repo", _str),
-    "OCTOSTS_INSECURE_ISSUERS": ("insecure_issuers", _list),
-    "OCTOSTS_ISSUER_ALLOWLIST": ("issuer_allowlist", _list),
-    "OCTOSTS_ISSUER_PATTERNS": ("issuer_patterns", _list),
-    "OCTOSTS_OUTBOUND_CA_FILE": ("outbound_ca_file", _str),
-    "OCTOSTS_OIDC_LEEWAY_SECONDS": ("oidc_leeway_seconds", _int),
-    "OCTOSTS_OUTBOUND_TIMEOUT_SECONDS": ("outbound_timeout_seconds", _float),
-    "OCTOSTS_POLICY_FRESH_SECONDS": ("policy_fresh_seconds", _float),
-    "OCTOSTS_POLICY_STALE_SECONDS": ("policy_stale_seconds", _float),
-    "OCTOSTS_POLICY_MISSING_SECONDS": ("policy_missing_seconds", _float),
-    "OCTOSTS_INSTALLATION_TTL_SECONDS": ("installation_ttl_seconds", _float),
-    "OCTOSTS_INSTALLATION_MISSING_SECONDS": ("installation_missing_seconds", _float),
-    "OCTOSTS_CACHE_MAX_ENTRIES": ("cache_max_entries", _int),
-    "OCTOSTS_VERBOSE_ERRORS": ("verbose_errors", _bool),
-    "OCTOSTS_WORKERS": ("workers", _int),
-    "OCTOSTS_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", _float),
-    "OCTOSTS_LOG_LEVEL": ("log_level", _str),
-    "OCTOSTS_LOG_FORMAT": ("log_format", _str),
-    "OCTOSTS_AUDIT_SINK_URL": ("audit_sink_url", _str),
-    "OCTOSTS_ISSUERS_FRESH_SECONDS": ("issuers_fresh_seconds", _float),
-    "OCTOSTS_ISSUERS_STALE_SECONDS": ("issuers_stale_seconds", _float),
-    "OCTOSTS_WEBHOOK_ADDR": ("webhook_addr", _str),
-    # Comma-separated: several secrets are accepted at once while rotating.
-    "OCTOSTS_WEBHOOK_SECRETS": ("webhook_secrets", _list),
-    "OCTOSTS_WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", _int),
-}
-# Read the PEM from this file when GITHUB_APP_PRIVATE_KEY is not given.
-_KEY_FILE = "GITHUB_APP_PRIVATE_KEY_FILE"
-CONFIG_FILE_VARIABLE = "OCTOSTS_CONFIG"
+def _pattern_list(value: str) -> tuple[str, ...]:
+    """Comma-separated RE2 patterns; commas inside ``{1,5}``, ``[a,b]`` or ``(...)`` stay.
+
+    A top-level comma could only match a literal ',', which no valid issuer URL holds.
+    """
+    items: list[str] = []
+    start = depth = i = 0
+    while i < len(value):
+        char = value[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "[":
+            i = _class_end(value, i)
+            continue
+        if char in "({":
+            depth += 1
+        elif char in ")}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append(value[start:i])
+            start = i + 1
+        i += 1
+    items.append(value[start:])
+    return tuple(item.strip() for item in items if item.strip())
 
 
-def _read_file_values(path: Path) -> dict[str, str]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{path}: cannot read config file: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: top level must be a mapping of setting names to values")
-    values: dict[str, str] = {}
-    known = {*_VARIABLES, _KEY_FILE}
-    for key, value in data.items():
-        name = str(key).upper()
-        if name not in known:
-            raise SettingsError(f"{path}: unknown setting {key!r}")
-        if isinstance(value, list):
-            values[name] = ",".join(str(v) for v in value)
-        elif isinstance(value, bool):
-            values[name] = "true" if value else "false"
+def _class_end(value: str, i: int) -> int:
+    """The index after the bracket class opening at ``i`` (``[]a]``, ``[^]]``, ``[[:alpha:]]``)."""
+    i += 2 if value.startswith("[^", i) else 1
+    if value.startswith("]", i):
+        i += 1  # a leading ']' is a member
+    while i < len(value):
+        if value[i] == "\\":
+            i += 2
+        elif value.startswith("[:", i) and value.find(":]", i + 2) >= 0:
+            i = value.find(":]", i + 2) + 2
+        elif value[i] == "]":
+            return i + 1
         else:
-            values[name] = str(value)
-    return values
+            i += 1
+    return i
+
+
+def _log_format(value: str) -> LogFormat:
+    text = value.strip()
+    if text == "json":
+        return "json"
+    if text == "console":
+        return "console"
+    raise ValueError("must be json or console")
+
+
+# -- checks: value -> problems ----------------------------------------------------------------
+
+
+def _between(low: int, high: int) -> Callable[[int], Iterator[str]]:
+    def check(value: int) -> Iterator[str]:
+        if not low <= value <= high:
+            yield f"must be between {low} and {high}"
+
+    return check
+
+
+def _positive_int(value: int) -> Iterator[str]:
+    if value < 1:
+        yield "must be a positive integer"
+
+
+def _positive(value: float) -> Iterator[str]:
+    if value <= 0:
+        yield "must be positive"
+
+
+def _host_port(value: str) -> Iterator[str]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        yield f"expected HOST:PORT, got {value!r}"
+
+
+def _optional_host_port(value: str) -> Iterator[str]:
+    if value:
+        yield from _host_port(value)
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -165,12 +207,143 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-def _check_addr(name: str, value: str, problems: list[str], *, optional: bool = False) -> None:
-    if optional and not value:
-        return
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        problems.append(f"{name}: expected HOST:PORT, got {value!r}")
+def _github_url(value: str) -> Iterator[str]:
+    parts = urlsplit(value)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        yield f"expected an https URL, got {value!r}"
+    elif parts.scheme == "http" and not _is_loopback_host(parts.hostname):
+        yield "https is required except for loopback addresses"
+
+
+def _repo_name(value: str) -> Iterator[str]:
+    if not is_repo_name(value):
+        yield "must be a repository name"
+
+
+def _pem_key(value: str) -> Iterator[str]:
+    if value and "PRIVATE KEY-----" not in value:
+        yield "not a PEM private key"
+
+
+def _existing_file(value: str) -> Iterator[str]:
+    if value and not Path(value).is_file():
+        yield f"no such file {value!r}"
+
+
+def _insecure_issuers(value: tuple[str, ...]) -> Iterator[str]:
+    for issuer in value:
+        problem = issuer_entry_problem(issuer, allow_insecure=True)
+        if problem is not None:
+            yield problem
+
+
+def _log_level(value: str) -> Iterator[str]:
+    if value.lower() not in {"debug", "info", "warning", "error"}:
+        yield "must be debug, info, warning or error"
+
+
+def _webhook_secrets(value: tuple[str, ...]) -> Iterator[str]:
+    if any(len(secret) < 16 for secret in value):
+        yield "each secret must be at least 16 characters"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the service (the README's configuration table)."""
+
+    sts_domain: str = required("STS_DOMAIN", _str)
+    github_app_id: int = required("GITHUB_APP_ID", _int, check=_positive_int)
+    github_app_private_key: str = required(
+        "GITHUB_APP_PRIVATE_KEY",
+        str,
+        check=_pem_key,
+        secret=True,
+        file_env="GITHUB_APP_PRIVATE_KEY_FILE",
+    )
+    grpc_addr: str = setting("OCTOSTS_GRPC_ADDR", _str, "127.0.0.1:8080", check=_host_port)
+    metrics_addr: str = setting("OCTOSTS_METRICS_ADDR", _str, "", check=_optional_host_port)
+    github_base_url: str = setting(
+        "GITHUB_BASE_URL", _str, "https://api.github.com", check=_github_url
+    )
+    org_policy_repo: str = setting(
+        "ORG_POLICY_REPO", _str, DEFAULT_ORG_POLICY_REPO, check=_repo_name
+    )
+    insecure_issuers: tuple[str, ...] = setting(
+        "OCTOSTS_INSECURE_ISSUERS", _list, (), check=_insecure_issuers
+    )
+    # Both checked with the insecure issuers by the issuer-trust rule below.
+    issuer_allowlist: tuple[str, ...] = setting("OCTOSTS_ISSUER_ALLOWLIST", _list, ())
+    issuer_patterns: tuple[str, ...] = setting("OCTOSTS_ISSUER_PATTERNS", _pattern_list, ())
+    outbound_ca_file: str = setting("OCTOSTS_OUTBOUND_CA_FILE", _str, "", check=_existing_file)
+    oidc_leeway_seconds: int = setting("OCTOSTS_OIDC_LEEWAY_SECONDS", _int, 30)
+    outbound_timeout_seconds: float = setting("OCTOSTS_OUTBOUND_TIMEOUT_SECONDS", _float, 5.0)
+    policy_fresh_seconds: float = setting("OCTOSTS_POLICY_FRESH_SECONDS", _float, 10.0)
+    policy_stale_seconds: float = setting("OCTOSTS_POLICY_STALE_SECONDS", _float, 3600.0)
+    policy_missing_seconds: float = setting("OCTOSTS_POLICY_MISSING_SECONDS", _float, 30.0)
+    installation_ttl_seconds: float = setting("OCTOSTS_INSTALLATION_TTL_SECONDS", _float, 3600.0)
+    installation_missing_seconds: float = setting(
+        "OCTOSTS_INSTALLATION_MISSING_SECONDS", _float, 300.0
+    )
+    cache_max_entries: int = setting("OCTOSTS_CACHE_MAX_ENTRIES", _int, 10_000, check=_positive_int)
+    verbose_errors: bool = setting("OCTOSTS_VERBOSE_ERRORS", _bool, False)  # noqa: FBT003
+    workers: int = setting("OCTOSTS_WORKERS", _int, 1, check=_between(1, 64))
+    shutdown_grace_seconds: float = setting("OCTOSTS_SHUTDOWN_GRACE_SECONDS", _float, 5.0)
+    log_level: str = setting("OCTOSTS_LOG_LEVEL", _str, "info", check=_log_level)
+    log_format: LogFormat = setting("OCTOSTS_LOG_FORMAT", _log_format, "json")
+    audit_sink_url: str = setting("OCTOSTS_AUDIT_SINK_URL", _str, "")
+    # [org-allowlist]: per-org trusted-token-issuers cache and the GitHub webhook.
+    issuers_fresh_seconds: float = setting(
+        "OCTOSTS_ISSUERS_FRESH_SECONDS", _float, 300.0, check=_positive
+    )
+    issuers_stale_seconds: float = setting("OCTOSTS_ISSUERS_STALE_SECONDS", _float, 3600.0)
+    webhook_addr: str = setting("OCTOSTS_WEBHOOK_ADDR", _str, "", check=_optional_host_port)
+    # Comma-separated: several secrets are accepted at once while rotating.
+    webhook_secrets: tuple[str, ...] = setting(
+        "OCTOSTS_WEBHOOK_SECRETS", _list, (), check=_webhook_secrets, secret=True
+    )
+    webhook_max_body_bytes: int = setting(
+        "OCTOSTS_WEBHOOK_MAX_BODY_BYTES", _int, 1 << 20, check=_between(1024, 25 << 20)
+    )
+
+
+# -- rules spanning several settings: parsed values by attribute -> problems ----------------
+
+
+def _issuer_trust(values: Mapping[str, Any]) -> Iterator[str]:
+    """The deployment allowlist, compiled exactly as the verifier will (``app.build_app``)."""
+    try:
+        compile_allowlist(
+            values["issuer_allowlist"],
+            values["issuer_patterns"],
+            insecure_issuers=frozenset(values["insecure_issuers"]),
+        )
+    except AllowlistInvalid as exc:
+        env = {"issuers": "OCTOSTS_ISSUER_ALLOWLIST", "issuer_patterns": "OCTOSTS_ISSUER_PATTERNS"}
+        for problem in exc.problems:
+            yield f"{env[problem.field]}: {problem.message}"
+
+
+def _webhook_needs_secrets(values: Mapping[str, Any]) -> Iterator[str]:
+    if values["webhook_addr"] and not values["webhook_secrets"]:
+        yield "OCTOSTS_WEBHOOK_SECRETS: required when OCTOSTS_WEBHOOK_ADDR is set"
+
+
+_RULES: tuple[Callable[[Mapping[str, Any]], Iterable[str]], ...] = (
+    _issuer_trust,
+    _webhook_needs_secrets,
+)
+
+
+def specs() -> dict[str, Spec]:
+    """Every setting's declaration, by ``Settings`` attribute, in declaration order."""
+    return {f.name: f.metadata[_SPEC] for f in fields(Settings)}
+
+
+def variables() -> tuple[str, ...]:
+    """Every recognised variable name (for docs and the config file check)."""
+    declared = specs().values()
+    files = tuple(s.file_env for s in declared if s.file_env is not None)
+    return (*(s.env for s in declared), *files, CONFIG_FILE_VARIABLE)
 
 
 def load(environ: Mapping[str, str] | None = None, path: Path | None = None) -> Settings:
@@ -181,102 +354,74 @@ def load(environ: Mapping[str, str] | None = None, path: Path | None = None) -> 
     env = dict(os.environ if environ is None else environ)
     if path is None and env.get(CONFIG_FILE_VARIABLE):
         path = Path(env[CONFIG_FILE_VARIABLE])
-    raw = _read_file_values(path) if path is not None else {}
-    raw.update({k: v for k, v in env.items() if k in _VARIABLES or k == _KEY_FILE})
+    known = set(variables()) - {CONFIG_FILE_VARIABLE}
+    raw = _read_file_values(path, known) if path is not None else {}
+    raw.update({k: v for k, v in env.items() if k in known})
 
     problems: list[str] = []
-    kwargs = _parse_values(raw, problems)
-    _load_key(raw, kwargs, problems)
-    _validate_values(kwargs, problems)
+    values: dict[str, Any] = {}
+    defaults = {f.name: f.default for f in fields(Settings)}
+    for attribute, spec in specs().items():
+        value = _read_one(spec, raw, problems)
+        if value is not None:
+            values[attribute] = value
+        elif not spec.required:
+            value = defaults[attribute]  # defaults are checked too: a bad one fails every load
+        if spec.required and value in (None, ""):
+            name = spec.env if spec.file_env is None else f"{spec.env} or {spec.file_env}"
+            problems.append(f"{name}: required")
+        elif spec.check is not None and value is not None:
+            problems.extend(f"{spec.env}: {problem}" for problem in spec.check(value))
+    checked = {name: values.get(name, default) for name, default in defaults.items()}
+    for rule in _RULES:
+        problems.extend(rule(checked))
     if problems:
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
-    return Settings(**kwargs)  # type: ignore[arg-type]
+    return Settings(**values)
 
 
-def _parse_values(raw: Mapping[str, str], problems: list[str]) -> dict[str, object]:
-    kwargs: dict[str, object] = {}
-    for name, (attribute, parse) in _VARIABLES.items():
-        if name not in raw:
-            continue
+def _read_one(spec: Spec, raw: Mapping[str, str], problems: list[str]) -> object | None:
+    """The parsed value of one setting; None when it is not set or does not parse."""
+    if spec.env in raw:
+        text = raw[spec.env]
+    elif spec.file_env is not None and raw.get(spec.file_env):
+        file = Path(raw[spec.file_env])
         try:
-            kwargs[attribute] = parse(raw[name])
-        except ValueError as exc:
-            # The private key never reaches a message, even a parse error.
-            secret = attribute in {"github_app_private_key", "webhook_secrets"}
-            shown = "" if secret else f" ({raw[name]!r})"
-            problems.append(f"{name}: invalid value{shown}: {exc}")
-    return kwargs
-
-
-def _load_key(raw: Mapping[str, str], kwargs: dict[str, object], problems: list[str]) -> None:
-    if "github_app_private_key" not in kwargs and raw.get(_KEY_FILE):
-        key_path = Path(raw[_KEY_FILE])
-        try:
-            kwargs["github_app_private_key"] = key_path.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{_KEY_FILE}: cannot read {key_path}: {type(exc).__name__}")
-
-    for name, attribute in (
-        ("STS_DOMAIN", "sts_domain"),
-        ("GITHUB_APP_ID", "github_app_id"),
-        (f"GITHUB_APP_PRIVATE_KEY or {_KEY_FILE}", "github_app_private_key"),
-    ):
-        if not kwargs.get(attribute):
-            problems.append(f"{name}: required")
-
-    key = kwargs.get("github_app_private_key")
-    if isinstance(key, str) and key and "PRIVATE KEY-----" not in key:
-        problems.append("GITHUB_APP_PRIVATE_KEY: not a PEM private key")
+            problems.append(f"{spec.file_env}: cannot read {file}: {type(exc).__name__}")
+            return None
+    else:
+        return None
+    try:
+        value: object = spec.parse(text)
+    except ValueError as exc:
+        shown = "" if spec.secret else f" ({text!r})"
+        problems.append(f"{spec.env}: invalid value{shown}: {exc}")
+        return None
+    return value
 
 
-def _validate_values(kwargs: Mapping[str, object], problems: list[str]) -> None:
-    base = str(kwargs.get("github_base_url", DEFAULT_GITHUB_BASE_URL))
-    parts = urlsplit(base)
-    if parts.scheme not in {"https", "http"} or not parts.hostname:
-        problems.append(f"GITHUB_BASE_URL: expected an https URL, got {base!r}")
-    elif parts.scheme == "http" and not _is_loopback_host(parts.hostname):
-        problems.append("GITHUB_BASE_URL: https is required except for loopback addresses")
-    app_id = kwargs.get("github_app_id")
-    if isinstance(app_id, int) and app_id <= 0:
-        problems.append("GITHUB_APP_ID: must be a positive integer")
-    _check_addr("OCTOSTS_GRPC_ADDR", str(kwargs.get("grpc_addr", DEFAULT_GRPC_ADDR)), problems)
-    metrics_addr = str(kwargs.get("metrics_addr", ""))
-    _check_addr("OCTOSTS_METRICS_ADDR", metrics_addr, problems, optional=True)
-    workers = kwargs.get("workers", 1)
-    if not isinstance(workers, int) or not 1 <= workers <= 64:
-        problems.append("OCTOSTS_WORKERS: must be between 1 and 64")
-    if str(kwargs.get("log_format", "json")) not in {"json", "console"}:
-        problems.append("OCTOSTS_LOG_FORMAT: must be json or console")
-    level = str(kwargs.get("log_level", "info")).lower()
-    if level not in {"debug", "info", "warning", "error"}:
-        problems.append("OCTOSTS_LOG_LEVEL: must be debug, info, warning or error")
-    max_entries = kwargs.get("cache_max_entries", 1)
-    if not isinstance(max_entries, int) or max_entries < 1:
-        problems.append("OCTOSTS_CACHE_MAX_ENTRIES: must be at least 1")
-    ca_file = str(kwargs.get("outbound_ca_file", ""))
-    if ca_file and not Path(ca_file).is_file():
-        problems.append(f"OCTOSTS_OUTBOUND_CA_FILE: no such file {ca_file!r}")
-    _validate_webhook(kwargs, problems)
-    repo = str(kwargs.get("org_policy_repo", ".github"))
-    if not repo or "/" in repo or repo in {".", ".."}:
-        problems.append("ORG_POLICY_REPO: must be a repository name")
-
-
-def _validate_webhook(kwargs: Mapping[str, object], problems: list[str]) -> None:
-    addr = str(kwargs.get("webhook_addr", ""))
-    _check_addr("OCTOSTS_WEBHOOK_ADDR", addr, problems, optional=True)
-    secrets = kwargs.get("webhook_secrets", ())
-    if addr and not secrets:
-        problems.append("OCTOSTS_WEBHOOK_SECRETS: required when OCTOSTS_WEBHOOK_ADDR is set")
-    if isinstance(secrets, tuple) and any(len(s) < 16 for s in secrets):
-        problems.append("OCTOSTS_WEBHOOK_SECRETS: each secret must be at least 16 characters")
-    max_body = kwargs.get("webhook_max_body_bytes", 1 << 20)
-    if not isinstance(max_body, int) or not 1024 <= max_body <= 25 << 20:
-        problems.append("OCTOSTS_WEBHOOK_MAX_BODY_BYTES: must be between 1024 and 26214400")
-    if float(str(kwargs.get("issuers_fresh_seconds", 300.0))) <= 0:
-        problems.append("OCTOSTS_ISSUERS_FRESH_SECONDS: must be positive")
-
-
-def variables() -> tuple[str, ...]:
-    """Every recognised variable name (for docs and the config file check)."""
-    return (*_VARIABLES, _KEY_FILE, CONFIG_FILE_VARIABLE)
+def _read_file_values(path: Path, known: set[str]) -> dict[str, str]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read config file: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: top level must be a mapping of setting names to values")
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        name = str(key).upper()
+        if name not in known:
+            raise SettingsError(f"{path}: unknown setting {key!r}")
+        if isinstance(value, list):
+            values[name] = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            values[name] = "true" if value else "false"
+        else:
+            values[name] = str(value)
+    return values

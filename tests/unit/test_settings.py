@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from octosts.settings import SettingsError, load
+from octosts.domain.errors import PolicyInvalid
+from octosts.domain.issuers import compile_trusted_issuers
+from octosts.settings import Settings, SettingsError, load, specs, variables
+from tests.unit.test_slash_guard import REFUSED
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIBVQ==\n-----END PRIVATE KEY-----\n"
 BASE = {"STS_DOMAIN": "sts.example.com", "GITHUB_APP_ID": "42", "GITHUB_APP_PRIVATE_KEY": PEM}
@@ -38,6 +45,10 @@ def test_all_problems_are_reported_at_once() -> None:
                 "GITHUB_BASE_URL": "http://github.example.com",
                 "OCTOSTS_GRPC_ADDR": "nope",
                 "OCTOSTS_VERBOSE_ERRORS": "maybe",
+                # the issuer settings are load-time problems too, reported with the rest
+                "OCTOSTS_ISSUER_PATTERNS": "(unclosed",
+                "OCTOSTS_INSECURE_ISSUERS": "not a url",
+                "OCTOSTS_ISSUER_ALLOWLIST": "http://issuer.example",
             }
         )
     text = str(info.value)
@@ -49,6 +60,9 @@ def test_all_problems_are_reported_at_once() -> None:
         "GITHUB_BASE_URL: https is required",
         "OCTOSTS_GRPC_ADDR: expected HOST:PORT",
         "OCTOSTS_VERBOSE_ERRORS",
+        "OCTOSTS_ISSUER_PATTERNS: pattern '(unclosed': invalid RE2 pattern",
+        "OCTOSTS_INSECURE_ISSUERS: 'not a url': issuer URL rejected",
+        "OCTOSTS_ISSUER_ALLOWLIST: 'http://issuer.example': issuer URL rejected",
     ):
         assert expected in text
 
@@ -98,3 +112,85 @@ def test_unreadable_key_file_is_named(tmp_path: Path) -> None:
     env["GITHUB_APP_PRIVATE_KEY_FILE"] = str(tmp_path / "missing.pem")
     with pytest.raises(SettingsError, match="GITHUB_APP_PRIVATE_KEY_FILE: cannot read"):
         load(env)
+
+
+def test_unsafe_deployment_pattern_is_refused_at_load_like_the_org_file() -> None:
+    """The deployment allowlist and the org file are one engine: the same guard refuses."""
+    unsafe = r"https://[a-z.]+\.example\.com.*"
+    with pytest.raises(SettingsError) as info:
+        load({**BASE, "OCTOSTS_ISSUER_PATTERNS": unsafe})
+    assert (
+        f"OCTOSTS_ISSUER_PATTERNS: pattern {unsafe!r} may match '/' other than as a fixed literal"
+        in str(info.value)
+    )
+    with pytest.raises(PolicyInvalid, match="may match '/'"):
+        compile_trusted_issuers({"issuer_patterns": [unsafe]})
+
+
+@pytest.mark.parametrize("pattern", REFUSED)
+def test_every_pattern_the_guard_refuses_fails_load(pattern: str) -> None:
+    with pytest.raises(SettingsError, match=r"OCTOSTS_ISSUER_PATTERNS: pattern .* may match '/'"):
+        load({**BASE, "OCTOSTS_ISSUER_PATTERNS": pattern})
+
+
+def test_patterns_with_commas_inside_stay_whole() -> None:
+    env = {**BASE, "OCTOSTS_ISSUER_PATTERNS": r"https://a\.example/\d{1,5}, https://[a,b]\.x"}
+    assert load(env).issuer_patterns == (r"https://a\.example/\d{1,5}", r"https://[a,b]\.x")
+
+
+def test_allowlisted_http_issuer_needs_the_insecure_setting() -> None:
+    issuer = "http://127.0.0.1:8780"
+    env = {**BASE, "OCTOSTS_ISSUER_ALLOWLIST": issuer}
+    with pytest.raises(SettingsError, match="scheme must be https"):
+        load(env)
+    assert load({**env, "OCTOSTS_INSECURE_ISSUERS": issuer}).issuer_allowlist == (issuer,)
+
+
+def test_secret_values_never_appear_in_messages() -> None:
+    secret = "do-not-show-me-0123456789"
+    for name, spec in specs().items():
+        if not spec.secret:
+            continue
+        for bad in (secret, f"{secret[:5]},{secret}"):  # malformed; too short a list item
+            with pytest.raises(SettingsError) as info:
+                load({**BASE, spec.env: bad, "STS_DOMAIN": ""})
+            assert secret[:5] not in str(info.value), name
+        assert secret not in repr(load(BASE)), name
+
+
+def test_every_setting_has_one_declaration() -> None:
+    declared = specs()
+    envs = [spec.env for spec in declared.values()]
+    assert len(envs) == len(set(envs))
+    assert set(declared) == {f.name for f in dataclasses.fields(Settings)}
+    assert load(BASE).cache_max_entries == 10_000  # the default is the one that is checked
+
+
+def _readme_table() -> dict[str, str]:
+    """Variable -> default cell, from the README's configuration table."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([A-Z0-9_*]+)`", cells[0])
+        defaults = cells[1].split(" / ")
+        for index, name in enumerate(names):
+            rows[name] = defaults[index] if len(defaults) == len(names) else cells[1]
+    return rows
+
+
+def test_readme_configuration_table_matches_the_declarations() -> None:
+    documented = _readme_table()
+    documented.pop("OTEL_*")
+    assert set(documented) == set(variables()) - {"OCTOSTS_CONFIG"}
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for name, spec in specs().items():
+        cell = documented[spec.env]
+        shown = re.fullmatch(r"`([^`]*)`", cell)
+        if shown is None:  # (none), (off), — (required)...
+            assert spec.required or not defaults[name], f"{spec.env}: README says {cell}"
+        else:
+            assert spec.parse(shown.group(1)) == defaults[name], f"{spec.env}: README says {cell}"
