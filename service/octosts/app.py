@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import structlog
 from prometheus_client import CollectorRegistry
 
-from octosts.adapters.github import GitHubAppClient, GitHubConfig, github_http_client
+from octosts.adapters.github import GitHubAppClient, GitHubConfig
+from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
 from octosts.adapters.signer import PemSigner
@@ -159,22 +160,29 @@ def build_app(
         observer=observer,
     )
 
-    github_http = github_http_client(settings.outbound_timeout_seconds, verify=tls)
+    github_http = http_client(verify=tls)
+    github_rest = GitHubRest(
+        RestConfig(
+            base_url=settings.github_base_url,
+            request_timeout=settings.outbound_timeout_seconds,
+            budgets_tracked=settings.cache_max_entries,
+        ),
+        http=github_http,
+        clock=clock,
+        telemetry=metrics,
+    )
     github = GitHubAppClient(
         GitHubConfig(
             app_id=settings.github_app_id,
-            base_url=settings.github_base_url,
-            request_timeout=settings.outbound_timeout_seconds,
             installation_ttl=settings.installation_ttl_seconds,
             installation_negative_ttl=settings.installation_missing_seconds,
             installation_cache_size=settings.cache_max_entries,
             contents_token_cache_size=settings.cache_max_entries,
         ),
-        http=github_http,
+        rest=github_rest,
         signer=PemSigner.from_pem(settings.github_app_private_key),
         clock=clock,
         observer=observer,
-        on_rate_limit=metrics.rate_limit_remaining,
     )
     policies = PolicyStore(
         github,
@@ -216,12 +224,7 @@ def build_app(
                 org_policy_repo=settings.org_policy_repo,
                 insecure_issuers=insecure_issuers,
             ),
-            checks=GitHubChecks(
-                github,
-                http=github_http,
-                base_url=settings.github_base_url,
-                timeout=settings.outbound_timeout_seconds,
-            ),
+            checks=GitHubChecks(github, rest=github_rest),
             policies=policies,
             issuers=trusted_issuers,
         )

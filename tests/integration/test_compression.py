@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from octosts.adapters.github import GitHubAppClient, GitHubConfig, github_http_client
+from octosts.adapters.github import GitHubAppClient, GitHubConfig
+from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.oidc import OidcConfig, make_http_client
 from octosts.domain.ports import NullObserver
 from tests.emulator import APP_ID, real_time_clock, signer
@@ -68,12 +69,13 @@ async def test_issuer_client_asks_for_identity_encoding(server: str) -> None:
 
 
 async def test_github_adapter_works_against_a_gzipping_server(server: str) -> None:
-    async with github_http_client(5.0) as http:
+    async with http_client() as http:
+        clock = real_time_clock()
         client = GitHubAppClient(
-            GitHubConfig(app_id=APP_ID, base_url=server),
-            http=http,
+            GitHubConfig(app_id=APP_ID),
+            rest=GitHubRest(RestConfig(base_url=server), http=http, clock=clock),
             signer=signer(),
-            clock=real_time_clock(),
+            clock=clock,
             observer=NullObserver(),
         )
         assert await client.installation_id("octo-org") == 99

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.trace import NoOpTracer
+from prometheus_client import CollectorRegistry
 
-from octosts.adapters.github import GitHubAppClient, GitHubConfig, _file_content, _Response
-from octosts.dev.github_emulator import FIRST_INSTALLATION_ID, GitHubEmulator
+from octosts.adapters.github import GitHubAppClient, GitHubConfig, _file_content
+from octosts.adapters.github_rest import GitHubRest, Response, RestConfig
+from octosts.dev.github_emulator import FIRST_INSTALLATION_ID, Fault, GitHubEmulator
 from octosts.domain.errors import (
     GitHubUnavailable,
     InvalidRequest,
@@ -26,6 +29,9 @@ from octosts.domain.errors import (
     UpstreamUnavailable,
 )
 from octosts.domain.ports import GitHubApp, Stage, StageObserver
+from octosts.observability.metrics import Metrics
+from octosts.observability.stages import TelemetryObserver
+from octosts.webhook.github_checks import GitHubChecks
 from tests.emulator import APP_ID, make_emulator, other_key, real_time_clock, signer
 from tests.fakes import FakeClock
 
@@ -85,24 +91,50 @@ def observer() -> RecordingObserver:
     return RecordingObserver()
 
 
-@pytest.fixture
-def rates() -> list[tuple[str, int]]:
-    return []
+class RecordingTelemetry:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | str]] = []
+        self.rates: list[tuple[str, int]] = []
+
+    def github_request(self, endpoint: str, status: int | str, seconds: float) -> None:
+        self.calls.append((endpoint, status))
+
+    def rate_limit_remaining(self, installation: int | str, remaining: float) -> None:
+        self.rates.append((str(installation), int(remaining)))
 
 
 @pytest.fixture
-def make_client(emulator, http, clock, observer, rates):
+def telemetry() -> RecordingTelemetry:
+    return RecordingTelemetry()
+
+
+@pytest.fixture
+def rates(telemetry) -> list[tuple[str, int]]:
+    return telemetry.rates
+
+
+@pytest.fixture
+def make_client(emulator, http, clock, observer, telemetry):
     def build(key=None, **config) -> GitHubAppClient:
-        return GitHubAppClient(
-            GitHubConfig(app_id=APP_ID, base_url=emulator.url, **config),
+        rest = GitHubRest(
+            RestConfig(base_url=emulator.url, **config),
             http=http,
+            clock=clock,
+            telemetry=telemetry,
+        )
+        return GitHubAppClient(
+            GitHubConfig(app_id=APP_ID),
+            rest=rest,
             signer=signer(key),
             clock=clock,
             observer=observer,
-            on_rate_limit=lambda budget, remaining: rates.append((budget, remaining)),
         )
 
     return build
+
+
+def remaining(client: GitHubAppClient) -> dict[str, int]:
+    return client._rest.rate_limits.remaining()
 
 
 @pytest.fixture
@@ -116,10 +148,10 @@ def test_is_a_github_app_port(client) -> None:
 
 
 def test_config_validation() -> None:
-    assert GitHubConfig(app_id=1).api_root == "https://api.github.com"
-    GitHubConfig(app_id=1, base_url="http://127.0.0.1:9/")
-    GitHubConfig(app_id=1, base_url="http://[::1]:9")
-    GitHubConfig(app_id=1, base_url="https://ghe.example.com/api/v3")
+    assert RestConfig().base_url == "https://api.github.com"
+    RestConfig(base_url="http://127.0.0.1:9/")
+    RestConfig(base_url="http://[::1]:9")
+    RestConfig(base_url="https://ghe.example.com/api/v3")
     for bad in (
         "http://ghe.example.com/api/v3",
         "ftp://x",
@@ -127,11 +159,11 @@ def test_config_validation() -> None:
         "api.github.com",
     ):
         with pytest.raises(ValueError, match="base URL"):
-            GitHubConfig(app_id=1, base_url=bad)
+            RestConfig(base_url=bad)
     with pytest.raises(ValueError, match="app_id"):
         GitHubConfig(app_id=0)
     with pytest.raises(ValueError, match="request_timeout"):
-        GitHubConfig(app_id=1, request_timeout=0)
+        RestConfig(request_timeout=0)
 
 
 async def test_installation_org_then_user_fallback(client, emulator, observer) -> None:
@@ -147,7 +179,7 @@ async def test_installation_org_then_user_fallback(client, emulator, observer) -
     ]
     stages = observer.named("installation_lookup")
     assert [s.notes["cache"] for s, _ in stages] == ["miss", "miss"]
-    assert stages[-1][0].notes["github_status"] == 200
+    assert stages[-1][0].notes["github.status"] == 200
 
 
 async def test_installation_positive_and_negative_cache(client, emulator, clock, observer) -> None:
@@ -236,18 +268,18 @@ async def test_revoked_contents_token_is_replaced_once(client, emulator) -> None
 
 async def test_etag_revalidation(client, emulator, rates) -> None:
     first = await client.read_file(ORG_ID, "octo-org", "demo", POLICY)
-    remaining = client.rate_limit_remaining()[str(ORG_ID)]
+    left = remaining(client)[str(ORG_ID)]
     again = await client.read_file(ORG_ID, "octo-org", "demo", POLICY, etag=first.etag)
     assert again.content is None
     assert again.etag == first.etag
     assert emulator.calls()[-1].status == 304
-    assert client.rate_limit_remaining()[str(ORG_ID)] == remaining  # a 304 is free
+    assert remaining(client)[str(ORG_ID)] == left  # a 304 is free
     emulator.set_file("octo-org", "demo", POLICY, "issuer: https://changed\n")
     changed = await client.read_file(ORG_ID, "octo-org", "demo", POLICY, etag=first.etag)
     assert changed.content == b"issuer: https://changed\n"
     assert changed.etag != first.etag
-    assert (str(ORG_ID), remaining) in rates
-    assert ("app", client.rate_limit_remaining()["app"]) in rates
+    assert (str(ORG_ID), left) in rates
+    assert ("app", remaining(client)["app"]) in rates
 
 
 async def test_missing_policy_or_repo_is_policy_not_found(client) -> None:
@@ -272,7 +304,7 @@ async def test_mint_happy_path(client, emulator, clock, observer) -> None:
     assert emulator.token_grant(everything.token)["repositories"] is None  # omitted: all repos
     stage, reason = observer.named("token_mint")[-1]
     assert reason is None
-    assert stage.notes["github_status"] == 201
+    assert stage.notes["github.status"] == 201
 
 
 async def test_mint_rejected_and_unknown_installation(client, observer) -> None:
@@ -281,7 +313,7 @@ async def test_mint_rejected_and_unknown_installation(client, observer) -> None:
     with pytest.raises(MintRejected):
         await client.mint(ORG_ID, {"contents": "read"}, ["does-not-exist"])
     assert observer.named("token_mint")[-1][1] == "mint_rejected"
-    assert observer.named("token_mint")[-1][0].notes["github_status"] == 422
+    assert observer.named("token_mint")[-1][0].notes["github.status"] == 422
     with pytest.raises(NoInstallation):
         await client.mint(999_999, {"contents": "read"}, [])
 
@@ -290,7 +322,7 @@ async def test_primary_rate_limit(client, emulator) -> None:
     emulator.rate_limit = 2
     await client.mint(ORG_ID, {"contents": "read"}, [])
     await client.mint(ORG_ID, {"contents": "read"}, [])
-    assert client.rate_limit_remaining()["app"] == 0
+    assert remaining(client)["app"] == 0
     with pytest.raises(RateLimited) as info:
         await client.mint(ORG_ID, {"contents": "read"}, [])
     assert info.value.reason == "rate_limited_primary"
@@ -339,8 +371,8 @@ async def test_timeout_is_unavailable(make_client, emulator) -> None:
 
 async def test_connection_refused_is_unavailable(http, clock, observer) -> None:
     client = GitHubAppClient(
-        GitHubConfig(app_id=APP_ID, base_url="http://127.0.0.1:9"),
-        http=http,
+        GitHubConfig(app_id=APP_ID),
+        rest=GitHubRest(RestConfig(base_url="http://127.0.0.1:9"), http=http, clock=clock),
         signer=signer(),
         clock=clock,
         observer=observer,
@@ -368,7 +400,7 @@ async def test_bad_app_key_is_a_server_misconfiguration(make_client, observer) -
     with pytest.raises(StsError) as info:
         await client.mint(ORG_ID, {"contents": "read"}, [])
     assert info.value.reason == "github_app_auth_failed"
-    assert observer.named("token_mint")[-1][0].notes["github_status"] == 401
+    assert observer.named("token_mint")[-1][0].notes["github.status"] == 401
 
 
 async def test_revoke(client, emulator) -> None:
@@ -378,8 +410,8 @@ async def test_revoke(client, emulator) -> None:
     await client.revoke(minted.token)  # already invalid: fine
 
 
-def _resp(body: bytes, content_type: str) -> _Response:
-    return _Response(200, httpx.Headers({"content-type": content_type}), body)
+def _resp(body: bytes, content_type: str) -> Response:
+    return Response(200, httpx.Headers({"content-type": content_type}), body)
 
 
 def test_file_content_handles_both_media_types() -> None:
@@ -396,3 +428,101 @@ def test_file_content_handles_both_media_types() -> None:
     bad_b64 = b'{"type": "file", "encoding": "base64", "content": "!!!"}'
     with pytest.raises(GitHubUnavailable):
         _file_content(_resp(bad_b64, "application/json"), "x")
+
+
+# -- one REST core for the App's and the webhook's calls ------------------------------------
+
+
+def limit(emulator: GitHubEmulator, kind: str, path_prefix: str) -> None:
+    """The next call under ``path_prefix`` gets a rate-limited answer of ``kind``."""
+    if kind == "primary":
+        message = "API rate limit exceeded for installation."
+        emulator.inject(Fault(403, message, exhaust=True, path_prefix=path_prefix))
+    else:
+        status = 429 if kind == "secondary-429" else 403
+        emulator.force_secondary_limit(status=status, retry_after=42, path_prefix=path_prefix)
+
+
+@pytest.mark.parametrize("kind", ["primary", "secondary-403", "secondary-429"])
+async def test_webhook_calls_map_rate_limits_like_every_other_call(client, emulator, kind) -> None:
+    # Before the core, these were StsError(github_webhook_call_failed): an internal error.
+    number, head = emulator.open_pull_request("octo-org", "demo", {POLICY: "issuer: x\n"})
+    checks = GitHubChecks(client, rest=client._rest)
+    repo = await checks.for_repo(ORG_ID, "octo-org", "demo")
+    calls = [
+        ("/repos/octo-org/demo/pulls/", lambda: repo.pull_files(number)),
+        ("/repos/octo-org/demo/compare/", lambda: repo.compare("main", head)),
+        ("/repos/octo-org/demo/contents/", lambda: repo.read_at(POLICY, head)),
+        ("/repos/octo-org/demo/check-runs", lambda: repo.create_check_run(head, {"name": "x"})),
+    ]
+    reason = "rate_limited_" + kind.split("-")[0]
+    for prefix, call in calls:
+        limit(emulator, kind, prefix)
+        with pytest.raises(RateLimited) as info:
+            await call()
+        assert info.value.reason == reason
+        if kind != "primary":
+            assert "retry after 42 s" in info.value.detail
+        # The same answer to the App's own calls maps to the same error.
+        limit(emulator, kind, "/app/installations/")
+        with pytest.raises(RateLimited) as same:
+            await client.mint(ORG_ID, {"contents": "read"}, [])
+        assert same.value.reason == reason
+
+
+class CountingMetrics(Metrics):
+    def __init__(self) -> None:
+        super().__init__(CollectorRegistry())
+        self.request_feeds = 0
+        self.gauge_feeds: list[tuple[str, float]] = []
+
+    def github_request(self, endpoint: str, status: int | str, seconds: float) -> None:
+        self.request_feeds += 1
+        super().github_request(endpoint, status, seconds)
+
+    def rate_limit_remaining(self, installation: int | str, remaining: float) -> None:
+        self.gauge_feeds.append((str(installation), remaining))
+        super().rate_limit_remaining(installation, remaining)
+
+
+async def test_every_github_call_is_counted_once_and_the_gauge_has_one_feed(
+    emulator, http, clock
+) -> None:
+    metrics = CountingMetrics()
+    rest = GitHubRest(RestConfig(base_url=emulator.url), http=http, clock=clock, telemetry=metrics)
+    client = GitHubAppClient(
+        GitHubConfig(app_id=APP_ID),
+        rest=rest,
+        signer=signer(),
+        clock=clock,
+        observer=TelemetryObserver(metrics, NoOpTracer()),  # the stages' feed, as in app.py
+    )
+    number, _head = emulator.open_pull_request("octo-org", "demo", {"README.md": "x"})
+    await client.installation_id("octo-user")  # /orgs 404, then /users
+    await client.read_file(ORG_ID, "octo-org", "demo", POLICY)  # mints a contents token
+    minted = await client.mint(ORG_ID, {"contents": "read"}, ["demo"])
+    await client.revoke(minted.token)
+    repo = await GitHubChecks(client, rest=rest).for_repo(ORG_ID, "octo-org", "demo")
+    await repo.pull_files(number)
+    emulator.force_error(502, path_prefix="/repos/")
+    with pytest.raises(GitHubUnavailable):
+        await repo.pull_files(number)
+
+    calls = emulator.calls()
+    assert metrics.request_feeds == len(calls) == 9
+    value = metrics.registry.get_sample_value
+    total = "octo_sts_github_requests_total"
+    assert value(total, {"endpoint": "installation_lookup", "status": "404"}) == 1
+    assert value(total, {"endpoint": "installation_lookup", "status": "200"}) == 1
+    assert value(total, {"endpoint": "contents_token_mint", "status": "201"}) == 1
+    assert value(total, {"endpoint": "contents_read", "status": "200"}) == 1
+    assert value(total, {"endpoint": "token_mint", "status": "201"}) == 2  # + the webhook's
+    assert value(total, {"endpoint": "token_revoke", "status": "204"}) == 1
+    assert value(total, {"endpoint": "checks_pull_files", "status": "200"}) == 1
+    assert value(total, {"endpoint": "checks_pull_files", "status": "502"}) == 1
+    # One gauge reading per answer spending a watched budget (the revocation spends none).
+    assert len(metrics.gauge_feeds) == len(calls) - 1
+    last = rest.rate_limits.remaining()
+    assert {"app", str(ORG_ID)} == set(last)
+    for budget, left in last.items():
+        assert value("octo_sts_github_rate_limit_remaining", {"installation": budget}) == left

@@ -183,6 +183,17 @@ async def test_policy_with_an_error_gets_a_failed_check_run_naming_the_line(stac
     )
 
 
+async def test_a_rate_limited_github_answer_fails_the_check_as_a_rate_limit(stack: Stack) -> None:
+    stack.github.force_secondary_limit(retry_after=30, path_prefix="/repos/octo-org/demo/pulls/")
+    good = GHA_HEAD + b"subject: y\npermissions:\n  issues: read\n"
+    _number, head = stack.github.open_pull_request("octo-org", "demo", {POLICY: good})
+    runs = await eventually(lambda: stack.github.check_runs("octo-org", "demo", head), "check run")
+    assert runs[0]["conclusion"] == "failure"
+    assert runs[0]["output"]["title"] == "Trust policies could not be validated"
+    # Was "StsError (github_webhook_call_failed)": the same answer as to any other call now.
+    assert "RateLimited (rate_limited_secondary)" in runs[0]["output"]["summary"]
+
+
 async def test_valid_policies_get_a_successful_check_run_across_pages(stack: Stack) -> None:
     good = GHA_HEAD + b"subject: y\npermissions:\n  issues: read\n"
     changes: dict[str, bytes | str | None] = {f"docs/{n}.md": "x" for n in range(150)}

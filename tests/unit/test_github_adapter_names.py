@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig
+from octosts.adapters.github_rest import GitHubRest, RestConfig
 from octosts.domain.errors import InvalidRequest, StsError
 from octosts.domain.names import is_owner_name, is_repo_name
 from octosts.domain.ports import NullObserver
@@ -30,8 +31,8 @@ async def client_and_calls() -> AsyncIterator[tuple[GitHubAppClient, list[httpx.
     async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as http:
         yield (
             GitHubAppClient(
-                GitHubConfig(app_id=APP_ID, base_url="https://api.github.com"),
-                http=http,
+                GitHubConfig(app_id=APP_ID),
+                rest=GitHubRest(RestConfig(), http=http, clock=FakeClock()),
                 signer=signer(),
                 clock=FakeClock(),
                 observer=NullObserver(),

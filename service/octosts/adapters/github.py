@@ -1,8 +1,9 @@
-"""The GitHub App adapter: installations, policy files and token minting over the REST API.
+"""The GitHub App's endpoints: installations, policy files and token minting.
 
-``GitHubAppClient`` implements ``octosts.domain.ports.GitHubApp``. Every HTTP
-answer goes through ``_error_for`` (the one mapping from GitHub statuses and
-httpx failures to domain errors). Caches belong to the instance:
+``GitHubAppClient`` implements ``octosts.domain.ports.GitHubApp`` on top of the
+one GitHub REST core (``adapters.github_rest``: requests, caps, deadline, error
+mapping, rate limits); this module only says which calls it makes, with which
+credentials, and what their statuses mean. Caches belong to the instance:
 
 ======================  =====================  ===========================  ===========
 cache                   key                    TTL                          bound
@@ -19,64 +20,60 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import ipaddress
-import json
 import re
-import urllib.parse
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import httpx
+from typing import TYPE_CHECKING
 
 from octosts.adapters.cache import SingleFlight, TtlCache
-from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
+from octosts.adapters.github_rest import (
+    APP_BUDGET,
+    APP_ERRORS,
+    RAW_MEDIA,
+    Budget,
+    Request,
+    Response,
+    error_for,
+    quote_path,
+    repo_path,
+)
 from octosts.adapters.signer import JWT_LIFETIME_SECONDS, app_jwt
 from octosts.domain.errors import (
     GitHubUnavailable,
     InvalidRequest,
     MintRejected,
     NoInstallation,
-    PermissionDenied,
     PolicyInvalid,
     PolicyNotFound,
-    RateLimited,
-    StsError,
 )
 from octosts.domain.names import is_owner_name, is_repo_name
 from octosts.domain.ports import FileRead, MintedToken
 from octosts.domain.text import show
 
 if TYPE_CHECKING:
+    from octosts.adapters.github_rest import GitHubRest
     from octosts.adapters.signer import AppSigner
     from octosts.domain.ports import Clock, Stage, StageObserver
-
-API_VERSION = "2022-11-28"
-_JSON_MEDIA = "application/vnd.github+json"
-_RAW_MEDIA = "application/vnd.github.raw+json"
 
 # Owner and repository names follow domain.names (checked before a name becomes part
 # of a URL); file paths are checked here, segment by segment.
 _PATH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._@+=,-]{1,255}$")
 
-# Label used for rate-limit budgets spent with the app JWT (not an installation's).
-APP_BUDGET = "app"
+_READ_ERRORS = APP_ERRORS.but(
+    {404: PolicyNotFound, 403: lambda d: PolicyNotFound(d, reason="policy_unreadable")}
+)
+_MINT_ERRORS = APP_ERRORS.but({404: NoInstallation, 422: MintRejected})
 
 
 @dataclass(frozen=True, slots=True)
 class GitHubConfig:
-    """How to reach GitHub and how long to trust what it said.
+    """The App, and how long to trust what GitHub said about it.
 
     Raises ValueError (naming the field) for an invalid value.
     """
 
     app_id: int
-    base_url: str = "https://api.github.com"
-    connect_timeout: float = 5.0
-    request_timeout: float = 10.0  # whole request, including reading the body
-    max_response_bytes: int = 1 << 20
     installation_ttl: float = 3600.0
     installation_negative_ttl: float = 300.0
     installation_cache_size: int = 10_000
@@ -84,88 +81,18 @@ class GitHubConfig:
     # A cached contents:read token is replaced this long before GitHub expires it.
     contents_token_margin: float = 300.0
     app_jwt_reuse: float = 300.0
-    user_agent: str = "octo-sts"
 
     def __post_init__(self) -> None:
         if self.app_id <= 0:
             raise ValueError("GitHubConfig.app_id: must be a positive integer")
-        check_base_url(self.base_url)
-        for name in ("connect_timeout", "request_timeout", "installation_ttl"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"GitHubConfig.{name}: must be positive")
+        if self.installation_ttl <= 0:
+            raise ValueError("GitHubConfig.installation_ttl: must be positive")
         if self.installation_negative_ttl < 0 or self.contents_token_margin < 0:
             raise ValueError("GitHubConfig: negative TTLs and margins are not allowed")
-        if self.max_response_bytes < 1024:
-            raise ValueError("GitHubConfig.max_response_bytes: must be at least 1024")
         if self.installation_cache_size < 1 or self.contents_token_cache_size < 1:
             raise ValueError("GitHubConfig: cache sizes must be at least 1")
         if not 0 < self.app_jwt_reuse < JWT_LIFETIME_SECONDS - 60:
             raise ValueError("GitHubConfig.app_jwt_reuse: must be between 0 and 8 minutes")
-
-    @property
-    def api_root(self) -> str:
-        return self.base_url.rstrip("/")
-
-
-def github_http_client(timeout: float, *, verify: Any = True) -> httpx.AsyncClient:
-    """An httpx client for the GitHub API: no proxies from the environment, no redirects.
-
-    ``Accept-Encoding: identity`` because bodies are read raw under a byte cap:
-    with gzip the parser would get compressed bytes (httpx's raw stream does not
-    decode) and the cap would count the wrong size.
-    """
-    return httpx.AsyncClient(
-        verify=verify,
-        trust_env=False,
-        follow_redirects=False,
-        timeout=httpx.Timeout(timeout),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-        headers={"Accept-Encoding": "identity"},
-    )
-
-
-def check_base_url(url: str) -> None:
-    """https, or http on a loopback host only. Raises ValueError."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ValueError(f"GitHub base URL {url!r}: must be an absolute https URL")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValueError(f"GitHub base URL {url!r}: no credentials, query or fragment allowed")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ValueError(f"GitHub base URL {url!r}: https is required except on loopback")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True, slots=True)
-class _Response:
-    status: int
-    headers: httpx.Headers
-    body: bytes
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise GitHubUnavailable(
-                f"GitHub answered {self.status} with a body that is not JSON"
-            ) from exc
-
-    def message(self) -> str:
-        """GitHub's ``message`` field, shortened, for operator-facing details."""
-        try:
-            data = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
-            return ""
-        msg = data.get("message") if isinstance(data, dict) else None
-        return msg[:200] if isinstance(msg, str) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,62 +102,6 @@ class _CachedToken:
 
     def __repr__(self) -> str:
         return f"_CachedToken(expires_at={self.expires_at!r})"
-
-
-def _is_rate_limited(resp: _Response) -> str | None:
-    """``"primary"``/``"secondary"`` when a 403/429 is a rate limit, else None.
-
-    GitHub's documented signals: ``x-ratelimit-remaining: 0`` (primary);
-    ``retry-after`` or a "secondary rate limit" message (secondary). A 429 is
-    always a limit.
-    """
-    if resp.headers.get("x-ratelimit-remaining") == "0":
-        return "primary"
-    if "retry-after" in resp.headers or "secondary rate limit" in resp.message().lower():
-        return "secondary"
-    if resp.status == 429:
-        return "secondary"
-    if "rate limit" in resp.message().lower():
-        return "primary"
-    return None
-
-
-def _error_for(  # noqa: PLR0911 - one flat table reads best
-    resp: _Response,
-    what: str,
-    *,
-    not_found: Callable[[str], StsError] | None = None,
-    forbidden: Callable[[str], StsError] | None = None,
-    unprocessable: Callable[[str], StsError] | None = None,
-) -> StsError:
-    """The one mapping from a non-success GitHub answer to a domain error."""
-    status = resp.status
-    msg = resp.message()
-    detail = f"GitHub {status} on {what}" + (f": {msg}" if msg else "")
-    if status == 401:
-        # Our own credentials were refused: a deployment problem, not the caller's.
-        return StsError(
-            f"{detail} (check GITHUB_APP_ID, the app private key and the server clock)",
-            reason="github_app_auth_failed",
-        )
-    if status in {403, 429}:
-        kind = _is_rate_limited(resp)
-        if kind is not None:
-            retry = resp.headers.get("retry-after") or resp.headers.get("x-ratelimit-reset", "")
-            return RateLimited(
-                f"{detail} ({kind} rate limit; retry-after/reset={retry})",
-                reason=f"rate_limited_{kind}",
-            )
-        if forbidden is not None:
-            return forbidden(detail)
-        return PermissionDenied(detail, reason="github_forbidden")
-    if status == 404 and not_found is not None:
-        return not_found(detail)
-    if status == 422 and unprocessable is not None:
-        return unprocessable(detail)
-    if status >= 500:
-        return GitHubUnavailable(detail)
-    return StsError(f"unexpected {detail}", reason="github_unexpected_status")
 
 
 def _parse_time(value: object) -> datetime:
@@ -253,40 +124,30 @@ def _check_repo(repo: str) -> None:
         raise InvalidRequest(f"invalid GitHub repository name {show(repo, 110)}")
 
 
-def _quote_path(path: str) -> str:
-    segments = path.split("/")
+def _check_path(path: str) -> None:
     if len(path) > 1024 or any(
-        s in {".", ".."} or not _PATH_SEGMENT_RE.fullmatch(s) for s in segments
+        s in {".", ".."} or not _PATH_SEGMENT_RE.fullmatch(s) for s in path.split("/")
     ):
         raise InvalidRequest(f"invalid repository file path {show(path, 100)}")
-    return "/".join(urllib.parse.quote(s, safe="") for s in segments)
 
 
 class GitHubAppClient:
-    """``GitHubApp`` over the GitHub REST API (github.com or GHES).
-
-    ``http`` is owned by the caller (connection pool shared with nothing
-    secret-bearing); ``on_rate_limit(budget, remaining)`` is called with each
-    ``x-ratelimit-remaining`` seen, ``budget`` being the installation id or
-    ``"app"``.
-    """
+    """``GitHubApp`` over the GitHub REST API (github.com or GHES), through ``rest``."""
 
     def __init__(
         self,
         config: GitHubConfig,
         *,
-        http: httpx.AsyncClient,
+        rest: GitHubRest,
         signer: AppSigner,
         clock: Clock,
         observer: StageObserver,
-        on_rate_limit: Callable[[str, int], None] | None = None,
     ) -> None:
         self._config = config
-        self._http = http
+        self._rest = rest
         self._signer = signer
         self._clock = clock
         self._observer = observer
-        self._on_rate_limit = on_rate_limit
         self._installations: TtlCache[str, int] = TtlCache(
             name="github_installations", maxsize=config.installation_cache_size, clock=clock
         )
@@ -300,99 +161,16 @@ class GitHubAppClient:
         self._token_flight: SingleFlight[int, _CachedToken] = SingleFlight()
         self._jwt: tuple[str, float] | None = None
         self._jwt_lock = asyncio.Lock()
-        self._rate_remaining: OrderedDict[str, int] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"GitHubAppClient(base_url={self._config.api_root!r}, app_id={self._config.app_id})"
+        return f"GitHubAppClient({self._rest!r}, app_id={self._config.app_id})"
 
-    # -- observability -------------------------------------------------------------------
-
-    def rate_limit_remaining(self) -> Mapping[str, int]:
-        """Last ``x-ratelimit-remaining`` per budget (installation id or ``"app"``); a copy."""
-        return dict(self._rate_remaining)
-
-    def _record_rate(self, budget: str, headers: httpx.Headers) -> None:
-        raw = headers.get("x-ratelimit-remaining")
-        if raw is None or not raw.isdigit():
-            return
-        remaining = int(raw)
-        self._rate_remaining[budget] = remaining
-        self._rate_remaining.move_to_end(budget)
-        while len(self._rate_remaining) > self._config.installation_cache_size:
-            self._rate_remaining.popitem(last=False)
-        if self._on_rate_limit is not None:
-            self._on_rate_limit(budget, remaining)
-
-    # -- HTTP ----------------------------------------------------------------------------
-
-    async def _app_jwt(self) -> str:
+    async def _app_auth(self) -> str:
         async with self._jwt_lock:
             now = self._clock.now()
-            if self._jwt is not None and 0 <= now - self._jwt[1] < self._config.app_jwt_reuse:
-                return self._jwt[0]
-            token = await app_jwt(self._signer, self._config.app_id, self._clock)
-            self._jwt = (token, now)
-            return token
-
-    async def _request(  # noqa: PLR0913 - keyword-only request options
-        self,
-        method: str,
-        path: str,
-        *,
-        authorization: str,
-        budget: str | None,
-        what: str,
-        accept: str = _JSON_MEDIA,
-        json_body: object = None,
-        etag: str | None = None,
-        stage: Stage | None = None,
-    ) -> _Response:
-        """One request with a size cap and a whole-request deadline.
-
-        Raises GitHubUnavailable for transport failures, timeouts and oversized
-        answers; HTTP statuses are returned for the caller to map.
-        """
-        headers = {
-            "Accept": accept,
-            "Authorization": authorization,
-            "User-Agent": self._config.user_agent,
-            "X-GitHub-Api-Version": API_VERSION,
-        }
-        if etag:
-            headers["If-None-Match"] = etag
-        timeout = httpx.Timeout(self._config.request_timeout, connect=self._config.connect_timeout)
-        cap = self._config.max_response_bytes
-        try:
-            async with asyncio.timeout(self._config.request_timeout):
-                async with self._http.stream(
-                    method,
-                    self._config.api_root + path,
-                    headers=headers,
-                    json=json_body,
-                    timeout=timeout,
-                    follow_redirects=False,
-                ) as resp:
-                    try:
-                        body = await read_capped(resp, cap)
-                    except BodyTooLarge as exc:
-                        raise GitHubUnavailable(
-                            f"GitHub answer to {what} exceeds {cap} bytes"
-                        ) from exc
-                    except BodyCompressed as exc:
-                        raise GitHubUnavailable(f"GitHub answer to {what} is compressed") from exc
-                    result = _Response(resp.status_code, resp.headers, body)
-        except TimeoutError as exc:
-            raise GitHubUnavailable(f"GitHub timed out on {what}") from exc
-        except httpx.TimeoutException as exc:
-            raise GitHubUnavailable(f"GitHub timed out on {what}") from exc
-        except httpx.HTTPError as exc:
-            # The exception's class says enough; its text may repeat the URL only.
-            raise GitHubUnavailable(f"GitHub unreachable on {what}: {type(exc).__name__}") from exc
-        if stage is not None:
-            stage.annotate("github_status", result.status)
-        if budget is not None:
-            self._record_rate(budget, result.headers)
-        return result
+            if self._jwt is None or not 0 <= now - self._jwt[1] < self._config.app_jwt_reuse:
+                self._jwt = (await app_jwt(self._signer, self._config.app_id, self._clock), now)
+            return f"Bearer {self._jwt[0]}"
 
     # -- installations -------------------------------------------------------------------
 
@@ -419,19 +197,22 @@ class GitHubAppClient:
         key = owner.lower()
         for kind in ("orgs", "users"):
             what = f"installation lookup /{kind}/{owner}"
-            resp = await self._request(
-                "GET",
-                f"/{kind}/{owner}/installation",
-                authorization=f"Bearer {await self._app_jwt()}",
-                budget=APP_BUDGET,
-                what=what,
-                stage=stage,
+            resp = await self._rest.send(
+                Request(
+                    "GET",
+                    f"/{kind}/{owner}/installation",
+                    authorization=await self._app_auth(),
+                    endpoint="installation_lookup",
+                    what=what,
+                    budget=APP_BUDGET,
+                ),
+                stage,
             )
             if resp.status == 404:
                 continue
             if resp.status != 200:
-                raise _error_for(resp, what)
-            data = resp.json()
+                raise error_for(resp, what)
+            data = resp.json(what)
             inst = data.get("id") if isinstance(data, dict) else None
             if not isinstance(inst, int) or isinstance(inst, bool) or inst <= 0:
                 raise GitHubUnavailable(f"GitHub answered {what} without an installation id")
@@ -458,7 +239,9 @@ class GitHubAppClient:
     async def _mint_contents_token(self, installation_id: int) -> _CachedToken:
         with self._observer.stage("contents_token_mint") as stage:
             try:
-                minted = await self._mint(installation_id, {"contents": "read"}, (), stage)
+                minted = await self._mint(
+                    installation_id, {"contents": "read"}, (), stage, "contents_token_mint"
+                )
             except MintRejected as exc:
                 # The app itself lacks contents:read there: nobody's policy is readable.
                 raise PolicyNotFound(
@@ -484,19 +267,24 @@ class GitHubAppClient:
         """
         _check_owner(owner)
         _check_repo(repo)
-        url = f"/repos/{owner}/{repo}/contents/{_quote_path(path)}"
+        _check_path(path)
+        target = f"{repo_path(owner, repo)}/contents/{quote_path(path)}"
         what = f"read {owner}/{repo}/{path}"
-        resp: _Response | None = None
+        budget = Budget(installation_id)
+        resp: Response | None = None
         for attempt in range(2):
             token = await self._contents_token(installation_id)
-            resp = await self._request(
-                "GET",
-                url,
-                authorization=f"token {token}",
-                budget=str(installation_id),
-                what=what,
-                accept=_RAW_MEDIA,
-                etag=etag,
+            resp = await self._rest.send(
+                Request(
+                    "GET",
+                    target,
+                    authorization=f"token {token}",
+                    endpoint="contents_read",
+                    what=what,
+                    budget=budget,
+                    accept=RAW_MEDIA,
+                    etag=etag,
+                )
             )
             if resp.status != 401 or attempt:
                 break
@@ -506,12 +294,7 @@ class GitHubAppClient:
         if resp.status == 304:
             return FileRead(content=None, etag=resp.headers.get("etag") or etag)
         if resp.status != 200:
-            raise _error_for(
-                resp,
-                what,
-                not_found=PolicyNotFound,
-                forbidden=lambda d: PolicyNotFound(d, reason="policy_unreadable"),
-            )
+            raise error_for(resp, what, _READ_ERRORS)
         return FileRead(content=_file_content(resp, what), etag=resp.headers.get("etag"))
 
     # -- tokens --------------------------------------------------------------------------
@@ -526,7 +309,7 @@ class GitHubAppClient:
         GitHubUnavailable, StsError.
         """
         with self._observer.stage("token_mint") as stage:
-            return await self._mint(installation_id, permissions, repositories, stage)
+            return await self._mint(installation_id, permissions, repositories, stage, "token_mint")
 
     async def _mint(
         self,
@@ -534,6 +317,7 @@ class GitHubAppClient:
         permissions: Mapping[str, str],
         repositories: Sequence[str],
         stage: Stage,
+        endpoint: str,
     ) -> MintedToken:
         if installation_id <= 0:
             raise InvalidRequest("installation id must be positive")
@@ -543,27 +327,25 @@ class GitHubAppClient:
         if repositories:
             body["repositories"] = list(repositories)
         what = f"mint token for installation {installation_id}"
-        resp = await self._request(
-            "POST",
-            f"/app/installations/{installation_id}/access_tokens",
-            authorization=f"Bearer {await self._app_jwt()}",
-            budget=APP_BUDGET,
-            what=what,
-            json_body=body,
-            stage=stage,
+        resp = await self._rest.send(
+            Request(
+                "POST",
+                f"/app/installations/{installation_id}/access_tokens",
+                authorization=await self._app_auth(),
+                endpoint=endpoint,
+                what=what,
+                budget=APP_BUDGET,
+                json_body=body,
+            ),
+            stage,
         )
         if resp.status == 404:
             # Uninstalled (or reinstalled under a new id): the next lookup must ask GitHub
             # instead of serving this id from the cache for an hour.
             self._installations.delete_values(lambda cached: cached == installation_id)
         if resp.status != 201:
-            raise _error_for(
-                resp,
-                what,
-                not_found=NoInstallation,
-                unprocessable=MintRejected,
-            )
-        return _minted_token(resp, permissions, repositories)
+            raise error_for(resp, what, _MINT_ERRORS)
+        return _minted_token(resp, permissions, repositories, what)
 
     async def revoke(self, token: str) -> None:
         """Revoke an installation token (``DELETE /installation/token``).
@@ -572,23 +354,25 @@ class GitHubAppClient:
         RateLimited, GitHubUnavailable, StsError.
         """
         what = "revoke installation token"
-        resp = await self._request(
-            "DELETE",
-            "/installation/token",
-            authorization=f"token {token}",
-            budget=None,  # the token's own budget, which nobody watches
-            what=what,
+        resp = await self._rest.send(
+            Request(
+                "DELETE",
+                "/installation/token",
+                authorization=f"token {token}",
+                endpoint="token_revoke",
+                what=what,
+            )
         )
         if resp.status not in {204, 401}:
-            raise _error_for(resp, what)
+            raise error_for(resp, what)
 
 
-def _file_content(resp: _Response, what: str) -> bytes:
+def _file_content(resp: Response, what: str) -> bytes:
     """Raw bytes from either media type: raw, or JSON with base64 ``content``."""
     ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         return resp.body
-    data = resp.json()
+    data = resp.json(what)
     if not isinstance(data, dict) or data.get("type") != "file":
         raise PolicyNotFound(f"{what}: not a file")
     encoding = data.get("encoding")
@@ -604,9 +388,9 @@ def _file_content(resp: _Response, what: str) -> bytes:
 
 
 def _minted_token(
-    resp: _Response, permissions: Mapping[str, str], repositories: Sequence[str]
+    resp: Response, permissions: Mapping[str, str], repositories: Sequence[str], what: str
 ) -> MintedToken:
-    data = resp.json()
+    data = resp.json(what)
     if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data["token"]:
         raise GitHubUnavailable("GitHub token response has no token")
     granted = data.get("permissions")

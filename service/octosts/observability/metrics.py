@@ -213,7 +213,7 @@ class Metrics:
         )
         self.github_rate_limit_remaining = Gauge(
             "octo_sts_github_rate_limit_remaining",
-            "Last x-ratelimit-remaining seen per installation.",
+            "Last x-ratelimit-remaining GitHub sent, per budget (installation id, or app).",
             ["installation"],
             registry=registry,
             multiprocess_mode="mostrecent",

@@ -7,18 +7,17 @@ the StsError family (``unauthenticated``, ``permission_denied``,
 ``invalid_request``, ``rate_limited``, ``upstream_unavailable``,
 ``internal``) or ``error`` for a foreign exception.
 
-Annotations become span attributes. A few keys also feed metrics, so adapters
-only need the ``StageObserver`` port (no metrics object):
+Annotations become span attributes. The ``cache`` keys also feed a metric, so
+caching adapters only need the ``StageObserver`` port (no metrics object):
 
 ==============================  =====================================================
 ``cache`` = hit|miss|stale|...  ``octo_sts_cache_requests_total{cache=<cache.name or
                                 stage>, result}``; ``cache.name`` optional
-``github.status`` = 200|...     ``octo_sts_github_requests_total{endpoint, status}``
-                                and the request-duration histogram (the stage's time);
-                                ``github.endpoint`` optional, defaults to the stage
-``github.rate_limit_remaining`` ``octo_sts_github_rate_limit_remaining{installation}``
-                                with ``installation_id``
 ==============================  =====================================================
+
+GitHub call metrics are not derived here: the GitHub REST core
+(``adapters.github_rest``) records every call itself, including those made
+outside any stage, so each metric has one feed.
 
 Stages named ``*_cache`` (pure cache look-ups such as ``verified_token_cache``)
 record metrics only, no span: a span would cost more than the look-up.
@@ -113,33 +112,14 @@ class TelemetryObserver:
                     span.set_attributes(stage.notes)
                 span.end()
             self._metrics.stage(name, outcome, elapsed)
-            self._derived_metrics(name, stage.notes, elapsed)
+            self._derived_metrics(name, stage.notes)
 
-    def _derived_metrics(
-        self, name: str, notes: dict[str, str | int | bool], elapsed: float
-    ) -> None:
+    def _derived_metrics(self, name: str, notes: dict[str, str | int | bool]) -> None:
         if not notes:
             return
         cache = notes.get("cache")
         if cache is not None:
             self._metrics.cache_request(str(notes.get("cache.name", name)), str(cache))
-        # ``github_status`` is the GitHub adapter's spelling; both feed the same metric.
-        status = notes.get("github.status", notes.get("github_status"))
-        if status is not None:
-            endpoint = str(notes.get("github.endpoint", name))
-            code = status if isinstance(status, int) else _int_or_text(str(status))
-            self._metrics.github_request(endpoint, code, elapsed)
-        remaining = notes.get("github.rate_limit_remaining")
-        installation = notes.get("installation_id")
-        if isinstance(remaining, int) and installation is not None:
-            self._metrics.rate_limit_remaining(str(installation), remaining)
-
-
-def _int_or_text(value: str) -> int | str:
-    try:
-        return int(value)
-    except ValueError:
-        return value
 
 
 def _record_error(span: Span, exc: BaseException) -> None:

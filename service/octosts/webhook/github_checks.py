@@ -2,28 +2,48 @@
 
 Authenticates with a short-lived installation token minted through the app
 (``GitHubApp.mint``) restricted to the one repository, with only
-``checks: write``, ``contents: read`` and ``pull_requests: read``.
+``checks: write``, ``contents: read`` and ``pull_requests: read``. Requests,
+caps, deadline, rate limits, error mapping and Link checks are the GitHub REST
+core's (``adapters.github_rest``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
-
-from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
+from octosts.adapters.github_rest import (
+    JSON_MEDIA,
+    RAW_MEDIA,
+    Budget,
+    ErrorMap,
+    Request,
+    Response,
+    error_for,
+    quote_path,
+    repo_path,
+)
 from octosts.domain.errors import GitHubUnavailable, PolicyNotFound, StsError
 
 if TYPE_CHECKING:
+    from octosts.adapters.github_rest import GitHubRest
     from octosts.domain.ports import GitHubApp
 
 CHECK_PERMISSIONS = {"checks": "write", "contents": "read", "pull_requests": "read"}
 MAX_PAGES = 30  # 3000 files: GitHub's own PR files limit
-_NEXT_RE = re.compile(r'<([^>]+)>;\s*rel="next"')
+MAX_RESPONSE_BYTES = 4 << 20  # a page of 100 changed files with patches
+
+
+def _call_failed(detail: str) -> StsError:
+    return StsError(detail, reason="github_webhook_call_failed")
+
+
+# Rate limits and 5xx are the core's; any other failure stops the check.
+_ERRORS = ErrorMap({}, _call_failed)
+_CHECK_RUN_ERRORS = _ERRORS.but(
+    {404: lambda d: PolicyNotFound(f"cannot create check runs in this repository ({d})")}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,121 +66,21 @@ class ChecksFactory(Protocol):
 
 
 class GitHubChecks:
-    """``ChecksFactory`` over the REST API (size-capped, deadline-bound requests)."""
+    """``ChecksFactory`` over the GitHub REST core."""
 
     def __init__(
-        self,
-        github: GitHubApp,
-        *,
-        http: httpx.AsyncClient,
-        base_url: str,
-        timeout: float = 10.0,
-        max_response_bytes: int = 4 << 20,
+        self, github: GitHubApp, *, rest: GitHubRest, max_response_bytes: int = MAX_RESPONSE_BYTES
     ) -> None:
         self._github = github
-        self._http = http
-        self._base = base_url.rstrip("/")
-        self._origin = _origin(self._base)
-        self._base_path = urllib.parse.urlsplit(self._base).path
-        self._timeout = timeout
+        self._rest = rest
         self._cap = max_response_bytes
 
     async def for_repo(self, installation_id: int, owner: str, repo: str) -> RepoChecks:
         """Raises MintRejected, RateLimited, GitHubUnavailable (from minting)."""
         minted = await self._github.mint(installation_id, CHECK_PERMISSIONS, [repo])
-        return _RepoChecks(self, minted.token, owner, repo)
-
-    def resolve(self, url: str) -> str:
-        """``url`` as an absolute URL under the API base.
-
-        A path (``/repos/...``) is appended to the base. An absolute URL (a
-        pagination ``Link``) must have the base's scheme, host and port and a
-        path under the base path, since the installation token goes with it.
-        Raises GitHubUnavailable otherwise.
-        """
-        full = self._base + url if url.startswith("/") and not url.startswith("//") else url
-        try:
-            parts = urllib.parse.urlsplit(full)
-            origin = _origin(full)
-        except ValueError:
-            origin = None
-        if (
-            origin is None
-            or origin != self._origin
-            or parts.username is not None
-            or parts.password is not None
-            or not _under(parts.path, self._base_path)
-        ):
-            raise GitHubUnavailable("GitHub answer links outside the API base URL")
-        return full
-
-    async def request(
-        self, method: str, url: str, token: str, *, accept: str, json_body: object = None
-    ) -> httpx.Response:
-        """One call, bounded as a whole (connect to last body byte) by ``timeout``.
-
-        Raises GitHubUnavailable for transport failures, timeouts, oversized or
-        compressed answers and URLs outside the API base.
-        """
-        headers = {
-            "Authorization": f"token {token}",
-            "Accept": accept,
-            # The body is read raw under a byte cap: a gzip answer would reach
-            # the JSON parser compressed (httpx's raw stream does not decode).
-            "Accept-Encoding": "identity",
-            "X-GitHub-Api-Version": "2022-11-28",
-            "User-Agent": "octo-sts-webhook",
-        }
-        full = self.resolve(url)
-        try:
-            async with (
-                asyncio.timeout(self._timeout),
-                self._http.stream(
-                    method, full, headers=headers, json=json_body, timeout=self._timeout
-                ) as resp,
-            ):
-                try:
-                    body = await read_capped(resp, self._cap)
-                except BodyTooLarge as exc:
-                    raise GitHubUnavailable(f"GitHub answer exceeds {self._cap} bytes") from exc
-                except BodyCompressed as exc:
-                    raise GitHubUnavailable("GitHub answer is compressed despite identity") from exc
-                return httpx.Response(resp.status_code, headers=resp.headers, content=body)
-        except TimeoutError as exc:
-            raise GitHubUnavailable(f"GitHub request took longer than {self._timeout:g} s") from exc
-        except httpx.HTTPError as exc:
-            raise GitHubUnavailable(f"GitHub unreachable: {type(exc).__name__}") from exc
-
-
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, lower-cased host, port with the scheme's default). Raises ValueError."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        return None
-    return (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-
-
-def _under(path: str, base_path: str) -> bool:
-    """``path`` is ``base_path`` or below it, with no dot segments to climb out."""
-    base = base_path.rstrip("/")
-    if not (path == base or path.startswith(base + "/")):
-        return False
-    segments = urllib.parse.unquote(path).split("/")
-    return not any(s in {".", ".."} for s in segments)
-
-
-def _json(resp: httpx.Response, what: str) -> object:
-    try:
-        return resp.json()
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise GitHubUnavailable(f"GitHub answer to {what} is not JSON") from exc
-
-
-def _check(resp: httpx.Response, what: str) -> None:
-    if resp.status_code >= 500:
-        raise GitHubUnavailable(f"GitHub {resp.status_code} on {what}")
-    if resp.status_code >= 300:
-        raise StsError(f"GitHub {resp.status_code} on {what}", reason="github_webhook_call_failed")
+        return _RepoChecks(
+            self._rest, minted.token, Budget(installation_id), repo_path(owner, repo), self._cap
+        )
 
 
 def _files(data: object) -> list[ChangedFile]:
@@ -174,60 +94,85 @@ def _files(data: object) -> list[ChangedFile]:
 
 
 class _RepoChecks:
-    def __init__(self, client: GitHubChecks, token: str, owner: str, repo: str) -> None:
-        self._client = client
+    def __init__(self, rest: GitHubRest, token: str, budget: Budget, prefix: str, cap: int) -> None:
+        self._rest = rest
         self._token = token
-        self._prefix = (
-            f"/repos/{urllib.parse.quote(owner, safe='')}/{urllib.parse.quote(repo, safe='')}"
-        )
+        self._budget = budget
+        self._prefix = prefix
+        self._cap = cap
 
     def __repr__(self) -> str:  # the token stays out of reprs
         return f"_RepoChecks({self._prefix!r})"
 
-    async def _get(
-        self, url: str, what: str, accept: str = "application/vnd.github+json"
-    ) -> httpx.Response:
-        resp = await self._client.request("GET", url, self._token, accept=accept)
-        _check(resp, what)
-        return resp
+    async def _call(
+        self,
+        method: str,
+        target: str,
+        *,
+        endpoint: str,
+        what: str,
+        accept: str = JSON_MEDIA,
+        json_body: object = None,
+    ) -> Response:
+        return await self._rest.send(
+            Request(
+                method,
+                target,
+                authorization=f"token {self._token}",
+                endpoint=endpoint,
+                what=what,
+                budget=self._budget,
+                accept=accept,
+                json_body=json_body,
+                max_bytes=self._cap,
+            )
+        )
 
     async def pull_files(self, number: int) -> list[ChangedFile]:
         url: str | None = f"{self._prefix}/pulls/{number}/files?per_page=100"
         files: list[ChangedFile] = []
+        what = "pull request files"
         for _ in range(MAX_PAGES):
             if url is None:
                 break
-            resp = await self._get(url, "pull request files")
-            files += _files(_json(resp, "pull request files"))
-            match = _NEXT_RE.search(resp.headers.get("link", ""))
-            url = self._client.resolve(match.group(1)) if match else None
+            resp = _ok(await self._call("GET", url, endpoint="checks_pull_files", what=what), what)
+            files += _files(resp.json(what))
+            url = self._rest.next_link(resp)
         return files
 
     async def compare(self, base: str, head: str) -> list[ChangedFile]:
         b, h = urllib.parse.quote(base, safe=""), urllib.parse.quote(head, safe="")
-        resp = await self._get(f"{self._prefix}/compare/{b}...{h}", "compare")
-        data = _json(resp, "compare")
+        target = f"{self._prefix}/compare/{b}...{h}"
+        what = "compare"
+        resp = _ok(await self._call("GET", target, endpoint="checks_compare", what=what), what)
+        data = resp.json(what)
         return _files(data.get("files", []) if isinstance(data, dict) else None)
 
     async def read_at(self, path: str, ref: str) -> bytes | None:
-        quoted = "/".join(urllib.parse.quote(s, safe="") for s in path.split("/"))
-        url = f"{self._prefix}/contents/{quoted}?ref={urllib.parse.quote(ref, safe='')}"
-        resp = await self._client.request(
-            "GET", url, self._token, accept="application/vnd.github.raw+json"
+        quoted_ref = urllib.parse.quote(ref, safe="")
+        target = f"{self._prefix}/contents/{quote_path(path)}?ref={quoted_ref}"
+        what = "read file at ref"
+        resp = await self._call(
+            "GET", target, endpoint="checks_read_at", what=what, accept=RAW_MEDIA
         )
-        if resp.status_code == 404:
+        if resp.status == 404:
             return None
-        _check(resp, "read file at ref")
-        return resp.content
+        return _ok(resp, what).body
 
     async def create_check_run(self, head_sha: str, body: dict[str, Any]) -> None:
-        resp = await self._client.request(
+        what = "create check run"
+        resp = await self._call(
             "POST",
             f"{self._prefix}/check-runs",
-            self._token,
-            accept="application/vnd.github+json",
+            endpoint="checks_create_run",
+            what=what,
             json_body={**body, "head_sha": head_sha},
         )
-        if resp.status_code == 404:
-            raise PolicyNotFound("cannot create check runs in this repository")
-        _check(resp, "create check run")
+        _ok(resp, what, _CHECK_RUN_ERRORS)
+
+
+def _ok(resp: Response, what: str, errors: ErrorMap = _ERRORS) -> Response:
+    """``resp`` when it is a success; else its error (see ``github_rest.error_for``)."""
+    if not 200 <= resp.status < 300:
+        raise error_for(resp, what, errors)
+    return resp

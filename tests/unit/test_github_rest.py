@@ -1,4 +1,9 @@
-"""The webhook's GitHub client: deadline, Link URLs that stay on the API, identity encoding."""
+"""The GitHub REST core: deadline, Link URLs that stay on the API, identity encoding, errors.
+
+Most calls go through the webhook's endpoints (``GitHubChecks``), which have the
+pagination; the App's endpoints are tested against the emulator in
+``tests/integration/test_github_adapter.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,31 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from octosts.domain.errors import GitHubUnavailable
+from octosts.adapters.github_rest import (
+    APP_BUDGET,
+    APP_ERRORS,
+    Budget,
+    ErrorMap,
+    GitHubRest,
+    GitHubTelemetry,
+    RateLimits,
+    Request,
+    Response,
+    RestConfig,
+    _message,
+    error_for,
+    rate_limit_of,
+)
+from octosts.domain.errors import (
+    GitHubUnavailable,
+    PermissionDenied,
+    PolicyNotFound,
+    RateLimited,
+    StsError,
+)
 from octosts.domain.ports import GitHubApp
 from octosts.webhook.github_checks import GitHubChecks
-from tests.fakes import FakeGitHub
+from tests.fakes import FakeClock, FakeGitHub
 
 API = "https://api.github.com"
 GHES = "https://ghe.example.com/api/v3"
@@ -36,13 +62,17 @@ def answer(data: bytes, headers: dict[str, str] | None = None) -> httpx.Response
     return httpx.Response(200, headers=headers, stream=_Body(data))
 
 
+def core(http: httpx.AsyncClient, base_url: str = API, **config: float) -> GitHubRest:
+    return GitHubRest(RestConfig(base_url=base_url, **config), http=http, clock=FakeClock())
+
+
 def checks_over(
     handler: Callable[[httpx.Request], httpx.Response], base_url: str = API
 ) -> tuple[GitHubChecks, httpx.AsyncClient]:
     github: GitHubApp = FakeGitHub({})
     # A plain client: httpx's default Accept-Encoding (gzip, deflate, ...) unless told otherwise.
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return GitHubChecks(github, http=http, base_url=base_url), http
+    return GitHubChecks(github, rest=core(http, base_url)), http
 
 
 @pytest.mark.parametrize(
@@ -57,8 +87,7 @@ def checks_over(
     ],
 )
 def test_link_urls_on_the_api_are_followed(base: str, url: str) -> None:
-    checks, _ = checks_over(lambda _r: httpx.Response(200), base)
-    assert checks.resolve(url) == url
+    assert core(httpx.AsyncClient(), base).url_for(url) == url
 
 
 @pytest.mark.parametrize(
@@ -85,9 +114,8 @@ def test_link_urls_on_the_api_are_followed(base: str, url: str) -> None:
     ],
 )
 def test_link_urls_off_the_api_are_refused(base: str, url: str) -> None:
-    checks, _ = checks_over(lambda _r: httpx.Response(200), base)
     with pytest.raises(GitHubUnavailable, match="outside the API base URL"):
-        checks.resolve(url)
+        core(httpx.AsyncClient(), base).url_for(url)
 
 
 async def test_a_next_link_to_another_host_never_gets_the_token() -> None:
@@ -200,10 +228,117 @@ async def test_the_whole_request_has_a_deadline_even_when_every_read_is_quick(
 ) -> None:
     github: GitHubApp = FakeGitHub({})
     async with httpx.AsyncClient() as http:
-        checks = GitHubChecks(github, http=http, base_url=trickling_server, timeout=0.5)
+        checks = GitHubChecks(github, rest=core(http, trickling_server, request_timeout=0.5))
         repo = await checks.for_repo(1, "octo-org", "demo")
         started = time.monotonic()
-        with pytest.raises(GitHubUnavailable, match=r"longer than 0.5 s"):
+        with pytest.raises(GitHubUnavailable, match=r"timed out .*\(deadline 0.5 s\)"):
             await repo.pull_files(1)
         elapsed = time.monotonic() - started
     assert elapsed < 2.5  # the trickle alone takes 5 s
+
+
+# -- status -> domain error, rate limits (pure) ---------------------------------------------
+
+NOW = 1_700_000_000.0
+SECONDARY = b'{"message": "You have exceeded a secondary rate limit."}'
+FORBIDDEN = b'{"message": "Resource not accessible by integration"}'
+
+
+def exhausted(reset: float) -> dict[str, str]:
+    return {"x-ratelimit-remaining": "0", "x-ratelimit-reset": f"{reset:.0f}"}
+
+
+def failed(status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> Response:
+    hdrs = httpx.Headers(headers or {})
+    return Response(status, hdrs, body, rate_limit_of(status, hdrs, _message(body), NOW))
+
+
+@pytest.mark.parametrize(
+    ("resp", "kind", "wait"),
+    [
+        (failed(403, exhausted(NOW + 90)), "primary", 90),
+        (failed(429, exhausted(NOW - 5)), "primary", 0),
+        (failed(403, {"Retry-After": "42"}), "secondary", 42),
+        (failed(429), "secondary", 60),
+        (failed(403, body=SECONDARY), "secondary", 60),
+        (failed(403, body=b'{"message": "API rate limit exceeded for 1.2.3.4"}'), "primary", 60),
+    ],
+)
+def test_rate_limits_are_recognised_with_the_wait_github_asked_for(
+    resp: Response, kind: str, wait: int
+) -> None:
+    for errors in (APP_ERRORS, ErrorMap({}, lambda d: StsError(d, reason="endpoint_specific"))):
+        error = error_for(resp, "a call", errors)
+        assert type(error) is RateLimited
+        assert error.reason == f"rate_limited_{kind}"
+        assert f"retry after {wait} s" in error.detail
+
+
+@pytest.mark.parametrize(
+    ("resp", "error", "reason"),
+    [
+        (failed(401), StsError, "github_app_auth_failed"),
+        (
+            failed(403, {"x-ratelimit-remaining": "10"}, FORBIDDEN),
+            PermissionDenied,
+            "github_forbidden",
+        ),
+        (failed(404), StsError, "github_unexpected_status"),
+        (failed(422), StsError, "github_unexpected_status"),
+        (failed(500), GitHubUnavailable, "github_unavailable"),
+        (failed(503), GitHubUnavailable, "github_unavailable"),
+        (failed(302), StsError, "github_unexpected_status"),
+    ],
+)
+def test_other_failures_follow_the_endpoint_map_except_5xx(
+    resp: Response, error: type[StsError], reason: str
+) -> None:
+    mapped = error_for(resp, "a call")
+    assert (type(mapped), mapped.reason) == (error, reason)
+    assert resp.rate_limit is None
+    endpoint = ErrorMap({404: PolicyNotFound}, lambda d: StsError(d, reason="endpoint_specific"))
+    mapped = error_for(resp, "a call", endpoint)
+    if resp.status >= 500:
+        assert type(mapped) is GitHubUnavailable
+    elif resp.status == 404:
+        assert type(mapped) is PolicyNotFound
+    else:
+        assert mapped.reason == "endpoint_specific"
+
+
+def test_rate_limit_bookkeeping_is_bounded_per_budget() -> None:
+    limits = RateLimits(maxsize=2)
+    assert limits.record(APP_BUDGET, httpx.Headers({})) is None
+    assert limits.record(APP_BUDGET, httpx.Headers({"X-RateLimit-Remaining": "4999"})) == 4999
+    limits.record(Budget(7), httpx.Headers({"x-ratelimit-remaining": "12"}))
+    limits.record(Budget(8), httpx.Headers({"x-ratelimit-remaining": "13"}))
+    assert limits.remaining() == {"7": 12, "8": 13}
+
+
+async def test_failed_transfers_are_counted_as_error_and_unwatched_budgets_not_at_all() -> None:
+    seen: list[tuple[str, int | str]] = []
+    gauge: list[tuple[int | str, float]] = []
+
+    class Telemetry:
+        def github_request(self, endpoint: str, status: int | str, seconds: float) -> None:
+            seen.append((endpoint, status))
+
+        def rate_limit_remaining(self, installation: int | str, remaining: float) -> None:
+            gauge.append((installation, remaining))
+
+    def github(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/down":
+            raise httpx.ConnectError("refused", request=request)
+        return answer(b"{}", {"x-ratelimit-remaining": "41"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as http:
+        telemetry: GitHubTelemetry = Telemetry()
+        rest = GitHubRest(RestConfig(), http=http, clock=FakeClock(), telemetry=telemetry)
+        call = Request("GET", "/up", authorization="token t", endpoint="e", what="w")
+        await rest.send(call)  # no budget: a token revoking itself
+        await rest.send(Request("GET", "/up", "token t", "e", "w", budget=Budget(5)))
+        with pytest.raises(GitHubUnavailable, match="unreachable on w: ConnectError"):
+            await rest.send(Request("GET", "/down", "token t", "e", "w", budget=Budget(5)))
+    assert seen == [("e", 200), ("e", 200), ("e", "error")]
+    assert gauge == [("5", 41)]
+    assert "token t" not in repr(call)

@@ -1,0 +1,484 @@
+"""The one GitHub REST core: every call to the GitHub API goes through ``GitHubRest.send``.
+
+Endpoint classes say which path, which credentials, whose rate-limit budget and
+what a failed status means to them (``adapters.github.GitHubAppClient``:
+installations, contents, mint, revoke; ``webhook.github_checks``: pull request
+files, compare, read at a ref, check runs). Everything else about talking to
+GitHub lives here, once:
+
+- the request: API root + path, ``Accept``, ``Authorization``, ``User-Agent``,
+  ``X-GitHub-Api-Version``, ``Accept-Encoding: identity`` (bodies are read raw);
+- the answer's size cap, counted on raw bytes (``http_body.read_capped``);
+- one deadline for the whole request, connect to last body byte;
+- transport failures, timeouts, oversized or compressed answers: GitHubUnavailable;
+- statuses to domain errors (``error_for``): a rate limit (403/429) and a 5xx mean
+  the same for every endpoint; the rest is the endpoint's ``ErrorMap``;
+- rate-limit detection (``rate_limit_of``) and bookkeeping per budget (``RateLimits``);
+- telemetry: ``octo_sts_github_requests_total``, its duration histogram and the
+  rate-limit gauge are fed from ``send`` and nowhere else (``GitHubTelemetry``);
+- URL checks: a path, or a ``Link`` URL from an answer, is followed only on the API's
+  origin and under its base path, since the token goes with it (``url_for``).
+
+The HTTP library appears only in ``http_client`` and ``GitHubRest._transfer``.
+
+Where planned work plugs in, one place each:
+
+- remembered rate limits ([resilience]): ``send`` sees every limit hit
+  (``Response.rate_limit``, with the wait GitHub asked for) and every budget's
+  headers (``RateLimits.record``); keeping the hit until it expires in ``RateLimits``
+  and checking it at the top of ``send`` answers callers at once;
+- one retry with jitter for idempotent calls on 5xx or connection errors: a loop
+  around ``_transfer`` in ``send``, within the caller's deadline;
+- a separately bounded pool wait and the pool size as a setting: ``_timeout`` and
+  ``http_client``;
+- revoking orphaned tokens: ``GitHubAppClient.mint``, next to ``revoke``;
+- another HTTP library ([perf-2]): ``http_client`` and ``_transfer``;
+- several GitHub Apps ([fleet]): ``Budget`` gains the App id; ``RateLimits`` can then
+  say which App has the most quota left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import math
+import re
+import time
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import httpx
+
+from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
+from octosts.domain.errors import GitHubUnavailable, PermissionDenied, RateLimited, StsError
+
+if TYPE_CHECKING:
+    from octosts.domain.ports import Clock, Stage
+
+API_VERSION = "2022-11-28"
+JSON_MEDIA = "application/vnd.github+json"
+RAW_MEDIA = "application/vnd.github.raw+json"
+# GitHub's documented wait for a secondary limit that names none.
+SECONDARY_LIMIT_WAIT = 60.0
+_NEXT_RE = re.compile(r'<([^>]+)>;\s*rel="next"')
+
+
+@dataclass(frozen=True, slots=True)
+class RestConfig:
+    """Where GitHub is and how long and how much to read from it.
+
+    Raises ValueError (naming the field) for an invalid value.
+    """
+
+    base_url: str = "https://api.github.com"
+    connect_timeout: float = 5.0
+    request_timeout: float = 10.0  # whole request, including reading the body
+    max_response_bytes: int = 1 << 20
+    user_agent: str = "octo-sts"
+    budgets_tracked: int = 10_000  # rate-limit bookkeeping entries kept
+
+    def __post_init__(self) -> None:
+        check_base_url(self.base_url)
+        for name in ("connect_timeout", "request_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RestConfig.{name}: must be positive")
+        if self.max_response_bytes < 1024:
+            raise ValueError("RestConfig.max_response_bytes: must be at least 1024")
+        if self.budgets_tracked < 1:
+            raise ValueError("RestConfig.budgets_tracked: must be at least 1")
+
+
+def check_base_url(url: str) -> None:
+    """https, or http on a loopback host only. Raises ValueError."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ValueError(f"GitHub base URL {url!r}: must be an absolute https URL")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"GitHub base URL {url!r}: no credentials, query or fragment allowed")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(f"GitHub base URL {url!r}: https is required except on loopback")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def http_client(*, verify: Any = True, max_connections: int = 100) -> httpx.AsyncClient:
+    """The connection pool for the GitHub API: no proxies from the environment, no redirects.
+
+    Timeouts and headers are set per request by ``GitHubRest``.
+    """
+    return httpx.AsyncClient(
+        verify=verify,
+        trust_env=False,
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Whose GitHub rate limit a call spends: the App's own (app JWT) or an installation's."""
+
+    installation: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``"app"`` or the installation id: the rate-limit gauge's label."""
+        return "app" if self.installation is None else str(self.installation)
+
+
+APP_BUDGET = Budget()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A rate-limited answer: which limit, and how many seconds GitHub asked us to wait."""
+
+    kind: Literal["primary", "secondary"]
+    retry_after: float
+
+
+def rate_limit_of(
+    status: int, headers: Mapping[str, str], message: str, now: float
+) -> RateLimit | None:
+    """The limit a 403/429 answer reports, or None for any other answer.
+
+    GitHub's documented signals: ``x-ratelimit-remaining: 0`` (primary, wait until
+    ``x-ratelimit-reset``); ``retry-after`` or a "secondary rate limit" message
+    (secondary: wait ``retry-after``, else at least a minute). A 429 is always a limit.
+    """
+    if status not in {403, 429}:
+        return None
+    lowered = message.lower()
+    kind: Literal["primary", "secondary"]
+    if headers.get("x-ratelimit-remaining") == "0":
+        kind = "primary"
+    elif "retry-after" in headers or "secondary rate limit" in lowered or status == 429:
+        kind = "secondary"
+    elif "rate limit" in lowered:
+        kind = "primary"
+    else:
+        return None
+    return RateLimit(kind, _wait(headers, now))
+
+
+def _wait(headers: Mapping[str, str], now: float) -> float:
+    retry_after = headers.get("retry-after", "")
+    if retry_after.isdigit():
+        return float(retry_after)
+    reset = headers.get("x-ratelimit-reset", "")
+    if headers.get("x-ratelimit-remaining") == "0" and reset.isdigit():
+        return max(float(reset) - now, 0.0)
+    return SECONDARY_LIMIT_WAIT
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A GitHub answer, body read in full. ``headers`` look-ups are case-insensitive."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    rate_limit: RateLimit | None = None
+
+    def json(self, what: str) -> Any:
+        """The body as JSON. Raises GitHubUnavailable when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise GitHubUnavailable(f"GitHub answer {self.status} to {what} is not JSON") from exc
+
+    def message(self) -> str:
+        """GitHub's ``message`` field, shortened, for operator-facing details."""
+        return _message(self.body)
+
+
+def _message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ""
+    msg = data.get("message") if isinstance(data, dict) else None
+    return msg[:200] if isinstance(msg, str) else ""
+
+
+ErrorFactory = Callable[[str], StsError]
+
+
+def app_auth_failed(detail: str) -> StsError:
+    # Our own credentials were refused: a deployment problem, not the caller's.
+    return StsError(
+        f"{detail} (check GITHUB_APP_ID, the app private key and the server clock)",
+        reason="github_app_auth_failed",
+    )
+
+
+def forbidden(detail: str) -> StsError:
+    return PermissionDenied(detail, reason="github_forbidden")
+
+
+def unexpected(detail: str) -> StsError:
+    return StsError(f"unexpected {detail}", reason="github_unexpected_status")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMap:
+    """What a failed status means to one endpoint.
+
+    Not in it, because they mean the same for every endpoint: a rate-limited
+    403/429 (RateLimited) and a 5xx (GitHubUnavailable).
+    """
+
+    by_status: Mapping[int, ErrorFactory] = field(
+        default_factory=lambda: {401: app_auth_failed, 403: forbidden}
+    )
+    otherwise: ErrorFactory = unexpected
+
+    def but(self, by_status: Mapping[int, ErrorFactory]) -> ErrorMap:
+        """This map with some statuses meaning something else."""
+        return ErrorMap({**self.by_status, **by_status}, self.otherwise)
+
+
+APP_ERRORS = ErrorMap()
+
+
+def error_for(resp: Response, what: str, errors: ErrorMap = APP_ERRORS) -> StsError:
+    """The one mapping from a failed GitHub answer to a domain error."""
+    msg = resp.message()
+    detail = f"GitHub {resp.status} on {what}" + (f": {msg}" if msg else "")
+    limit = resp.rate_limit
+    if limit is not None:
+        wait = math.ceil(limit.retry_after)
+        return RateLimited(
+            f"{detail} ({limit.kind} rate limit; retry after {wait} s)",
+            reason=f"rate_limited_{limit.kind}",
+        )
+    if resp.status >= 500:
+        return GitHubUnavailable(detail)
+    return errors.by_status.get(resp.status, errors.otherwise)(detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One call to GitHub, as the endpoint class describes it.
+
+    ``target`` is a path under the API root (``/repos/...``, built with
+    ``repo_path``/``quote_path``) or an absolute URL taken from an answer (a
+    ``Link``); ``endpoint`` names the call in metrics (a fixed word, never a
+    URL); ``what`` names it in error details.
+    """
+
+    method: str
+    target: str
+    authorization: str = field(repr=False)
+    endpoint: str
+    what: str
+    budget: Budget | None = None  # None: a budget nobody watches (a token revoking itself)
+    accept: str = JSON_MEDIA
+    json_body: object = None
+    etag: str | None = None
+    max_bytes: int | None = None  # None: RestConfig.max_response_bytes
+
+
+class GitHubTelemetry(Protocol):
+    """Where GitHub call metrics go (``observability.metrics.Metrics`` is one)."""
+
+    def github_request(self, endpoint: str, status: int | str, seconds: float, /) -> None: ...
+
+    def rate_limit_remaining(self, installation: int | str, remaining: float, /) -> None: ...
+
+
+class RateLimits:
+    """Last ``x-ratelimit-remaining`` per budget; bounded, least recently updated dropped."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._remaining: OrderedDict[str, int] = OrderedDict()
+
+    def record(self, budget: Budget, headers: Mapping[str, str]) -> int | None:
+        """Note an answer's remaining quota; returns it (None when the header is absent)."""
+        raw = headers.get("x-ratelimit-remaining")
+        if raw is None or not raw.isdigit():
+            return None
+        remaining = int(raw)
+        label = budget.label
+        self._remaining[label] = remaining
+        self._remaining.move_to_end(label)
+        while len(self._remaining) > self._maxsize:
+            self._remaining.popitem(last=False)
+        return remaining
+
+    def remaining(self) -> dict[str, int]:
+        """Last remaining quota per budget label (installation id or ``"app"``); a copy."""
+        return dict(self._remaining)
+
+
+def repo_path(owner: str, repo: str) -> str:
+    """``/repos/{owner}/{repo}``, each name percent-quoted."""
+    return f"/repos/{urllib.parse.quote(owner, safe='')}/{urllib.parse.quote(repo, safe='')}"
+
+
+def quote_path(path: str) -> str:
+    """A repository file path, each segment percent-quoted (``/`` kept between them)."""
+    return "/".join(urllib.parse.quote(s, safe="") for s in path.split("/"))
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, lower-cased host, port with the scheme's default). Raises ValueError."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return None
+    return (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def _climbs(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment, plain or percent-encoded."""
+    if "." not in path and "%" not in path:
+        return False  # the usual case, checked without splitting
+    return any(s in {".", ".."} for s in urllib.parse.unquote(path).split("/"))
+
+
+class GitHubRest:
+    """The GitHub REST core (see the module docstring).
+
+    ``http`` is owned by the caller (``http_client``); ``telemetry`` receives one
+    record per call and one rate-limit reading per answer that has one.
+    """
+
+    def __init__(
+        self,
+        config: RestConfig,
+        *,
+        http: httpx.AsyncClient,
+        clock: Clock,
+        telemetry: GitHubTelemetry | None = None,
+    ) -> None:
+        self.config = config
+        self._http = http
+        self._clock = clock
+        self._telemetry = telemetry
+        self._root = config.base_url.rstrip("/")
+        self._origin = _origin(self._root)
+        self._base_path = urllib.parse.urlsplit(self._root).path.rstrip("/")
+        self._timeout = httpx.Timeout(config.request_timeout, connect=config.connect_timeout)
+        self.rate_limits = RateLimits(config.budgets_tracked)
+
+    def __repr__(self) -> str:
+        return f"GitHubRest(base_url={self._root!r})"
+
+    def url_for(self, target: str) -> str:
+        """``target`` as an absolute URL under the API root.
+
+        A path (``/repos/...``) is appended to the root. An absolute URL (a
+        pagination ``Link``) must have the root's scheme, host and port and a path
+        under the root's path. Neither may have ``.``/``..`` segments. Raises
+        GitHubUnavailable otherwise: the token must not go anywhere else.
+        """
+        if target.startswith("/") and not target.startswith("//"):
+            if not _climbs(target.split("?", 1)[0]):
+                return self._root + target
+            raise GitHubUnavailable("GitHub answer links outside the API base URL")
+        try:
+            parts = urllib.parse.urlsplit(target)
+            origin = _origin(target)
+        except ValueError:
+            origin = None
+        if (
+            origin is None
+            or origin != self._origin
+            or parts.username is not None
+            or parts.password is not None
+            or not (parts.path == self._base_path or parts.path.startswith(self._base_path + "/"))
+            or _climbs(parts.path)
+        ):
+            raise GitHubUnavailable("GitHub answer links outside the API base URL")
+        return target
+
+    def next_link(self, resp: Response) -> str | None:
+        """The answer's ``Link: <...>; rel="next"`` URL, checked by ``url_for``; else None."""
+        match = _NEXT_RE.search(resp.headers.get("link", ""))
+        return self.url_for(match.group(1)) if match else None
+
+    async def send(self, request: Request, stage: Stage | None = None) -> Response:
+        """One call: checked URL, the size cap, the whole-request deadline.
+
+        HTTP statuses are returned for the endpoint to judge (``error_for``); a
+        rate-limited answer carries ``rate_limit``. ``stage`` (when given) is
+        annotated with ``github.status``. Raises GitHubUnavailable for transport
+        failures, timeouts, oversized or compressed answers and URLs off the API.
+        """
+        url = self.url_for(request.target)
+        started = time.perf_counter()
+        try:
+            resp = await self._transfer(request, url)
+        except GitHubUnavailable:
+            self._record_call(request.endpoint, "error", started)
+            raise
+        self._record_call(request.endpoint, resp.status, started)
+        if stage is not None:
+            stage.annotate("github.status", resp.status)
+        if request.budget is not None:
+            remaining = self.rate_limits.record(request.budget, resp.headers)
+            if remaining is not None and self._telemetry is not None:
+                self._telemetry.rate_limit_remaining(request.budget.label, remaining)
+        return resp
+
+    def _record_call(self, endpoint: str, status: int | str, started: float) -> None:
+        if self._telemetry is not None:
+            self._telemetry.github_request(endpoint, status, time.perf_counter() - started)
+
+    async def _transfer(self, request: Request, url: str) -> Response:
+        headers = {
+            "Accept": request.accept,
+            # Bodies are read raw under a byte cap: a gzip answer would reach the
+            # parser compressed (the raw stream does not decode) and the cap would
+            # count the wrong size.
+            "Accept-Encoding": "identity",
+            "Authorization": request.authorization,
+            "User-Agent": self.config.user_agent,
+            "X-GitHub-Api-Version": API_VERSION,
+        }
+        if request.etag:
+            headers["If-None-Match"] = request.etag
+        cap = request.max_bytes or self.config.max_response_bytes
+        what = request.what
+        deadline = self.config.request_timeout
+        try:
+            async with (
+                asyncio.timeout(deadline),
+                self._http.stream(
+                    request.method,
+                    url,
+                    headers=headers,
+                    json=request.json_body,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                ) as resp,
+            ):
+                try:
+                    body = await read_capped(resp, cap)
+                except BodyTooLarge as exc:
+                    raise GitHubUnavailable(f"GitHub answer to {what} exceeds {cap} bytes") from exc
+                except BodyCompressed as exc:
+                    raise GitHubUnavailable(f"GitHub answer to {what} is compressed") from exc
+                status, answer_headers = resp.status_code, resp.headers
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            timed_out = f"GitHub timed out on {what} (deadline {deadline:g} s)"
+            raise GitHubUnavailable(timed_out) from exc
+        except httpx.HTTPError as exc:
+            # The exception's class says enough; its text may repeat the URL only.
+            raise GitHubUnavailable(f"GitHub unreachable on {what}: {type(exc).__name__}") from exc
+        limit = None
+        if status in {403, 429}:
+            limit = rate_limit_of(status, answer_headers, _message(body), self._clock.now())
+        return Response(status, answer_headers, body, limit)
