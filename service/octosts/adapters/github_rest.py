@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 
-from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
+from octosts.adapters.http_body import BodyRefused, read_capped
 from octosts.domain.errors import GitHubUnavailable, PermissionDenied, RateLimited, StsError
 
 if TYPE_CHECKING:
@@ -467,10 +467,8 @@ class GitHubRest:
             ):
                 try:
                     body = await read_capped(resp, cap)
-                except BodyTooLarge as exc:
-                    raise GitHubUnavailable(f"GitHub answer to {what} exceeds {cap} bytes") from exc
-                except BodyCompressed as exc:
-                    raise GitHubUnavailable(f"GitHub answer to {what} is compressed") from exc
+                except BodyRefused as exc:
+                    raise GitHubUnavailable(f"GitHub answer to {what} {exc}") from exc
                 status, answer_headers = resp.status_code, resp.headers
         except (TimeoutError, httpx.TimeoutException) as exc:
             timed_out = f"GitHub timed out on {what} (deadline {deadline:g} s)"

@@ -5,11 +5,15 @@ from __future__ import annotations
 import httpx
 
 
-class BodyTooLarge(Exception):
+class BodyRefused(Exception):
+    """The body was not read; the message says why (it completes "the answer ...")."""
+
+
+class BodyTooLarge(BodyRefused):
     """The response is larger than the caller's cap (or claims to be)."""
 
 
-class BodyCompressed(Exception):
+class BodyCompressed(BodyRefused):
     """The server compressed the body although ``Accept-Encoding: identity`` was sent."""
 
 
@@ -19,16 +23,16 @@ async def read_capped(response: httpx.Response, cap: int) -> bytes:
     Raw bytes are read (no decoding), so the cap counts what crossed the wire and a
     small compressed body can never inflate in memory. Our clients ask for
     ``identity``; a server that compresses anyway is refused.
-    Raises BodyTooLarge, BodyCompressed.
+    Raises BodyTooLarge, BodyCompressed (both BodyRefused).
     """
     if response.headers.get("content-encoding", "identity").lower() != "identity":
-        raise BodyCompressed
+        raise BodyCompressed("is compressed although identity was asked for")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise BodyTooLarge
+        raise BodyTooLarge(f"exceeds {cap} bytes")
     body = bytearray()
     async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > cap:
-            raise BodyTooLarge
+            raise BodyTooLarge(f"exceeds {cap} bytes")
     return bytes(body)
