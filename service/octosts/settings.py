@@ -18,16 +18,15 @@ message or a repr.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import urlsplit
 
 import yaml
 
+from octosts.adapters.github_rest import base_url_problem
 from octosts.domain.issuers import AllowlistInvalid, compile_allowlist, issuer_entry_problem
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO
 from octosts.domain.names import is_repo_name
@@ -198,21 +197,10 @@ def _optional_host_port(value: str) -> Iterator[str]:
         yield from _host_port(value)
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _github_url(value: str) -> Iterator[str]:
-    parts = urlsplit(value)
-    if parts.scheme not in {"https", "http"} or not parts.hostname:
-        yield f"expected an https URL, got {value!r}"
-    elif parts.scheme == "http" and not _is_loopback_host(parts.hostname):
-        yield "https is required except for loopback addresses"
+    problem = base_url_problem(value)  # the GitHub core's own rule, not a copy
+    if problem is not None:
+        yield problem
 
 
 def _repo_name(value: str) -> Iterator[str]:

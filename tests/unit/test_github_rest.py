@@ -40,6 +40,7 @@ from octosts.domain.errors import (
     StsError,
 )
 from octosts.domain.ports import GitHubApp
+from octosts.settings import SettingsError, load
 from octosts.webhook.github_checks import GitHubChecks
 from tests.fakes import FakeClock, FakeGitHub
 
@@ -73,6 +74,26 @@ def checks_over(
     # A plain client: httpx's default Accept-Encoding (gzip, deflate, ...) unless told otherwise.
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return GitHubChecks(github, rest=core(http, base_url)), http
+
+
+ENV = {"STS_DOMAIN": "sts.example.com", "GITHUB_APP_ID": "42", "GITHUB_APP_PRIVATE_KEY": "x"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://github.example.com",
+        "https://user:pw@ghe.example.com/api/v3",
+        "https://ghe.example.com/api/v3?x=1",
+        "ftp://127.0.0.1",
+        "api.github.com",
+    ],
+)
+def test_settings_and_the_core_refuse_the_same_base_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="GitHub base URL"):
+        RestConfig(base_url=url)
+    with pytest.raises(SettingsError, match="GITHUB_BASE_URL: "):
+        load({**ENV, "GITHUB_BASE_URL": url})
 
 
 @pytest.mark.parametrize(

@@ -94,13 +94,21 @@ class RestConfig:
 
 def check_base_url(url: str) -> None:
     """https, or http on a loopback host only. Raises ValueError."""
+    problem = base_url_problem(url)
+    if problem is not None:
+        raise ValueError(f"GitHub base URL {url!r}: {problem}")
+
+
+def base_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as the GitHub API base URL, or None (settings use it too)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ValueError(f"GitHub base URL {url!r}: must be an absolute https URL")
+        return "must be an absolute https URL"
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValueError(f"GitHub base URL {url!r}: no credentials, query or fragment allowed")
+        return "no credentials, query or fragment allowed"
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ValueError(f"GitHub base URL {url!r}: https is required except on loopback")
+        return "https is required except for loopback addresses"
+    return None
 
 
 def _is_loopback(host: str) -> bool:
