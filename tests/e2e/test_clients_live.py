@@ -19,10 +19,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,6 +40,7 @@ from octosts.client import (
     Forbidden,
     RetryPolicy,
 )
+from octosts.dev.httpserver import DevHTTPServer
 from octosts.dev.stack import DevStack
 
 pytestmark = pytest.mark.e2e
@@ -368,16 +368,12 @@ def actions_endpoint(stack: DevStack) -> Iterator[ActionsTokenEndpoint]:
         def log_message(self, *args: Any) -> None:
             pass  # keep the test output quiet
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint.url = f"http://127.0.0.1:{server.server_address[1]}/token?api-version=2.0"
+    server = DevHTTPServer(("127.0.0.1", 0), Handler).start("actions-token")
+    endpoint.url = f"http://127.0.0.1:{server.port}/token?api-version=2.0"
     try:
         yield endpoint
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+        server.stop()
 
 
 def file_commands(path: Path) -> dict[str, str]:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import ssl
-import threading
 from concurrent import futures
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +26,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
+from octosts.dev.httpserver import DevHTTPServer
 
 OIDC_TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ3b3JrbG9hZCJ9.c2ln"
 MINTED_TOKEN = "ghs_standInMintedToken0123456789"
@@ -204,8 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(401, {"message": "Bad credentials"})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(DevHTTPServer):
     script: Script
 
 
@@ -220,17 +219,12 @@ class HttpStandIn:
         if certs is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(certs.cert, certs.key)
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.httpd.ssl_context = ctx
             host, scheme = "localhost", "https"
         self.endpoint = f"{scheme}://{host}:{self.port}"
         self.actions_url = f"{self.endpoint}/actions-token?api-version=2.0"
         self.github_api = f"{self.endpoint}/api"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
+        self.httpd.start("stand-in")
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self.httpd.stop()

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from octosts.adapters.github import GitHubAppClient, GitHubConfig
 from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.oidc import OidcConfig, make_http_client
+from octosts.dev.httpserver import DevHTTPServer
 from octosts.domain.ports import NullObserver
 from tests.emulator import APP_ID, real_time_clock, signer
 
@@ -47,17 +47,11 @@ class _GzipHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     _GzipHandler.seen = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _GzipHandler)
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    httpd = DevHTTPServer(("127.0.0.1", 0), _GzipHandler).start("gzip")
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield f"http://127.0.0.1:{httpd.port}"
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+        httpd.stop()
 
 
 async def test_issuer_client_asks_for_identity_encoding(server: str) -> None:

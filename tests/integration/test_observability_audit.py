@@ -8,13 +8,14 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
+from octosts.dev.httpserver import DevHTTPServer
 from octosts.observability.audit import (
     CLOUDEVENT_TYPE,
     Actor,
@@ -52,19 +53,12 @@ class Sink:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
+        self.server = DevHTTPServer(("127.0.0.1", 0), Handler).start("audit-sink")
+        self.url = f"http://127.0.0.1:{self.server.port}/events"
 
     def stop(self) -> None:
         self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.server.stop()
 
 
 @pytest.fixture

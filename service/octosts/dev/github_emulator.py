@@ -45,9 +45,7 @@ import json
 import queue
 import random
 import secrets
-import socket
 import ssl
-import sys
 import threading
 import time
 import urllib.parse
@@ -57,7 +55,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -66,6 +64,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from octosts.dev.certs import ensure_dev_certs
+from octosts.dev.httpserver import DevHTTPServer
 
 if TYPE_CHECKING:
     from octosts.domain.ports import Clock
@@ -286,8 +285,7 @@ class GitHubEmulator:
         self._budgets: dict[str, _Budget] = {}
         self._faults: collections.deque[Fault] = collections.deque()
         self._calls: collections.deque[Call] = collections.deque(maxlen=CALL_LOG_SIZE)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: DevHTTPServer | None = None
         self.ca_cert: Path | None = None
         self._commits: dict[str, _Commit] = {}
         self._heads: dict[tuple[str, str, str], str] = {}  # (owner, repo, branch) -> sha
@@ -755,18 +753,14 @@ class GitHubEmulator:
 
     def start(self) -> Self:
         handler = type("_BoundHandler", (_Handler,), {"emulator": self})
-        server = _Server((self._host, self._port), handler)
+        server = DevHTTPServer((self._host, self._port), handler)
         if self._tls_dir is not None:
             paths = ensure_dev_certs(self._tls_dir)
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(paths.cert, paths.key)
-            server.socket = context.wrap_socket(server.socket, server_side=True)
+            server.ssl_context = context
             self.ca_cert = paths.ca_cert
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server = server.start("github-emulator")
         return self
 
     def stop(self) -> None:
@@ -775,12 +769,8 @@ class GitHubEmulator:
             self._sender.join(timeout=15)
             self._sender = None
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._server.stop()
         self._server = None
-        self._thread = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -1268,27 +1258,11 @@ class GitHubEmulator:
         return _json(404, {"message": "Not Found"})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that hang up (timeouts under --latency-ms) are normal here, not tracebacks.
-        if isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError | TimeoutError):
-            return
-        super().handle_error(request, client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     emulator: ClassVar[GitHubEmulator]
     protocol_version = "HTTP/1.1"
     server_version = "GitHub.com-emulator"
     timeout = 30  # idle keep-alive connections do not pin threads forever
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes; without NODELAY, Nagle plus the
-        # client's delayed ACK adds ~40 ms to every answer.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _serve(self) -> None:
         length_raw = self.headers.get("content-length", "0")

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from octosts.dev.certs import CertPaths
+from octosts.dev.httpserver import DevHTTPServer
 
 KeyKind = Literal["rsa", "ec", "ec384", "ed25519"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -115,27 +116,8 @@ class CannedResponse:
     send_length: bool = True  # False: no Content-Length, the body ends when the connection does
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _Server(DevHTTPServer):
     issuer: DevIssuer
-    ssl_context: ssl.SSLContext | None = None
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is None:
-            super().finish_request(request, client_address)
-            return
-        # TLS handshake here, in the per-connection thread, so one slow client
-        # cannot stall accept(); the wrapped socket is ours to close
-        request.settimeout(10)
-        try:
-            tls = self.ssl_context.wrap_socket(request, server_side=True)
-        except OSError:
-            return
-        try:
-            _Handler(tls, client_address, self)
-        finally:
-            tls.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # clients hanging up mid-response (timeouts in tests) are expected
@@ -207,7 +189,6 @@ class DevIssuer:
         for key in keys or []:
             self.add_key(key)
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self.requests: collections.Counter[str] = collections.Counter()
         self.delay: float = 0.0
         self.discovery_issuer: str | None = None  # None: the real issuer URL
@@ -232,22 +213,12 @@ class DevIssuer:
     def start(self) -> Self:
         # the socket is already bound and listening: connections queue until
         # serve_forever runs, so callers need no readiness wait
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="dev-issuer",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server.start("dev-issuer")
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
+        self._server.stop()
 
     def __enter__(self) -> Self:
         return self.start()
