@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from octosts.adapters.signer import PemSigner
-from octosts.dev.github_emulator import GitHubEmulator
+from octosts.dev.github import GitHubEmulator
 from tests.fakes import FakeClock
 
 APP_ID = 4242

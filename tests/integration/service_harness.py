@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from octosts._gen.chainguard.platform.oidc import oidc_pb2, oidc_pb2_grpc
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.app import App, build_app
-from octosts.dev.github_emulator import GitHubEmulator
+from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from octosts.settings import Settings
 from tests.emulator import APP_ID, app_key, pem

@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from octosts.dev.github.answers import Answer
+from octosts.dev.github.server import EmulatorServer
 from octosts.dev.httpserver import DevHTTPServer
 from octosts.dev.issuer import DevIssuer
 
@@ -23,9 +25,18 @@ BURST = 64  # beyond the stdlib's 5, well within ours (httpserver.LISTEN_BACKLOG
 HANDSHAKE_DEADLINE = 3.0  # seconds; a dropped SYN is retried only after 1 s, then 3 s
 
 
+def _never_called(*_: object) -> Answer:
+    raise AssertionError("the server is not started: nothing is answered")
+
+
 def _dev_http_server() -> tuple[int, Callable[[], None]]:
     server = DevHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     return server.port, server.stop
+
+
+def _emulator_server() -> tuple[int, Callable[[], None]]:
+    server = EmulatorServer(_never_called, "127.0.0.1", 0, None)
+    return int(server.url.rsplit(":", 1)[1]), server.stop
 
 
 def _dev_issuer() -> tuple[int, Callable[[], None]]:
@@ -33,7 +44,9 @@ def _dev_issuer() -> tuple[int, Callable[[], None]]:
     return issuer.port, issuer.stop
 
 
-@pytest.fixture(params=[_dev_http_server, _dev_issuer], ids=lambda f: f.__name__[1:])
+@pytest.fixture(
+    params=[_dev_http_server, _emulator_server, _dev_issuer], ids=lambda f: f.__name__[1:]
+)
 def listening_port(request: pytest.FixtureRequest) -> Iterator[int]:
     port, stop = request.param()
     try:

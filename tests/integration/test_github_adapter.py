@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig, _file_content
 from octosts.adapters.github_rest import GitHubRest, Response, RestConfig
-from octosts.dev.github_emulator import FIRST_INSTALLATION_ID, Fault, GitHubEmulator
+from octosts.dev.github import FIRST_INSTALLATION_ID, Fault, GitHubEmulator
 from octosts.domain.errors import (
     GitHubUnavailable,
     InvalidRequest,

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from octosts.adapters.signer import app_jwt
-from octosts.dev.github_emulator import (
+from octosts.dev.github import (
     FIRST_INSTALLATION_ID,
     GitHubEmulator,
     ensure_app_key,

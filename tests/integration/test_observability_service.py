@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.app import App, build_app
-from octosts.dev.github_emulator import GitHubEmulator
+from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from octosts.observability.audit import AUDIT_LOGGER, CLOUDEVENT_TYPE
 from octosts.observability.metrics import start_metrics_server

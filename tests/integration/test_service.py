@@ -12,7 +12,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from octosts._gen.octosts.v1 import sts_pb2
-from octosts.dev.github_emulator import Fault, GitHubEmulator
+from octosts.dev.github import Fault, GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from tests.integration.service_harness import DOMAIN, Stack, repo_policy, running, servers
 

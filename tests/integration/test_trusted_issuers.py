@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from octosts.dev.github_emulator import GitHubEmulator
+from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from octosts.domain.layout import ISSUERS_FILE
 from tests.integration.service_harness import running, servers

@@ -15,7 +15,7 @@ import grpc
 import httpx
 import pytest
 
-from octosts.dev.github_emulator import GitHubEmulator
+from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from tests.integration.service_harness import Stack, repo_policy, running, servers
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from octosts.adapters.signer import app_jwt
-from octosts.dev import github_emulator
-from octosts.dev.github_emulator import FIRST_INSTALLATION_ID, TOKEN_LIFETIME, GitHubEmulator
+from octosts.dev.github import FIRST_INSTALLATION_ID, TOKEN_LIFETIME, GitHubEmulator
 from tests.emulator import APP_ID, make_emulator, real_time_clock, signer
 from tests.fakes import FakeClock
 
@@ -45,13 +44,10 @@ def clock() -> FakeClock:
     return real_time_clock()
 
 
-def test_store_is_capped_oldest_first(
-    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(github_emulator, "MAX_TOKENS", 5)
-    emulator = make_emulator(tmp_path, clock, rate_limit=1000)
+def test_store_is_capped_oldest_first(tmp_path: Path, clock: FakeClock) -> None:
+    emulator = make_emulator(tmp_path, clock, rate_limit=1000, max_tokens=5)
     tokens = [_mint(emulator, clock) for _ in range(8)]
-    assert len(emulator._tokens) == 5  # private on purpose: the bound is the point
+    assert len(emulator.ledger.live()) == 5
     assert _status_with(emulator, tokens[0]) == 401  # evicted, like a revoked token
     assert _status_with(emulator, tokens[2]) == 401
     assert _status_with(emulator, tokens[-1]) == 200
@@ -65,7 +61,7 @@ def test_expired_tokens_are_dropped_on_mint(tmp_path: Path, clock: FakeClock) ->
     newer = _mint(emulator, clock)
     clock.advance(TOKEN_LIFETIME / 2 + 1)  # the first three expired, ``newer`` has not
     latest = _mint(emulator, clock)
-    assert set(emulator._tokens) == {newer, latest}
+    assert emulator.ledger.live() == {newer, latest}
     assert all(_status_with(emulator, t) == 401 for t in old)
     assert _status_with(emulator, newer) == 200
 

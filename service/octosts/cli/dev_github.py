@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from octosts.dev.github_emulator import GitHubEmulator, ensure_app_key, load_app_public_key
+from octosts.dev.github import GitHubEmulator, ensure_app_key, load_app_public_key
 
 EXIT_USAGE = 2
 
