@@ -177,3 +177,14 @@ def test_requested_audience_follows_the_token_aud_rule(audience: str) -> None:
     except InvalidRequest:
         request_rule_accepts = False
     assert request_rule_accepts is token_rule_accepts
+
+
+async def test_matched_claims_show_each_claim_as_the_policy_matched_it() -> None:
+    # A boolean claim is matched as "true" and audited as "true" (one rule: policy.claim_text).
+    pol = policy(claim_pattern={"protected": "true", "workflow": "ci.*"})
+    tokens = {"good": verified(protected=True, workflow="ci.yaml")}
+    exchanger, _, _ = make({("octo-org", "demo", REPO_PATH): pol}, tokens)
+    attempt = ExchangeAttempt()
+    await exchanger.exchange(ExchangeRequest("good", "octo-org/demo", "ci"), attempt)
+    assert attempt.matched_claims["protected"] == "true"
+    assert attempt.matched_claims["workflow"] == "ci.yaml"

@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from octosts.domain.decision import REASONS, Decision
 from octosts.domain.errors import PolicyInvalid
 from octosts.domain.permissions import PERMISSION_LEVELS, permission_problem
-from octosts.domain.policy import TrustPolicy, check, compile_pattern, compile_policy
+from octosts.domain.policy import (
+    TrustPolicy,
+    claim_text,
+    compile_pattern,
+    compile_policy,
+    decide_trust,
+)
 from octosts.domain.tokens import VerifiedToken
 
 ISS = "https://token.actions.githubusercontent.com"
@@ -197,7 +203,7 @@ def test_permission_table_levels() -> None:
 
 def decide(data: dict[str, object], tok: VerifiedToken, *, domain: str = DOMAIN) -> Decision:
     data = {k: v for k, v in data.items() if v is not None}
-    return check(compile_policy(data, kind="repo"), tok, domain=domain)
+    return decide_trust(compile_policy(data, kind="repo"), tok, domain=domain)
 
 
 @pytest.mark.parametrize(
@@ -347,3 +353,11 @@ def test_check_is_total(sub: str) -> None:
     decision = decide(base(subject=None, subject_pattern="repo:.*"), token(sub=sub))
     assert decision.reason in {"allowed", "subject_mismatch"}
     assert decision.allowed == (sub.startswith("repo:") and "\n" not in sub)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("x", "x"), ("", ""), (True, "true"), (False, "false"), (1, None), (None, None), ([], None)],
+)
+def test_claim_text(value: object, text: str | None) -> None:
+    assert claim_text(value) == text

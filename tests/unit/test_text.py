@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from octosts.domain.errors import InvalidRequest, PolicyInvalid
 from octosts.domain.names import check_identity, parse_scope
 from octosts.domain.permissions import permission_problem
-from octosts.domain.policy import check, compile_policy
+from octosts.domain.policy import compile_policy, decide_trust
 from octosts.domain.text import clip, show
 from tests.fakes import verified
 
@@ -69,7 +69,7 @@ def _messages() -> dict[str, str]:
         {"issuer": "https://a.example", "subject": "x", "permissions": {"contents": "read"}},
         kind="repo",
     )
-    out["decision"] = check(
+    out["decision"] = decide_trust(
         policy, verified(iss="https://a.example", sub=HOSTILE), domain="d"
     ).detail
     return out

@@ -25,7 +25,7 @@ from octosts.adapters.policy_yaml import (
 from octosts.cli._inputs import InputError, decode_utf8, loads_object, printable, read_limited
 from octosts.domain.errors import AuthenticationError, PolicyInvalid, PolicyProblem
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, ISSUERS_FILE_NAME, POLICY_DIR
-from octosts.domain.policy import PolicyKind, TrustPolicy, check
+from octosts.domain.policy import PolicyKind, TrustPolicy, decide_trust
 from octosts.domain.tokens import token_from_claims
 
 EXIT_ALLOWED = 0
@@ -110,7 +110,7 @@ def _run_check(args: argparse.Namespace) -> int:
     except AuthenticationError as exc:
         _print_decision(allowed=False, reason=exc.reason, detail=exc.detail)
         return EXIT_DENIED
-    decision = check(policy, token, domain=domain)
+    decision = decide_trust(policy, token, domain=domain)
     _print_decision(allowed=decision.allowed, reason=decision.reason, detail=decision.detail)
     return EXIT_ALLOWED if decision.allowed else EXIT_DENIED
 

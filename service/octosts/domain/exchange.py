@@ -19,7 +19,7 @@ from octosts.domain.errors import InvalidRequest, IssuerNotTrusted, PolicyDenied
 from octosts.domain.issuers import judge_issuer
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, is_org_policy_repo, policy_path
 from octosts.domain.names import Scope, check_identity, parse_scope
-from octosts.domain.policy import check
+from octosts.domain.policy import claim_text, decide_trust
 from octosts.domain.ports import PolicyLocation
 from octosts.domain.tokens import audience_problem
 
@@ -170,7 +170,7 @@ class Exchanger:
         await self._org_allowlist(installation_id, scope.owner, caller.issuer, attempt)
         policy = await self._policies.trust_policy(installation_id, location)
         with self._observer.stage("policy_match") as stage:
-            decision = check(policy, caller, domain=self._domain)
+            decision = decide_trust(policy, caller, domain=self._domain)
             stage.annotate("reason", decision.reason)
         attempt.matched_claims = _matched_claims(policy, caller)
         if not decision.allowed:
@@ -227,9 +227,7 @@ def _matched_claims(policy: TrustPolicy, caller: VerifiedToken) -> dict[str, str
     """The claims the policy looked at, for the audit event (never the token)."""
     matched = {"iss": caller.issuer, "sub": caller.subject}
     for name in policy.claim_pattern:
-        value = caller.claims.get(name)
-        if isinstance(value, bool):
-            matched[name] = "true" if value else "false"
-        elif isinstance(value, str):
-            matched[name] = value
+        text = claim_text(caller.claims.get(name))
+        if text is not None:
+            matched[name] = text
     return matched

@@ -293,8 +293,8 @@ class _Compiler:
         return tuple(names)
 
 
-def check(policy: TrustPolicy, token: VerifiedToken, *, domain: str) -> Decision:
-    """Decide whether ``token`` satisfies ``policy``.
+def decide_trust(policy: TrustPolicy, token: VerifiedToken, *, domain: str) -> Decision:
+    """Decide whether ``policy`` trusts ``token``: allowed, or denied with the first reason.
 
     ``domain`` is the service's own audience, required in ``aud`` when the
     policy names no audience. Rules run in a fixed order (issuer, subject,
@@ -306,6 +306,16 @@ def check(policy: TrustPolicy, token: VerifiedToken, *, domain: str) -> Decision
         if denial is not None:
             return denial
     return Decision.allow()
+
+
+def claim_text(value: object) -> str | None:
+    """The text a ``claim_pattern`` matches a claim value as: a string as it is, a boolean as
+    ``true``/``false`` (as the original prints it); None for any other type (never matched)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return None
 
 
 def _check_issuer(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> Decision | None:
@@ -343,11 +353,8 @@ def _check_claims(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> De
         if name not in token.claims:
             return Decision.deny(CLAIM_MISSING, f"claim {show(name)} is not in the token")
         value = token.claims[name]
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = value
-        else:
+        text = claim_text(value)
+        if text is None:
             return Decision.deny(
                 CLAIM_NOT_STRING,
                 f"claim {show(name)} is {_type_name(value)}, not a string or boolean",
