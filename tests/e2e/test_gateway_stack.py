@@ -24,6 +24,7 @@ from octosts._gen.chainguard.platform.oidc import oidc_pb2, oidc_pb2_grpc
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.issuer import generate_key, load_state, mint_token
 from octosts.dev.stack import DevStack
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -85,13 +86,10 @@ def denials(stack: DevStack) -> float:
     return metric_sum(stack, "octo_sts_ext_authz_decisions_total", decision="deny")
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``check`` until true; the replicas count an RPC just after Envoy has the answer."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
+async def counted(check: Callable[[], bool], what: str) -> None:
+    """Wait until ``check`` (blocking: it scrapes the replicas) holds; the replicas count an RPC
+    just after Envoy has the answer."""
+    await eventually(lambda: asyncio.to_thread(check), what, interval=0.05)
 
 
 def assert_token_json(resp: httpx.Response) -> dict[str, Any]:
@@ -203,7 +201,7 @@ async def test_bad_tokens_are_401_at_the_edge_without_reaching_exchange(
         for value in headers.values():
             assert value.split()[-1] not in resp.text  # the token is never echoed
     # Proof that Envoy stopped them: both were denied by ext_authz in a replica ...
-    await eventually(lambda: denials(stack) >= before_deny + 2)
+    await counted(lambda: denials(stack) >= before_deny + 2, "both denials counted")
     # ... and no replica handled an Exchange RPC meanwhile.
     assert exchanges(stack) == before_exchange
 
@@ -220,7 +218,7 @@ async def test_policy_mismatch_is_403_json(stack: DevStack) -> None:
     assert wrong_branch not in resp.text
     assert "message" in body
     # A policy decision is made by Exchange (the token itself was fine).
-    await eventually(lambda: exchanges(stack) >= before + 1)
+    await counted(lambda: exchanges(stack) >= before + 1, "the exchange counted")
 
 
 @pytest.mark.parametrize("path", ["/nope", "/sts/exchange/extra", "/sts", "/"])
@@ -293,7 +291,7 @@ async def test_spoofed_subject_does_not_change_the_audited_identity(stack: DevSt
                     subjects.append(event.get("actor", event).get("sub"))
         return subjects
 
-    await eventually(lambda: bool(audited()))
+    await counted(lambda: bool(audited()), "the audit event")
     assert set(audited()) == {REPO_SUB}
 
 
@@ -311,7 +309,7 @@ async def test_tokens_never_reach_the_service_logs(stack: DevStack) -> None:
             p.read_text(errors="replace") for p in (stack.workdir / "logs").glob("sts-*.log")
         )
 
-    await eventually(lambda: request_id in logs())
+    await counted(lambda: request_id in logs(), "the request id in the logs")
     text = logs()
     assert oidc not in text
     assert github not in text
@@ -367,10 +365,7 @@ async def test_all_replicas_down_is_503_not_403(own_stack: DevStack) -> None:
         async def health_down() -> bool:
             return (await client.get("/healthz")).status_code == 503
 
-        deadline = time.monotonic() + 10
-        while not await health_down():
-            assert time.monotonic() < deadline, "/healthz still 200 with every replica down"
-            await asyncio.sleep(0.1)
+        await eventually(health_down, "/healthz to be 503 with every replica down", interval=0.1)
         # Still 503 once Envoy's health checks have marked the replicas down.
         resp = await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token))
         assert resp.status_code == 503, resp.text

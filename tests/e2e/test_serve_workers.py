@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.stack import DevStack, StackPorts
 from tests.e2e.envoy_harness import unique_base_id
 from tests.emulator import app_key, pem
+from tests.polling import eventually
 
 SUB = "repo:octo-org/demo:ref:refs/heads/main"
 PEM = pem(app_key()).decode()
@@ -85,11 +84,10 @@ async def test_sigterm_stops_every_worker_and_exits_zero(workers_stack: DevStack
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     # The supervisor joined its workers before exiting; multiprocessing's resource tracker
-    # follows once its pipe closes. Poll with a deadline: none may stay running.
-    deadline = time.monotonic() + 10
-    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not [pid for pid in workers if _running(pid)]
+    # follows once its pipe closes: none may stay running.
+    await eventually(
+        lambda: not any(_running(pid) for pid in workers), "every worker to exit", timeout=10
+    )
 
 
 def _running(pid: int) -> bool:
@@ -132,10 +130,11 @@ async def test_sigterm_while_workers_are_still_starting_exits_zero(tmp_path: Pat
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while len([p for p in _children(proc.pid) if _is_worker(p)]) < 2:
-            assert time.monotonic() < deadline, "workers never started"
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: len([p for p in _children(proc.pid) if _is_worker(p)]) >= 2,
+            "both workers to start",
+            timeout=20,
+        )
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:

@@ -10,7 +10,6 @@ its OpenTelemetry tracer; the caller sends a W3C ``traceparent``.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.stack import DevStack, StackPorts
 from tests.e2e.envoy_harness import unique_base_id
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -141,12 +141,12 @@ async def test_exchange_through_envoy_is_one_trace_with_nested_spans(
         has_envoy = any(s.service == "octo-sts-gateway" for s in trace())
         return has_envoy and "octosts.v1.SecurityTokenService/Exchange" in names
 
-    deadline = time.monotonic() + 20
-    while not complete():
-        assert time.monotonic() < deadline, (
-            f"spans so far: {[(s.service, s.name) for s in trace()]}"
-        )
-        await asyncio.sleep(0.05)  # poll interval, bounded by the deadline
+    await eventually(
+        complete,
+        lambda: f"Envoy's and the Exchange span; so far: {[(s.service, s.name) for s in trace()]}",
+        timeout=20,
+        interval=0.05,
+    )
 
     spans = trace()
     by_id = {s.span_id: s for s in spans}

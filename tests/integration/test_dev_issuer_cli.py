@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,17 +13,7 @@ import pytest
 
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.cli import main
-
-
-def _read_line(proc: subprocess.Popen[str], deadline: float) -> str:
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready:
-            return proc.stdout.readline().strip()
-        if proc.poll() is not None:
-            break
-    raise AssertionError("dev issuer did not print its URL")
+from tests.polling import first_line
 
 
 @pytest.fixture
@@ -42,7 +30,7 @@ def dev_issuer(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str
         text=True,
     )
     try:
-        url = _read_line(proc, time.monotonic() + 20)
+        url = first_line(proc, "the dev issuer's URL")
         yield url, state, proc
     finally:
         if proc.poll() is None:

@@ -26,6 +26,7 @@ from octosts.dev.github import (
 )
 from tests.emulator import APP_ID, app_key, make_emulator, other_key, pem, real_time_clock, signer
 from tests.fakes import FakeClock
+from tests.polling import first_line
 
 ORG_ID = FIRST_INSTALLATION_ID  # octo-org sorts first
 USER_ID = FIRST_INSTALLATION_ID + 1
@@ -313,10 +314,9 @@ def cli_process(tmp_path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # printed once the socket is bound
-        assert "listening on" in first, proc.stderr.read() if proc.stderr else first
-        yield proc, first.rsplit(" ", 1)[-1].strip()
+        first = first_line(proc, "the emulator's URL")  # printed once the socket is bound
+        assert "listening on" in first, first
+        yield proc, first.rsplit(" ", 1)[-1]
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGINT)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -25,6 +24,7 @@ from octosts.observability.audit import (
     token_sha256,
 )
 from octosts.observability.metrics import Metrics
+from tests.polling import eventually
 
 MINTED = "ghs_abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -143,11 +143,7 @@ async def test_slow_sink_never_blocks_and_full_queue_drops_are_counted(
     audit.start()
     with structlog.testing.capture_logs():
         audit.record(event(0))
-        # Wait (bounded) until the sender is stuck inside the slow sink.
-        deadline = time.monotonic() + 5
-        while not sink.arrived.is_set():
-            assert time.monotonic() < deadline, "sender never reached the sink"
-            await _tick()
+        await eventually(sink.arrived.is_set, "the sender to be stuck inside the slow sink")
         started = time.perf_counter()
         for n in range(1, 6):
             audit.record(event(n))
@@ -181,11 +177,11 @@ async def test_sink_timeout_and_rejection_are_counted(sink: Sink, metrics: Metri
     audit_sink.start()
     with structlog.testing.capture_logs() as logs:
         audit_sink.offer(event(0))
-        await _wait_for(lambda: dropped(metrics, "sink_unavailable") == 1.0)
+        await eventually(lambda: dropped(metrics, "sink_unavailable") == 1.0, "a timeout drop")
         sink.gate.set()
         sink.status = 500
         audit_sink.offer(event(1))
-        await _wait_for(lambda: dropped(metrics, "sink_rejected") == 1.0)
+        await eventually(lambda: dropped(metrics, "sink_rejected") == 1.0, "a rejection drop")
     await audit_sink.close(flush_within=1)
     assert {entry["event"] for entry in logs} == {
         "audit sink unreachable",
@@ -198,14 +194,3 @@ def test_sink_rejects_bad_configuration(metrics: Metrics) -> None:
         CloudEventSink("file:///tmp/x", metrics=metrics)
     with pytest.raises(ValueError, match="queue_size"):
         CloudEventSink("http://127.0.0.1:1/", metrics=metrics, queue_size=0)
-
-
-async def _tick() -> None:
-    await asyncio.sleep(0.005)  # yield to the loop between polls; not a readiness wait
-
-
-async def _wait_for(condition: Any, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await _tick()

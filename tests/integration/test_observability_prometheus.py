@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from octosts.observability.metrics import (
     start_metrics_server,
 )
 from octosts.observability.stages import TelemetryObserver
+from tests.polling import eventually_blocking
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -49,17 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(check: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)  # poll interval, bounded by the deadline above
 
 
 @pytest.fixture
@@ -181,7 +170,7 @@ def real_prometheus(tmp_path: Path, target: str, *, rules: Path | None = None) -
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, 20, "prometheus to be ready")
+        eventually_blocking(ready, "prometheus to be ready", timeout=20)
         yield url
     finally:
         proc.terminate()
@@ -219,7 +208,7 @@ def test_real_prometheus_scrapes_stage_histogram_and_exchange_counter(
         ]
         return result
 
-    (sample,) = wait_until(scraped, 20, "the exchange counter to be scraped")
+    (sample,) = eventually_blocking(scraped, "the exchange counter to be scraped", timeout=20)
     assert sample["metric"]["reason"] == "ok"
     assert sample["value"][1] == "1"
     stages = query(prometheus, "sum by (stage) (octo_sts_stage_duration_seconds_count)")

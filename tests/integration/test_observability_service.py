@@ -32,7 +32,8 @@ from octosts.observability.metrics import start_metrics_server
 from tests.fakes import FakeClock
 from tests.integration.service_harness import DOMAIN, SUBJECT, servers, settings_for
 from tests.integration.test_observability_audit import Sink
-from tests.integration.test_observability_prometheus import query, real_prometheus, wait_until
+from tests.integration.test_observability_prometheus import query, real_prometheus
+from tests.polling import eventually
 
 CALLER_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN_ID = "b7ad6b7169203331"
@@ -286,7 +287,9 @@ async def test_real_prometheus_scrapes_the_real_service(
                 ]
                 return found
 
-            (sample,) = wait_until(exchanges, 20, "the exchange counter to be scraped")
+            (sample,) = await eventually(
+                exchanges, "the exchange counter to be scraped", timeout=20
+            )
             assert sample["metric"]["reason"] == "ok"
             assert sample["value"][1] == "1"
             buckets = query(

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
@@ -18,6 +15,7 @@ import pytest
 from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from tests.integration.service_harness import Stack, repo_policy, running, servers
+from tests.polling import eventually
 
 OLD_SECRET = "old-secret-0123456789"
 NEW_SECRET = "new-secret-0123456789"
@@ -60,16 +58,6 @@ async def post(stack: Stack, event: str, body: bytes, signature: str | None) -> 
         headers["X-Hub-Signature-256"] = signature
     async with httpx.AsyncClient(timeout=5) as client:
         return await client.post(webhook_url(stack), content=body, headers=headers)
-
-
-async def eventually(predicate: Callable[[], Any], what: str, deadline: float = 10.0) -> Any:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)  # polling with a deadline, not a readiness sleep
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 PING = json.dumps({"zen": "Keep it logically awesome.", "sender": {"type": "User"}}).encode()
