@@ -29,7 +29,6 @@ from octosts.client import (
     exchange,
     revoke,
 )
-from octosts.dev.certs import ensure_dev_certs
 from tests.integration.test_client_standins import (
     ACTIONS_REQUEST_TOKEN,
     EXPIRES_AT,
@@ -40,11 +39,6 @@ from tests.integration.test_client_standins import (
 )
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02, deadline=10)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return ensure_dev_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture

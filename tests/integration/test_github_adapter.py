@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -32,8 +31,7 @@ from octosts.domain.ports import GitHubApp, Stage, StageObserver
 from octosts.observability.metrics import Metrics
 from octosts.observability.stages import TelemetryObserver
 from octosts.webhook.github_checks import GitHubChecks
-from tests.emulator import APP_ID, make_emulator, other_key, real_time_clock, signer
-from tests.fakes import FakeClock
+from tests.emulator import APP_ID, other_key, signer
 
 ORG_ID = FIRST_INSTALLATION_ID
 USER_ID = FIRST_INSTALLATION_ID + 1
@@ -67,17 +65,6 @@ class RecordingObserver:
 
 
 _obs: StageObserver = RecordingObserver()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return real_time_clock()
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, clock: FakeClock) -> Iterator[GitHubEmulator]:
-    with make_emulator(tmp_path, clock) as emu:
-        yield emu
 
 
 @pytest.fixture

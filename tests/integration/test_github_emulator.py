@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import jwt
@@ -30,17 +29,6 @@ from tests.polling import first_line
 
 ORG_ID = FIRST_INSTALLATION_ID  # octo-org sorts first
 USER_ID = FIRST_INSTALLATION_ID + 1
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return real_time_clock()
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, clock: FakeClock) -> Iterator[GitHubEmulator]:
-    with make_emulator(tmp_path, clock) as emu:
-        yield emu
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 import structlog
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -30,7 +29,7 @@ from octosts.dev.issuer import DevIssuer
 from octosts.observability.audit import AUDIT_LOGGER, CLOUDEVENT_TYPE
 from octosts.observability.metrics import start_metrics_server
 from tests.fakes import FakeClock
-from tests.integration.service_harness import DOMAIN, SUBJECT, servers, settings_for
+from tests.integration.service_harness import DOMAIN, SUBJECT, settings_for
 from tests.integration.test_observability_audit import Sink
 from tests.integration.test_observability_prometheus import query, real_prometheus
 from tests.polling import eventually
@@ -85,12 +84,6 @@ class Service:
         return list(self.exporter.get_finished_spans())
 
 
-@pytest.fixture
-def upstreams(tmp_path: Path) -> Iterator[tuple[DevIssuer, GitHubEmulator]]:
-    with servers(tmp_path) as pair:
-        yield pair
-
-
 @asynccontextmanager
 async def running_service(
     issuer: DevIssuer, github: GitHubEmulator, **overrides: Any
@@ -123,9 +116,9 @@ def audit_events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def test_one_audit_event_per_exchange_names_caller_and_token_hash(
-    upstreams: tuple[DevIssuer, GitHubEmulator],
+    backends: tuple[DevIssuer, GitHubEmulator],
 ) -> None:
-    async with running_service(*upstreams) as svc:
+    async with running_service(*backends) as svc:
         with structlog.testing.capture_logs() as logs:
             answer, initial = await svc.exchange(
                 metadata=(("traceparent", TRACEPARENT), ("x-request-id", "req-ok-1"))
@@ -152,9 +145,9 @@ async def test_one_audit_event_per_exchange_names_caller_and_token_hash(
 
 
 async def test_failed_exchange_is_audited_counted_once_and_carries_the_callers_request_id(
-    upstreams: tuple[DevIssuer, GitHubEmulator],
+    backends: tuple[DevIssuer, GitHubEmulator],
 ) -> None:
-    async with running_service(*upstreams) as svc:
+    async with running_service(*backends) as svc:
         with structlog.testing.capture_logs() as logs:
             answer, initial = await svc.exchange(identity="nope")
             bad_token, _ = await svc.exchange(token="not-a-jwt")
@@ -189,9 +182,9 @@ async def test_failed_exchange_is_audited_counted_once_and_carries_the_callers_r
 
 
 async def test_every_cache_reports_hits_and_misses(
-    upstreams: tuple[DevIssuer, GitHubEmulator],
+    backends: tuple[DevIssuer, GitHubEmulator],
 ) -> None:
-    async with running_service(*upstreams) as svc:
+    async with running_service(*backends) as svc:
         token = svc.token()
         for _ in range(2):
             answer, _ = await svc.exchange(token=token)
@@ -217,9 +210,9 @@ async def test_every_cache_reports_hits_and_misses(
 
 
 async def test_stage_spans_nest_under_the_rpc_span_in_the_callers_trace(
-    upstreams: tuple[DevIssuer, GitHubEmulator],
+    backends: tuple[DevIssuer, GitHubEmulator],
 ) -> None:
-    async with running_service(*upstreams) as svc:
+    async with running_service(*backends) as svc:
         answer, initial = await svc.exchange(metadata=(("traceparent", TRACEPARENT),))
         spans = svc.spans()
     assert isinstance(answer, sts_pb2.ExchangeResponse)
@@ -248,11 +241,11 @@ async def test_stage_spans_nest_under_the_rpc_span_in_the_callers_trace(
 
 
 async def test_audit_events_reach_the_cloudevents_sink_and_stop_flushes_them(
-    upstreams: tuple[DevIssuer, GitHubEmulator],
+    backends: tuple[DevIssuer, GitHubEmulator],
 ) -> None:
     sink = Sink()
     try:
-        async with running_service(*upstreams, audit_sink_url=sink.url) as svc:
+        async with running_service(*backends, audit_sink_url=sink.url) as svc:
             answer, initial = await svc.exchange()
             await svc.exchange(identity="nope")
         # app.stop() has flushed the queue: no polling needed.
@@ -270,9 +263,9 @@ async def test_audit_events_reach_the_cloudevents_sink_and_stop_flushes_them(
 
 
 async def test_real_prometheus_scrapes_the_real_service(
-    upstreams: tuple[DevIssuer, GitHubEmulator], tmp_path: Path
+    backends: tuple[DevIssuer, GitHubEmulator], tmp_path: Path
 ) -> None:
-    async with running_service(*upstreams) as svc:
+    async with running_service(*backends) as svc:
         # What `octo-sts serve` does with OCTOSTS_METRICS_ADDR.
         metrics_server = start_metrics_server(svc.app.metrics.registry, "127.0.0.1", 0)
         svc.app.metrics_server = metrics_server

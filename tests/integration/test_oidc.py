@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client, system_resolver
-from octosts.dev.certs import CertPaths, ensure_dev_certs
+from octosts.dev.certs import CertPaths
 from octosts.dev.issuer import CannedResponse, DevIssuer, SigningKey, generate_key
 from octosts.domain.errors import (
     IssuerRejected,
@@ -29,11 +29,6 @@ from tests.fakes import FakeClock
 from tests.issuers import PUBLIC_IP, FakeResolver, RecordingObserver, raw_token, tls_client
 
 CLAIMS = {"sub": "repo:octo/app:ref:refs/heads/main", "aud": "octo-sts.dev"}
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
-    return ensure_dev_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +52,6 @@ async def http(certs: CertPaths) -> AsyncIterator[httpx.AsyncClient]:
     client = tls_client(certs.ca_cert)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time.time())
 
 
 @pytest.fixture

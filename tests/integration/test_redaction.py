@@ -32,9 +32,7 @@ from octosts.observability.logging import configure_logging
 from tests.emulator import app_key, pem
 from tests.integration.service_harness import DOMAIN, SUBJECT
 from tests.integration.test_observability_audit import Sink
-from tests.integration.test_observability_service import running_service, upstreams
-
-__all__ = ["upstreams"]  # the fixture, re-exported for pytest
+from tests.integration.test_observability_service import running_service
 
 JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 GITHUB_TOKEN_LIKE = re.compile(r"\bgh[pousr]_[A-Za-z0-9]{16,}")
@@ -85,9 +83,9 @@ def key_fragments() -> list[str]:
 
 
 async def test_no_token_or_key_in_logs_audit_spans_metrics_or_errors(
-    upstreams: tuple[DevIssuer, GitHubEmulator], log_buffer: io.StringIO
+    backends: tuple[DevIssuer, GitHubEmulator], log_buffer: io.StringIO
 ) -> None:
-    issuer, github = upstreams
+    issuer, github = backends
     sink = Sink()
     captured: list[str] = []
     sent: list[str] = []

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
@@ -14,23 +13,11 @@ from google.rpc import error_details_pb2, status_pb2
 from octosts._gen.octosts.v1 import sts_pb2
 from octosts.dev.github import Fault, GitHubEmulator
 from octosts.dev.issuer import DevIssuer
-from tests.integration.service_harness import DOMAIN, Stack, repo_policy, running, servers
+from tests.integration.service_harness import DOMAIN, Stack, repo_policy, running
 from tests.polling import eventually
 
 C = grpc.StatusCode
 POLICY = ".github/chainguard/ci.sts.yaml"
-
-
-@pytest.fixture
-def backends(tmp_path: Path) -> Iterator[tuple[DevIssuer, GitHubEmulator]]:
-    with servers(tmp_path) as pair:
-        yield pair
-
-
-@pytest.fixture
-async def stack(backends: tuple[DevIssuer, GitHubEmulator]) -> AsyncIterator[Stack]:
-    async with running(*backends) as s:
-        yield s
 
 
 @pytest.fixture

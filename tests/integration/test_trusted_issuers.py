@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import pytest
 
 from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from octosts.domain.layout import ISSUERS_FILE
-from tests.integration.service_harness import running, servers
+from tests.integration.service_harness import running
 
 C = grpc.StatusCode
 FILE_PREFIX = f"/repos/octo-org/.github/contents/{ISSUERS_FILE}"
-
-
-@pytest.fixture
-def backends(tmp_path: Path) -> Iterator[tuple[DevIssuer, GitHubEmulator]]:
-    with servers(tmp_path) as pair:
-        yield pair
 
 
 async def status_of(call: object) -> tuple[grpc.StatusCode, str]:

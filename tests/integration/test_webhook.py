@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
-from tests.integration.service_harness import Stack, repo_policy, running, servers
+from tests.integration.service_harness import Stack, repo_policy, running
 from tests.polling import eventually
 
 OLD_SECRET = "old-secret-0123456789"
@@ -22,12 +21,6 @@ NEW_SECRET = "new-secret-0123456789"
 POLICY = ".github/chainguard/ci.sts.yaml"
 MAX_BODY = 4096
 GHA_HEAD = b"issuer: https://token.actions.githubusercontent.com\n"
-
-
-@pytest.fixture
-def backends(tmp_path: Path) -> Iterator[tuple[DevIssuer, GitHubEmulator]]:
-    with servers(tmp_path) as pair:
-        yield pair
 
 
 @pytest.fixture
