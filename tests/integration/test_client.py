@@ -41,16 +41,22 @@ from tests.integration.test_client_standins import (
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02, deadline=10)
 
 
-@pytest.fixture
-def grpc_plain() -> Iterator[GrpcStandIn]:
-    server = GrpcStandIn()
+STAND_INS = {"grpc": GrpcStandIn, "http": HttpStandIn}
+StandIn = GrpcStandIn | HttpStandIn
+
+
+@pytest.fixture(params=sorted(STAND_INS))
+def plain(request: pytest.FixtureRequest) -> Iterator[StandIn]:
+    """The service stand-in without TLS, once per client transport."""
+    server = STAND_INS[request.param]()
     yield server
     server.stop()
 
 
-@pytest.fixture
-def grpc_tls(certs: Any) -> Iterator[GrpcStandIn]:
-    server = GrpcStandIn(certs)
+@pytest.fixture(params=sorted(STAND_INS))
+def tls(request: pytest.FixtureRequest, certs: Any) -> Iterator[StandIn]:
+    """The service stand-in behind TLS (dev certificate for localhost), once per transport."""
+    server = STAND_INS[request.param](certs)
     yield server
     server.stop()
 
@@ -64,6 +70,7 @@ def http_plain() -> Iterator[HttpStandIn]:
 
 @pytest.fixture
 def http_tls(certs: Any) -> Iterator[HttpStandIn]:
+    """The Actions token endpoint for the CLI tests (the HTTP stand-in serves it)."""
     server = HttpStandIn(certs)
     yield server
     server.stop()
@@ -77,15 +84,15 @@ def _assert_minted(result: Any) -> None:
     assert MINTED_TOKEN not in repr(result)
 
 
-# --- gRPC -------------------------------------------------------------------------------------
+# --- both transports --------------------------------------------------------------------------
 
 
-def test_grpc_tls_exchange_with_ca_file(grpc_tls: GrpcStandIn, certs: Any) -> None:
-    with Client(grpc_tls.endpoint, ca_file=certs.ca_cert) as client:
+def test_tls_exchange_with_ca_file(tls: StandIn, certs: Any) -> None:
+    with Client(tls.endpoint, transport=tls.transport, ca_file=certs.ca_cert) as client:
         result = client.exchange("org/app", "deploy", audience="sts.example", token=OIDC_TOKEN)
     _assert_minted(result)
     assert result.request_id == "r-ok"
-    assert grpc_tls.script.calls == [
+    assert tls.script.calls == [
         {
             "scope": "org/app",
             "identity": "deploy",
@@ -95,128 +102,126 @@ def test_grpc_tls_exchange_with_ca_file(grpc_tls: GrpcStandIn, certs: Any) -> No
     ]
 
 
-def test_grpc_tls_rejects_unknown_ca(grpc_tls: GrpcStandIn) -> None:
-    # System roots do not trust the dev CA: the handshake fails, which gRPC reports as
-    # UNAVAILABLE; the client gives up after its bounded attempts.
+def test_tls_rejects_unknown_ca(tls: StandIn) -> None:
+    # System roots do not trust the dev CA: the handshake fails, which both transports report
+    # as Unavailable; the client gives up after its bounded attempts, the service sees no call.
     with (
-        Client(grpc_tls.endpoint, retry=FAST_RETRY) as client,
+        Client(tls.endpoint, transport=tls.transport, retry=FAST_RETRY) as client,
         pytest.raises(Unavailable),
     ):
         client.exchange("org/app", "deploy", token=OIDC_TOKEN)
-    assert grpc_tls.script.calls == []
+    assert tls.script.calls == []
 
 
-def test_grpc_plaintext_retries_unavailable_then_succeeds(grpc_plain: GrpcStandIn) -> None:
-    grpc_plain.script.unavailable = 2
+def test_retries_unavailable_then_succeeds(plain: StandIn) -> None:
+    plain.script.unavailable = 2
     result = exchange(
-        "org/app", "deploy", token=OIDC_TOKEN, endpoint=grpc_plain.endpoint, retry=FAST_RETRY
+        "org/app",
+        "deploy",
+        token=OIDC_TOKEN,
+        endpoint=plain.endpoint,
+        transport=plain.transport,
+        retry=FAST_RETRY,
     )
     _assert_minted(result)
-    assert len(grpc_plain.script.calls) == 3
-    assert grpc_plain.script.calls[0]["audience"] is None
+    assert len(plain.script.calls) == 3
+    assert plain.script.calls[0].get("audience") is None
 
 
-def test_grpc_gives_up_after_max_attempts(grpc_plain: GrpcStandIn) -> None:
-    grpc_plain.script.unavailable = 10
+def test_gives_up_after_max_attempts(plain: StandIn) -> None:
+    plain.script.unavailable = 10
     with pytest.raises(Unavailable) as info:
         exchange(
-            "org/app", "deploy", token=OIDC_TOKEN, endpoint=grpc_plain.endpoint, retry=FAST_RETRY
+            "org/app",
+            "deploy",
+            token=OIDC_TOKEN,
+            endpoint=plain.endpoint,
+            transport=plain.transport,
+            retry=FAST_RETRY,
         )
     assert info.value.code == "UNAVAILABLE"
-    assert len(grpc_plain.script.calls) == 3
+    assert len(plain.script.calls) == 3
 
 
-def test_grpc_denial_is_not_retried_and_carries_reason(grpc_plain: GrpcStandIn) -> None:
-    grpc_plain.script.deny = True
+def test_denial_is_not_retried_and_carries_reason(plain: StandIn) -> None:
+    plain.script.deny = True
     with pytest.raises(Forbidden) as info:
         exchange(
-            "org/app", "deploy", token=OIDC_TOKEN, endpoint=grpc_plain.endpoint, retry=FAST_RETRY
+            "org/app",
+            "deploy",
+            token=OIDC_TOKEN,
+            endpoint=plain.endpoint,
+            transport=plain.transport,
+            retry=FAST_RETRY,
         )
     err = info.value
     assert (err.code, err.reason, err.request_id) == ("PERMISSION_DENIED", "policy_denied", "r-7")
     assert err.message == "no trust policy matched"
-    assert len(grpc_plain.script.calls) == 1
+    assert len(plain.script.calls) == 1
     assert OIDC_TOKEN not in str(err)
 
 
-def test_grpc_unauthenticated(grpc_plain: GrpcStandIn) -> None:
-    with pytest.raises(Unauthenticated):
-        exchange("org/app", "deploy", token="not.a-valid.jwt", endpoint=grpc_plain.endpoint)
+def test_response_size_is_capped(plain: StandIn) -> None:
+    plain.script.huge = True
+    with pytest.raises(ServerError, match="larger than"):
+        exchange(
+            "org/app",
+            "deploy",
+            token=OIDC_TOKEN,
+            endpoint=plain.endpoint,
+            transport=plain.transport,
+        )
 
 
-def test_grpc_response_size_is_capped(grpc_plain: GrpcStandIn) -> None:
-    grpc_plain.script.huge = True
-    with pytest.raises(ServerError) as info:
-        exchange("org/app", "deploy", token=OIDC_TOKEN, endpoint=grpc_plain.endpoint)
-    assert "larger than" in str(info.value)
-
-
-async def test_async_grpc_exchange_and_retry(grpc_tls: GrpcStandIn, certs: Any) -> None:
-    grpc_tls.script.unavailable = 1
-    async with AsyncClient(grpc_tls.endpoint, ca_file=certs.ca_cert, retry=FAST_RETRY) as client:
-        result = await client.exchange("org", "deploy", token=OIDC_TOKEN)
-    _assert_minted(result)
-    assert len(grpc_tls.script.calls) == 2
-
-
-async def test_async_grpc_denial(grpc_plain: GrpcStandIn) -> None:
-    grpc_plain.script.deny = True
-    with pytest.raises(Forbidden) as info:
-        await aexchange("org", "deploy", token=OIDC_TOKEN, endpoint=grpc_plain.endpoint)
-    assert info.value.reason == "policy_denied"
-
-
-# --- HTTP/JSON --------------------------------------------------------------------------------
-
-
-def test_http_tls_exchange(http_tls: HttpStandIn, certs: Any) -> None:
-    with Client(http_tls.endpoint, transport="http", ca_file=certs.ca_cert) as client:
-        result = client.exchange("org/app", "deploy", audience="aud", token=OIDC_TOKEN)
-    _assert_minted(result)
-    assert result.request_id == "r-ok"
-    assert http_tls.script.calls == [
-        {
-            "scope": "org/app",
-            "identity": "deploy",
-            "audience": "aud",
-            "authorization": f"Bearer {OIDC_TOKEN}",
-        }
-    ]
-
-
-def test_http_retries_503_only(http_plain: HttpStandIn) -> None:
-    http_plain.script.unavailable = 2
-    result = exchange(
-        "org",
-        "deploy",
-        token=OIDC_TOKEN,
-        endpoint=http_plain.endpoint,
-        transport="http",
-        retry=FAST_RETRY,
-    )
-    assert result.token == MINTED_TOKEN
-    assert len(http_plain.script.calls) == 3
-
-
-def test_http_denial_reads_error_info(http_plain: HttpStandIn) -> None:
-    http_plain.script.deny = True
-    with pytest.raises(Forbidden) as info:
+def test_connection_refused_is_unavailable(plain: StandIn) -> None:
+    plain.stop()
+    with pytest.raises(Unavailable):
         exchange(
             "org",
             "deploy",
             token=OIDC_TOKEN,
-            endpoint=http_plain.endpoint,
-            transport="http",
+            endpoint=plain.endpoint,
+            transport=plain.transport,
             retry=FAST_RETRY,
         )
-    err = info.value
-    assert (err.status, err.code, err.reason, err.request_id) == (
-        403,
-        "PERMISSION_DENIED",
-        "policy_denied",
-        "r-7",
-    )
-    assert len(http_plain.script.calls) == 1
+
+
+async def test_async_exchange_and_retry(tls: StandIn, certs: Any) -> None:
+    tls.script.unavailable = 1
+    async with AsyncClient(
+        tls.endpoint, transport=tls.transport, ca_file=certs.ca_cert, retry=FAST_RETRY
+    ) as client:
+        result = await client.exchange("org", "deploy", token=OIDC_TOKEN)
+    _assert_minted(result)
+    assert len(tls.script.calls) == 2
+
+
+async def test_async_denial(plain: StandIn) -> None:
+    plain.script.deny = True
+    with pytest.raises(Forbidden) as info:
+        await aexchange(
+            "org", "deploy", token=OIDC_TOKEN, endpoint=plain.endpoint, transport=plain.transport
+        )
+    assert info.value.reason == "policy_denied"
+
+
+# --- transport specifics ----------------------------------------------------------------------
+
+
+def test_grpc_unauthenticated() -> None:
+    server = GrpcStandIn()
+    try:
+        with pytest.raises(Unauthenticated):
+            exchange("org/app", "deploy", token="not.a-valid.jwt", endpoint=server.endpoint)
+    finally:
+        server.stop()
+
+
+def test_http_denial_carries_the_http_status(http_plain: HttpStandIn) -> None:
+    http_plain.script.deny = True
+    with pytest.raises(Forbidden) as info:
+        exchange("org", "deploy", token=OIDC_TOKEN, endpoint=http_plain.endpoint, transport="http")
+    assert info.value.status == 403
 
 
 def test_http_edge_401(http_plain: HttpStandIn) -> None:
@@ -225,36 +230,6 @@ def test_http_edge_401(http_plain: HttpStandIn) -> None:
             "org", "deploy", token="expired.jwt.x", endpoint=http_plain.endpoint, transport="http"
         )
     assert (info.value.reason, info.value.request_id) == ("token_expired", "edge-1")
-
-
-def test_http_response_size_is_capped(http_plain: HttpStandIn) -> None:
-    http_plain.script.huge = True
-    with pytest.raises(ServerError, match="larger than"):
-        exchange("org", "deploy", token=OIDC_TOKEN, endpoint=http_plain.endpoint, transport="http")
-
-
-def test_http_connection_refused_is_unavailable() -> None:
-    server = HttpStandIn()
-    endpoint = server.endpoint
-    server.stop()
-    with pytest.raises(Unavailable):
-        exchange(
-            "org", "deploy", token=OIDC_TOKEN, endpoint=endpoint, transport="http", retry=FAST_RETRY
-        )
-
-
-async def test_async_http_exchange(http_tls: HttpStandIn, certs: Any) -> None:
-    http_tls.script.unavailable = 1
-    result = await aexchange(
-        "org",
-        "deploy",
-        token=OIDC_TOKEN,
-        endpoint=http_tls.endpoint,
-        transport="http",
-        ca_file=certs.ca_cert,
-        retry=FAST_RETRY,
-    )
-    _assert_minted(result)
 
 
 # --- token sources and revoke -----------------------------------------------------------------
@@ -308,10 +283,8 @@ def _run_cli(argv: list[str]) -> int:
     return int(args.func(args))
 
 
-@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_cli_exchange_json_with_actions_source(
-    transport: str,
-    grpc_tls: GrpcStandIn,
+    tls: StandIn,
     http_tls: HttpStandIn,
     certs: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -320,7 +293,6 @@ def test_cli_exchange_json_with_actions_source(
     for key, value in _actions_env(http_tls).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca_cert))  # the Actions endpoint is TLS too
-    endpoint = grpc_tls.endpoint if transport == "grpc" else http_tls.endpoint
     code = _run_cli(
         [
             "exchange",
@@ -329,11 +301,11 @@ def test_cli_exchange_json_with_actions_source(
             "--identity",
             "deploy",
             "--endpoint",
-            endpoint,
+            tls.endpoint,
             "--ca-file",
             str(certs.ca_cert),
             "--transport",
-            transport,
+            tls.transport,
             "--output",
             "json",
         ]
@@ -351,7 +323,7 @@ def test_cli_exchange_json_with_actions_source(
 
 
 def test_cli_exchange_env_output_from_file(
-    grpc_plain: GrpcStandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    plain: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(OIDC_TOKEN + "\n")
@@ -363,7 +335,9 @@ def test_cli_exchange_env_output_from_file(
             "--identity",
             "ci",
             "--endpoint",
-            grpc_plain.endpoint,
+            plain.endpoint,
+            "--transport",
+            plain.transport,
             "--token-source",
             f"file:{token_file}",
             "--output",
@@ -404,9 +378,9 @@ def test_cli_exchange_token_output_from_stdin(
 
 
 def test_cli_exchange_denied_exit_code_and_message(
-    grpc_plain: GrpcStandIn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    plain: StandIn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    grpc_plain.script.deny = True
+    plain.script.deny = True
     monkeypatch.setenv("MY_OIDC", OIDC_TOKEN)
     code = _run_cli(
         [
@@ -416,7 +390,9 @@ def test_cli_exchange_denied_exit_code_and_message(
             "--identity",
             "ci",
             "--endpoint",
-            grpc_plain.endpoint,
+            plain.endpoint,
+            "--transport",
+            plain.transport,
             "--token-source",
             "env:MY_OIDC",
         ]

@@ -92,6 +92,8 @@ class _Servicer(sts_pb2_grpc.SecurityTokenServiceServicer):
 
 
 class GrpcStandIn:
+    transport = "grpc"
+
     def __init__(self, certs: Any | None = None) -> None:
         self.script = Script()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -209,6 +211,8 @@ class _Server(DevHTTPServer):
 
 
 class HttpStandIn:
+    transport = "http"
+
     def __init__(self, certs: Any | None = None) -> None:
         self.httpd = _Server(("127.0.0.1", 0), _Handler)
         self.script = Script()
