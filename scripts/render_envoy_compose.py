@@ -1,7 +1,7 @@
 """Render envoy/envoy.compose.yaml (the Envoy config docker-compose uses) from the template.
 
 The compose file is committed so ``docker-compose up`` needs no Python on the host; this script
-regenerates it after a template change, and ``--check`` (run by tests/unit/test_compose.py)
+regenerates it after a template change, and ``--check`` (run by tests/integration/test_compose.py)
 fails when the committed file is stale.
 
     python scripts/render_envoy_compose.py [--check]
