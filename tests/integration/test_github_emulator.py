@@ -245,25 +245,6 @@ async def test_forced_faults_latency_and_fail_rate(gh, clock, emulator) -> None:
     assert (await gh.get(path, headers=auth)).status_code == 500
 
 
-async def test_call_log_and_control_endpoints(gh, clock, emulator) -> None:
-    auth = await _jwt(clock)
-    await gh.get("/orgs/octo-org/installation", headers=auth)
-    await gh.get("/orgs/nobody/installation", headers=auth)
-    calls = (await gh.get("/_emulator/calls")).json()
-    assert calls == [
-        {"method": "GET", "path": "/orgs/octo-org/installation", "status": 200, "auth": "app"},
-        {"method": "GET", "path": "/orgs/nobody/installation", "status": 404, "auth": "app"},
-    ]
-    assert emulator.count("GET", "/orgs/") == 2
-    fault = {"status": 403, "retry_after": 5, "message": "secondary rate limit", "times": 2}
-    assert (await gh.post("/_emulator/fault", json=fault)).status_code == 204
-    assert (await gh.get("/orgs/octo-org/installation", headers=auth)).status_code == 403
-    assert (await gh.post("/_emulator/reset")).status_code == 204
-    assert (await gh.get("/_emulator/calls")).json() == []
-    assert (await gh.get("/orgs/octo-org/installation", headers=auth)).status_code == 200
-    assert (await gh.post("/_emulator/fault", content=b"{")).status_code == 400
-
-
 async def test_tls(tmp_path) -> None:
     with make_emulator(tmp_path, tls_dir=tmp_path / "certs") as emu:
         assert emu.url.startswith("https://")

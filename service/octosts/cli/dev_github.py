@@ -11,6 +11,25 @@ from pathlib import Path
 from octosts.dev.github import GitHubEmulator, ensure_app_key, load_app_public_key
 
 EXIT_USAGE = 2
+CONTROL_HELP = """\
+control API (plain HTTP, no auth: keep --listen on loopback):
+  GET    /_emulator/health             {"status": "ok"}
+  GET    /_emulator/faults             fault rules in force, and how often each fired
+  POST   /_emulator/faults             add a rule: {"kind": "error" | "secondary_rate_limit" |
+                                       "primary_rate_limit" | "latency" | "disconnect",
+                                       "status", "message", "retry_after", "reset_in",
+                                       "path_prefix", "method", "rate", "latency_ms",
+                                       "times", "seconds"}
+  DELETE /_emulator/faults[/ID]        remove one rule, or all
+  GET    /_emulator/tokens[?state=S]   ledger of minted tokens (id, token_sha256, permissions,
+                                       repositories, live | revoked | expired | evicted)
+  GET    /_emulator/calls[?since=T]    REST calls answered, with their time
+  POST   /_emulator/reset              forget calls, budgets and fault rules
+
+example: curl -XPOST http://127.0.0.1:8781/_emulator/faults \\
+           -d '{"kind": "error", "status": 502, "rate": 0.2}'
+every field and kind: docs/github-emulator.md
+"""
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -50,6 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Serve the subset of the GitHub REST API Octo STS uses, from a directory "
         "of OWNER/REPO/... trees. Each owner is one installation with all its repositories; "
         "an owner directory holding a file named .user is a user account, others are orgs.",
+        epilog=CONTROL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 8781), metavar="ADDR")
     parser.add_argument("--repos", type=Path, required=True, metavar="DIR")
@@ -66,12 +87,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="write a new RSA private key to --app-key first if that file does not exist",
     )
     parser.add_argument("--app-id", type=_positive, default=1, metavar="N")
-    parser.add_argument("--latency-ms", type=_non_negative, default=0, metavar="N")
+    parser.add_argument(
+        "--latency-ms", type=_non_negative, default=0, metavar="N", help="added to every request"
+    )
     parser.add_argument(
         "--rate-limit", type=_positive, default=5000, metavar="N", help="requests per hour"
     )
-    parser.add_argument("--fail-rate", type=_fraction, default=0.0, metavar="F")
-    parser.add_argument("--seed", type=int, default=None, help="seed for --fail-rate")
+    parser.add_argument(
+        "--fail-rate", type=_fraction, default=0.0, metavar="F", help="fraction answered 500"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for --fail-rate and rules")
     parser.add_argument(
         "--user", action="append", default=[], metavar="OWNER", help="treat OWNER as a user"
     )

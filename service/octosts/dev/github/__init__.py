@@ -20,11 +20,16 @@ codes, so policies can be tried without a real GitHub App:
   secrets)`` every commit and pull request sends a signed delivery
   (``X-Hub-Signature-256``) from a background thread; ``deliveries()`` lists them.
 * Rate-limit headers on every answer, a primary limit per budget (app, or
-  installation) per hour, forced faults (secondary limits, 5xx), latency and a
-  random failure rate from a seeded RNG.
-* ``GET /_emulator/calls``, ``POST /_emulator/reset``, ``POST /_emulator/fault``,
-  ``GET /_emulator/health``: control endpoints for tests (no auth: bind to
-  loopback).
+  installation) per hour, a base latency and random failure rate (seeded RNG).
+* Fault rules set at run time (``/_emulator/faults``): an error status, a
+  secondary or primary rate limit (``retry-after`` / ``x-ratelimit-reset``), a
+  dropped connection or added latency, per path prefix and method, for a
+  fraction of requests, ``times`` times or for ``seconds``.
+* A token ledger (``/_emulator/tokens``): every mint with its id, SHA-256,
+  permissions, repositories and state (live, revoked, expired, evicted).
+* ``GET /_emulator/calls``, ``POST /_emulator/reset``, ``GET /_emulator/health``:
+  control endpoints for tests and tools (no auth: bind to loopback). The user
+  documentation of all of them is docs/github-emulator.md.
 
 The repository tree is ``DIR/OWNER/REPO/...``; every owner is one installation
 covering all its repositories, ids assigned in sorted owner order starting at
@@ -38,9 +43,9 @@ The package, by concern:
 =================  ===========================================================================
 ``emulator``       ``GitHubEmulator``: puts the parts together, the request pipeline, test hooks
 ``state``          owners, repositories, files, commits, pull requests, check runs
-``ledger``         installation tokens minted and still honoured
+``ledger``         installation tokens minted, still honoured, revoked: the ledger
 ``auth``           App JWTs, installation tokens, permission levels, repository visibility
-``limits``         forced and random faults, latency, primary rate limits per budget
+``limits``         fault rules, base latency and failure rate, primary rate limits per budget
 ``routing``        the route table's matcher and dispatch (401 / rate limit / 404 order)
 ``routes/``        one module per API area: ``apps``, ``installation``, ``contents``, ``checks``
 ``control``        ``/_emulator/*`` endpoints and the call log
@@ -55,8 +60,8 @@ from octosts.dev.github.auth import ensure_app_key, load_app_public_key
 from octosts.dev.github.control import Call
 from octosts.dev.github.deliveries import Delivery
 from octosts.dev.github.emulator import DEFAULT_INSTALLATION_PERMISSIONS, GitHubEmulator
-from octosts.dev.github.ledger import MAX_TOKENS, TOKEN_LIFETIME
-from octosts.dev.github.limits import Fault
+from octosts.dev.github.ledger import MAX_TOKENS, TOKEN_LIFETIME, token_sha256
+from octosts.dev.github.limits import Fault, fault_from_spec
 from octosts.dev.github.state import FIRST_INSTALLATION_ID
 
 __all__ = [
@@ -69,5 +74,7 @@ __all__ = [
     "Fault",
     "GitHubEmulator",
     "ensure_app_key",
+    "fault_from_spec",
     "load_app_public_key",
+    "token_sha256",
 ]

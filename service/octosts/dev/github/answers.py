@@ -42,6 +42,12 @@ class Answer:
     body: bytes = b""
     content_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
+    disconnect: bool = False  # close the connection without answering (a fault)
+
+
+def hang_up() -> Answer:
+    """No answer at all: the server closes the connection (logged with status 0)."""
+    return Answer(0, disconnect=True)
 
 
 def json_answer(status: int, data: object, headers: Mapping[str, str] | None = None) -> Answer:

@@ -1,10 +1,13 @@
 """The emulator's own endpoints for tests and tools (no auth: bind to loopback), and its call log.
 
+Documented for users in docs/github-emulator.md (keep the two in step):
+
 * ``GET /_emulator/health``: ``{"status": "ok"}``.
-* ``GET /_emulator/calls``: every REST call answered since the last reset, oldest first.
-* ``POST /_emulator/reset``: forget calls, rate-limit budgets and pending faults.
-* ``POST /_emulator/fault``: ``{status, message?, retry_after?, exhaust?, path_prefix?, times?}``
-  answers the next ``times`` (1) requests under ``path_prefix`` with that fault.
+* ``GET /_emulator/calls[?since=EPOCH]``: REST calls answered (since a time), oldest first.
+* ``POST /_emulator/reset``: forget calls, rate-limit budgets and fault rules (not the tokens).
+* ``GET|POST|DELETE /_emulator/faults``, ``DELETE /_emulator/faults/{id}``: fault rules
+  (``limits.fault_from_spec`` reads a rule; ``limits.Rule.describe`` lists one).
+* ``GET /_emulator/tokens[?state=live|revoked|expired|evicted]``: the token ledger.
 """
 
 from __future__ import annotations
@@ -12,11 +15,17 @@ from __future__ import annotations
 import collections
 import json
 import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, get_args
 
 from octosts.dev.github.answers import Answer, json_answer, no_content
-from octosts.dev.github.limits import Fault, Faults
+from octosts.dev.github.ledger import TokenLedger, TokenState
+from octosts.dev.github.limits import Faults, fault_from_spec
+
+if TYPE_CHECKING:
+    from octosts.domain.ports import Clock
 
 PREFIX = "/_emulator/"
 CALL_LOG_SIZE = 10_000
@@ -24,12 +33,13 @@ CALL_LOG_SIZE = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One request the emulator answered (control endpoints excluded)."""
+    """One request the emulator answered (control endpoints excluded); status 0: hung up."""
 
     method: str
     path: str
     status: int
     auth: str  # "app", "token", "none"
+    at: float = 0.0  # when it was answered (epoch seconds, the emulator's clock)
 
 
 class CallLog:
@@ -47,47 +57,102 @@ class CallLog:
         with self._lock:
             self._calls.clear()
 
-    def list(self) -> list[Call]:
+    def list(self, since: float | None = None) -> list[Call]:
         with self._lock:
-            return list(self._calls)
+            return [c for c in self._calls if since is None or c.at >= since]
 
 
-def parse_fault(body: bytes) -> tuple[Fault, int]:
-    """A fault and how many times to answer with it. Raises ValueError, KeyError, TypeError."""
-    spec = json.loads(body)
-    fault = Fault(
-        status=int(spec["status"]),
-        message=str(spec.get("message", "Server Error")),
-        retry_after=None if spec.get("retry_after") is None else int(spec["retry_after"]),
-        exhaust=bool(spec.get("exhaust", False)),
-        path_prefix=str(spec.get("path_prefix", "")),
-    )
-    return fault, int(spec.get("times", 1))
+@dataclass(frozen=True, slots=True)
+class Control:
+    """What the control endpoints read and change."""
+
+    calls: CallLog
+    faults: Faults
+    ledger: TokenLedger
+    clock: Clock
+    reset: Callable[[], None]
 
 
-def control_answer(
-    method: str,
-    path: str,
-    body: bytes,
-    *,
-    calls: CallLog,
-    faults: Faults,
-    reset: Callable[[], None],
-) -> Answer:
-    if method == "GET" and path == PREFIX + "health":
-        return json_answer(200, {"status": "ok"})
-    if method == "GET" and path == PREFIX + "calls":
-        return json_answer(200, [asdict(c) for c in calls.list()])
-    if method == "POST" and path == PREFIX + "reset":
-        reset()
+def _bad(message: str) -> Answer:
+    return json_answer(400, {"message": message})
+
+
+def _query(query: str) -> dict[str, str]:
+    return {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+
+
+def control_answer(method: str, path: str, query: str, body: bytes, control: Control) -> Answer:
+    """Answer a request under ``/_emulator/``."""
+    name = path[len(PREFIX) :]
+    if name == "faults" or name.startswith("faults/"):
+        return _faults(method, name, body, control.faults)
+    handler = _ENDPOINTS.get((method, name))
+    if handler is None:
+        return json_answer(404, {"message": "Not Found"})
+    return handler(_query(query), control)
+
+
+def _health(_params: dict[str, str], _control: Control) -> Answer:
+    return json_answer(200, {"status": "ok"})
+
+
+def _calls(params: dict[str, str], control: Control) -> Answer:
+    try:
+        since = float(params["since"]) if "since" in params else None
+    except ValueError:
+        return _bad("since must be a number (epoch seconds)")
+    return json_answer(200, [asdict(c) for c in control.calls.list(since)])
+
+
+def _reset(_params: dict[str, str], control: Control) -> Answer:
+    control.reset()
+    return no_content()
+
+
+def _tokens(params: dict[str, str], control: Control) -> Answer:
+    state = params.get("state")
+    states: tuple[TokenState, ...] = get_args(TokenState)
+    if state is not None and state not in states:
+        return _bad(f"state must be one of {list(states)}")
+    now = control.clock.now()
+    chosen = next((s for s in states if s == state), None)
+    tokens = control.ledger.entries(now, chosen)
+    return json_answer(200, {**control.ledger.summary(now), "tokens": tokens})
+
+
+_ENDPOINTS: dict[tuple[str, str], Callable[[dict[str, str], Control], Answer]] = {
+    ("GET", "health"): _health,
+    ("GET", "calls"): _calls,
+    ("POST", "reset"): _reset,
+    ("GET", "tokens"): _tokens,
+}
+
+
+def _faults(method: str, name: str, body: bytes, faults: Faults) -> Answer:
+    if name == "faults":
+        if method == "GET":
+            return json_answer(200, {"faults": faults.rules()})
+        if method == "DELETE":
+            faults.clear()
+            return no_content()
+        if method == "POST":
+            return _add_fault(body, faults)
+        return json_answer(405, {"message": "Method Not Allowed"})
+    number = name.removeprefix("faults/")
+    if method == "DELETE" and number.isdigit() and faults.remove(int(number)):
         return no_content()
-    if method == "POST" and path == PREFIX + "fault":
-        try:
-            fault, times = parse_fault(body)
-        except (ValueError, KeyError, TypeError):
-            return json_answer(
-                400, {"message": "expected {status, message?, retry_after?, times?}"}
-            )
-        faults.inject(fault, times)
-        return no_content()
-    return json_answer(404, {"message": "Not Found"})
+    return json_answer(404, {"message": f"no fault rule {number[:20]!r}"})
+
+
+def _add_fault(body: bytes, faults: Faults) -> Answer:
+    try:
+        spec: Any = json.loads(body or b"{}")
+        if not isinstance(spec, dict):
+            return _bad("expected a JSON object (see docs/github-emulator.md)")
+        fault, times, seconds = fault_from_spec(spec)
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        return _bad(f"invalid fault rule: {exc}")
+    rule_id = faults.add(fault, times, seconds)
+    # A rule of a few milliseconds may be gone already: its id is still its answer.
+    rule = next((r for r in faults.rules() if r["id"] == rule_id), {"id": rule_id})
+    return json_answer(201, rule)

@@ -1,22 +1,22 @@
 """``GitHubEmulator``: the parts of the package put together behind one object.
 
-A request goes: control endpoints aside, added latency, a forced or random fault, authentication,
-the route table (rate limit checked there), then ``x-ratelimit-*`` headers and the call log.
+A request goes: control endpoints aside, the base latency, the fault rule that fires (its
+latency, then its answer), authentication, the route table (rate limit checked there), then
+``x-ratelimit-*`` headers and the call log.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from octosts.dev.github.answers import Answer, HttpError
+from octosts.dev.github.answers import Answer, HttpError, hang_up
 from octosts.dev.github.auth import ANONYMOUS, App, authenticate
-from octosts.dev.github.control import PREFIX, Call, CallLog, control_answer
+from octosts.dev.github.control import PREFIX, Call, CallLog, Control, control_answer
 from octosts.dev.github.deliveries import (
     Delivery,
     WebhookSender,
@@ -24,8 +24,14 @@ from octosts.dev.github.deliveries import (
     pull_request_payload,
     push_payload,
 )
-from octosts.dev.github.ledger import MAX_TOKENS, TokenLedger
-from octosts.dev.github.limits import SECONDARY_LIMIT_MESSAGE, Fault, Faults, RateLimits
+from octosts.dev.github.ledger import MAX_TOKENS, TokenLedger, TokenState
+from octosts.dev.github.limits import (
+    PRIMARY_LIMIT_MESSAGE,
+    SECONDARY_LIMIT_MESSAGE,
+    Fault,
+    Faults,
+    RateLimits,
+)
 from octosts.dev.github.routes import ROUTES
 from octosts.dev.github.routing import Context, Router
 from octosts.dev.github.server import EmulatorServer
@@ -83,9 +89,10 @@ class GitHubEmulator:
         self.repos = Repos()
         self.ledger = TokenLedger(max_tokens)
         self.limits = RateLimits(rate_limit, self._clock)
-        self.faults = Faults(latency_ms=latency_ms, fail_rate=fail_rate, seed=seed)
+        self.faults = Faults(self._clock, latency_ms=latency_ms, fail_rate=fail_rate, seed=seed)
         self.webhooks = WebhookSender()
         self._calls = CallLog()
+        self._control = Control(self._calls, self.faults, self.ledger, self._clock, self.reset)
         self._router = Router(ROUTES)
         self._context = Context(
             self.app, self.repos, self.ledger, self.limits, self._clock, lambda: self.url
@@ -240,30 +247,56 @@ class GitHubEmulator:
         return sum(1 for c in self.calls() if c.method == method and c.path.startswith(path_prefix))
 
     def reset(self) -> None:
-        """Forget the call log, rate-limit budgets and pending faults."""
+        """Forget the call log, rate-limit budgets and fault rules (tokens stay valid)."""
         self._calls.clear()
         self.limits.clear()
         self.faults.clear()
 
-    def inject(self, fault: Fault, times: int = 1) -> None:
-        """Answer the next ``times`` matching requests with ``fault``."""
-        self.faults.inject(fault, times)
+    def add_fault(
+        self, fault: Fault, times: int | None = None, seconds: float | None = None
+    ) -> int:
+        """Put a fault rule in force (see ``limits.Fault``); returns its id for ``remove_fault``."""
+        return self.faults.add(fault, times, seconds)
 
-    def force_error(self, status: int = 502, times: int = 1, path_prefix: str = "") -> None:
-        self.inject(Fault(status, "Server Error", path_prefix=path_prefix), times)
+    def remove_fault(self, rule_id: int) -> bool:
+        return self.faults.remove(rule_id)
+
+    def inject(self, fault: Fault, times: int = 1) -> int:
+        """Answer the next ``times`` matching requests with ``fault``."""
+        return self.faults.add(fault, times)
+
+    def force_error(self, status: int = 502, times: int = 1, path_prefix: str = "") -> int:
+        return self.inject(Fault(status, "Server Error", path_prefix=path_prefix), times)
 
     def force_secondary_limit(
-        self, status: int = 403, retry_after: int = 60, times: int = 1, path_prefix: str = ""
-    ) -> None:
+        self,
+        status: int = 403,
+        retry_after: int | None = 60,
+        times: int = 1,
+        path_prefix: str = "",
+    ) -> int:
         fault = Fault(
             status, SECONDARY_LIMIT_MESSAGE, retry_after=retry_after, path_prefix=path_prefix
         )
-        self.inject(fault, times)
+        return self.inject(fault, times)
 
-    def force_forbidden(self, times: int = 1, path_prefix: str = "") -> None:
+    def force_primary_limit(
+        self, reset_in: int = 60, status: int = 403, path_prefix: str = ""
+    ) -> int:
+        """``x-ratelimit-remaining: 0`` on matching requests until ``reset_in`` seconds from now."""
+        fault = Fault(
+            status, PRIMARY_LIMIT_MESSAGE, exhaust=True, reset_in=reset_in, path_prefix=path_prefix
+        )
+        return self.faults.add(fault, seconds=reset_in or None)
+
+    def force_forbidden(self, times: int = 1, path_prefix: str = "") -> int:
         """A plain permission 403 (rate-limit headers show budget left)."""
         fault = Fault(403, "Resource not accessible by integration", path_prefix=path_prefix)
-        self.inject(fault, times)
+        return self.inject(fault, times)
+
+    def tokens(self, state: TokenState | None = None) -> list[dict[str, Any]]:
+        """The token ledger (see ``ledger.TokenLedger.entries``), optionally one state only."""
+        return self.ledger.entries(self._clock.now(), state)
 
     def token_grant(self, token: str) -> Mapping[str, Any] | None:
         """What a token issued here may do (for assertions), or None."""
@@ -303,17 +336,16 @@ class GitHubEmulator:
         parts = urllib.parse.urlsplit(raw_path)
         path = urllib.parse.unquote(parts.path)
         if path.startswith(PREFIX):
-            return control_answer(
-                method, path, body, calls=self._calls, faults=self.faults, reset=self.reset
-            )
-        if self.faults.latency_ms > 0:
-            # Emulated network latency, not a readiness wait.
-            time.sleep(self.faults.latency_ms / 1000)
+            return control_answer(method, path, parts.query, body, self._control)
+        firing = self.faults.take(method, path)
+        self.faults.delay(firing.fault.latency_ms if firing else 0)
+        if firing is not None and firing.fault.disconnect:
+            self._calls.append(Call(method, path, 0, "none", self._clock.now()))
+            return hang_up()
         principal = ANONYMOUS
         try:
-            fault = self.faults.take(path)
-            if fault is not None:
-                raise fault.error()
+            if firing is not None and firing.fault.status is not None:
+                raise firing.fault.error(firing.added_at)
             principal = authenticate(headers, self.app, self.ledger, self._clock.now())
             answer = self._router.dispatch(
                 self._context, method, path, parts.query, headers, body, principal
@@ -324,5 +356,5 @@ class GitHubEmulator:
         free = answer.status == HTTPStatus.NOT_MODIFIED or path == "/rate_limit"
         self.limits.stamp(answer, principal.budget, count=not free)
         answer.headers.setdefault("x-github-request-id", secrets.token_hex(8).upper())
-        self._calls.append(Call(method, path, answer.status, principal.kind))
+        self._calls.append(Call(method, path, answer.status, principal.kind, self._clock.now()))
         return answer

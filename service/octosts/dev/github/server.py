@@ -36,6 +36,10 @@ class _Handler(BaseHTTPRequestHandler):
             answer = type(self).handle_request(self.command, self.path, headers, body)
         except Exception:  # noqa: BLE001 - an emulator bug must still answer, as GitHub's 500
             answer = json_answer(500, {"message": "Server Error"})
+        if answer.disconnect:
+            # The client sees the connection close with no answer (a dropped request).
+            self.close_connection = True
+            return
         self._send(answer)
 
     def _send(self, answer: Answer) -> None:

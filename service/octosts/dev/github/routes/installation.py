@@ -8,7 +8,7 @@ from octosts.dev.github.routing import Context, Request, Route, route
 
 
 def revoke_token(ctx: Context, req: Request) -> Answer:
-    ctx.ledger.revoke(req.principal.token)
+    ctx.ledger.revoke(req.principal.token, ctx.clock.now())
     return no_content()
 
 
