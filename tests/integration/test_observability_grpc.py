@@ -168,6 +168,8 @@ async def test_abort_records_final_code_and_stage_family(harness: Harness) -> No
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await harness.call("Denied")
     assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # Trailers-only: no initial metadata before the status (Envoy can only retry those).
+    assert tuple(info.value.initial_metadata() or ()) == ()
     assert harness.handled("Denied", "PERMISSION_DENIED") == 1.0
     assert harness.handled("Denied", "OK") is None
     assert harness.registry.get_sample_value(

@@ -62,7 +62,11 @@ class Service:
         token: str | None = None,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> tuple[sts_pb2.ExchangeResponse | grpc.aio.AioRpcError, dict[str, str]]:
-        """(response or the RPC error, initial metadata) of one Exchange."""
+        """(response or the RPC error, its metadata) of one Exchange.
+
+        The metadata is the initial metadata and the trailers together: an error is
+        trailers-only, so its x-request-id is in the trailers.
+        """
         stub = sts_pb2_grpc.SecurityTokenServiceStub(self.channel)  # type: ignore[no-untyped-call]
         bearer = self.token() if token is None else token
         call = stub.Exchange(
@@ -74,8 +78,8 @@ class Service:
             answer: sts_pb2.ExchangeResponse | grpc.aio.AioRpcError = await call
         except grpc.aio.AioRpcError as exc:
             answer = exc
-        initial = {k: str(v) for k, v in (await call.initial_metadata() or ())}
-        return answer, initial
+        sent = (*(await call.initial_metadata() or ()), *(await call.trailing_metadata() or ()))
+        return answer, {k: str(v) for k, v in sent}
 
     def sample(self, name: str, labels: dict[str, str]) -> float:
         return self.app.metrics.registry.get_sample_value(name, labels) or 0.0

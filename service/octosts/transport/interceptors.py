@@ -4,10 +4,15 @@
 health Check) so that, around the servicer method:
 
 - the request id is taken from ``x-request-id`` metadata (Envoy sets one) when
-  it is well-formed, else a new one is generated; it is sent back as
-  ``x-request-id`` initial metadata (except to ext_authz Check, whose caller, Envoy,
-  ignores it: ``NO_REQUEST_ID_ECHO``), bound to structlog's contextvars with the
-  rpc name, and readable with ``request_id.current_request_id()``;
+  it is well-formed, else a new one is generated; it is bound to structlog's
+  contextvars with the rpc name, readable with ``request_id.current_request_id()``,
+  and sent back as ``x-request-id`` (except to ext_authz Check, whose caller, Envoy,
+  ignores it: ``NO_REQUEST_ID_ECHO``): in the initial metadata of a *successful*
+  answer, sent after the handler returned; a failed answer carries it in its
+  trailers (``sts.abort``). An error must stay "trailers-only" (no initial
+  metadata sent before the status): Envoy's gRPC ``retry_on`` conditions
+  (``unavailable``, ``resource-exhausted``) read ``grpc-status`` from the response
+  headers, so an error after headers is never retried on another replica;
 - the W3C trace context (``traceparent``) of the metadata becomes the parent of
   a SERVER span named ``<service>/<method>``; the stage spans of
   ``TelemetryObserver`` nest under it;
@@ -143,12 +148,13 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 with structlog.contextvars.bound_contextvars(
                     request_id=request_id, rpc=full_method
                 ):
-                    if echo_request_id:
-                        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     result = behavior(request, context)
                     if inspect.isawaitable(result):
                         result = await result
                     code = _context_code(context, grpc.StatusCode.OK)
+                    if echo_request_id and code is grpc.StatusCode.OK:
+                        # Only now: headers sent before an error would make it non-retryable.
+                        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                     return result
             except grpc.aio.AbortError:
                 code = _context_code(context, grpc.StatusCode.UNKNOWN)

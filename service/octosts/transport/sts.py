@@ -26,6 +26,7 @@ from octosts.domain.exchange import (
 )
 from octosts.transport.errors import Failure, failure
 from octosts.transport.metadata import bearer_token, request_id, user_agent
+from octosts.transport.request_id import REQUEST_ID_HEADER
 
 if TYPE_CHECKING:
     from octosts.domain.exchange import Exchanger
@@ -55,7 +56,7 @@ class _Handler:
         started = time.perf_counter()
         metadata = tuple(context.invocation_metadata() or ())
         rid = request_id(metadata)
-        context.set_trailing_metadata((("x-request-id", rid),))
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         attempt = ExchangeAttempt()
         request = ExchangeRequest(bearer="", scope=scope, identity=identity, audience=audience)
         error: BaseException | None = None
@@ -77,8 +78,16 @@ class _Handler:
 
 
 async def abort(context: grpc.aio.ServicerContext, failed: Failure) -> None:
-    """End the RPC with the failure's code, message and rich details (ErrorInfo)."""
-    trailers = (("grpc-status-details-bin", failed.status_details()),)
+    """End the RPC with the failure's code, message and rich details (ErrorInfo).
+
+    Everything goes in the trailers, with no initial metadata before them: a
+    "trailers-only" answer, which Envoy's retry policies can read (see
+    ``transport/interceptors.py``).
+    """
+    trailers = (
+        ("grpc-status-details-bin", failed.status_details()),
+        (REQUEST_ID_HEADER, failed.request_id),
+    )
     await context.abort(failed.code, failed.message, trailing_metadata=trailers)
 
 

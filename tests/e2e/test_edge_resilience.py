@@ -1,0 +1,105 @@
+"""[resilience], the edge's half: Envoy retries a replica's UNAVAILABLE on another replica.
+
+Real processes: the dev issuer, the GitHub emulator, two ``octo-sts serve`` replicas and Envoy
+(``DevStack``). What is asserted is what a caller sees (status, code) and Envoy's own counters
+(``cluster.sts.upstream_rq_retry``): a retry that Envoy did not count did not happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import httpx
+import pytest
+
+from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
+from octosts.dev.stack import DevStack
+from tests.e2e.test_gateway_stack import (
+    EXCHANGE,
+    REPO_QUERY,
+    assert_token_json,
+    bearer,
+    grpc_channel,
+    http,
+    repo_token,
+)
+
+pytestmark = pytest.mark.e2e
+
+MINT_PREFIX = "/app/installations/"  # POST /app/installations/{id}/access_tokens
+
+
+def envoy_counter(stack: DevStack, name: str) -> int:
+    """One of Envoy's counters, read from its admin API."""
+    assert stack.envoy is not None
+    text = httpx.get(f"{stack.envoy.admin_url}/stats", params={"filter": f"^{name}$"}).text
+    values = [line.partition(": ")[2] for line in text.splitlines() if line.startswith(name)]
+    assert len(values) == 1, text
+    return int(values[0])
+
+
+def retries(stack: DevStack) -> int:
+    return envoy_counter(stack, "cluster.sts.upstream_rq_retry")
+
+
+def fail_mints(stack: DevStack, times: int) -> None:
+    """The next ``times`` token mints at the emulator answer 503."""
+    fault = {"kind": "error", "status": 503, "times": times, "path_prefix": MINT_PREFIX}
+    httpx.post(f"{stack.github_url}/_emulator/faults", json=fault).raise_for_status()
+
+
+def clear_faults(stack: DevStack) -> None:
+    httpx.delete(f"{stack.github_url}/_emulator/faults").raise_for_status()
+
+
+async def test_unavailable_exchange_is_retried_by_envoy_on_grpc_and_http(stack: DevStack) -> None:
+    # A replica answering UNAVAILABLE (GitHub 5xx on the mint) must be an answer Envoy can
+    # retry: trailers-only. With x-request-id sent as initial metadata first, Envoy saw no
+    # grpc-status in the headers, never retried and the caller got the 503.
+    token = repo_token(stack)
+    metadata = tuple(bearer(token).items())
+    request = sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci")
+    try:
+        async with grpc_channel(stack) as channel, http(stack) as client:
+            sts = sts_pb2_grpc.SecurityTokenServiceStub(channel)
+            await sts.Exchange(request, metadata=metadata, timeout=15)  # caches warm
+            # Two failures: one attempt fails even if the service retried the mint itself.
+            before = retries(stack)
+            fail_mints(stack, times=2)
+            call = sts.Exchange(request, metadata=metadata, timeout=15)
+            reply = await call
+            assert reply.token.startswith("ghs_")
+            assert retries(stack) > before
+            # The request id still reaches the caller on success (initial metadata).
+            assert dict(await call.initial_metadata()).get("x-request-id")
+
+            before = retries(stack)
+            fail_mints(stack, times=2)
+            resp = await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token))
+            assert_token_json(resp)
+            assert resp.headers["x-request-id"]
+            assert retries(stack) > before
+    finally:
+        await asyncio.to_thread(clear_faults, stack)
+
+
+async def test_an_error_after_every_retry_still_carries_its_request_id(stack: DevStack) -> None:
+    # Trailers-only errors carry x-request-id in the trailers (and in the ErrorInfo).
+    token = repo_token(stack)
+    try:
+        async with grpc_channel(stack) as channel:
+            sts = sts_pb2_grpc.SecurityTokenServiceStub(channel)
+            fail_mints(stack, times=100)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await sts.Exchange(
+                    sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci"),
+                    metadata=(*bearer(token).items(), ("x-request-id", "rid-kept-1")),
+                    timeout=15,
+                )
+    finally:
+        await asyncio.to_thread(clear_faults, stack)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "github_unavailable" in (failed.value.details() or "")
+    trailers = dict(failed.value.trailing_metadata() or ())
+    assert trailers.get("x-request-id")
