@@ -12,6 +12,7 @@ import asyncio
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.stack import DevStack
@@ -103,3 +104,83 @@ async def test_an_error_after_every_retry_still_carries_its_request_id(stack: De
     assert "github_unavailable" in (failed.value.details() or "")
     trailers = dict(failed.value.trailing_metadata() or ())
     assert trailers.get("x-request-id")
+
+
+# -- defect 5: one replica cannot fetch an issuer's keys ---------------------------------------
+
+
+def replica_serving(stack: DevStack, index: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.grpc[index]}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def warm_one_replica(stack: DevStack, index: int, token: str) -> None:
+    """An exchange straight to one replica: it caches the issuer's keys, the others do not."""
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.grpc[index]}") as channel:
+        reply = sts_pb2_grpc.SecurityTokenServiceStub(channel).Exchange(
+            sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci"),
+            metadata=tuple(bearer(token).items()),
+            timeout=15,
+        )
+    assert reply.token.startswith("ghs_")
+
+
+async def test_a_replica_without_the_issuers_keys_is_routed_around(own_stack: DevStack) -> None:
+    # Replica 1 has the issuer's keys cached, replica 0 has not, and the issuer goes down:
+    # replica 0 answers UNAVAILABLE fast, to Check and to Exchange. Envoy must ask replica 1
+    # instead (before: the Check's 503 was a *successful* RPC, never retried; ~half failed).
+    stack = own_stack
+    token = repo_token(stack)
+    await asyncio.to_thread(warm_one_replica, stack, 1, token)
+    issuer = next(proc for proc in stack._procs if proc.name == "issuer")
+    await asyncio.to_thread(issuer.stop)
+    before = retries(stack)
+    statuses: list[int] = []
+    async with http(stack) as client:
+        for _ in range(20):
+            resp = await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token))
+            statuses.append(resp.status_code)
+    codes: list[grpc.StatusCode] = []
+    async with grpc_channel(stack) as channel:
+        sts = sts_pb2_grpc.SecurityTokenServiceStub(channel)
+        for _ in range(10):
+            call = sts.Exchange(
+                sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci"),
+                metadata=tuple(bearer(token).items()),
+                timeout=15,
+            )
+            codes.append(await call.code())
+    assert statuses == [200] * 20
+    assert codes == [grpc.StatusCode.OK] * 10
+    # Replica 0 was tried and failed over (else the test proves nothing)...
+    assert retries(stack) > before
+    # ...and an issuer being down is not replica 0's fault: it stays ready.
+    assert await asyncio.to_thread(replica_serving, stack, 0)
+
+
+async def test_no_replica_can_verify_is_503_json_with_retry_after(own_stack: DevStack) -> None:
+    stack = own_stack
+    token = repo_token(stack)
+    issuer = next(proc for proc in stack._procs if proc.name == "issuer")
+    await asyncio.to_thread(issuer.stop)
+    async with http(stack) as client:
+        resp = await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token))
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["retry-after"] == "1"
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert body["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "retry later (authz_unavailable)" in body["message"]
+    assert body["request_id"] == resp.headers["x-request-id"]
+    assert token not in resp.text
+    async with grpc_channel(stack) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await sts_pb2_grpc.SecurityTokenServiceStub(channel).Exchange(
+                sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci"),
+                metadata=tuple(bearer(token).items()),
+                timeout=15,
+            )
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -29,6 +29,7 @@ from typing import IO, Any, Self
 
 import httpx
 
+from octosts.transport.errors import EDGE_UNAVAILABLE
 from octosts.transport.ext_authz import ISSUER_HEADER, SUBJECT_HEADER
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
@@ -179,6 +180,9 @@ def render_config(params: EnvoyParams) -> str:
         # STRICT_DNS resolves every address of a name (compose replicas); IPs need no DNS.
         "cluster_type": "STATIC" if all(u.is_ip for u in params.upstreams) else "STRICT_DNS",
         "lb_endpoints": json.dumps(endpoints),
+        "edge_unavailable_code": str(EDGE_UNAVAILABLE.code.value[0]),
+        "edge_unavailable_message": _q(EDGE_UNAVAILABLE.message),
+        "edge_unavailable_retry_after": _q(str(EDGE_UNAVAILABLE.retry_after_seconds)),
         **_tracing_values(params),
         **_webhook_values(params),
     }

@@ -9,7 +9,10 @@ Every way Octo STS answers a failure reads its row here:
   (the tests hold the column to the transcoder's mapping and to the README).
 - The edge (ext_authz, ``denial``): a row with an ``edge`` text is a denial
   with ``http_status``, that text and ``www_authenticate``; a row without one
-  is a fault there (the Check RPC fails, Envoy answers 503).
+  is a fault there: the Check RPC fails with the row's code. Envoy retries an
+  UNAVAILABLE Check on another replica (which may have the issuer's keys) and,
+  once every attempt failed, answers 503 itself (``status_on_error``) with the
+  ``EDGE_UNAVAILABLE`` body, which ``octosts.dev.envoy`` renders from here.
 
 For the PERMISSION_DENIED family the reason is collapsed to the family
 (``permission_denied``) so a caller holding a valid token from an issuer they
@@ -110,19 +113,36 @@ TABLE: tuple[Row, ...] = (
     ),
     Row(PermissionDenied, _C.PERMISSION_DENIED, 403, "permission denied", show_reason=False),
     Row(RateLimited, _C.RESOURCE_EXHAUSTED, 429, "GitHub rate limit reached, retry later"),
-    # At the edge the token may well be valid: 503 (retry), not 401 (give up).
-    Row(
-        UpstreamUnavailable,
-        _C.UNAVAILABLE,
-        503,
-        "upstream unavailable, retry later",
-        edge="cannot verify the token right now, retry later",
-    ),
+    # A fault at the edge, not a denial: the token may well be valid and another replica
+    # may have the issuer's keys cached, so Envoy retries the Check there (see the module doc).
+    Row(UpstreamUnavailable, _C.UNAVAILABLE, 503, "upstream unavailable, retry later"),
     Row(StsError, _C.INTERNAL, 500, "internal error"),
 )
 
 
 ERROR_DOMAIN = "octo-sts.dev"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeAnswer:
+    """An answer Envoy gives itself (``local_reply_config``) when no replica could answer."""
+
+    http_status: int
+    code: grpc.StatusCode
+    reason: str
+    text: str
+    retry_after_seconds: int
+
+    @property
+    def message(self) -> str:
+        return f"{self.text} ({self.reason})"
+
+
+# Check failed on every replica Envoy tried (issuer unreachable from all of them, the
+# service overloaded or down): 503 with Retry-After, the token may well be valid.
+EDGE_UNAVAILABLE = EdgeAnswer(
+    503, _C.UNAVAILABLE, "authz_unavailable", "cannot verify the token right now, retry later", 1
+)
 
 
 @dataclass(frozen=True, slots=True)

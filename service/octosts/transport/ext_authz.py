@@ -12,12 +12,14 @@ this service without code changes:
     header removed.
 
 Outcomes, as the one answer table in ``transport/errors.py`` gives them (a
-denial is a *successful* Check carrying a DeniedHttpResponse; only internal
-faults are RPC errors, which Envoy turns into 503 through ``status_on_error``):
+denial is a *successful* Check carrying a DeniedHttpResponse; faults are RPC
+errors, trailers-only, which Envoy retries on another replica when they are
+UNAVAILABLE and otherwise turns into 503 through ``status_on_error``):
 
 =========================================  ======  =============================
 token missing / malformed / not trusted    401     ``www-authenticate: Bearer``
-issuer unreachable (IssuerUnavailable...)  503     the token may well be valid: retry
+issuer unreachable (IssuerUnavailable...)  RPC     UNAVAILABLE -> Envoy asks another
+                                                   replica, else 503 + Retry-After
 a query parameter given twice              400     ambiguous request: refused, not guessed
 unknown or missing ``mode``                403     an Envoy config error; fail closed
 verifier bug (anything else)               RPC     INTERNAL -> Envoy answers 503
@@ -48,7 +50,7 @@ from octosts._gen.octosts.v1 import sts_pb2
 from octosts.domain.errors import InvalidRequest, PermissionDenied, StsError, TokenClaimsInvalid
 from octosts.domain.ports import TokenVerifier
 from octosts.domain.tokens import MAX_TOKEN_BYTES, VerifiedToken
-from octosts.transport.errors import UNKNOWN_AUTHZ_MODE, Denial, denial
+from octosts.transport.errors import UNKNOWN_AUTHZ_MODE, Denial, denial, failure
 from octosts.transport.metadata import bearer_from_values
 from octosts.transport.request_id import REQUEST_ID_HEADER, is_request_id
 
@@ -196,8 +198,13 @@ class AuthorizationServicer:
         except StsError as exc:
             refused = denial(exc)
             if refused is None:
-                log.error("ext_authz.fault", error=type(exc).__name__, reason=exc.reason)  # noqa: TRY400
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                # A fault, not a verdict: the RPC fails with the table's code; Envoy asks
+                # another replica when it is UNAVAILABLE (one without the issuer's keys here
+                # may well have them there).
+                failed = failure(exc, request_id)
+                level = log.warning if failed.code is grpc.StatusCode.UNAVAILABLE else log.error
+                level("ext_authz.fault", error=type(exc).__name__, reason=exc.reason)
+                await context.abort(failed.code, failed.message)
                 raise  # abort raises; this keeps type checkers and readers sure
             # debug, not info: a denial is counted (octo_sts_ext_authz_decisions_total{reason})
             # and in Envoy's access log; a line per junk request is log volume attackers control.
