@@ -51,7 +51,7 @@ from octosts.observability.tracing import (
 )
 from octosts.transport import ext_authz, sts
 from octosts.transport.interceptors import ObservabilityInterceptor
-from octosts.transport.server import GrpcServer
+from octosts.transport.server import GrpcServer, Readiness
 from octosts.webhook.github_checks import GitHubChecks
 from octosts.webhook.handler import WebhookConfig, WebhookHandler
 from octosts.webhook.server import WebhookServer
@@ -152,8 +152,11 @@ def build_app(
         cache_maxsize=min(settings.cache_max_entries, 1024),
     )
     issuer_http = make_http_client(oidc_config, verify=tls)
+    readiness = Readiness(settings.local_fault_unready_seconds)
     verifier = CachingVerifier(
-        OidcVerifier(oidc_config, http=issuer_http, clock=clock, observer=observer),
+        OidcVerifier(
+            oidc_config, http=issuer_http, clock=clock, observer=observer, replica=readiness
+        ),
         clock=clock,
         maxsize=settings.cache_max_entries,
         failure_maxsize=settings.cache_max_entries,
@@ -250,6 +253,7 @@ def build_app(
         service_names=(*sts.SERVICE_NAMES, EXT_AUTHZ_SERVICE),
         interceptors=[ObservabilityInterceptor(metrics, tracer)],
         reuse_port=settings.workers > 1,
+        readiness=readiness,
     )
     return App(
         settings=settings,

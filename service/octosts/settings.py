@@ -276,6 +276,10 @@ class Settings:
     verbose_errors: bool = setting("OCTOSTS_VERBOSE_ERRORS", _bool, False)  # noqa: FBT003
     workers: int = setting("OCTOSTS_WORKERS", _int, 1, check=_between(1, 64))
     shutdown_grace_seconds: float = setting("OCTOSTS_SHUTDOWN_GRACE_SECONDS", _float, 5.0)
+    # [resilience]: how long a replica out of local resources (fds, ports) reports NOT_SERVING.
+    local_fault_unready_seconds: float = setting(
+        "OCTOSTS_LOCAL_FAULT_UNREADY_SECONDS", _float, 10.0
+    )
     log_level: str = setting("OCTOSTS_LOG_LEVEL", _str, "info", check=_log_level)
     log_format: LogFormat = setting("OCTOSTS_LOG_FORMAT", _log_format, "json")
     audit_sink_url: str = setting("OCTOSTS_AUDIT_SINK_URL", _str, "")

@@ -8,6 +8,8 @@ Real processes: the dev issuer, the GitHub emulator, two ``octo-sts serve`` repl
 from __future__ import annotations
 
 import asyncio
+import resource
+from pathlib import Path
 
 import grpc
 import httpx
@@ -15,7 +17,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
-from octosts.dev.stack import DevStack
+from octosts.dev.stack import DevStack, StackPorts
+from tests.e2e.envoy_harness import unique_base_id
 from tests.e2e.test_gateway_stack import (
     EXCHANGE,
     REPO_QUERY,
@@ -25,6 +28,7 @@ from tests.e2e.test_gateway_stack import (
     http,
     repo_token,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -184,3 +188,54 @@ async def test_no_replica_can_verify_is_503_json_with_retry_after(own_stack: Dev
                 timeout=15,
             )
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def lowest_free_fd(pid: int) -> int:
+    used = {int(path.name) for path in Path(f"/proc/{pid}/fd").iterdir()}
+    return next(fd for fd in range(len(used) + 1) if fd not in used)
+
+
+async def test_a_replica_out_of_file_descriptors_leaves_the_rotation(tmp_path: Path) -> None:
+    # The replica's own fault (EMFILE on the issuer fetch), unlike an issuer that is down:
+    # NOT_SERVING for OCTOSTS_LOCAL_FAULT_UNREADY_SECONDS, then SERVING again.
+    stack = DevStack(
+        workdir=tmp_path / "stack",
+        ports=StackPorts.free(1),
+        base_id=unique_base_id(),
+        extra_env={"OCTOSTS_LOCAL_FAULT_UNREADY_SECONDS": "5"},
+    )
+    await asyncio.to_thread(stack.start)
+    try:
+        pid = stack._servers[0].popen.pid
+        token = repo_token(stack)
+        request = sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci")
+        # Connected before the limit: the replica needs no new descriptor to answer us.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.grpc[0]}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            sts = sts_pb2_grpc.SecurityTokenServiceStub(channel)
+
+            async def status() -> int:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                return int(reply.status)
+
+            assert await status() == health_pb2.HealthCheckResponse.SERVING
+            soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free_fd(pid), hard))
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await sts.Exchange(request, metadata=tuple(bearer(token).items()), timeout=15)
+                assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+                async def not_serving() -> bool:
+                    return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+                await eventually(not_serving, "NOT_SERVING after EMFILE", timeout=4)
+            finally:
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+            async def serving_again() -> bool:
+                return await status() == health_pb2.HealthCheckResponse.SERVING
+
+            await eventually(serving_again, "SERVING after the hold", timeout=20)
+    finally:
+        await asyncio.to_thread(stack.stop)

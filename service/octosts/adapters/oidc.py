@@ -39,6 +39,7 @@ from jwt.api_jwk import PyJWK
 
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
+from octosts.adapters.local_fault import local_fault_cause
 from octosts.domain.errors import (
     UNKNOWN_KEY_ID,
     IssuerRejected,
@@ -50,7 +51,14 @@ from octosts.domain.errors import (
     TokenSignatureInvalid,
 )
 from octosts.domain.issuers import ANY_ISSUER, IssuerAllowlist, issuer_entry_problem
-from octosts.domain.ports import Clock, NullObserver, StageObserver, SystemClock
+from octosts.domain.ports import (
+    Clock,
+    NullObserver,
+    NullReplicaHealth,
+    ReplicaHealth,
+    StageObserver,
+    SystemClock,
+)
 from octosts.domain.tokens import (
     IssuerUrl,
     VerifiedToken,
@@ -305,8 +313,11 @@ class OidcVerifier:
         clock: Clock | None = None,
         observer: StageObserver | None = None,
         resolver: Resolver = system_resolver,
+        replica: ReplicaHealth | None = None,
     ) -> None:
+        """``replica`` hears of fetches that failed through this replica's own fault."""
         self._config = config
+        self._replica: ReplicaHealth = replica or NullReplicaHealth()
         self._http = http
         self._clock = clock or SystemClock()
         self._observer: StageObserver = observer or NullObserver()
@@ -531,6 +542,10 @@ class OidcVerifier:
         except httpx.TimeoutException as exc:
             raise IssuerUnavailable(f"{what} fetch timed out") from exc
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            cause = local_fault_cause(exc)
+            if cause is not None:  # this replica's fault, not the issuer's
+                self._replica.local_fault(cause)
+                raise IssuerUnavailable(f"{what} fetch failed on this replica: {cause}") from exc
             raise IssuerUnavailable(f"{what} fetch failed: {type(exc).__name__}") from exc
 
     @staticmethod

@@ -62,6 +62,26 @@ class NullObserver:
         yield _NullStage()
 
 
+class ReplicaHealth(Protocol):
+    """Where adapters report a fault of this replica's own, not an upstream's.
+
+    Out of file descriptors or local ports, say: every call from this replica
+    fails while the other replicas are fine, so it should leave the load
+    balancer's rotation for a while. An upstream that is down or slow is not
+    reported: every replica sees it, and all of them leaving would take the
+    whole service down for callers that do not need that upstream.
+    """
+
+    def local_fault(self, cause: str) -> None: ...
+
+
+class NullReplicaHealth:
+    """Ignores every report (unit tests, CLI)."""
+
+    def local_fault(self, cause: str) -> None:
+        pass
+
+
 class TokenVerifier(Protocol):
     async def verify(self, bearer: str) -> VerifiedToken:
         """Verify a raw JWT (without the ``Bearer`` scheme).

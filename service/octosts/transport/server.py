@@ -2,14 +2,19 @@
 
 Health is NOT_SERVING until ``start`` has registered everything and again as
 soon as shutdown begins, so Envoy's active health checks drain a replica
-before its in-flight RPCs are cut (``stop(grace)``).
+before its in-flight RPCs are cut (``stop(grace)``). In between, a fault of
+the replica's own (``Readiness.local_fault``: out of file descriptors...)
+makes it NOT_SERVING for ``Readiness.hold_seconds``, then SERVING again; an
+upstream's failure never does (see ``domain.ports.ReplicaHealth``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -18,6 +23,27 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 64 * 1024  # requests are tiny; refuse anything large before parsing
 
 Registrar = Callable[[grpc.aio.Server], None]
+_log = structlog.get_logger("octosts.server")
+
+
+class Readiness:
+    """This replica's own faults, as readiness (a ``domain.ports.ReplicaHealth``).
+
+    Adapters are built before the server, so they get this object and the
+    server attaches to it. ``hold_seconds`` 0: faults are only logged.
+    """
+
+    def __init__(self, hold_seconds: float) -> None:
+        self.hold_seconds = hold_seconds
+        self._hold: Callable[[float], None] | None = None
+
+    def attach(self, hold: Callable[[float], None]) -> None:
+        self._hold = hold
+
+    def local_fault(self, cause: str) -> None:
+        _log.warning("replica.local_fault", cause=cause, unready_seconds=self.hold_seconds)
+        if self.hold_seconds > 0 and self._hold is not None:
+            self._hold(self.hold_seconds)
 
 
 class GrpcServer:
@@ -29,6 +55,7 @@ class GrpcServer:
         service_names: Sequence[str],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         reuse_port: bool = False,
+        readiness: Readiness | None = None,
     ) -> None:
         options = [
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -46,21 +73,47 @@ class GrpcServer:
             (*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
+        self._stopping = False
+        self._held_until = 0.0
+        self._holding: asyncio.Task[None] | None = None
+        if readiness is not None:
+            readiness.attach(self._hold_not_serving)
+
+    def _hold_not_serving(self, seconds: float) -> None:
+        """NOT_SERVING from now until ``seconds`` after the last call; then SERVING again."""
+        loop = asyncio.get_running_loop()
+        self._held_until = max(self._held_until, loop.time() + seconds)
+        if self._holding is None or self._holding.done():
+            self._holding = loop.create_task(self._held())
+
+    async def _held(self) -> None:
+        await self._set_all(_NOT_SERVING)
+        loop = asyncio.get_running_loop()
+        # A deadline that later faults push back, not an event anyone sets.
+        while (left := self._held_until - loop.time()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(left)
+        if not self._stopping:
+            await self._set_all(_SERVING)
+
+    async def _set_all(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", *self._service_names):
+            await self._health.set(name, status)
 
     async def start(self) -> int:
         """Bind, start and report SERVING. Returns the bound port."""
-        for name in ("", *self._service_names):
-            await self._health.set(name, _NOT_SERVING)
+        await self._set_all(_NOT_SERVING)
         self.port = self._server.add_insecure_port(self._address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self._address}")
         await self._server.start()
-        for name in ("", *self._service_names):
-            await self._health.set(name, _SERVING)
+        await self._set_all(_SERVING)
         return self.port
 
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first, then let in-flight RPCs finish for ``grace`` seconds."""
+        self._stopping = True
+        if self._holding is not None:
+            self._holding.cancel()
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
 
