@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -345,3 +346,51 @@ def test_ensure_app_key_creates_once_with_private_mode(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="not a PEM"):
         load_app_public_key(b"junk")
+
+
+def _links(header: str) -> dict[str, str]:
+    """``Link`` as GitHub writes it, parsed strictly (what go-github and Octokit read)."""
+    links = {}
+    for part in header.split(", "):
+        match = re.fullmatch(r'<([^>]+)>; rel="([a-z]+)"', part)
+        assert match is not None, part
+        links[match[2]] = match[1]
+    return links
+
+
+async def test_app_installations_are_listed_in_pages_linked_like_githubs(
+    gh, clock, emulator
+) -> None:
+    for login in ("org-a", "org-b", "org-c"):
+        emulator.add_owner(login)
+    auth = await _jwt(clock)
+    # A client that follows rel="next" from the first page sees every installation once.
+    url, pages, seen = "/app/installations?per_page=2", [], []
+    while url:
+        resp = await gh.get(url, headers=auth)
+        assert resp.status_code == 200
+        pages.append(_links(resp.headers.get("link", "")) if "link" in resp.headers else {})
+        seen += [(i["id"], i["account"]["login"]) for i in resp.json()]
+        url = pages[-1].get("next", "")
+    assert [login for _, login in seen] == ["octo-org", "octo-user", "org-a", "org-b", "org-c"]
+    assert [i for i, _ in seen] == sorted(i for i, _ in seen)
+    assert len(pages) == 3
+    base = f"{emulator.url}/app/installations?per_page=2"
+    assert pages[0] == {"next": f"{base}&page=2", "last": f"{base}&page=3"}
+    assert pages[1] == {
+        "prev": f"{base}&page=1",
+        "next": f"{base}&page=3",
+        "last": f"{base}&page=3",
+        "first": f"{base}&page=1",
+    }
+    assert pages[2] == {"prev": f"{base}&page=2", "first": f"{base}&page=1"}
+
+    one = await gh.get(f"/app/installations/{ORG_ID}", headers=auth)
+    assert one.json()["account"]["login"] == "octo-org"
+    # GitHub's defaults where the paging values are not numbers; an App JWT is required.
+    junk = await gh.get("/app/installations?per_page=x&page=-1", headers=auth)
+    assert len(junk.json()) == 5
+    assert "link" not in junk.headers
+    assert (await gh.get("/app/installations")).status_code == 401
+    token = await _mint(gh, clock, {})
+    assert (await gh.get("/app/installations", headers=_tok(token))).status_code != 200

@@ -5,7 +5,8 @@ codes, so policies can be tried without a real GitHub App:
 
 * App JWT authentication (RS256 against the app's public key; ``iat``/``exp``
   bounds, at most 10 minutes apart; ``iss`` = app id) -> 401 otherwise.
-* ``GET /app``, ``GET /orgs/{o}/installation``, ``GET /users/{o}/installation``.
+* ``GET /app``, ``GET /app/installations`` (paginated with ``Link``), ``GET
+  /app/installations/{id}``, ``GET /orgs/{o}/installation``, ``GET /users/{o}/installation``.
 * ``POST /app/installations/{id}/access_tokens`` with permission and repository
   checks (422 beyond the installation); tokens ``ghs_...`` valid 1 hour.
 * ``GET /repos/{o}/{r}/contents/{path}`` (JSON+base64 or raw media types,

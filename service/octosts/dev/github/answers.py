@@ -79,14 +79,26 @@ def iso(ts: float) -> str:
 def paginated(items: Sequence[object], query: str, url: str) -> tuple[list[object], dict[str, str]]:
     """One page of ``items`` for ``?per_page=&page=`` (30 by default, at most 100) and its headers.
 
-    ``url`` is the absolute URL of the list; a ``Link: <...>; rel="next"`` header points at the next
-    page while there is one, as GitHub's does.
+    ``url`` is the absolute URL of the list. The ``Link`` header names the ``prev``, ``next``,
+    ``last`` and ``first`` pages where there are such, as GitHub's does; values that are not
+    numbers are ignored (the defaults apply), as GitHub ignores them.
     """
     params = urllib.parse.parse_qs(query)
-    per_page = min(max(int(params.get("per_page", ["30"])[0] or 30), 1), 100)
-    page = max(int(params.get("page", ["1"])[0] or 1), 1)
+    per_page = min(max(_number(params, "per_page", 30), 1), 100)
+    page = max(_number(params, "page", 1), 1)
     chunk = list(items[(page - 1) * per_page : page * per_page])
-    headers = {}
-    if page * per_page < len(items):
-        headers["link"] = f'<{url}?per_page={per_page}&page={page + 1}>; rel="next"'
-    return chunk, headers
+    last = max((len(items) + per_page - 1) // per_page, 1)
+    rels = []
+    if page > 1:
+        rels.append(("prev", min(page - 1, last)))
+    if page < last:
+        rels += [("next", page + 1), ("last", last)]
+    if page > 1:
+        rels.append(("first", 1))
+    links = [f'<{url}?per_page={per_page}&page={n}>; rel="{rel}"' for rel, n in rels]
+    return chunk, ({"link": ", ".join(links)} if links else {})
+
+
+def _number(params: Mapping[str, list[str]], name: str, default: int) -> int:
+    value = params.get(name, [""])[0]
+    return int(value) if value.isdecimal() and len(value) < 10 else default

@@ -8,6 +8,7 @@ from octosts.dev.github.answers import (
     iso,
     json_answer,
     not_found,
+    paginated,
     parse_json_object,
 )
 from octosts.dev.github.auth import covers
@@ -34,6 +35,19 @@ def get_org_installation(ctx: Context, req: Request) -> Answer:
 
 def get_user_installation(ctx: Context, req: Request) -> Answer:
     return _installation(ctx, req.params["owner"], orgs_only=False)
+
+
+def list_installations(ctx: Context, req: Request) -> Answer:
+    """Every installation of the app, by id, paged with ``Link`` (what go-github's
+    ``Apps.ListInstallations`` walks, as the original Octo STS does to find an owner's)."""
+    everything = [installation_json(ctx.app, owner) for owner in ctx.repos.owners()]
+    chunk, headers = paginated(everything, req.query, f"{ctx.base_url()}/app/installations")
+    return json_answer(200, chunk, headers)
+
+
+def get_installation(ctx: Context, req: Request) -> Answer:
+    owner = installation_owner(ctx, req.params["installation_id"])
+    return json_answer(200, installation_json(ctx.app, owner))
 
 
 def installation_owner(ctx: Context, raw_id: str) -> Owner:
@@ -87,5 +101,7 @@ ROUTES: tuple[Route, ...] = (
     route("GET", "/app", "app", get_app),
     route("GET", "/orgs/{owner}/installation", "app", get_org_installation),
     route("GET", "/users/{owner}/installation", "app", get_user_installation),
+    route("GET", "/app/installations", "app", list_installations),
+    route("GET", "/app/installations/{installation_id}", "app", get_installation),
     route("POST", "/app/installations/{installation_id}/access_tokens", "app", create_access_token),
 )
