@@ -3,6 +3,9 @@
 - octo-sts's GitHub Action: ``GET /sts/exchange?scope=..&identity=..`` with a bearer token, reads
   ``.token`` from the JSON, nothing else (no Accept header, the slash in the scope left as is);
 - gRPC callers using the ``chainguard.platform.oidc.SecurityTokenService`` names, with ``aud``;
+- form POSTs (chainguard.dev/sdk's HTTP/1 downgrade exchanger): the answer is exactly a
+  ``RawToken`` in JSON, errors the usual ``{"code", "message"}`` bodies (the SDK itself:
+  test_chainguard_sdk_live.py);
 - the FAQ's shell shapes: ``curl ... | jq -r .access_token``, ``.token_type == "Bearer"``,
   ``.expires_in`` a JSON number;
 - the Terraform ``external`` data source pattern (``clients/terraform/octo-sts-token.sh``).
@@ -19,6 +22,9 @@ import os
 import shutil
 import ssl
 import subprocess
+import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -108,20 +114,13 @@ def test_chainguard_grpc_names_with_and_without_aud(stack: DevStack) -> None:
     assert github_status(stack, custom.token) == 200
 
 
-@pytest.mark.parametrize(
-    ("aud", "code"),
-    [
-        (["somewhere-else"], grpc.StatusCode.PERMISSION_DENIED),  # not in the token's aud
-        (["a", "b"], grpc.StatusCode.INVALID_ARGUMENT),  # one audience at most
-    ],
-)
-def test_chainguard_grpc_aud_refusals(
-    stack: DevStack, aud: list[str], code: grpc.StatusCode
-) -> None:
+@pytest.mark.parametrize("aud", [["somewhere-else"], ["a", "b"], [""], [IDENTITY]])
+def test_chainguard_grpc_aud_is_not_a_demand(stack: DevStack, aud: list[str]) -> None:
+    # As in the original: `aud` is logged, never checked; the policy's audience rule applies.
     request = oidc_pb2.ExchangeRequest(aud=aud, scope=SCOPE, identity=IDENTITY)
-    with pytest.raises(grpc.RpcError) as refused:
-        chainguard_call(stack, request, allowed_token(stack))
-    assert refused.value.code() == code  # type: ignore[attr-defined]
+    reply = chainguard_call(stack, request, allowed_token(stack))
+    assert github_status(stack, reply.token) == 200
+    assert reply.expiry.seconds > time.time()
 
 
 def test_chainguard_grpc_denied(stack: DevStack) -> None:
@@ -129,6 +128,102 @@ def test_chainguard_grpc_denied(stack: DevStack) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         chainguard_call(stack, request, denied_token(stack))
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+
+
+# -- form POSTs (chainguard.dev/sdk's HTTP/1 downgrade exchanger) ----------------------------
+
+
+def form_post(stack: DevStack, fields: list[tuple[str, str]], oidc: str | None) -> Any:
+    """POST /sts/exchange as the SDK sends it: HTTP/1.1, a form body, a bearer header."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if oidc is not None:
+        headers["Authorization"] = f"Bearer {oidc}"
+    body = urllib.parse.urlencode(fields).encode()
+    request = urllib.request.Request(
+        f"{stack.gateway_url}/sts/exchange", data=body, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, context=tls(stack), timeout=15) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read(64 * 1024))
+    except urllib.error.HTTPError as refused:
+        return refused.code, dict(refused.headers), json.loads(refused.read(64 * 1024))
+
+
+SDK_FORM = [
+    ("aud", "octo-sts.local"),
+    ("cap", "a"),
+    ("cap", "b"),
+    ("identity", IDENTITY),
+    ("scope", SCOPE),
+    ("scopes", SCOPE),
+]
+
+
+def test_form_post_answers_exactly_a_raw_token(stack: DevStack) -> None:
+    status, headers, body = form_post(stack, SDK_FORM, allowed_token(stack))
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    # protojson.Unmarshal in the SDK refuses unknown fields: nothing but RawToken's.
+    assert set(body) <= {"token", "refresh_token", "expiry"}
+    assert body["refresh_token"] == ""
+    assert body["expiry"].endswith("Z")
+    assert not any(name.startswith("grpc-") for name in map(str.lower, headers))
+    assert github_status(stack, body["token"]) == 200
+
+
+@pytest.mark.parametrize(
+    ("fields", "oidc", "status", "code"),
+    [
+        # A repeated singular field is ambiguous: refused, in a form body as in a query.
+        ([*SDK_FORM, ("identity", "other")], "allowed", 400, 3),
+        ([*SDK_FORM, ("scopes", "octo-org/other")], "allowed", 400, 3),
+        ([("identity", "nope"), ("scope", SCOPE)], "allowed", 403, 7),
+        (SDK_FORM, "denied", 403, 7),
+        (SDK_FORM, None, 401, 16),
+    ],
+)
+def test_form_post_errors_are_json_code_and_message(
+    stack: DevStack, fields: list[tuple[str, str]], oidc: str | None, status: int, code: int
+) -> None:
+    token = {"allowed": allowed_token(stack), "denied": denied_token(stack), None: None}[oidc]
+    got, headers, body = form_post(stack, fields, token)
+    assert (got, body["code"]) == (status, code)
+    assert isinstance(body["message"], str)
+    assert headers["content-type"] == "application/json"
+    assert token is None or token not in json.dumps(body)
+
+
+def test_get_and_json_post_keep_the_rich_answer(stack: DevStack) -> None:
+    oidc = allowed_token(stack)
+    # The action's shape, with `scopes` repeating `scope`.
+    url = f"{stack.gateway_url}/sts/exchange?scope={SCOPE}&scopes={SCOPE}&identity={IDENTITY}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {oidc}"})
+    with urllib.request.urlopen(request, context=tls(stack), timeout=15) as resp:
+        got = json.loads(resp.read(64 * 1024))
+    posted = urllib.request.Request(
+        f"{stack.gateway_url}/sts/exchange",
+        data=json.dumps({"scope": SCOPE, "identity": IDENTITY}).encode(),
+        headers={"Authorization": f"Bearer {oidc}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(posted, context=tls(stack), timeout=15) as resp:
+        got_posted = json.loads(resp.read(64 * 1024))
+    for body in (got, got_posted):
+        assert {"token", "access_token", "token_type", "expires_in", "expires_at"} <= set(body)
+        assert github_status(stack, body["token"]) == 200
+
+
+def test_get_with_a_different_scopes_is_400(stack: DevStack) -> None:
+    url = (
+        f"{stack.gateway_url}/sts/exchange?scope={SCOPE}&scopes=octo-org/other&identity={IDENTITY}"
+    )
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {allowed_token(stack)}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=tls(stack), timeout=15)
+    assert refused.value.code == 400
+    assert "ambiguous_scope" in json.loads(refused.value.read(64 * 1024))["message"]
 
 
 # -- FAQ shapes: curl | jq -------------------------------------------------------------------

@@ -5,16 +5,19 @@
 // source: chainguard/platform/oidc/oidc.proto
 
 // Wire-compatible declaration of the public Octo STS / Chainguard
-// `chainguard.platform.oidc.SecurityTokenService` interface, so that
-// existing gRPC clients work unchanged. Field names and numbers follow the
-// published interface; the HTTP bindings are served by `octosts.v1`
-// instead (same paths), so none are declared here.
+// `chainguard.platform.oidc.SecurityTokenService` interface (as in
+// chainguard.dev/sdk's proto/platform/oidc/v1), so that existing gRPC clients
+// work unchanged. Field names and numbers follow the published interface.
+// Its HTTP bindings are served by `octosts.v1` (GET and JSON POST, same paths)
+// and `octosts.gateway.v1` (form POSTs), so none are declared here.
+// docs/compatibility.md says how each field is read.
 
 package chainguardoidc
 
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -29,16 +32,22 @@ const (
 
 type ExchangeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Audiences; the first one, if any, is the audience the token must carry.
-	Aud      []string `protobuf:"bytes,1,rep,name=aud,proto3" json:"aud,omitempty"`
-	Scope    string   `protobuf:"bytes,2,opt,name=scope,proto3" json:"scope,omitempty"`
-	Identity string   `protobuf:"bytes,4,opt,name=identity,proto3" json:"identity,omitempty"`
+	// Not a demand on the OIDC token, as in the original Octo STS: logged,
+	// never verified (the trust policy's audience rule applies). Use
+	// octosts.v1's `audience` to ask for a specific audience.
+	Aud []string `protobuf:"bytes,1,rep,name=aud,proto3" json:"aud,omitempty"`
+	// Superseded by `scopes`; read when `scopes` is empty.
+	Scope    string `protobuf:"bytes,2,opt,name=scope,proto3" json:"scope,omitempty"`
+	Identity string `protobuf:"bytes,4,opt,name=identity,proto3" json:"identity,omitempty"`
 	// Unused by Octo STS; accepted for wire compatibility.
 	Cap []string `protobuf:"bytes,5,rep,name=cap,proto3" json:"cap,omitempty"`
 	// Unused by Octo STS; accepted for wire compatibility.
 	IdentityProvider string `protobuf:"bytes,7,opt,name=identity_provider,json=identityProvider,proto3" json:"identity_provider,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The scope is `scopes[0]`. Several different values, or a `scope` that
+	// differs from it, are refused (INVALID_ARGUMENT): one token has one scope.
+	Scopes        []string `protobuf:"bytes,8,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExchangeRequest) Reset() {
@@ -106,10 +115,20 @@ func (x *ExchangeRequest) GetIdentityProvider() string {
 	return ""
 }
 
+func (x *ExchangeRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
 type RawToken struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	RefreshToken  string                 `protobuf:"bytes,2,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Always empty: GitHub installation tokens cannot be refreshed.
+	RefreshToken string `protobuf:"bytes,2,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	// When the token expires.
+	Expiry        *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expiry,proto3" json:"expiry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -158,20 +177,29 @@ func (x *RawToken) GetRefreshToken() string {
 	return ""
 }
 
+func (x *RawToken) GetExpiry() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expiry
+	}
+	return nil
+}
+
 var File_chainguard_platform_oidc_oidc_proto protoreflect.FileDescriptor
 
 const file_chainguard_platform_oidc_oidc_proto_rawDesc = "" +
 	"\n" +
-	"#chainguard/platform/oidc/oidc.proto\x12\x18chainguard.platform.oidc\"\xc1\x01\n" +
+	"#chainguard/platform/oidc/oidc.proto\x12\x18chainguard.platform.oidc\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x01\n" +
 	"\x0fExchangeRequest\x12\x10\n" +
 	"\x03aud\x18\x01 \x03(\tR\x03aud\x12\x14\n" +
 	"\x05scope\x18\x02 \x01(\tR\x05scope\x12\x1a\n" +
 	"\bidentity\x18\x04 \x01(\tR\bidentity\x12\x10\n" +
 	"\x03cap\x18\x05 \x03(\tR\x03cap\x12+\n" +
-	"\x11identity_provider\x18\a \x01(\tR\x10identityProviderJ\x04\b\x03\x10\x04J\x04\b\x06\x10\aR\aclusterR\x16include_upstream_token\"E\n" +
+	"\x11identity_provider\x18\a \x01(\tR\x10identityProvider\x12\x16\n" +
+	"\x06scopes\x18\b \x03(\tR\x06scopesJ\x04\b\x03\x10\x04J\x04\b\x06\x10\aR\aclusterR\x16include_upstream_token\"y\n" +
 	"\bRawToken\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12#\n" +
-	"\rrefresh_token\x18\x02 \x01(\tR\frefreshToken2q\n" +
+	"\rrefresh_token\x18\x02 \x01(\tR\frefreshToken\x122\n" +
+	"\x06expiry\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x06expiry2q\n" +
 	"\x14SecurityTokenService\x12Y\n" +
 	"\bExchange\x12).chainguard.platform.oidc.ExchangeRequest\x1a\".chainguard.platform.oidc.RawTokenBNZLgithub.com/octo-sts/octo-sts-python/clients/go/chainguardoidc;chainguardoidcb\x06proto3"
 
@@ -189,17 +217,19 @@ func file_chainguard_platform_oidc_oidc_proto_rawDescGZIP() []byte {
 
 var file_chainguard_platform_oidc_oidc_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_chainguard_platform_oidc_oidc_proto_goTypes = []any{
-	(*ExchangeRequest)(nil), // 0: chainguard.platform.oidc.ExchangeRequest
-	(*RawToken)(nil),        // 1: chainguard.platform.oidc.RawToken
+	(*ExchangeRequest)(nil),       // 0: chainguard.platform.oidc.ExchangeRequest
+	(*RawToken)(nil),              // 1: chainguard.platform.oidc.RawToken
+	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
 }
 var file_chainguard_platform_oidc_oidc_proto_depIdxs = []int32{
-	0, // 0: chainguard.platform.oidc.SecurityTokenService.Exchange:input_type -> chainguard.platform.oidc.ExchangeRequest
-	1, // 1: chainguard.platform.oidc.SecurityTokenService.Exchange:output_type -> chainguard.platform.oidc.RawToken
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	2, // 0: chainguard.platform.oidc.RawToken.expiry:type_name -> google.protobuf.Timestamp
+	0, // 1: chainguard.platform.oidc.SecurityTokenService.Exchange:input_type -> chainguard.platform.oidc.ExchangeRequest
+	1, // 2: chainguard.platform.oidc.SecurityTokenService.Exchange:output_type -> chainguard.platform.oidc.RawToken
+	2, // [2:3] is the sub-list for method output_type
+	1, // [1:2] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_chainguard_platform_oidc_oidc_proto_init() }

@@ -5,10 +5,12 @@
 // source: chainguard/platform/oidc/oidc.proto
 
 // Wire-compatible declaration of the public Octo STS / Chainguard
-// `chainguard.platform.oidc.SecurityTokenService` interface, so that
-// existing gRPC clients work unchanged. Field names and numbers follow the
-// published interface; the HTTP bindings are served by `octosts.v1`
-// instead (same paths), so none are declared here.
+// `chainguard.platform.oidc.SecurityTokenService` interface (as in
+// chainguard.dev/sdk's proto/platform/oidc/v1), so that existing gRPC clients
+// work unchanged. Field names and numbers follow the published interface.
+// Its HTTP bindings are served by `octosts.v1` (GET and JSON POST, same paths)
+// and `octosts.gateway.v1` (form POSTs), so none are declared here.
+// docs/compatibility.md says how each field is read.
 
 package chainguardoidc
 

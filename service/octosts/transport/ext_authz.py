@@ -20,7 +20,7 @@ UNAVAILABLE and otherwise turns into 503 through ``status_on_error``):
 token missing / malformed / not trusted    401     ``www-authenticate: Bearer``
 issuer unreachable (IssuerUnavailable...)  RPC     UNAVAILABLE -> Envoy asks another
                                                    replica, else 503 + Retry-After
-a query parameter given twice              400     ambiguous request: refused, not guessed
+an ambiguous query (``transport/compat``)  400     refused, not guessed
 unknown or missing ``mode``                403     an Envoy config error; fail closed
 verifier bug (anything else)               RPC     INTERNAL -> Envoy answers 503
 =========================================  ======  =============================
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,10 +45,10 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
-from octosts._gen.octosts.v1 import sts_pb2
-from octosts.domain.errors import InvalidRequest, PermissionDenied, StsError, TokenClaimsInvalid
+from octosts.domain.errors import PermissionDenied, StsError, TokenClaimsInvalid
 from octosts.domain.ports import TokenVerifier
 from octosts.domain.tokens import MAX_TOKEN_BYTES, VerifiedToken
+from octosts.transport.compat import check_query
 from octosts.transport.errors import UNKNOWN_AUTHZ_MODE, Denial, denial, failure
 from octosts.transport.metadata import bearer_from_values
 from octosts.transport.request_id import REQUEST_ID_HEADER, is_request_id
@@ -123,37 +122,6 @@ def _allowed(verified: VerifiedToken, headers: Mapping[str, list[str]]) -> Any:
     )
 
 
-# The request fields the JSON gateway fills from the query string (octosts.v1.ExchangeRequest).
-# Others are ignored by the transcoder (ignore_unknown_query_parameters), so repeating them is
-# harmless; repeating one of these would leave the transcoder to pick a value.
-EXCHANGE_FIELDS = frozenset(f.name for f in sts_pb2.ExchangeRequest.DESCRIPTOR.fields)
-
-
-def reject_repeated_parameters(path: str) -> None:
-    """Refuse a query string naming an Exchange field twice (``?scope=a&scope=b``).
-
-    Which value the transcoder would pick is an implementation detail; an
-    ambiguous request is refused instead (HTTP parameter pollution).
-    Raises InvalidRequest naming the parameter (or for a query that is not UTF-8).
-    """
-    _, _, query = path.partition("?")
-    if not query:
-        return
-    try:
-        pairs = urllib.parse.parse_qsl(
-            query.partition("#")[0], keep_blank_values=True, errors="strict"
-        )
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("query string is not valid UTF-8", reason="bad_query") from exc
-    seen: set[str] = set()
-    for name, _ in pairs:
-        if name in EXCHANGE_FIELDS and name in seen:
-            raise InvalidRequest(
-                f"query parameter {name!r} given more than once", reason="repeated_parameter"
-            )
-        seen.add(name)
-
-
 def _ignore_decision(decision: str, reason: str) -> None:
     pass
 
@@ -193,7 +161,7 @@ class AuthorizationServicer:
         log = _log.bind(request_id=request_id, authz_mode=mode)
         try:
             handler = self._handler(mode, log)
-            reject_repeated_parameters(http.path)
+            check_query(http.path)
             response = await handler(headers)
         except StsError as exc:
             refused = denial(exc)

@@ -1,4 +1,4 @@
-"""gRPC servicers: ``octosts.v1`` and the chainguard-compatible service.
+"""gRPC servicers: ``octosts.v1``, the chainguard-compatible service and its form binding.
 
 Each method is request proto -> domain call -> response proto; conversions
 are the named functions below, and every failure goes through the one error
@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
+import structlog
+from google.api import httpbody_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from octosts._gen.chainguard.platform.oidc import oidc_pb2, oidc_pb2_grpc
+from octosts._gen.octosts.gateway.v1 import form_pb2_grpc
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.domain.errors import InvalidRequest, StsError
 from octosts.domain.exchange import (
@@ -24,6 +28,7 @@ from octosts.domain.exchange import (
     ExchangeRequest,
     ExchangeResult,
 )
+from octosts.transport.compat import exchange_request_from_form, logged_audiences, scope_of
 from octosts.transport.errors import Failure, failure
 from octosts.transport.metadata import bearer_token, request_id, user_agent
 from octosts.transport.request_id import REQUEST_ID_HEADER
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
 SERVICE_NAMES = (
     "octosts.v1.SecurityTokenService",
     "chainguard.platform.oidc.SecurityTokenService",
+    "octosts.gateway.v1.FormExchangeService",
 )
 
 
@@ -52,15 +58,19 @@ class _Handler:
         scope: str,
         identity: str,
         audience: str | None,
+        scopes: Sequence[str] = (),
     ) -> ExchangeResult:
+        """``scopes``: the chainguard API's repeated scope, read with ``scope`` by ``scope_of``."""
         started = time.perf_counter()
         metadata = tuple(context.invocation_metadata() or ())
         rid = request_id(metadata)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         attempt = ExchangeAttempt()
-        request = ExchangeRequest(bearer="", scope=scope, identity=identity, audience=audience)
+        named = scope or next(iter(scopes), "")
+        request = ExchangeRequest(bearer="", scope=named, identity=identity, audience=audience)
         error: BaseException | None = None
         try:
+            scope = scope_of(scope, scopes)
             request = ExchangeRequest(bearer_token(metadata), scope, identity, audience)
             return await self._exchanger.exchange(request, attempt)
         except asyncio.CancelledError as exc:  # client gone, deadline: recorded, then let through
@@ -111,11 +121,8 @@ def to_response(result: ExchangeResult, now: float) -> sts_pb2.ExchangeResponse:
     )
 
 
-def chainguard_audience(request: oidc_pb2.ExchangeRequest) -> str | None:
-    """The chainguard API carries a list of audiences; we honour at most one."""
-    if len(request.aud) > 1:
-        raise InvalidRequest("at most one aud value is supported")
-    return request.aud[0] if request.aud else None
+def to_raw_token(result: ExchangeResult) -> oidc_pb2.RawToken:
+    return oidc_pb2.RawToken(token=result.token.token, expiry=expires_at_proto(result))
 
 
 class StsServicer(sts_pb2_grpc.SecurityTokenServiceServicer):
@@ -139,28 +146,60 @@ class StsServicer(sts_pb2_grpc.SecurityTokenServiceServicer):
 
 
 class ChainguardStsServicer(oidc_pb2_grpc.SecurityTokenServiceServicer):
-    """``chainguard.platform.oidc.SecurityTokenService``: what existing clients call."""
+    """``chainguard.platform.oidc.SecurityTokenService``: what existing clients call.
+
+    Read as the original reads it (``transport/compat``): the scope is
+    ``scopes[0]`` or ``scope``; ``aud`` is logged with the exchange
+    (``requested_aud``), never verified; ``cap`` and ``identity_provider`` are
+    ignored.
+    """
 
     def __init__(self, exchanger: Exchanger, reporter: ExchangeReporter, *, verbose: bool) -> None:
         self._handler = _Handler(exchanger, reporter, verbose=verbose)
-        self._verbose = verbose
 
     async def Exchange(  # noqa: N802 - gRPC method name
         self, request: oidc_pb2.ExchangeRequest, context: grpc.aio.ServicerContext
     ) -> oidc_pb2.RawToken:
+        return await self.exchange(
+            "chainguard.platform.oidc.SecurityTokenService/Exchange", request, context
+        )
+
+    async def exchange(
+        self, rpc: str, request: oidc_pb2.ExchangeRequest, context: grpc.aio.ServicerContext
+    ) -> oidc_pb2.RawToken:
+        with structlog.contextvars.bound_contextvars(requested_aud=logged_audiences(request.aud)):
+            result = await self._handler.run(
+                rpc, context, request.scope, request.identity, None, request.scopes
+            )
+        return to_raw_token(result)
+
+
+class FormExchangeServicer(form_pb2_grpc.FormExchangeServiceServicer):
+    """``octosts.gateway.v1.FormExchangeService``: Envoy's target for form POSTs.
+
+    The form's fields are those of the chainguard ExchangeRequest
+    (``transport/compat``), and so is the answer: a RawToken, which the
+    gateway renders as the JSON the SDK decodes. A body that is not such a
+    form is INVALID_ARGUMENT before any exchange starts (like a JSON body the
+    transcoder cannot parse).
+    """
+
+    def __init__(self, chainguard: ChainguardStsServicer, *, verbose: bool) -> None:
+        self._chainguard = chainguard
+        self._verbose = verbose
+
+    async def Exchange(  # noqa: N802 - gRPC method name
+        self, request: httpbody_pb2.HttpBody, context: grpc.aio.ServicerContext
+    ) -> oidc_pb2.RawToken:
         try:
-            audience = chainguard_audience(request)
+            fields = exchange_request_from_form(request.data, request.content_type)
         except InvalidRequest as exc:
             rid = request_id(tuple(context.invocation_metadata() or ()))
             await abort(context, failure(exc, rid, verbose=self._verbose))
-        result = await self._handler.run(
-            "chainguard.platform.oidc.SecurityTokenService/Exchange",
-            context,
-            request.scope,
-            request.identity,
-            audience,
+            raise AssertionError("unreachable: abort raises") from exc  # pragma: no cover
+        return await self._chainguard.exchange(
+            "octosts.gateway.v1.FormExchangeService/Exchange", fields, context
         )
-        return oidc_pb2.RawToken(token=result.token.token)
 
 
 def add_to_server(
@@ -169,6 +208,10 @@ def add_to_server(
     sts_pb2_grpc.add_SecurityTokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
         StsServicer(exchanger, reporter, verbose=verbose), server
     )
+    chainguard = ChainguardStsServicer(exchanger, reporter, verbose=verbose)
     oidc_pb2_grpc.add_SecurityTokenServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        ChainguardStsServicer(exchanger, reporter, verbose=verbose), server
+        chainguard, server
+    )
+    form_pb2_grpc.add_FormExchangeServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        FormExchangeServicer(chainguard, verbose=verbose), server
     )

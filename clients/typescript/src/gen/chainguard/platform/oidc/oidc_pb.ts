@@ -3,33 +3,41 @@
 /* eslint-disable */
 
 // Wire-compatible declaration of the public Octo STS / Chainguard
-// `chainguard.platform.oidc.SecurityTokenService` interface, so that
-// existing gRPC clients work unchanged. Field names and numbers follow the
-// published interface; the HTTP bindings are served by `octosts.v1`
-// instead (same paths), so none are declared here.
+// `chainguard.platform.oidc.SecurityTokenService` interface (as in
+// chainguard.dev/sdk's proto/platform/oidc/v1), so that existing gRPC clients
+// work unchanged. Field names and numbers follow the published interface.
+// Its HTTP bindings are served by `octosts.v1` (GET and JSON POST, same paths)
+// and `octosts.gateway.v1` (form POSTs), so none are declared here.
+// docs/compatibility.md says how each field is read.
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file chainguard/platform/oidc/oidc.proto.
  */
 export const file_chainguard_platform_oidc_oidc: GenFile = /*@__PURE__*/
-  fileDesc("CiNjaGFpbmd1YXJkL3BsYXRmb3JtL29pZGMvb2lkYy5wcm90bxIYY2hhaW5ndWFyZC5wbGF0Zm9ybS5vaWRjIpQBCg9FeGNoYW5nZVJlcXVlc3QSCwoDYXVkGAEgAygJEg0KBXNjb3BlGAIgASgJEhAKCGlkZW50aXR5GAQgASgJEgsKA2NhcBgFIAMoCRIZChFpZGVudGl0eV9wcm92aWRlchgHIAEoCUoECAMQBEoECAYQB1IHY2x1c3RlclIWaW5jbHVkZV91cHN0cmVhbV90b2tlbiIwCghSYXdUb2tlbhINCgV0b2tlbhgBIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAIgASgJMnEKFFNlY3VyaXR5VG9rZW5TZXJ2aWNlElkKCEV4Y2hhbmdlEikuY2hhaW5ndWFyZC5wbGF0Zm9ybS5vaWRjLkV4Y2hhbmdlUmVxdWVzdBoiLmNoYWluZ3VhcmQucGxhdGZvcm0ub2lkYy5SYXdUb2tlbkJOWkxnaXRodWIuY29tL29jdG8tc3RzL29jdG8tc3RzLXB5dGhvbi9jbGllbnRzL2dvL2NoYWluZ3VhcmRvaWRjO2NoYWluZ3VhcmRvaWRjYgZwcm90bzM");
+  fileDesc("CiNjaGFpbmd1YXJkL3BsYXRmb3JtL29pZGMvb2lkYy5wcm90bxIYY2hhaW5ndWFyZC5wbGF0Zm9ybS5vaWRjIqQBCg9FeGNoYW5nZVJlcXVlc3QSCwoDYXVkGAEgAygJEg0KBXNjb3BlGAIgASgJEhAKCGlkZW50aXR5GAQgASgJEgsKA2NhcBgFIAMoCRIZChFpZGVudGl0eV9wcm92aWRlchgHIAEoCRIOCgZzY29wZXMYCCADKAlKBAgDEARKBAgGEAdSB2NsdXN0ZXJSFmluY2x1ZGVfdXBzdHJlYW1fdG9rZW4iXAoIUmF3VG9rZW4SDQoFdG9rZW4YASABKAkSFQoNcmVmcmVzaF90b2tlbhgCIAEoCRIqCgZleHBpcnkYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMnEKFFNlY3VyaXR5VG9rZW5TZXJ2aWNlElkKCEV4Y2hhbmdlEikuY2hhaW5ndWFyZC5wbGF0Zm9ybS5vaWRjLkV4Y2hhbmdlUmVxdWVzdBoiLmNoYWluZ3VhcmQucGxhdGZvcm0ub2lkYy5SYXdUb2tlbkJOWkxnaXRodWIuY29tL29jdG8tc3RzL29jdG8tc3RzLXB5dGhvbi9jbGllbnRzL2dvL2NoYWluZ3VhcmRvaWRjO2NoYWluZ3VhcmRvaWRjYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message chainguard.platform.oidc.ExchangeRequest
  */
 export type ExchangeRequest = Message<"chainguard.platform.oidc.ExchangeRequest"> & {
   /**
-   * Audiences; the first one, if any, is the audience the token must carry.
+   * Not a demand on the OIDC token, as in the original Octo STS: logged,
+   * never verified (the trust policy's audience rule applies). Use
+   * octosts.v1's `audience` to ask for a specific audience.
    *
    * @generated from field: repeated string aud = 1;
    */
   aud: string[];
 
   /**
+   * Superseded by `scopes`; read when `scopes` is empty.
+   *
    * @generated from field: string scope = 2;
    */
   scope: string;
@@ -52,6 +60,14 @@ export type ExchangeRequest = Message<"chainguard.platform.oidc.ExchangeRequest"
    * @generated from field: string identity_provider = 7;
    */
   identityProvider: string;
+
+  /**
+   * The scope is `scopes[0]`. Several different values, or a `scope` that
+   * differs from it, are refused (INVALID_ARGUMENT): one token has one scope.
+   *
+   * @generated from field: repeated string scopes = 8;
+   */
+  scopes: string[];
 };
 
 /**
@@ -71,9 +87,18 @@ export type RawToken = Message<"chainguard.platform.oidc.RawToken"> & {
   token: string;
 
   /**
+   * Always empty: GitHub installation tokens cannot be refreshed.
+   *
    * @generated from field: string refresh_token = 2;
    */
   refreshToken: string;
+
+  /**
+   * When the token expires.
+   *
+   * @generated from field: google.protobuf.Timestamp expiry = 3;
+   */
+  expiry?: Timestamp | undefined;
 };
 
 /**
