@@ -43,6 +43,8 @@ test-py: install system-deps client-deps ## Python tests (unit, integration with
 
 client-deps: ## Go modules and Node packages the live client tests use
 	cd clients/go && go mod download
+	@# The real chainguard.dev/sdk (tests/e2e/test_chainguard_sdk_live.py): compiled here, once.
+	cd tests/e2e/chainguard_sdk && go mod download && go test -count=1 -run '^$$' . >/dev/null
 	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
 
 test-go: client-deps ## Go client tests
