@@ -57,11 +57,20 @@ def tls(stack: DevStack) -> ssl.SSLContext:
 # -- octo-sts's GitHub Action ----------------------------------------------------------------
 
 
-def test_octo_sts_action_request_works_unchanged(stack: DevStack) -> None:
-    # The action builds the URL by string concatenation: the scope's slash is not escaped.
-    url = f"{stack.gateway_url}/sts/exchange?scope={SCOPE}&identity={IDENTITY}"
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"scope={SCOPE}&identity={IDENTITY}",
+        # Newer releases also send `scopes`, repeating `scope`.
+        f"scope={SCOPE}&scopes={SCOPE}&identity={IDENTITY}",
+    ],
+)
+def test_octo_sts_action_request_works_unchanged(stack: DevStack, query: str) -> None:
+    # The action builds the URL by string concatenation: the scope's slash is not escaped. Its
+    # OIDC token is requested with the STS domain as the audience.
+    url = f"{stack.gateway_url}/sts/exchange?{query}"
     request = urllib.request.Request(
-        url, headers={"Authorization": f"Bearer {allowed_token(stack)}"}
+        url, headers={"Authorization": f"Bearer {allowed_token(stack, aud=stack.domain)}"}
     )
     with urllib.request.urlopen(request, context=tls(stack), timeout=15) as resp:
         assert resp.status == 200
@@ -195,8 +204,7 @@ def test_form_post_errors_are_json_code_and_message(
 
 def test_get_and_json_post_keep_the_rich_answer(stack: DevStack) -> None:
     oidc = allowed_token(stack)
-    # The action's shape, with `scopes` repeating `scope`.
-    url = f"{stack.gateway_url}/sts/exchange?scope={SCOPE}&scopes={SCOPE}&identity={IDENTITY}"
+    url = f"{stack.gateway_url}/sts/exchange?scope={SCOPE}&identity={IDENTITY}"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {oidc}"})
     with urllib.request.urlopen(request, context=tls(stack), timeout=15) as resp:
         got = json.loads(resp.read(64 * 1024))
