@@ -60,7 +60,7 @@ def test_all_problems_are_reported_at_once() -> None:
         "GITHUB_BASE_URL: https is required",
         "OCTOSTS_GRPC_ADDR: expected HOST:PORT",
         "OCTOSTS_VERBOSE_ERRORS",
-        "OCTOSTS_ISSUER_PATTERNS: pattern '(unclosed': invalid RE2 pattern",
+        'OCTOSTS_ISSUER_PATTERNS: pattern "(unclosed": invalid RE2 pattern',
         "OCTOSTS_INSECURE_ISSUERS: 'not a url': issuer URL rejected",
         "OCTOSTS_ISSUER_ALLOWLIST: 'http://issuer.example': issuer URL rejected",
     ):
@@ -120,7 +120,7 @@ def test_unsafe_deployment_pattern_is_refused_at_load_like_the_org_file() -> Non
     with pytest.raises(SettingsError) as info:
         load({**BASE, "OCTOSTS_ISSUER_PATTERNS": unsafe})
     assert (
-        f"OCTOSTS_ISSUER_PATTERNS: pattern {unsafe!r} may match '/' other than as a fixed literal"
+        f"OCTOSTS_ISSUER_PATTERNS: pattern \"{unsafe}\" may match '/' other than as a fixed literal"
         in str(info.value)
     )
     with pytest.raises(PolicyInvalid, match="may match '/'"):

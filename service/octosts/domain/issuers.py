@@ -32,7 +32,7 @@ from typing import Literal
 from octosts.domain.errors import IssuerRejected, PolicyInvalid, PolicyProblem
 from octosts.domain.policy import Pattern, compile_pattern
 from octosts.domain.slash_guard import check_pattern_guard
-from octosts.domain.text import show
+from octosts.domain.text import show, show_pattern
 from octosts.domain.tokens import parse_issuer_url
 
 IssuersMode = Literal["enforce", "audit"]
@@ -128,7 +128,7 @@ def compile_issuer_pattern(source: str) -> Pattern:
     try:
         compiled = compile_pattern(source)
     except ValueError as exc:
-        raise ValueError(f"pattern {show(source, 80)}: {exc}") from None
+        raise ValueError(f"pattern {show_pattern(source)}: {exc}") from None
     check_pattern_guard(source)
     return compiled
 

@@ -18,3 +18,11 @@ def clip(text: str, limit: int = SHOWN) -> str:
 def show(text: str, limit: int = SHOWN) -> str:
     """``text`` clipped and quoted, in printable ASCII: anything else is escaped (``\\x1b``)."""
     return ascii(clip(text, limit))
+
+
+def show_pattern(pattern: str, limit: int = 80) -> str:
+    """A regex as written, in double quotes: backslashes stay single (``show`` would double
+    them, and a copied pattern would be wrong); anything outside printable ASCII is escaped."""
+    return (
+        '"' + "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in clip(pattern, limit)) + '"'
+    )
