@@ -235,6 +235,26 @@ def test_lint_issuers_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert f"{bad}:2: issuer_patterns[0]: pattern" in capsys.readouterr().out
 
 
+def test_lint_issuers_http(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Loopback http:// issuers are valid (as in octo-sts); others need the switch offline."""
+    loopback = write(
+        tmp_path / "trusted-token-issuers.yaml",
+        "issuers: [http://localhost, 'http://127.0.0.1:5556/dex', 'http://[::1]:8080']\n",
+    )
+    assert main(["policy", "lint", str(loopback)]) == 0
+    internal = write(tmp_path / "i.yaml", "issuers: ['http://issuer.internal:8080']\n")
+    assert main(["policy", "lint", "--kind", "issuers", str(internal)]) == 1
+    out = capsys.readouterr().out
+    assert f"{internal}:1: issuers[0]: 'http://issuer.internal:8080'" in out
+    assert "OCTOSTS_INSECURE_ISSUERS" in out
+    argv = ["policy", "lint", "--kind", "issuers", "--allow-insecure-issuer", str(internal)]
+    assert main(argv) == 0
+    # The switch is about http:// only: every other rule still applies.
+    both = write(tmp_path / "b.yaml", "issuers: ['http://issuer.internal/a/../b']\n")
+    assert main([*argv[:-1], str(both)]) == 1
+    assert "'..'" in capsys.readouterr().out
+
+
 def test_lint_unreadable_and_garbage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     garbage = tmp_path / "g.sts.yaml"
     garbage.write_bytes(b"\x00\xff\x00")

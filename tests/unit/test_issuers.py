@@ -9,7 +9,6 @@ from octosts.domain.errors import PolicyInvalid
 from octosts.domain.issuers import (
     NO_RESTRICTION,
     AllowlistInvalid,
-    EntryProblem,
     IssuerAllowlist,
     TrustedIssuers,
     compile_allowlist,
@@ -99,13 +98,47 @@ def test_limits_on_entry_counts() -> None:
 
 
 def test_insecure_issuer_only_when_the_operator_allows_it() -> None:
-    with pytest.raises(PolicyInvalid):
-        compile_trusted_issuers({"issuers": ["http://127.0.0.1:8000"]})
+    with pytest.raises(PolicyInvalid, match="OCTOSTS_INSECURE_ISSUERS"):
+        compile_trusted_issuers({"issuers": ["http://issuer.internal:8000"]})
     ok = compile_trusted_issuers(
-        {"issuers": ["http://127.0.0.1:8000"]},
-        insecure_issuers=frozenset({"http://127.0.0.1:8000"}),
+        {"issuers": ["http://issuer.internal:8000"]},
+        insecure_issuers=frozenset({"http://issuer.internal:8000"}),
     )
-    assert ok.allows("http://127.0.0.1:8000")
+    assert ok.allows("http://issuer.internal:8000")
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["http://localhost", "http://127.0.0.1", "http://127.0.0.1:5556/dex", "http://[::1]:8080"],
+)
+def test_org_file_accepts_loopback_http_issuers_as_the_original_does(issuer: str) -> None:
+    assert compile_trusted_issuers({"issuers": [issuer]}).allows(issuer)
+    # The deployment's own allowlist still needs OCTOSTS_INSECURE_ISSUERS.
+    with pytest.raises(AllowlistInvalid, match="scheme must be https"):
+        compile_allowlist([issuer], [])
+
+
+@pytest.mark.parametrize(
+    "issuer", ["http://localhost.evil.example", "http://127.0.0.2", "http://LOCALHOST"]
+)
+def test_org_file_refuses_other_http_issuers(issuer: str) -> None:
+    with pytest.raises(PolicyInvalid):
+        compile_trusted_issuers({"issuers": [issuer]})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mode:\nissuers: [https://a.example]\n",
+        "mode: ''\nissuers: [https://a.example]\n",
+        "issuers:\nissuer_patterns: ['https://a\\.example']\n",
+    ],
+)
+def test_fields_left_empty_are_unset(text: str) -> None:
+    """``mode:`` and ``issuers:`` with no value read as absent, as the original reads them."""
+    trusted = parse_trusted_issuers(text)
+    assert trusted.mode == "enforce"
+    assert trusted.allows("https://a.example")
 
 
 def test_judge_issuer_modes() -> None:
@@ -137,8 +170,9 @@ def test_allowlist_reports_every_bad_entry_naming_it() -> None:
         ("issuer_patterns", 1),
         ("issuer_patterns", 2),
     ]
-    assert problems[0] == EntryProblem(
-        "issuers", 1, "'http://a.example': issuer URL rejected: scheme must be https"
+    assert problems[0].message.startswith(
+        "'http://a.example': issuer URL rejected: scheme must be https (http:// only for issuers "
+        "the deployment lists in OCTOSTS_INSECURE_ISSUERS"
     )
     assert "'https://A.example'" in problems[1].message
     assert 'pattern "(unclosed": invalid RE2 pattern' in problems[2].message

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from octosts.adapters.policy_yaml import (
     MAX_POLICY_BYTES,
+    load_document,
     parse_trust_policy,
     parse_trusted_issuers,
 )
@@ -74,9 +75,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=f"Kind by default: {ISSUERS_FILE_NAME} -> issuers; "
         f"<dir named {DEFAULT_ORG_POLICY_REPO}>/{POLICY_DIR}/*.yaml "
         "(the org policy repository) -> org; "
-        "anything else -> trust. Exit 0 all valid, 1 any invalid, 2 unreadable file.",
+        "anything else -> trust. Exit 0 all valid, 1 any invalid or unreadable.",
     )
     lint_parser.add_argument("--kind", choices=("trust", "org", "issuers"))
+    lint_parser.add_argument(
+        "--allow-insecure-issuer",
+        action="store_true",
+        help="issuers files: accept any http:// issuer, as a deployment listing it in "
+        "OCTOSTS_INSECURE_ISSUERS does (loopback http:// issuers are accepted without it)",
+    )
     lint_parser.add_argument("files", nargs="+", metavar="FILE")
     lint_parser.set_defaults(func=_run_lint)
 
@@ -120,7 +127,7 @@ def _run_lint(args: argparse.Namespace) -> int:
     for name in args.files:
         kind = _lint_kind(name, args.kind)
         try:
-            _lint_one(name, kind)
+            _lint_one(name, kind, allow_insecure=args.allow_insecure_issuer)
         except InputError as exc:
             # A file that cannot be read is not a valid policy: one problem line, exit 1
             # (the lint contract has two outcomes, so CI scripts need not special-case it).
@@ -133,13 +140,26 @@ def _run_lint(args: argparse.Namespace) -> int:
     return EXIT_DENIED if invalid else EXIT_ALLOWED
 
 
-def _lint_one(name: str, kind: str) -> None:
+def _lint_one(name: str, kind: str, *, allow_insecure: bool) -> None:
     """Raises InputError (unreadable, unsupported) or PolicyInvalid."""
     if kind == "issuers":
         data = read_limited(name, MAX_POLICY_BYTES, what="policy", overflow_error=False)
-        parse_trusted_issuers(data)
+        insecure = _http_issuers(data) if allow_insecure else frozenset()
+        parse_trusted_issuers(data, insecure_issuers=insecure)
         return
     _load_policy(name, "org" if kind == "org" else "repo")
+
+
+def _http_issuers(data: bytes) -> frozenset[str]:
+    """The file's ``http://`` issuers: what a deployment allowing them would list."""
+    try:
+        document = load_document(data)
+    except PolicyInvalid:
+        return frozenset()  # the real parse reports it
+    issuers = document.data.get("issuers") if isinstance(document.data, dict) else None
+    if not isinstance(issuers, list):
+        return frozenset()
+    return frozenset(i for i in issuers if isinstance(i, str) and i.startswith("http://"))
 
 
 def _lint_kind(name: str, explicit: str | None) -> str:

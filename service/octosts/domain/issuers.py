@@ -86,15 +86,21 @@ def compile_allowlist(
     patterns: Sequence[str],
     *,
     insecure_issuers: frozenset[str] = frozenset(),
+    loopback_http: bool = False,
 ) -> IssuerAllowlist:
     """Validate and compile allowlist entries (both levels of issuer trust).
 
     An issuer may be plain ``http://`` only when it is one of the operator's
-    ``insecure_issuers``. Raises AllowlistInvalid listing every bad entry.
+    ``insecure_issuers``, or, with ``loopback_http`` (an organization's file,
+    as the original accepts it), when its host is loopback: such an entry is
+    inert unless the deployment also lists the issuer in ``insecure_issuers``,
+    since the token verifier refuses every other ``http://`` issuer first.
+    Raises AllowlistInvalid listing every bad entry.
     """
     problems: list[EntryProblem] = []
     for index, issuer in enumerate(issuers):
-        problem = issuer_entry_problem(issuer, allow_insecure=issuer in insecure_issuers)
+        allow_http = issuer in insecure_issuers or (loopback_http and is_loopback_http(issuer))
+        problem = issuer_entry_problem(issuer, allow_insecure=allow_http)
         if problem is not None:
             problems.append(EntryProblem("issuers", index, problem))
     compiled: list[Pattern] = []
@@ -113,11 +119,30 @@ def issuer_entry_problem(issuer: str, *, allow_insecure: bool) -> str | None:
     try:
         url = parse_issuer_url(issuer, allow_insecure=allow_insecure)
     except IssuerRejected as exc:
-        return f"{show(issuer, 80)}: {exc.detail or 'issuer URL rejected'}"
+        hint = _HTTP_HINT if issuer.startswith("http://") and not allow_insecure else ""
+        return f"{show(issuer, 80)}: {exc.detail or 'issuer URL rejected'}{hint}"
     # Entries are compared with a token's iss as exact strings: keep them canonical.
     if url.scheme != url.scheme.lower() or url.host != url.host.lower():
         return f"{show(issuer, 80)}: issuer URL rejected: scheme and host must be lowercase"
     return None
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_HTTP_HINT = (
+    " (http:// only for issuers the deployment lists in OCTOSTS_INSECURE_ISSUERS; in an "
+    "organization's file also for localhost, 127.0.0.1 and [::1])"
+)
+
+
+def is_loopback_http(issuer: str) -> bool:
+    """``http://localhost``, ``http://127.0.0.1`` or ``http://[::1]`` (any port and path)."""
+    if not issuer.startswith("http://"):
+        return False
+    try:
+        url = parse_issuer_url(issuer, allow_insecure=True)
+    except IssuerRejected:
+        return False
+    return url.host in LOOPBACK_HOSTS
 
 
 def compile_issuer_pattern(source: str) -> Pattern:
@@ -182,7 +207,9 @@ def compile_trusted_issuers(
     """Validate a parsed trusted-token-issuers document.
 
     ``insecure_issuers`` are ``http://`` issuers the operator allowed (local
-    development); every other issuer must be ``https``.
+    development); every other issuer must be ``https`` or loopback ``http``
+    (``http://localhost``, ``http://127.0.0.1``, ``http://[::1]``, as the
+    original accepts them; see ``compile_allowlist``).
 
     Raises PolicyInvalid listing every problem (field and line).
     """
@@ -205,10 +232,11 @@ class _Compiler:
         for key in data:
             if key not in FIELDS:
                 self.problem(str(key)[:60], f"unknown field (allowed: {', '.join(FIELDS)})")
-        mode = self.mode(data.get("mode", "enforce"))
-        issuers = self.entries("issuers", data.get("issuers", []), MAX_ISSUERS)
+        # A field left empty (``mode:``, ``issuers:``) is unset, as the original reads it.
+        mode = self.mode(data.get("mode") or "enforce")
+        issuers = self.entries("issuers", data.get("issuers") or [], MAX_ISSUERS)
         patterns = self.entries(
-            "issuer_patterns", data.get("issuer_patterns", []), MAX_ISSUER_PATTERNS
+            "issuer_patterns", data.get("issuer_patterns") or [], MAX_ISSUER_PATTERNS
         )
         if not issuers and not patterns and not self.problems:
             self.problem("", "list at least one entry in issuers or issuer_patterns")
@@ -218,6 +246,7 @@ class _Compiler:
                 [item for _, item in issuers],
                 [item for _, item in patterns],
                 insecure_issuers=self.insecure,
+                loopback_http=True,
             )
         except AllowlistInvalid as exc:
             paths = {"issuers": issuers, "issuer_patterns": patterns}
