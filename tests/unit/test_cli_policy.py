@@ -255,6 +255,20 @@ def test_lint_issuers_http(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "'..'" in capsys.readouterr().out
 
 
+def test_lint_missing_permissions_says_why_and_what_to_add(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = write(tmp_path / "p.sts.yaml", POLICY.replace("permissions:\n  contents: read\n", ""))
+    empty = write(tmp_path / "e.sts.yaml", POLICY.replace("\n  contents: read", " {}"))
+    assert main(["policy", "lint", str(policy), str(empty)]) == 1
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith(f"{policy}: permissions: is required: without permissions GitHub")
+    assert second.startswith(f"{empty}:5: permissions: must name at least one permission")
+    for line in (first, second):
+        assert "every permission the App installation holds" in line
+        assert "'permissions: {contents: read}'" in line
+
+
 def test_lint_unreadable_and_garbage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     garbage = tmp_path / "g.sts.yaml"
     garbage.write_bytes(b"\x00\xff\x00")

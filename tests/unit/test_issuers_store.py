@@ -198,3 +198,29 @@ async def test_invalid_file_rejects_the_exchange() -> None:
     with pytest.raises(PolicyInvalid):
         await ex.exchange(REQUEST)
     assert github.minted == []
+
+
+async def test_an_invalid_file_is_logged_with_the_org_the_pattern_and_the_effect(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Never a silent lock-out: the log names the org, each bad pattern as written and why."""
+    store, github, clock = make()
+    await store.trusted_issuers(7, "octo-org")
+    github.files[KEY] = b"issuer_patterns: ['https://a\\.example\\.com/.*']\n"
+    clock.advance(301)
+    await store.trusted_issuers(7, "octo-org")  # the last valid file is served
+    served = capsys.readouterr().out
+    clock.advance(3600)
+    with pytest.raises(PolicyInvalid):
+        await store.trusted_issuers(7, "octo-org")
+    refused = capsys.readouterr().out
+    for out, effect in (
+        (served, "serving the last valid file"),
+        (refused, "refusing every exchange into this organization"),
+    ):
+        assert "trusted_issuers_invalid" in out
+        assert "octo-org" in out
+        assert ISSUERS_FILE in out
+        assert "https://a\\\\.example\\\\.com/.*" in out  # JSON-escaped in the log line
+        assert "other than as a fixed literal" in out
+        assert effect in out

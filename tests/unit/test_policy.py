@@ -101,7 +101,7 @@ def test_org_policy_repositories() -> None:
         (base(claim_pattern={"": "x"}), "claim_pattern", "non-empty"),
         (base(claim_pattern={"ref": "(a"}), "claim_pattern.ref", "invalid RE2"),
         (base(permissions={}), "permissions", "at least one"),
-        (base(permissions=None), "permissions", "mapping"),
+        (base(permissions=None), "permissions", "at least one"),
         (base(permissions=["contents"]), "permissions", "mapping"),
         (base(permissions={"contnts": "read"}), "permissions.contnts", "did you mean 'contents'"),
         (base(permissions={"contents": "admin"}), "permissions.contents", "read|write"),

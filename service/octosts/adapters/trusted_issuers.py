@@ -162,9 +162,9 @@ class TrustedIssuersStore:
                 stage.annotate("revalidated", value=True)
                 answer = previous
                 if previous.invalid is not None:  # the fallback may have run out
-                    answer = self._fallback(previous.invalid, previous.etag, previous, stage)
+                    answer = self._fallback(owner, previous.invalid, previous.etag, previous, stage)
             else:
-                answer = self._parse(read.content or b"", read.etag, previous, stage)
+                answer = self._parse(owner, read.content or b"", read.etag, previous, stage)
         self._cache.set(
             key, answer, ttl=self._config.fresh_seconds, stale_for=self._config.stale_seconds
         )
@@ -178,24 +178,40 @@ class TrustedIssuersStore:
         return previous.last_good, previous.last_good_at
 
     def _parse(
-        self, content: bytes, etag: str | None, previous: _Answer | None, stage: Stage
+        self, owner: str, content: bytes, etag: str | None, previous: _Answer | None, stage: Stage
     ) -> _Answer:
         try:
             trusted = parse_trusted_issuers(content, insecure_issuers=self._insecure)
         except PolicyInvalid as exc:
-            _log.warning(
-                "trusted_issuers_invalid", problems=[p.render()[:200] for p in exc.problems[:10]]
-            )
-            return self._fallback(exc, etag, previous, stage)
+            return self._fallback(owner, exc, etag, previous, stage)
         stage.annotate("outcome", "valid")
         return _Answer(trusted, None, etag, trusted, self._clock.now())
 
     def _fallback(
-        self, invalid: PolicyInvalid, etag: str | None, previous: _Answer | None, stage: Stage
+        self,
+        owner: str,
+        invalid: PolicyInvalid,
+        etag: str | None,
+        previous: _Answer | None,
+        stage: Stage,
     ) -> _Answer:
-        """The answer for an invalid file: last known good while it lasts, else reject."""
+        """The answer for an invalid file: last known good while it lasts, else reject.
+
+        Logged on every read that finds the file invalid, with each problem (the
+        pattern or issuer and why) and what it does to the org's exchanges.
+        """
         stage.annotate("outcome", "invalid")
         last_good, last_good_at = self._last_good(previous)
+        _log.warning(
+            INVALID_REASON,
+            owner=owner,
+            repo=self._repo,
+            path=ISSUERS_FILE,
+            problems=[p.render()[:300] for p in invalid.problems[:10]],
+            effect="serving the last valid file"
+            if last_good is not None
+            else "refusing every exchange into this organization",
+        )
         if last_good is not None:
             stage.annotate("stale", value=True)
             return _Answer(last_good, None, etag, last_good, last_good_at, invalid)

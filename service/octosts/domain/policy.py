@@ -42,6 +42,14 @@ MAX_PATTERN = 4096
 MAX_CLAIM_PATTERNS = 64
 MAX_REPOSITORIES = 500
 
+# Why a policy without permissions is refused, and the fix (lint, check run, service log).
+PERMISSIONS_WHY = (
+    "without permissions GitHub would grant the token every permission the App "
+    "installation holds (octo-sts allows that; this service refuses it). List only what "
+    "the workload needs, e.g. 'permissions: {contents: read}' or 'permissions: "
+    "{contents: write, pull_requests: write}'"
+)
+
 REPO_FIELDS = (
     "issuer",
     "issuer_pattern",
@@ -243,13 +251,14 @@ class _Compiler:
         if "permissions" not in data:
             # Deliberately required: an installation token requested without
             # permissions carries everything the installation holds.
-            self.problem("permissions", "is required (at least one permission)")
+            self.problem("permissions", f"is required: {PERMISSIONS_WHY}")
+            return MappingProxyType(result)
+        if value is None or (isinstance(value, Mapping) and not value):  # {} or left empty
+            self.problem("permissions", f"must name at least one permission: {PERMISSIONS_WHY}")
             return MappingProxyType(result)
         if not isinstance(value, Mapping):
             self.problem("permissions", f"must be a mapping, not {_type_name(value)}")
             return MappingProxyType(result)
-        if not value:
-            self.problem("permissions", "must name at least one permission")
         for name, level in value.items():
             if not isinstance(name, str):
                 self.problem("permissions", "permission names must be strings")

@@ -59,6 +59,17 @@ class CheckOutcome:
     annotations: tuple[dict[str, object], ...]
 
 
+# What an invalid issuers file does once it is on the default branch: said in the check
+# run, so an organization is never locked out without being told.
+ISSUERS_EFFECT = (
+    f"**`{ISSUERS_FILE}` is invalid.** Once this reaches the default branch of the "
+    "organization policy repository, every token exchange into the organization is refused "
+    "(`PERMISSION_DENIED`, reason `trusted_issuers_invalid`) as soon as the last valid copy "
+    "the service holds expires (`OCTOSTS_ISSUERS_STALE_SECONDS`, default one hour). "
+    "Fix the entries below; each names the pattern or issuer and the reason."
+)
+
+
 def check_outcome(checked: list[str], problems: list[FileProblem]) -> CheckOutcome:
     """The check run for ``checked`` files with ``problems`` among them."""
     if not problems:
@@ -67,13 +78,15 @@ def check_outcome(checked: list[str], problems: list[FileProblem]) -> CheckOutco
     lines = [
         f"- `{p.path}`" + (f" line {p.line}" if p.line else "") + f": {p.message}" for p in problems
     ]
+    if any(p.path == ISSUERS_FILE for p in problems):
+        lines = [ISSUERS_EFFECT, "", *lines]
     annotations = tuple(
         {
             "path": p.path,
             "start_line": p.line or 1,
             "end_line": p.line or 1,
             "annotation_level": "failure",
-            "title": "Invalid trust policy",
+            "title": _annotation_title(p.path),
             "message": p.message,
         }
         for p in problems[:MAX_ANNOTATIONS]
@@ -81,6 +94,12 @@ def check_outcome(checked: list[str], problems: list[FileProblem]) -> CheckOutco
     bad = len({p.path for p in problems})
     title = f"{len(problems)} problem(s) in {bad} policy file(s)"
     return CheckOutcome("failure", title, "\n".join(lines)[:60000], annotations)
+
+
+def _annotation_title(path: str) -> str:
+    if path == ISSUERS_FILE:
+        return "Invalid trusted token issuers file: exchanges into the organization will be refused"
+    return "Invalid trust policy"
 
 
 def incomplete_outcome(error: str) -> CheckOutcome:
