@@ -48,6 +48,26 @@ async def test_pattern_entries_full_match(backends: tuple[DevIssuer, GitHubEmula
         assert (await stack.exchange()).token.startswith("ghs_")
 
 
+async def test_an_alternation_octo_sts_accepts_does_not_lock_the_org_out(
+    backends: tuple[DevIssuer, GitHubEmulator],
+) -> None:
+    """Was 403 trusted_issuers_invalid for every exchange: the '/' sit in the common prefix."""
+    _issuer, github = backends
+    put(github, "issuer_patterns: ['http://127\\.0\\.0\\.1:[0-9]+|http://localhost:[0-9]+']\n")
+    async with running(*backends, verbose_errors=True) as stack:
+        assert (await stack.exchange()).token.startswith("ghs_")
+
+
+async def test_loopback_http_entries_are_valid_in_the_org_file(
+    backends: tuple[DevIssuer, GitHubEmulator],
+) -> None:
+    """octo-sts accepts http://localhost entries; the file is valid here too (not a lock-out)."""
+    issuer, github = backends
+    put(github, f"issuers: ['http://localhost:9', 'http://[::1]:9', '{issuer.url}']\n")
+    async with running(*backends, verbose_errors=True) as stack:
+        assert (await stack.exchange()).token.startswith("ghs_")
+
+
 async def test_audit_mode_allows_and_counts(backends: tuple[DevIssuer, GitHubEmulator]) -> None:
     _issuer, github = backends
     put(github, "mode: audit\nissuers: [https://token.actions.githubusercontent.com]\n")

@@ -196,7 +196,22 @@ async def test_issuers_file_in_the_policy_repo_is_validated(stack: Stack) -> Non
         lambda: stack.github.check_runs("octo-org", ".github", head), "check run"
     )
     assert runs[0]["conclusion"] == "failure"
-    assert runs[0]["output"]["annotations"][0]["start_line"] == 2
+    [annotation] = runs[0]["output"]["annotations"]
+    assert annotation["start_line"] == 2
+    assert 'pattern "https://.*" may match' in annotation["message"]
+    # What the file will do once merged is said, not left to be found out.
+    assert "every token exchange into the organization is refused" in runs[0]["output"]["summary"]
+
+
+async def test_issuers_alternation_octo_sts_accepts_passes_the_check(stack: Stack) -> None:
+    text = "issuer_patterns:\n  - 'https://a\\.example\\.com|https://b\\.example\\.com'\n"
+    _number, head = stack.github.open_pull_request(
+        "octo-org", ".github", {".github/chainguard/trusted-token-issuers.yaml": text}
+    )
+    runs = await eventually(
+        lambda: stack.github.check_runs("octo-org", ".github", head), "check run"
+    )
+    assert runs[0]["conclusion"] == "success"
 
 
 async def test_deleted_policy_stops_the_next_exchange_at_once(stack: Stack) -> None:
