@@ -1,0 +1,3 @@
+module octosts.test/slashguard
+
+go 1.22
