@@ -643,10 +643,39 @@ def _factor(subs: list[_Node]) -> list[_Node]:
     """Go's four rounds over the branches of one alternation, in order."""
     if len(subs) < 2:
         return subs
-    subs = _factor_strings(subs)
-    subs = _factor_leading(subs)
+    # 1: adjacent branches that begin with a common string (same flags) share it;
+    subs = _factor_runs(subs, _leading_string, _common_string, _drop_string)
+    # 2: those that begin with an equal one-character piece (or {n} of one) share it;
+    subs = _factor_runs(subs, _leading_piece, _same_piece, _drop_piece)
+    # 3: runs of one-character branches become one class; 4: runs of empty ones, one.
     subs = _runs(subs, _is_char, _merge_chars)
     return _runs(subs, lambda n: isinstance(n, _Empty), lambda run: run[0])
+
+
+def _factor_runs(
+    subs: list[_Node],
+    lead: Callable[[_Node], _Node | None],
+    shared: Callable[[_Node, _Node], _Node | None],
+    drop: Callable[[_Node, _Node], _Node],
+) -> list[_Node]:
+    """Each maximal run of adjacent branches whose leads share a part: ``part(rest|rest...)``."""
+    out: list[_Node] = []
+    start = 0
+    common: _Node | None = None
+    for i in range(len(subs) + 1):
+        current = lead(subs[i]) if i < len(subs) else None
+        if common is not None and current is not None:
+            joined = shared(common, current)
+            if joined is not None:
+                common = joined
+                continue
+        if i - start > 1 and common is not None:
+            rest = [drop(sub, common) for sub in subs[start:i]]
+            out.append(_Seq((common, _collapse(rest))))
+        elif i - start == 1:
+            out.append(subs[start])
+        start, common = i, current
+    return out
 
 
 def _runs(
@@ -672,41 +701,23 @@ def _leading_string(node: _Node) -> _Lit | None:
     return first if isinstance(first, _Lit) else None
 
 
-def _factor_strings(subs: list[_Node]) -> list[_Node]:
-    """Round 1: adjacent branches that begin with a common string (same flags) share it."""
-    out: list[_Node] = []
-    start = 0
-    common: _Lit | None = None
-    for i in range(len(subs) + 1):
-        lead = _leading_string(subs[i]) if i < len(subs) else None
-        if lead is not None and common is not None and lead.fold == common.fold:
-            same = _common_length(common.chars, lead.chars)
-            if same:
-                common = _Lit(common.chars[:same], common.fold, common.pos[:same])
-                continue
-        if i - start > 1 and common is not None:
-            rest = [_drop_string(sub, len(common.chars)) for sub in subs[start:i]]
-            out.append(_Seq((common, _collapse(rest))))
-        elif i - start == 1:
-            out.append(subs[start])
-        start, common = i, lead
-    return out
-
-
-def _common_length(a: str, b: str) -> int:
+def _common_string(common: _Node, lead: _Node) -> _Lit | None:
+    if not (isinstance(common, _Lit) and isinstance(lead, _Lit)) or lead.fold != common.fold:
+        return None
     same = 0
-    while same < min(len(a), len(b)) and a[same] == b[same]:
+    while same < min(len(common.chars), len(lead.chars)) and common.chars[same] == lead.chars[same]:
         same += 1
-    return same
+    return _Lit(common.chars[:same], common.fold, common.pos[:same]) if same else None
 
 
-def _drop_string(node: _Node, count: int) -> _Node:
+def _drop_string(node: _Node, prefix: _Node) -> _Node:
     if isinstance(node, _Seq) and node.items:
-        first = _drop_string(node.items[0], count)
+        first = _drop_string(node.items[0], prefix)
         if isinstance(first, _Empty):
             return _rest(node.items[1:])
         return _Seq((first, *node.items[1:]))
-    if isinstance(node, _Lit):
+    if isinstance(node, _Lit) and isinstance(prefix, _Lit):
+        count = len(prefix.chars)
         left = node.chars[count:]
         return _Lit(left, node.fold, node.pos[count:]) if left else _EMPTY
     return node
@@ -726,33 +737,17 @@ def _leading_piece(node: _Node) -> _Node | None:
     return node
 
 
-def _drop_piece(node: _Node) -> _Node:
+def _same_piece(first: _Node, piece: _Node) -> _Node | None:
+    """``first`` when ``piece`` equals it and it is one character wide (or ``{n}`` of one)."""
+    if first != piece:
+        return None
+    if isinstance(first, _Repeat):
+        return first if first.low == first.high and _is_char(first.item) else None
+    return first if _is_char(first) else None
+
+
+def _drop_piece(node: _Node, _piece: _Node) -> _Node:
     return _rest(node.items[1:]) if isinstance(node, _Seq) else _EMPTY
-
-
-def _factorable(piece: _Node) -> bool:
-    """Round 2 factors a one-character piece, or a fixed repeat ``{n}`` of one."""
-    if isinstance(piece, _Repeat):
-        return piece.low == piece.high and _is_char(piece.item)
-    return _is_char(piece)
-
-
-def _factor_leading(subs: list[_Node]) -> list[_Node]:
-    """Round 2: adjacent branches that begin with an equal one-character piece share it."""
-    out: list[_Node] = []
-    start = 0
-    first: _Node | None = None
-    for i in range(len(subs) + 1):
-        piece = _leading_piece(subs[i]) if i < len(subs) else None
-        if first is not None and piece is not None and first == piece and _factorable(first):
-            continue
-        if i - start > 1 and first is not None:
-            rest = [_drop_piece(sub) for sub in subs[start:i]]
-            out.append(_Seq((first, _collapse(rest))))
-        elif i - start == 1:
-            out.append(subs[start])
-        start, first = i, piece
-    return out
 
 
 def _merge_chars(run: list[_Node]) -> _Node:
