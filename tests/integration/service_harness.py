@@ -87,10 +87,14 @@ class Stack:
 
 
 @contextmanager
-def servers(tmp_path: Path) -> Iterator[tuple[DevIssuer, GitHubEmulator]]:
+def servers(
+    tmp_path: Path, clock: FakeClock | None = None
+) -> Iterator[tuple[DevIssuer, GitHubEmulator]]:
+    """The dev issuer and the emulator (on ``clock`` when given: share it with ``running``)."""
     issuer = DevIssuer().start()
     issuer.add_key("rsa")
-    github = GitHubEmulator(app_public_key=app_key().public_key(), app_id=APP_ID).start()
+    github = GitHubEmulator(app_public_key=app_key().public_key(), app_id=APP_ID, clock=clock)
+    github.start()
     try:
         github.add_owner("octo-org")
         for repo in ("demo", "other", ".github"):
@@ -122,11 +126,11 @@ def settings_for(issuer: DevIssuer, github: GitHubEmulator, **overrides: Any) ->
 
 @asynccontextmanager
 async def running(
-    issuer: DevIssuer, github: GitHubEmulator, **overrides: Any
+    issuer: DevIssuer, github: GitHubEmulator, clock: FakeClock | None = None, **overrides: Any
 ) -> AsyncIterator[Stack]:
     import time  # noqa: PLC0415
 
-    clock = FakeClock(start=time.time())
+    clock = clock or FakeClock(start=time.time())
     app = build_app(
         settings_for(issuer, github, **overrides),
         clock=clock,

@@ -82,12 +82,16 @@ class RecordingTelemetry:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int | str]] = []
         self.rates: list[tuple[str, int]] = []
+        self.held: list[tuple[str, float]] = []
 
     def github_request(self, endpoint: str, status: int | str, seconds: float) -> None:
         self.calls.append((endpoint, status))
 
     def rate_limit_remaining(self, installation: int | str, remaining: float) -> None:
         self.rates.append((str(installation), int(remaining)))
+
+    def rate_limited_until(self, installation: int | str, until: float) -> None:
+        self.held.append((str(installation), until))
 
 
 @pytest.fixture

@@ -106,6 +106,12 @@ async def test_rate_limited_without_last_known_good_rejects_then_recovers(
         github.force_secondary_limit(path_prefix=FILE_PREFIX)
         code, _ = await status_of(stack.exchange())
         assert code == C.RESOURCE_EXHAUSTED
+        # GitHub's limit is remembered for the installation: no call until it lifts.
+        reads = github.count("GET", FILE_PREFIX)
+        code, _ = await status_of(stack.exchange())
+        assert code == C.RESOURCE_EXHAUSTED
+        assert github.count("GET", FILE_PREFIX) == reads
+        stack.clock.advance(61)
         assert (await stack.exchange()).token.startswith("ghs_")
         # now there is a last known good copy: GitHub failing after it goes stale is survivable
         stack.clock.advance(6)

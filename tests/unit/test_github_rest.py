@@ -347,6 +347,9 @@ async def test_failed_transfers_are_counted_as_error_and_unwatched_budgets_not_a
         def rate_limit_remaining(self, installation: int | str, remaining: float) -> None:
             gauge.append((installation, remaining))
 
+        def rate_limited_until(self, installation: int | str, until: float) -> None:
+            pass
+
     def github(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/down":
             raise httpx.ConnectError("refused", request=request)

@@ -71,7 +71,7 @@ async def test_unreadable_policy_repo_means_no_restriction_with_a_warning(
     assert "trusted_issuers_unreadable" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("error", [RateLimited("limit"), GitHubUnavailable("down")])
+@pytest.mark.parametrize("error", [RateLimited("limit", retry_after=60), GitHubUnavailable("down")])
 async def test_github_failure_serves_last_known_good(error: Exception) -> None:
     store, github, clock = make()
     good = await store.trusted_issuers(7, "octo-org")
@@ -83,7 +83,7 @@ async def test_github_failure_serves_last_known_good(error: Exception) -> None:
         await store.trusted_issuers(7, "octo-org")
 
 
-@pytest.mark.parametrize("error", [RateLimited("limit"), GitHubUnavailable("down")])
+@pytest.mark.parametrize("error", [RateLimited("limit", retry_after=60), GitHubUnavailable("down")])
 async def test_github_failure_without_last_known_good_rejects(error: Exception) -> None:
     store, github, _clock = make()
     github.fail_with = error

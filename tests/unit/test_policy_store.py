@@ -56,7 +56,7 @@ async def test_missing_policy_is_negatively_cached_briefly() -> None:
     assert (await store.trust_policy(7, LOC)).subject == "a"
 
 
-@pytest.mark.parametrize("error", [RateLimited("limit"), GitHubUnavailable("down")])
+@pytest.mark.parametrize("error", [RateLimited("limit", retry_after=60), GitHubUnavailable("down")])
 async def test_last_good_copy_is_served_while_github_fails(error: Exception) -> None:
     store, github, clock = make()
     await store.trust_policy(7, LOC)
@@ -70,7 +70,7 @@ async def test_last_good_copy_is_served_while_github_fails(error: Exception) -> 
 
 async def test_failure_without_a_good_copy_surfaces() -> None:
     store, github, _ = make()
-    github.fail_with = RateLimited("limit")
+    github.fail_with = RateLimited("limit", retry_after=60)
     with pytest.raises(RateLimited):
         await store.trust_policy(7, LOC)
 

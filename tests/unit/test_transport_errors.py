@@ -31,7 +31,7 @@ INVALID_TOKEN = 'Bearer error="invalid_token"'
         (errors.PolicyInvalid("x"), C.PERMISSION_DENIED),
         (errors.PolicyDenied("x"), C.PERMISSION_DENIED),
         (errors.MintRejected("x"), C.PERMISSION_DENIED),
-        (errors.RateLimited("x"), C.RESOURCE_EXHAUSTED),
+        (errors.RateLimited("x", retry_after=60), C.RESOURCE_EXHAUSTED),
         (errors.IssuerUnavailable("x"), C.UNAVAILABLE),
         (errors.GitHubUnavailable("x"), C.UNAVAILABLE),
         (errors.StsError("x"), C.INTERNAL),
@@ -164,8 +164,9 @@ TRANSCODER_HTTP = {
 }
 
 
-def readme_error_rows() -> set[tuple[str, int, str | None]]:
-    """(gRPC code, HTTP status, www-authenticate) of each row of the README's "## Errors" table."""
+def readme_error_rows() -> set[tuple[str, int, str | None, bool]]:
+    """(gRPC code, HTTP status, www-authenticate, Retry-After?) of each row of the README's
+    "## Errors" table."""
     lines = README.read_text(encoding="utf-8").splitlines()
     start = lines.index("## Errors")
     table = []
@@ -175,18 +176,20 @@ def readme_error_rows() -> set[tuple[str, int, str | None]]:
         if line.startswith("|"):
             table.append([cell.strip().strip("`") for cell in line.strip().strip("|").split("|")])
     header, separator, *body = table
-    assert header == ["Condition", "gRPC", "HTTP", "www-authenticate"]
+    assert header == ["Condition", "gRPC", "HTTP", "www-authenticate", "Retry-After"]
     assert set("".join(separator)) <= {"-", ":"}
     rows = set()
-    for _, code, http, www in body:
+    for _, code, http, www, retry_after in body:
         status = re.match(r"\d{3}\b", http)
         assert status is not None, http
-        rows.add((code, int(status.group()), www or None))
+        rows.add((code, int(status.group()), www or None, bool(retry_after)))
     return rows
 
 
 def test_readme_errors_table_is_the_transport_table() -> None:
-    ours = {(row.code.name, row.http_status, row.www_authenticate) for row in TABLE}
+    ours = {
+        (row.code.name, row.http_status, row.www_authenticate, row.retry_after) for row in TABLE
+    }
     documented = readme_error_rows()
     assert ours - documented == set(), "rows of transport/errors.py missing from the README"
     assert documented - ours == set(), "README rows that transport/errors.py does not have"
@@ -253,7 +256,7 @@ def test_edge_denials(
     "exc",
     [
         errors.PolicyDenied("x"),
-        errors.RateLimited("x"),
+        errors.RateLimited("x", retry_after=60),
         errors.StsError("x"),
         # Not the caller's fault and maybe not every replica's: Envoy retries it elsewhere.
         errors.IssuerUnavailable("timeout"),

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.github_rest import (
-    APP_BUDGET,
     APP_ERRORS,
     RAW_MEDIA,
     Budget,
@@ -157,6 +156,7 @@ class GitHubAppClient:
         self._contents_tokens: TtlCache[int, _CachedToken] = TtlCache(
             name="github_contents_tokens", maxsize=config.contents_token_cache_size, clock=clock
         )
+        self._app_budget = Budget(app_id=config.app_id)
         self._installation_flight: SingleFlight[str, int] = SingleFlight()
         self._token_flight: SingleFlight[int, _CachedToken] = SingleFlight()
         self._jwt: tuple[str, float] | None = None
@@ -204,7 +204,7 @@ class GitHubAppClient:
                     authorization=await self._app_auth(),
                     endpoint="installation_lookup",
                     what=what,
-                    budget=APP_BUDGET,
+                    budget=self._app_budget,
                 ),
                 stage,
             )
@@ -334,7 +334,7 @@ class GitHubAppClient:
                 authorization=await self._app_auth(),
                 endpoint=endpoint,
                 what=what,
-                budget=APP_BUDGET,
+                budget=self._app_budget,
                 json_body=body,
             ),
             stage,

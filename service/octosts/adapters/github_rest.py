@@ -13,7 +13,10 @@ GitHub lives here, once:
 - transport failures, timeouts, oversized or compressed answers: GitHubUnavailable;
 - statuses to domain errors (``error_for``): a rate limit (403/429) and a 5xx mean
   the same for every endpoint; the rest is the endpoint's ``ErrorMap``;
-- rate-limit detection (``rate_limit_of``) and bookkeeping per budget (``RateLimits``);
+- rate-limit detection (``rate_limit_of``) and bookkeeping per budget (``RateLimits``):
+  a limit GitHub reports is remembered for its budget (an App, or an installation)
+  until it lifts, and calls on that budget fail at once with RateLimited instead of
+  reaching GitHub (``RateLimits.hold_of``; the rules are GitHub's, see ``Hold``);
 - telemetry: ``octo_sts_github_requests_total``, its duration histogram and the
   rate-limit gauge are fed from ``send`` and nowhere else (``GitHubTelemetry``);
 - URL checks: a path, or a ``Link`` URL from an answer, is followed only on the API's
@@ -23,23 +26,20 @@ The HTTP library appears only in ``http_client`` and ``GitHubRest._transfer``.
 
 Where planned work plugs in, one place each:
 
-- remembered rate limits ([resilience]): ``send`` sees every limit hit
-  (``Response.rate_limit``, with the wait GitHub asked for) and every budget's
-  headers (``RateLimits.record``); keeping the hit until it expires in ``RateLimits``
-  and checking it at the top of ``send`` answers callers at once;
 - one retry with jitter for idempotent calls on 5xx or connection errors: a loop
   around ``_transfer`` in ``send``, within the caller's deadline;
 - a separately bounded pool wait and the pool size as a setting: ``_timeout`` and
   ``http_client``;
 - revoking orphaned tokens: ``GitHubAppClient.mint``, next to ``revoke``;
 - another HTTP library ([perf-2]): ``http_client`` and ``_transfer``;
-- several GitHub Apps ([fleet]): ``Budget`` gains the App id; ``RateLimits`` can then
-  say which App has the most quota left.
+- several GitHub Apps ([fleet]): ``Budget`` carries the App id; ``RateLimits`` can
+  say which App has the most quota left, and ``hold_of`` which ones are held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import math
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
+import structlog
 
 from octosts.adapters.http_body import BodyRefused, read_capped
 from octosts.domain.errors import GitHubUnavailable, PermissionDenied, RateLimited, StsError
@@ -59,11 +60,17 @@ from octosts.domain.errors import GitHubUnavailable, PermissionDenied, RateLimit
 if TYPE_CHECKING:
     from octosts.domain.ports import Clock, Stage
 
+_log = structlog.get_logger("octosts.github")
+
 API_VERSION = "2022-11-28"
 JSON_MEDIA = "application/vnd.github+json"
 RAW_MEDIA = "application/vnd.github.raw+json"
 # GitHub's documented wait for a secondary limit that names none.
 SECONDARY_LIMIT_WAIT = 60.0
+# The shortest hold (a reset already past by our clock) and the longest (repeated
+# secondary limits back off exponentially, up to this).
+MIN_HOLD = 1.0
+MAX_HOLD = 3600.0
 _NEXT_RE = re.compile(r'<([^>]+)>;\s*rel="next"')
 
 
@@ -135,17 +142,26 @@ def http_client(*, verify: Any = True, max_connections: int = 100) -> httpx.Asyn
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """Whose GitHub rate limit a call spends: the App's own (app JWT) or an installation's."""
+    """Whose GitHub rate limit a call spends: an App's own (app JWT) or an installation's.
+
+    An App's budget is keyed by its id ([fleet] runs several). Installation ids are
+    unique across Apps on GitHub, so an installation's budget is keyed by that id alone.
+    """
 
     installation: int | None = None
+    app_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.installation is not None:
+            object.__setattr__(self, "app_id", None)  # one key per installation
 
     @property
     def label(self) -> str:
-        """``"app"`` or the installation id: the rate-limit gauge's label."""
+        """``"app"`` or the installation id: the rate-limit gauges' label."""
         return "app" if self.installation is None else str(self.installation)
 
 
-APP_BUDGET = Budget()
+APP_BUDGET = Budget()  # the App of a one-App deployment
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +286,7 @@ def error_for(resp: Response, what: str, errors: ErrorMap = APP_ERRORS) -> StsEr
         return RateLimited(
             f"{detail} ({limit.kind} rate limit; retry after {wait} s)",
             reason=f"rate_limited_{limit.kind}",
+            retry_after=limit.retry_after,
         )
     if resp.status >= 500:
         return GitHubUnavailable(detail)
@@ -305,13 +322,38 @@ class GitHubTelemetry(Protocol):
 
     def rate_limit_remaining(self, installation: int | str, remaining: float, /) -> None: ...
 
+    def rate_limited_until(self, installation: int | str, until: float, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A rate limit GitHub reported for one budget: no call on it before ``until``.
+
+    GitHub's rules (REST docs, "Rate limits for the REST API"): a primary limit lasts
+    until ``x-ratelimit-reset``; a secondary limit for ``retry-after`` seconds, else at
+    least a minute, and for exponentially longer when it comes back right after
+    (``strikes``: secondary limits in a row, reset by the budget's next good answer).
+    """
+
+    kind: Literal["primary", "secondary"]
+    until: float
+    strikes: int = 1
+
+    def seconds_left(self, now: float) -> float:
+        return max(self.until - now, 0.0)
+
 
 class RateLimits:
-    """Last ``x-ratelimit-remaining`` per budget; bounded, least recently updated dropped."""
+    """Per budget: the last ``x-ratelimit-remaining`` and the limit in force, if any.
+
+    Bounded (``maxsize`` budgets each, least recently updated dropped). A limit is
+    remembered per process: each worker learns it from its own first refused call.
+    """
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
         self._remaining: OrderedDict[str, int] = OrderedDict()
+        self._holds: OrderedDict[Budget, Hold] = OrderedDict()
 
     def record(self, budget: Budget, headers: Mapping[str, str]) -> int | None:
         """Note an answer's remaining quota; returns it (None when the header is absent)."""
@@ -329,6 +371,58 @@ class RateLimits:
     def remaining(self) -> dict[str, int]:
         """Last remaining quota per budget label (installation id or ``"app"``); a copy."""
         return dict(self._remaining)
+
+    def hold_of(self, budget: Budget, now: float) -> Hold | None:
+        """The limit ``budget`` is under at ``now``, or None."""
+        hold = self._holds.get(budget)
+        return hold if hold is not None and hold.until > now else None
+
+    def holds(self, now: float) -> dict[Budget, Hold]:
+        """Every budget under a limit at ``now`` (health detail, tests); a copy."""
+        return {b: h for b, h in self._holds.items() if h.until > now}
+
+    def limited(self, budget: Budget, limit: RateLimit, now: float) -> Hold:
+        """Remember a limit GitHub just reported for ``budget``; returns the hold in force."""
+        previous = self._holds.get(budget)
+        if previous is not None and previous.until > now:
+            # A call sent before the hold began: the same episode, not a repeat.
+            until = now + _clamp(limit.retry_after)
+            if until <= previous.until:
+                return previous
+            hold = Hold(limit.kind, until, previous.strikes)
+        else:
+            repeat = previous is not None and previous.kind == limit.kind == "secondary"
+            strikes = previous.strikes + 1 if previous is not None and repeat else 1
+            hold = Hold(limit.kind, now + _clamp(limit.retry_after * 2 ** (strikes - 1)), strikes)
+        self._hold(budget, hold)
+        return hold
+
+    def exhausted(self, budget: Budget, headers: Mapping[str, str], now: float) -> Hold | None:
+        """A good answer that spent the last request of the budget holds it until the reset."""
+        reset = headers.get("x-ratelimit-reset", "")
+        if headers.get("x-ratelimit-remaining") != "0" or not reset.isdigit():
+            return None
+        if float(reset) <= now:
+            return None
+        hold = Hold("primary", float(reset))
+        self._hold(budget, hold)
+        return hold
+
+    def answered(self, budget: Budget, now: float) -> None:
+        """A good answer: a limit that has run out is forgotten (no more strikes)."""
+        hold = self._holds.get(budget)
+        if hold is not None and hold.until <= now:
+            del self._holds[budget]
+
+    def _hold(self, budget: Budget, hold: Hold) -> None:
+        self._holds[budget] = hold
+        self._holds.move_to_end(budget)
+        while len(self._holds) > self._maxsize:
+            self._holds.popitem(last=False)
+
+
+def _clamp(wait: float) -> float:
+    return min(max(wait, MIN_HOLD), MAX_HOLD)
 
 
 def repo_path(owner: str, repo: str) -> str:
@@ -421,11 +515,16 @@ class GitHubRest:
         """One call: checked URL, the size cap, the whole-request deadline.
 
         HTTP statuses are returned for the endpoint to judge (``error_for``); a
-        rate-limited answer carries ``rate_limit``. ``stage`` (when given) is
-        annotated with ``github.status``. Raises GitHubUnavailable for transport
-        failures, timeouts, oversized or compressed answers and URLs off the API.
+        rate-limited answer carries ``rate_limit``, with the wait the budget is now
+        held for. While GitHub's limit on the request's budget lasts, nothing is
+        sent: RateLimited at once. ``stage`` (when given) is annotated with
+        ``github.status`` (or ``github.rate_limited``). Raises RateLimited (a limit
+        in force), GitHubUnavailable for transport failures, timeouts, oversized or
+        compressed answers and URLs off the API.
         """
         url = self.url_for(request.target)
+        if request.budget is not None:
+            self._refuse_if_held(request, stage)
         started = time.perf_counter()
         try:
             resp = await self._transfer(request, url)
@@ -436,10 +535,50 @@ class GitHubRest:
         if stage is not None:
             stage.annotate("github.status", resp.status)
         if request.budget is not None:
-            remaining = self.rate_limits.record(request.budget, resp.headers)
-            if remaining is not None and self._telemetry is not None:
-                self._telemetry.rate_limit_remaining(request.budget.label, remaining)
+            resp = self._note_limits(request.budget, resp)
         return resp
+
+    def _refuse_if_held(self, request: Request, stage: Stage | None) -> None:
+        assert request.budget is not None
+        now = self._clock.now()
+        hold = self.rate_limits.hold_of(request.budget, now)
+        if hold is None:
+            return
+        if stage is not None:
+            stage.annotate("github.rate_limited", hold.kind)
+        wait = hold.seconds_left(now)
+        raise RateLimited(
+            f"GitHub {hold.kind} rate limit on {request.what} still in force"
+            f" (not sent; retry after {math.ceil(wait)} s)",
+            reason=f"rate_limited_{hold.kind}",
+            retry_after=wait,
+        )
+
+    def _note_limits(self, budget: Budget, resp: Response) -> Response:
+        """Remaining quota, and the limit the answer reports (or lifts) for ``budget``."""
+        now = self._clock.now()
+        remaining = self.rate_limits.record(budget, resp.headers)
+        if remaining is not None and self._telemetry is not None:
+            self._telemetry.rate_limit_remaining(budget.label, remaining)
+        hold: Hold | None
+        if resp.rate_limit is not None:
+            hold = self.rate_limits.limited(budget, resp.rate_limit, now)
+            _log.warning(
+                "github_rate_limited",
+                budget=budget.label,
+                kind=hold.kind,
+                retry_after=math.ceil(hold.seconds_left(now)),
+                strikes=hold.strikes,
+            )
+        else:
+            hold = self.rate_limits.exhausted(budget, resp.headers, now)
+            if hold is None:
+                self.rate_limits.answered(budget, now)
+        if hold is not None and self._telemetry is not None:
+            self._telemetry.rate_limited_until(budget.label, hold.until)
+        if resp.rate_limit is None or hold is None:
+            return resp
+        return dataclasses.replace(resp, rate_limit=RateLimit(hold.kind, hold.seconds_left(now)))
 
     def _record_call(self, endpoint: str, status: int | str, started: float) -> None:
         if self._telemetry is not None:

@@ -30,6 +30,8 @@ audit event (``observability.metrics.exchange_outcome``)::
 ``family`` is the stable name of the top-level branch (metric labels, stage
 outcomes); ``caller_fault`` says whether the caller can fix it (an exchange
 ``denied``) or the fault is ours or upstream's (``error``, what alerts watch).
+``retry_after`` (seconds), when set, is when the same call may succeed; a
+RateLimited always has one, from GitHub's headers.
 
 Each error has a stable, machine-readable ``reason`` (used in metrics, audit
 events and caller-facing messages) and a ``detail`` meant for the policy owner
@@ -51,6 +53,8 @@ class StsError(Exception):
     family: ClassVar[str] = "internal"
     caller_fault: ClassVar[bool] = False
     reason: str = "internal"
+    # Seconds after which the same call may succeed, when that is known (callers are told).
+    retry_after: float | None = None
 
     def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
         super().__init__(detail or self.reason)
@@ -144,8 +148,14 @@ class MintRejected(PermissionDenied):
 
 
 class RateLimited(StsError):
+    """GitHub refuses calls for a while: ``retry_after`` seconds, what callers are told."""
+
     family = reason = "rate_limited"
     caller_fault = False
+
+    def __init__(self, detail: str = "", *, retry_after: float, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.retry_after = retry_after
 
 
 class UpstreamUnavailable(StsError):

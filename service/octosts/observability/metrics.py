@@ -218,6 +218,14 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self.github_rate_limited_until = Gauge(
+            "octo_sts_github_rate_limited_until",
+            "Until when (Unix time) GitHub's rate limit holds calls on a budget (installation id,"
+            " or app): while it is in the future, calls on it are refused without calling GitHub.",
+            ["installation"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.ext_authz_decisions = Counter(
             "octo_sts_ext_authz_decisions",
             "ext_authz Check decisions (allow/deny) by reason.",
@@ -271,6 +279,10 @@ class Metrics:
     def rate_limit_remaining(self, installation: int | str, remaining: float) -> None:
         label = self._installation(installation)
         _child(self._g, self.github_rate_limit_remaining, label).set(remaining)
+
+    def rate_limited_until(self, installation: int | str, until: float) -> None:
+        label = self._installation(installation)
+        _child(self._g, self.github_rate_limited_until, label).set(until)
 
     def ext_authz_decision(self, decision: str, reason: str) -> None:
         reason = self._authz_reason(reason)

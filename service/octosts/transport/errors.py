@@ -7,6 +7,11 @@ Every way Octo STS answers a failure reads its row here:
   sentence, the reason code and the request id).
 - The JSON gateway: Envoy's transcoder turns the gRPC code into ``http_status``
   (the tests hold the column to the transcoder's mapping and to the README).
+- ``Retry-After``: a row with ``retry_after`` tells callers when to come back, in
+  seconds: the error's own ``retry_after`` (a GitHub rate limit's remaining wait),
+  else ``DEFAULT_RETRY_AFTER``. gRPC callers read it in the ``retry-after`` trailing
+  metadata; Envoy passes it on to HTTP callers as the ``Retry-After`` header (the
+  answer is trailers-only, so the transcoder sees it as a header).
 - The edge (ext_authz, ``denial``): a row with an ``edge`` text is a denial
   with ``http_status``, that text and ``www_authenticate``; a row without one
   is a fault there: the Check RPC fails with the row's code. Envoy retries an
@@ -24,6 +29,7 @@ detail always goes to the log and audit event.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import grpc
@@ -61,7 +67,12 @@ class Row:
     edge: str | None = None  # the edge's denial text; None: a fault at the edge
     edge_detail: bool = False  # the edge shows the detail, when there is one, instead of ``edge``
     www_authenticate: str | None = None
+    retry_after: bool = False  # answers carry Retry-After (the error's, else the default)
 
+
+# Seconds, for a row with ``retry_after`` whose error does not say how long.
+DEFAULT_RETRY_AFTER = 1
+RETRY_AFTER_HEADER = "retry-after"
 
 _C = grpc.StatusCode
 TABLE: tuple[Row, ...] = (
@@ -112,7 +123,13 @@ TABLE: tuple[Row, ...] = (
         edge="forbidden",
     ),
     Row(PermissionDenied, _C.PERMISSION_DENIED, 403, "permission denied", show_reason=False),
-    Row(RateLimited, _C.RESOURCE_EXHAUSTED, 429, "GitHub rate limit reached, retry later"),
+    Row(
+        RateLimited,
+        _C.RESOURCE_EXHAUSTED,
+        429,
+        "GitHub rate limit reached, retry later",
+        retry_after=True,
+    ),
     # A fault at the edge, not a denial: the token may well be valid and another replica
     # may have the issuer's keys cached, so Envoy retries the Check there (see the module doc).
     Row(UpstreamUnavailable, _C.UNAVAILABLE, 503, "upstream unavailable, retry later"),
@@ -141,7 +158,11 @@ class EdgeAnswer:
 # Check failed on every replica Envoy tried (issuer unreachable from all of them, the
 # service overloaded or down): 503 with Retry-After, the token may well be valid.
 EDGE_UNAVAILABLE = EdgeAnswer(
-    503, _C.UNAVAILABLE, "authz_unavailable", "cannot verify the token right now, retry later", 1
+    503,
+    _C.UNAVAILABLE,
+    "authz_unavailable",
+    "cannot verify the token right now, retry later",
+    DEFAULT_RETRY_AFTER,
 )
 
 
@@ -152,6 +173,7 @@ class Failure:
     message: str  # what the caller sees
     shown_reason: str  # the reason the caller sees (collapsed for PERMISSION_DENIED)
     request_id: str
+    retry_after: int | None = None  # whole seconds, at least 1; None: no Retry-After
 
     def status_details(self) -> bytes:
         """``grpc-status-details-bin``: a google.rpc.Status with an ErrorInfo for clients."""
@@ -199,7 +221,11 @@ def failure(exc: BaseException, request_id: str, *, verbose: bool = False) -> Fa
     message = f"{row.message} (reason: {shown_reason}, request_id: {request_id})"
     if detail and (row.show_detail or verbose):
         message = f"{message}: {detail}"
-    return Failure(row.code, reason, message, shown_reason, request_id)
+    retry_after = None
+    if row.retry_after:
+        seconds = exc.retry_after if isinstance(exc, StsError) else None
+        retry_after = DEFAULT_RETRY_AFTER if seconds is None else max(math.ceil(seconds), 1)
+    return Failure(row.code, reason, message, shown_reason, request_id, retry_after)
 
 
 def denial(exc: StsError) -> Denial | None:
