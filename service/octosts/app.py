@@ -66,6 +66,8 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("octosts")
 EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+# Health detail (docs/observability.md): NOT_SERVING while GitHub rate-limits the App.
+GITHUB_HEALTH = "octosts.github"
 
 
 def outbound_tls(settings: Settings) -> ssl.SSLContext | bool:
@@ -254,6 +256,7 @@ def build_app(
         interceptors=[ObservabilityInterceptor(metrics, tracer)],
         reuse_port=settings.workers > 1,
         readiness=readiness,
+        health_details={GITHUB_HEALTH: lambda: not github.app_rate_limited()},
     )
     return App(
         settings=settings,

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from octosts.app import GITHUB_HEALTH
 from tests.emulator import real_time_clock
 from tests.integration.service_harness import Stack, running, servers
 
@@ -110,3 +112,22 @@ async def test_one_installations_limit_does_not_hold_back_the_app(stack: Stack) 
     assert stack.app.metrics.registry.get_sample_value(
         "octo_sts_github_rate_limited_until", {"installation": "1001"}
     ) == pytest.approx(stack.clock.now() + 300 - 22, abs=1)
+
+
+async def health(stack: Stack, service: str) -> str:
+    stub = health_pb2_grpc.HealthStub(stack.channel)
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def test_health_detail_says_when_github_rate_limits_the_app(stack: Stack) -> None:
+    assert await health(stack, GITHUB_HEALTH) == "SERVING"
+    stack.github.force_secondary_limit(retry_after=30, times=1, path_prefix=MINT_PREFIX)
+    assert (await refused(stack))[0] == C.RESOURCE_EXHAUSTED
+    assert await health(stack, GITHUB_HEALTH) == "NOT_SERVING"
+    # The replica itself stays in rotation: every replica shares the App's limit.
+    assert await health(stack, "") == "SERVING"
+    assert await health(stack, "octosts.v1.SecurityTokenService") == "SERVING"
+    stack.clock.advance(31)
+    assert await health(stack, GITHUB_HEALTH) == "SERVING"
+    assert (await stack.exchange()).token

@@ -165,6 +165,11 @@ class GitHubAppClient:
     def __repr__(self) -> str:
         return f"GitHubAppClient({self._rest!r}, app_id={self._config.app_id})"
 
+    def app_rate_limited(self) -> bool:
+        """Whether GitHub rate-limits the App's own budget now (every installation lookup
+        and mint is refused until it lifts): the ``octosts.github`` health detail."""
+        return self._rest.rate_limits.hold_of(self._app_budget, self._clock.now()) is not None
+
     async def _app_auth(self) -> str:
         async with self._jwt_lock:
             now = self._clock.now()

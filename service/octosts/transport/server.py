@@ -6,12 +6,17 @@ before its in-flight RPCs are cut (``stop(grace)``). In between, a fault of
 the replica's own (``Readiness.local_fault``: out of file descriptors...)
 makes it NOT_SERVING for ``Readiness.hold_seconds``, then SERVING again; an
 upstream's failure never does (see ``domain.ports.ReplicaHealth``).
+
+Health detail: the state of an upstream, as a health service of its own name
+(``health_details``: ``octosts.github``), computed when a Check asks. It never
+touches the overall status or the services' (every replica shares the upstream:
+draining them all would help nobody); operators and probes ask for it by name.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 import structlog
@@ -46,6 +51,26 @@ class Readiness:
             self._hold(self.hold_seconds)
 
 
+class _HealthWithDetail(health.aio.HealthServicer):  # type: ignore[misc]  # grpc is untyped
+    """grpc.health.v1 plus detail services whose status is asked of a callable on each Check.
+
+    Detail services answer Check only (a Watch on one reports SERVICE_UNKNOWN).
+    """
+
+    def __init__(self, details: Mapping[str, Callable[[], bool]]) -> None:
+        super().__init__()
+        self._details = dict(details)
+
+    async def Check(  # noqa: N802 - gRPC method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        healthy = self._details.get(request.service)
+        if healthy is None:
+            return await super().Check(request, context)
+        ok = healthy() and not self._gracefully_shutting_down
+        return health_pb2.HealthCheckResponse(status=_SERVING if ok else _NOT_SERVING)
+
+
 class GrpcServer:
     def __init__(
         self,
@@ -56,6 +81,7 @@ class GrpcServer:
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         reuse_port: bool = False,
         readiness: Readiness | None = None,
+        health_details: Mapping[str, Callable[[], bool]] | None = None,
     ) -> None:
         options = [
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -63,7 +89,7 @@ class GrpcServer:
             ("grpc.max_metadata_size", 32 * 1024),
         ]
         self._server = grpc.aio.server(interceptors=tuple(interceptors), options=options)
-        self._health = health.aio.HealthServicer()
+        self._health = _HealthWithDetail(health_details or {})
         self._address = address
         self._service_names = tuple(service_names)
         for register in registrars:

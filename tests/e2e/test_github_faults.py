@@ -1,0 +1,84 @@
+"""[resilience], GitHub's half, through the real stack: what callers and GitHub see when GitHub
+rate-limits, fails or is slow.
+
+Real processes (``DevStack``): the dev issuer, the GitHub emulator (driven over its fault-rule
+API, as an operator or the bench would), two ``octo-sts serve`` replicas and Envoy over TLS.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import httpx
+import pytest
+
+from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
+from octosts.dev.stack import DevStack
+from tests.e2e.test_gateway_stack import (
+    EXCHANGE,
+    REPO_QUERY,
+    assert_token_json,
+    bearer,
+    grpc_channel,
+    http,
+    metric_sum,
+    replica_metric,
+    repo_token,
+)
+
+pytestmark = pytest.mark.e2e
+
+MINT_PREFIX = "/app/installations/"  # POST /app/installations/{id}/access_tokens
+
+
+def add_fault(stack: DevStack, **rule: object) -> int:
+    resp = httpx.post(f"{stack.github_url}/_emulator/faults", json=rule, timeout=5)
+    resp.raise_for_status()
+    return int(resp.json()["id"])
+
+
+def github_calls(stack: DevStack, method: str, prefix: str, since: float) -> int:
+    calls = httpx.get(
+        f"{stack.github_url}/_emulator/calls", params={"since": since}, timeout=5
+    ).json()
+    return sum(1 for c in calls if c["method"] == method and c["path"].startswith(prefix))
+
+
+async def test_rate_limit_is_429_with_retry_after_and_github_hears_no_more(
+    own_stack: DevStack,
+) -> None:
+    stack = own_stack
+    token = repo_token(stack)
+    async with http(stack) as client, grpc_channel(stack) as channel:
+        for _ in range(2):  # both replicas warm (installation, policy, contents token)
+            assert_token_json(await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token)))
+        since = time.time()
+        add_fault(stack, kind="primary_rate_limit", reset_in=300, path_prefix=MINT_PREFIX)
+        answers = [
+            await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token)) for _ in range(12)
+        ]
+        sts = sts_pb2_grpc.SecurityTokenServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sts.Exchange(
+                sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci"),
+                metadata=tuple(bearer(token).items()),
+                timeout=15,
+            )
+    for resp in answers:
+        assert resp.status_code == 429, resp.text
+        assert resp.headers["content-type"].startswith("application/json")
+        assert resp.json()["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert 290 <= int(resp.headers["retry-after"]) <= 301
+        assert "grpc-status" not in resp.headers
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailers = dict(refused.value.trailing_metadata() or ())
+    assert 290 <= int(trailers["retry-after"]) <= 301
+    # Each replica asked GitHub once, learned the limit, and asked no more.
+    assert github_calls(stack, "POST", MINT_PREFIX, since) <= 2
+    assert metric_sum(stack, "octo_sts_exchanges_total", reason="rate_limited_primary") == 13
+    held = [
+        replica_metric(stack, i, "octo_sts_github_rate_limited_until", installation="app")
+        for i in range(2)
+    ]
+    assert any(until > time.time() + 250 for until in held)
