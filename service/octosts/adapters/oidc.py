@@ -60,9 +60,11 @@ from octosts.domain.ports import (
     SystemClock,
 )
 from octosts.domain.tokens import (
+    MAX_CLAIM_DEPTH,
     IssuerUrl,
     VerifiedToken,
     check_token_times,
+    json_too_deep,
     parse_issuer_url,
     token_from_claims,
 )
@@ -194,6 +196,8 @@ def _b64decode(part: str, what: str) -> bytes:
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    if json_too_deep(raw):  # before any parser (ours, then pyjwt's) recurses into it
+        raise TokenMalformed(f"{what} nests deeper than {MAX_CLAIM_DEPTH} levels")
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

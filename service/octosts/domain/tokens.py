@@ -7,8 +7,6 @@ runs them after the signature check; ``octo-sts policy check`` runs
 
 from __future__ import annotations
 
-import copy
-import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -26,6 +24,13 @@ MAX_ISSUER_LENGTH = 255
 MAX_PATH_SEGMENT_LENGTH = 150
 MAX_SUBJECT_LENGTH = 255
 MAX_AUDIENCE_LENGTH = 255
+# exp/nbf/iat are NumericDates (RFC 7519 section 2): seconds from 1970 to the end of year 9999.
+# Outside that they mean nothing, and an integer past ~1e308 cannot even become a float.
+MAX_NUMERIC_DATE = 253_402_300_799
+# How deep a token's JSON may nest (the payload object is level 1, each object or list inside
+# it one more). Real tokens use 1-3 levels (Kubernetes: kubernetes.io.pod.name); more is an
+# attempt to make a parser or a copy recurse until the stack runs out.
+MAX_CLAIM_DEPTH = 16
 
 # Characters that have a meaning in shells, HTML, SQL or policy patterns: a
 # subject or audience carrying them is far more likely an attack than an identity.
@@ -234,6 +239,41 @@ def check_audience(aud: object) -> tuple[str, ...]:
     )
 
 
+# A JSON string with its escapes. The closing quote is optional so an unterminated string
+# ends the scan at once instead of being retried from every later quote (quadratic).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+_INNERMOST = re.compile(rb"\(\)")
+
+
+def json_too_deep(raw: bytes, *, limit: int = MAX_CLAIM_DEPTH) -> bool:
+    """Whether the JSON text ``raw`` nests more than ``limit`` levels, without parsing it.
+
+    Run before ``json.loads`` so no parser ever recurses deeper than claims may nest.
+    Strings are dropped, then each of ``limit`` passes removes the innermost pairs of
+    brackets: a pair left after that was deeper. Every step is a linear pass in C.
+    Text that is not JSON is judged on its brackets; the parser refuses it anyway.
+    """
+    shape = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", raw)).translate(_BRACKETS)
+    for _ in range(limit):
+        if not shape:
+            return False
+        shape = _INNERMOST.sub(b"", shape)
+    return _INNERMOST.search(shape) is not None
+
+
+def _copy_claim(value: object, parent_level: int) -> object:
+    """A copy of one JSON value; recursion stops at ``MAX_CLAIM_DEPTH`` levels."""
+    if isinstance(value, dict | list | tuple):
+        if parent_level >= MAX_CLAIM_DEPTH:
+            raise TokenClaimsInvalid(f"claims nest deeper than {MAX_CLAIM_DEPTH} levels")
+        if isinstance(value, dict):
+            return {key: _copy_claim(item, parent_level + 1) for key, item in value.items()}
+        return [_copy_claim(item, parent_level + 1) for item in value]
+    return value
+
+
 def _required_number(claims: Mapping[str, object], name: str) -> float:
     value = _numeric_claim(claims, name)
     if value is None:
@@ -246,8 +286,11 @@ def _numeric_claim(claims: Mapping[str, object], name: str) -> float | None:
     if value is None:
         return None
     # bool is an int subclass; ``"exp": true`` is not a time
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenClaimsInvalid(f"{name} claim must be a number")
+    # Compared before any float conversion (10**400 has none); NaN fails every comparison.
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        raise TokenClaimsInvalid(f"{name} claim must be seconds between 1970 and 9999")
     return float(value)
 
 
@@ -259,8 +302,9 @@ def token_from_claims(
     ``iss`` must pass ``check_issuer_url`` (``allow_insecure`` lets ``http``
     issuers through, for explicitly allowed local issuers and development);
     ``sub`` and every ``aud`` entry must pass the subject/audience rules;
-    ``exp`` is required and numeric, ``nbf``/``iat`` numeric when present.
-    No clock is consulted: see ``check_token_times``.
+    ``exp`` is required and numeric, ``nbf``/``iat`` numeric when present, each
+    within 0..``MAX_NUMERIC_DATE``; the claims nest at most ``MAX_CLAIM_DEPTH``
+    levels. No clock is consulted: see ``check_token_times``.
 
     Raises IssuerRejected (reason ``invalid_token_issuer``), TokenClaimsInvalid
     with reason ``invalid_token_subject`` / ``invalid_token_audience`` /
@@ -277,7 +321,8 @@ def token_from_claims(
     exp = _required_number(claims, "exp")
     _numeric_claim(claims, "nbf")
     _numeric_claim(claims, "iat")
-    frozen: Mapping[str, object] = MappingProxyType(copy.deepcopy(dict(claims)))
+    copied = {key: _copy_claim(value, 1) for key, value in claims.items()}
+    frozen: Mapping[str, object] = MappingProxyType(copied)
     return VerifiedToken(
         issuer=issuer, subject=subject, audience=audience, expires_at=exp, claims=frozen
     )
