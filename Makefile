@@ -72,6 +72,7 @@ bench: install system-deps ## run the benchmarks; prints tables and writes bench
 	$(PY) bench/exchange.py
 	$(PY) bench/gateway.py
 	$(PY) bench/overhead.py
+	$(PY) bench/hostile_verify.py
 
 clean: ## remove the venv and generated files
 	rm -rf $(VENV) build service/octosts/_gen .pytest_cache .mypy_cache .ruff_cache

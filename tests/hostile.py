@@ -8,7 +8,9 @@ builders; nothing here needs a running server.
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 from typing import Any
 
 
@@ -72,3 +74,61 @@ SHALLOW_JSON_TEXTS: tuple[bytes, ...] = (
     json.dumps({"sub": "[" * 2000, "x": ["{" * 100, "]" * 100]}).encode(),
     json.dumps({"a": '\\"[[[[[[[[[[[[[[[[[[[[[[[[["'}).encode(),
 )
+
+
+# -- finding 3: an issuer whose keys make every verification expensive ----------------------
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def rsa_jwk(bits: int, exponent: int, *, seed: int, **extra: Any) -> dict[str, Any]:
+    """An RSA public JWK with a random odd modulus of exactly ``bits`` bits.
+
+    Publishing a key needs no private key: the modulus need not even be a product of
+    two primes for a verifier to spend the work of checking signatures against it.
+    """
+    modulus = random.Random(seed).getrandbits(bits) | (1 << (bits - 1)) | 1
+    jwk = {"kty": "RSA", "use": "sig", "n": _b64url_uint(modulus), "e": _b64url_uint(exponent)}
+    return jwk | extra
+
+
+def rsa_jwks(
+    count: int, bits: int, exponent: int, *, seed: int = 1, **extra: Any
+) -> dict[str, Any]:
+    return {"keys": [rsa_jwk(bits, exponent, seed=seed + i, **extra) for i in range(count)]}
+
+
+# The issuer of the finding: 30 keys of 16384 bits, e = 2**64-1 (83 KB, under the 100 KiB cap).
+EXPENSIVE_JWKS = rsa_jwks(30, 16384, 2**64 - 1)
+# Each refused alone, whatever the rest of the JWKS holds: (jwk, reason).
+REFUSED_RSA_KEYS: tuple[tuple[dict[str, Any], str], ...] = (
+    (rsa_jwk(16384, 65537, seed=11), "rsa_modulus_too_large"),
+    (rsa_jwk(4097, 65537, seed=12), "rsa_modulus_too_large"),
+    (rsa_jwk(1024, 65537, seed=13), "rsa_modulus_too_small"),
+    (rsa_jwk(2048, 2**64 - 1, seed=14), "rsa_exponent_not_allowed"),
+    (rsa_jwk(2048, 65539, seed=15), "rsa_exponent_not_allowed"),
+    (rsa_jwk(2048, 65536, seed=16), "rsa_exponent_not_allowed"),
+    (rsa_jwk(2048, 1, seed=17), "rsa_exponent_not_allowed"),
+)
+# Within the caps: the largest and the smallest a JWKS may publish.
+ALLOWED_RSA_KEYS: tuple[dict[str, Any], ...] = (
+    rsa_jwk(4096, 65537, seed=21),
+    rsa_jwk(2048, 3, seed=22),
+)
+
+
+def bogus_signature_token(
+    issuer: str, *, seed: int, signature_bytes: int = 512, kid: str | None = None
+) -> str:
+    """An RS256 token for ``issuer`` with a unique random signature (no kid unless given)."""
+    rng = random.Random(seed)
+    header: dict[str, Any] = {"alg": "RS256", "typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
+    payload = {"iss": issuer, "sub": "repo:o/r:ref:refs/heads/main", "exp": 4_000_000_000}
+    parts = [json.dumps(header).encode(), json.dumps(payload).encode()]
+    parts.append(rng.randbytes(signature_bytes))
+    return ".".join(base64.urlsafe_b64encode(p).decode().rstrip("=") for p in parts)

@@ -7,12 +7,21 @@ answer a caller sees and what the replica counted. Before the fixes these were I
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
 import pytest
 
-from tests.hostile import DEEP_CLAIMS, HOSTILE_TIMES, case_ids
+from octosts.dev.issuer import CannedResponse
+from tests.hostile import (
+    DEEP_CLAIMS,
+    EXPENSIVE_JWKS,
+    HOSTILE_TIMES,
+    bogus_signature_token,
+    case_ids,
+    rsa_jwks,
+)
 from tests.integration.service_harness import DOMAIN, SUBJECT, Stack
 
 
@@ -53,3 +62,37 @@ async def test_deep_claims_are_unauthenticated(stack: Stack, name: str, value: A
     assert exchanges(stack, "error", "internal") == 0
     # The replica still works for everyone else.
     assert (await stack.exchange()).token
+
+
+def refusals(stack: Stack, stage: str, reason: str) -> float:
+    value = stack.app.metrics.registry.get_sample_value(
+        "octo_sts_refusals_total", {"stage": stage, "reason": reason}
+    )
+    return value or 0.0
+
+
+def publish_jwks(stack: Stack, document: dict[str, Any]) -> None:
+    stack.issuer.responses[stack.issuer.jwks_path] = CannedResponse(
+        body=json.dumps(document).encode(), headers={"content-type": "application/json"}
+    )
+
+
+async def test_an_issuer_publishing_expensive_keys_is_refused(stack: Stack) -> None:
+    publish_jwks(stack, EXPENSIVE_JWKS)
+    for seed in range(3):
+        token = bogus_signature_token(stack.issuer.url, seed=seed, signature_bytes=2048)
+        error = await refused(stack, token)
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "invalid_token_issuer" in (error.details() or "")
+    assert refusals(stack, "jwks", "rsa_modulus_too_large") == 30
+    assert exchanges(stack, "denied", "invalid_token_issuer") == 3
+    assert stack.issuer.requests[stack.issuer.jwks_path] == 1  # the failure is remembered
+
+
+async def test_kidless_tokens_are_checked_against_four_keys(stack: Stack) -> None:
+    publish_jwks(stack, rsa_jwks(30, 4096, 65537))
+    for seed in range(3):
+        error = await refused(stack, bogus_signature_token(stack.issuer.url, seed=seed))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "token_signature_invalid" in (error.details() or "")
+    assert refusals(stack, "signature_verify", "too_many_candidate_keys") == 3

@@ -35,6 +35,7 @@ EXPECTED_FAMILIES = {
     "octo_sts_github_rate_limited_until": "gauge",
     "octo_sts_ext_authz_decisions": "counter",
     "octo_sts_audit_events_dropped": "counter",
+    "octo_sts_refusals": "counter",
     "octo_sts_issuer_audit": "counter",
     "grpc_server_handled": "counter",
     "grpc_server_handling_seconds": "histogram",

@@ -365,7 +365,7 @@ def test_parse_jwks_algorithms_from_key() -> None:
                 "not a key",
             ]
         }
-    )
+    ).usable()
     assert [k.kid for k in keys] == ["r", "r2"]
     assert "PS256" in keys[0].algorithms
     assert "RS256" in keys[0].algorithms
@@ -378,4 +378,4 @@ def test_parse_jwks_algorithms_from_key() -> None:
 )
 def test_parse_jwks_rejects(doc: dict[str, Any]) -> None:
     with pytest.raises(IssuerRejected):
-        parse_jwks(doc)
+        parse_jwks(doc).usable()

@@ -52,10 +52,12 @@ from octosts.domain.errors import (
 )
 from octosts.domain.issuers import ANY_ISSUER, IssuerAllowlist, issuer_entry_problem
 from octosts.domain.ports import (
+    REFUSED_PREFIX,
     Clock,
     NullObserver,
     NullReplicaHealth,
     ReplicaHealth,
+    Stage,
     StageObserver,
     SystemClock,
 )
@@ -79,6 +81,22 @@ _EC_CURVE_ALGORITHM = {"P-256": "ES256", "P-384": "ES384"}
 _OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_KEYS = 100  # JWKS documents with more keys than this are refused
+
+# What an issuer's keys may make one token cost. Anyone can run an issuer, and an RSA
+# verification costs about bits(n)**2 * bits(e): 30 keys of 16384 bits with e = 2**64-1 cost
+# 112-281 ms of CPU per bogus token, where a real one costs ~1 ms. With these caps the worst
+# rejection is MAX_KEYS_TRIED RSA-4096 checks with e = 65537 (bench/hostile_verify.py).
+MIN_RSA_MODULUS_BITS = 2048  # below this a key is too weak to trust, whatever it costs
+MAX_RSA_MODULUS_BITS = 4096
+MAX_RSA_EXPONENT = 65537  # e must be odd and 3 <= e <= 65537 (65537 in practice)
+# Keys one token's signature is checked against when its kid does not single one out (no
+# kid, or a kid several keys share): the first ones of the JWKS whose use and alg match.
+MAX_KEYS_TRIED = 4
+# Reasons counted in octo_sts_refusals_total (via stage annotations ``refused.<reason>``).
+RSA_MODULUS_TOO_LARGE = "rsa_modulus_too_large"
+RSA_MODULUS_TOO_SMALL = "rsa_modulus_too_small"
+RSA_EXPONENT_NOT_ALLOWED = "rsa_exponent_not_allowed"
+TOO_MANY_CANDIDATE_KEYS = "too_many_candidate_keys"
 
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 
@@ -141,7 +159,8 @@ class IssuerKeys:
     _parsed: dict[tuple[int, str], PyJWK] = field(default_factory=dict, compare=False)
 
     def candidates(self, kid: str | None, alg: str) -> list[int]:
-        """Indexes of the keys that may verify a token with this kid and alg."""
+        """Indexes of the keys that may verify a token with this kid and alg (all of them:
+        the verifier tries at most ``MAX_KEYS_TRIED``)."""
         return [
             i
             for i, k in enumerate(self.keys)
@@ -254,14 +273,61 @@ def _key_algorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
     return implied & {stated} if isinstance(stated, str) else frozenset()
 
 
-def parse_jwks(doc: Mapping[str, Any]) -> tuple[_Key, ...]:
-    """Usable signature keys of a JWKS document. Raises IssuerRejected."""
+def _b64_uint(value: object) -> int | None:
+    """A JWK base64url unsigned integer (``n``, ``e``), or None when it is not one."""
+    if not isinstance(value, str) or not _B64URL.fullmatch(value):
+        return None
+    try:
+        return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
+    except (binascii.Error, ValueError):
+        return None
+
+
+def rsa_key_refusal(jwk: Mapping[str, Any]) -> str | None:
+    """Why an RSA JWK is refused for what it would cost (or its weakness), or None.
+
+    Checked on the numbers, before any key object is built from them.
+    """
+    modulus, exponent = _b64_uint(jwk.get("n")), _b64_uint(jwk.get("e"))
+    if modulus is None or exponent is None:
+        return None  # not RSA material at all: PyJWK refuses it as unusable
+    if modulus.bit_length() > MAX_RSA_MODULUS_BITS:
+        return RSA_MODULUS_TOO_LARGE
+    if modulus.bit_length() < MIN_RSA_MODULUS_BITS:
+        return RSA_MODULUS_TOO_SMALL
+    if exponent % 2 == 0 or not 3 <= exponent <= MAX_RSA_EXPONENT:
+        return RSA_EXPONENT_NOT_ALLOWED
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedJwks:
+    keys: tuple[_Key, ...]
+    refused: Mapping[str, int]  # reason -> keys refused by rsa_key_refusal
+
+    def usable(self) -> tuple[_Key, ...]:
+        """The keys; raises IssuerRejected when there is none."""
+        if not self.keys:
+            why = ", ".join(f"{count} {reason}" for reason, count in sorted(self.refused.items()))
+            raise IssuerRejected(
+                "JWKS document has no usable signature keys" + (f" (refused: {why})" if why else "")
+            )
+        return self.keys
+
+
+def parse_jwks(doc: Mapping[str, Any]) -> ParsedJwks:
+    """Usable signature keys of a JWKS document, and the keys refused for their cost.
+
+    Raises IssuerRejected (no keys list, more than 100 keys); ``usable()`` raises it
+    when no key is left.
+    """
     raw_keys = doc.get("keys")
     if not isinstance(raw_keys, list):
         raise IssuerRejected("JWKS document has no keys list")
     if len(raw_keys) > _MAX_KEYS:
         raise IssuerRejected(f"JWKS document has more than {_MAX_KEYS} keys")
     keys: list[_Key] = []
+    refused: dict[str, int] = {}
     for raw in raw_keys:
         if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
             continue
@@ -269,14 +335,16 @@ def parse_jwks(doc: Mapping[str, Any]) -> tuple[_Key, ...]:
         kid = raw.get("kid")
         if not algorithms or (kid is not None and not isinstance(kid, str)):
             continue
+        refusal = rsa_key_refusal(raw) if raw.get("kty") == "RSA" else None
+        if refusal is not None:
+            refused[refusal] = refused.get(refusal, 0) + 1
+            continue
         try:  # unusable key material is skipped, as other verifiers do
             PyJWK(dict(raw), algorithm=min(algorithms))
         except (jwt.PyJWTError, ValueError, TypeError):
             continue
         keys.append(_Key(kid=kid, algorithms=algorithms, jwk=dict(raw)))
-    if not keys:
-        raise IssuerRejected("JWKS document has no usable signature keys")
-    return tuple(keys)
+    return ParsedJwks(tuple(keys), refused)
 
 
 def _refuse_address(ip: str) -> bool:
@@ -379,8 +447,8 @@ class OidcVerifier:
                 token.issuer, lambda: self._fetch_keys(token.issuer, insecure, refetch=True)
             )
             candidates = keys.candidates(token.kid, token.alg)
-        with obs.stage("signature_verify"):
-            claims = self._verify_signature(bearer, token, keys, candidates)
+        with obs.stage("signature_verify") as stage:
+            claims = self._verify_signature(bearer, token, keys, candidates, stage)
         with obs.stage("claims_validate"):
             check_token_times(claims, now=self._clock.now(), leeway=self._config.leeway_seconds)
             verified = token_from_claims(claims, allow_insecure=insecure)
@@ -504,7 +572,10 @@ class OidcVerifier:
         with obs.stage("jwks") as stage:
             stage.annotate("cache", "refetch" if refetch else "miss")
             jwks = await self._fetch_json(jwks_uri, insecure=insecure, what="JWKS")
-            keys = parse_jwks(jwks)
+            parsed = parse_jwks(jwks)
+            for reason, count in parsed.refused.items():
+                stage.annotate(f"{REFUSED_PREFIX}{reason}", count)
+            keys = parsed.usable()
             stage.annotate("keys", len(keys))
         return IssuerKeys(issuer=issuer, jwks_uri=jwks_uri, keys=keys)
 
@@ -569,14 +640,23 @@ class OidcVerifier:
     # -- signature -----------------------------------------------------------
 
     def _verify_signature(
-        self, bearer: str, token: _Unverified, keys: IssuerKeys, candidates: list[int]
+        self,
+        bearer: str,
+        token: _Unverified,
+        keys: IssuerKeys,
+        candidates: list[int],
+        stage: Stage,
     ) -> dict[str, Any]:
         if not candidates:
             raise TokenSignatureInvalid(
                 "no issuer key matches the token's kid and algorithm", reason=UNKNOWN_KEY_ID
             )
+        if len(candidates) > MAX_KEYS_TRIED:
+            stage.annotate(REFUSED_PREFIX + TOO_MANY_CANDIDATE_KEYS, 1)
+            candidates = candidates[:MAX_KEYS_TRIED]
         last: Exception | None = None
-        for index in candidates:
+        for tried, index in enumerate(candidates, 1):
+            stage.annotate("keys_tried", tried)
             try:
                 return jwt.decode(
                     bearer,

@@ -32,6 +32,12 @@ class SystemClock:
         return time.time()
 
 
+# Annotation keys a stage observer turns into metrics as well as span attributes:
+# ``cache`` = hit|miss|... and ``refused.<reason>`` = how many inputs the stage refused for
+# what they would cost (octo_sts_refusals_total{stage, reason}).
+REFUSED_PREFIX = "refused."
+
+
 class Stage(Protocol):
     """A running validation stage; adapters annotate it (cache hit, HTTP status...)."""
 

@@ -170,6 +170,7 @@ class Metrics:
         self._reason = _BoundedLabel(known_reasons)
         self._authz_reason = _BoundedLabel(known_reasons)
         self._stage = _BoundedLabel(32)
+        self._refusal = _BoundedLabel(16)
         self._cache = _BoundedLabel(16)
         self._endpoint = _BoundedLabel(16)
         self._installation = _BoundedLabel(1000)
@@ -238,6 +239,13 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.refusals = Counter(
+            "octo_sts_refusals",
+            "Inputs refused for what they would cost to process, by stage and reason: issuer "
+            "keys (per key, when a JWKS is read), tokens matching more keys than are tried.",
+            ["stage", "reason"],
+            registry=registry,
+        )
         self.issuer_audits = Counter(
             "octo_sts_issuer_audit",
             "Exchanges allowed only because the org's trusted-token-issuers file is in audit mode.",
@@ -287,6 +295,10 @@ class Metrics:
     def ext_authz_decision(self, decision: str, reason: str) -> None:
         reason = self._authz_reason(reason)
         _child(self._c, self.ext_authz_decisions, decision, reason).inc()
+
+    def refused(self, stage: str, reason: str, count: int) -> None:
+        label = self._stage(stage), self._refusal(reason)
+        _child(self._c, self.refusals, *label).inc(count)
 
     def issuer_audit(self) -> None:
         self.issuer_audits.inc()

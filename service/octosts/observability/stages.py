@@ -13,6 +13,7 @@ caching adapters only need the ``StageObserver`` port (no metrics object):
 ==============================  =====================================================
 ``cache`` = hit|miss|stale|...  ``octo_sts_cache_requests_total{cache=<cache.name or
                                 stage>, result}``; ``cache.name`` optional
+``refused.<reason>`` = count    ``octo_sts_refusals_total{stage, reason}`` += count
 ==============================  =====================================================
 
 GitHub call metrics are not derived here: the GitHub REST core
@@ -38,6 +39,7 @@ from opentelemetry.context import attach, detach
 from opentelemetry.trace import Span, Status, StatusCode, set_span_in_context
 
 from octosts.domain.errors import StsError
+from octosts.domain.ports import REFUSED_PREFIX
 from octosts.observability.logging import scrub
 from octosts.observability.metrics import error_family
 
@@ -120,6 +122,9 @@ class TelemetryObserver:
         cache = notes.get("cache")
         if cache is not None:
             self._metrics.cache_request(str(notes.get("cache.name", name)), str(cache))
+        for key, count in notes.items():
+            if key.startswith(REFUSED_PREFIX) and isinstance(count, int):
+                self._metrics.refused(name, key.removeprefix(REFUSED_PREFIX), count)
 
 
 def _record_error(span: Span, exc: BaseException) -> None:
