@@ -132,3 +132,19 @@ def bogus_signature_token(
     parts = [json.dumps(header).encode(), json.dumps(payload).encode()]
     parts.append(rng.randbytes(signature_bytes))
     return ".".join(base64.urlsafe_b64encode(p).decode().rstrip("=") for p in parts)
+
+
+# -- finding 4: request bytes that are not the method's protobuf message --------------------
+
+# The finding's input: a varint that never ends its length, then noise (grpc.aio answered
+# UNKNOWN "Unexpected <class 'google.protobuf.message.DecodeError'>" and logged an error).
+MALFORMED_PROTOBUF = b"\xff\xff\xff\xff\x0f" + random.Random(4).randbytes(64)
+MALFORMED_PROTOBUFS: tuple[bytes, ...] = (
+    MALFORMED_PROTOBUF,
+    b"\x0a\xff",  # a length that runs past the end
+    b"\x0a\x05ab",  # a string shorter than its length
+    b"\x0a\x02\xc3\x28",  # a string field that is not UTF-8
+    b"\x0b",  # a group start (wire type 3) that never ends
+    b"\x08" + b"\xff" * 11,  # a varint longer than 10 bytes
+    b"\x00",  # field number 0
+)

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
 from octosts.dev.stack import DevStack
-from tests.e2e.test_gateway_stack import EXCHANGE, REPO_QUERY, bearer, http, repo_token
-from tests.hostile import DEEP_CLAIMS, HOSTILE_TIMES, case_ids
+from tests.e2e.test_gateway_stack import (
+    EXCHANGE,
+    REPO_QUERY,
+    bearer,
+    grpc_channel,
+    http,
+    repo_token,
+)
+from tests.hostile import DEEP_CLAIMS, HOSTILE_TIMES, MALFORMED_PROTOBUF, case_ids
 
 pytestmark = pytest.mark.e2e
 
@@ -42,3 +50,18 @@ async def test_deep_claims_are_401_at_the_edge(stack: DevStack, name: str, value
     async with http(stack) as client:
         reply = await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token))
     assert_json_error(reply, 401, 16, "token_malformed")
+
+
+async def test_undecodable_grpc_request_is_invalid_argument_through_envoy(stack: DevStack) -> None:
+    metadata = (("authorization", f"Bearer {repo_token(stack)}"),)
+    async with grpc_channel(stack) as channel:
+        raw = channel.unary_unary(
+            "/octosts.v1.SecurityTokenService/Exchange",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(MALFORMED_PROTOBUF, metadata=metadata, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "undecodable_request" in (info.value.details() or "")
+    assert "DecodeError" not in (info.value.details() or "")

@@ -8,16 +8,19 @@ answer a caller sees and what the replica counted. Before the fixes these were I
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 from octosts.dev.issuer import CannedResponse
 from tests.hostile import (
     DEEP_CLAIMS,
     EXPENSIVE_JWKS,
     HOSTILE_TIMES,
+    MALFORMED_PROTOBUFS,
     bogus_signature_token,
     case_ids,
     rsa_jwks,
@@ -96,3 +99,41 @@ async def test_kidless_tokens_are_checked_against_four_keys(stack: Stack) -> Non
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "token_signature_invalid" in (error.details() or "")
     assert refusals(stack, "signature_verify", "too_many_candidate_keys") == 3
+
+
+EXCHANGE_METHODS = (
+    "/octosts.v1.SecurityTokenService/Exchange",
+    "/chainguard.platform.oidc.SecurityTokenService/Exchange",
+    "/envoy.service.auth.v3.Authorization/Check",
+)
+
+
+@pytest.mark.parametrize("method", EXCHANGE_METHODS)
+@pytest.mark.parametrize("body", MALFORMED_PROTOBUFS)
+async def test_undecodable_requests_are_invalid_argument(
+    stack: Stack, method: str, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = stack.channel.unary_unary(
+        method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    metadata = (("authorization", f"Bearer {stack.token()}"), ("x-request-id", "hostile-1"))
+    with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw(body, metadata=metadata)
+    error = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "invalid request (reason: undecodable_request, request_id: hostile-1): "
+        "the request is not a valid protobuf message for this method"
+    )
+    assert "DecodeError" not in str(error.debug_error_string())
+    # Logged once, at info, without the bytes; grpc itself logs nothing.
+    assert [(e["event"], e["log_level"]) for e in logs] == [("grpc.undecodable_request", "info")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    service, _, name = method.lstrip("/").rpartition("/")
+    handled = stack.app.metrics.registry.get_sample_value(
+        "grpc_server_handled_total",
+        {"grpc_service": service, "grpc_method": name, "grpc_code": "INVALID_ARGUMENT"},
+    )
+    assert handled == 1
+    # A well-formed request on the same channel still works.
+    assert (await stack.exchange()).token

@@ -23,6 +23,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from octosts.transport.decoding import UndecodableRequestGuard
+
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 64 * 1024  # requests are tiny; refuse anything large before parsing
@@ -88,7 +90,9 @@ class GrpcServer:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_metadata_size", 32 * 1024),
         ]
-        self._server = grpc.aio.server(interceptors=tuple(interceptors), options=options)
+        # The guard is innermost: the others (metrics, spans) see the answer it gives.
+        guarded = (*interceptors, UndecodableRequestGuard())
+        self._server = grpc.aio.server(interceptors=guarded, options=options)
         self._health = _HealthWithDetail(health_details or {})
         self._address = address
         self._service_names = tuple(service_names)
