@@ -148,3 +148,18 @@ MALFORMED_PROTOBUFS: tuple[bytes, ...] = (
     b"\x08" + b"\xff" * 11,  # a varint longer than 10 bytes
     b"\x00",  # field number 0
 )
+
+
+# -- finding 8: a signed webhook delivery sent twice -------------------------------------------
+
+REPLAYED_PUSH_DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+# A push to the default branch touching a policy: each copy used to drop cached policies.
+REPLAYED_PUSH = json.dumps(
+    {
+        "ref": "refs/heads/main",
+        "repository": {"name": "demo", "owner": {"login": "octo-org"}, "default_branch": "main"},
+        "commits": [{"added": [], "modified": [".github/chainguard/ci.sts.yaml"], "removed": []}],
+        "head_commit": None,
+        "sender": {"login": "octocat", "type": "User"},
+    }
+).encode()

@@ -232,6 +232,7 @@ def build_app(
             checks=GitHubChecks(github, rest=github_rest),
             policies=policies,
             issuers=trusted_issuers,
+            clock=clock,
         )
         webhook = WebhookServer(
             settings.webhook_addr,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from octosts.adapters.cache import TtlCache
 from octosts.domain.errors import StsError
 from octosts.domain.layout import (
     DEFAULT_ORG_POLICY_REPO,
@@ -19,6 +21,7 @@ from octosts.domain.layout import (
     is_org_policy_repo,
 )
 from octosts.domain.names import is_owner_name, is_repo_name
+from octosts.domain.ports import Clock, SystemClock
 from octosts.webhook.signature import signature_valid
 from octosts.webhook.validate import (
     CHECK_NAME,
@@ -39,6 +42,12 @@ MAX_PENDING = 64
 MAX_FILES_CHECKED = 200
 _SHA_RE = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 _MAX_ID = (1 << 63) - 1
+# Replays: a signed delivery is processed once. GitHub's signature covers the body only, so a
+# delivery is known by its X-GitHub-Delivery id and by its body's digest (the same bytes under
+# a new id are a replay too). Remembered per process for a day, at most this many; only the
+# deliveries answered 2xx (a refused one may come again: GitHub redelivers failures).
+REPLAY_WINDOW_SECONDS = 24 * 3600.0
+MAX_REMEMBERED_DELIVERIES = 20_000  # ~4 MB; the oldest go first
 
 
 class PolicyInvalidator(Protocol):
@@ -73,12 +82,18 @@ class WebhookHandler:
         checks: ChecksFactory | None,
         policies: PolicyInvalidator | None,
         issuers: IssuersInvalidator | None,
+        clock: Clock | None = None,
     ) -> None:
         self._config = config
         self._checks = checks
         self._policies = policies
         self._issuers = issuers
         self._tasks: set[asyncio.Task[None]] = set()
+        self._seen: TtlCache[tuple[str, str], bool] = TtlCache(
+            name="webhook_deliveries",
+            maxsize=2 * MAX_REMEMBERED_DELIVERIES,  # an id and a digest each
+            clock=clock or SystemClock(),
+        )
 
     def __repr__(self) -> str:
         return f"WebhookHandler(secrets={len(self._config.secrets)})"
@@ -87,6 +102,22 @@ class WebhookHandler:
         """``headers`` lower-cased. Never raises for bad input: answers 4xx."""
         if not signature_valid(body, headers.get("x-hub-signature-256"), self._config.secrets):
             return WebhookReply(401, {"error": "invalid or missing X-Hub-Signature-256"})
+        delivery = headers.get("x-github-delivery", "")
+        keys = _delivery_keys(delivery, body)
+        if any(self._seen.get(key) for key in keys):
+            _log.info("webhook_replay", delivery=_printable(delivery[:64]))
+            return WebhookReply(200, {"ignored": "delivery already processed"})
+        # Remembered before dispatching (nothing else runs until the first await), forgotten
+        # again unless accepted, so the same delivery arriving twice at once is handled once.
+        for key in keys:
+            self._seen.set(key, value=True, ttl=REPLAY_WINDOW_SECONDS)
+        reply = await self._verified(headers, body)
+        if not 200 <= reply.status < 300:
+            for key in keys:
+                self._seen.delete(key)
+        return reply
+
+    async def _verified(self, headers: Mapping[str, str], body: bytes) -> WebhookReply:
         event = headers.get("x-github-event", "")
         try:
             payload = json.loads(body)
@@ -341,6 +372,12 @@ def _repository(payload: Mapping[str, Any]) -> tuple[str, str, str]:
         raise MalformedPayload("repository.name")
     default = _text(repository, "default_branch", "repository.", optional=True)
     return owner, repo, default or "main"
+
+
+def _delivery_keys(delivery: str, body: bytes) -> tuple[tuple[str, str], ...]:
+    """How a delivery is recognised: its body's digest, and its id when it has one (last)."""
+    digest = ("body", hashlib.sha256(body).hexdigest())
+    return (digest, ("id", delivery)) if delivery else (digest,)
 
 
 def _printable(text: str) -> str:
