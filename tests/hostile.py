@@ -150,6 +150,43 @@ MALFORMED_PROTOBUFS: tuple[bytes, ...] = (
 )
 
 
+# -- finding 5: more (or larger) request headers than the edge can pass on --------------------
+
+# The finding: 90 spoofed identity headers. Envoy took the request (under its 100-header limit),
+# then ext_authz's answer (which removes them) left more than 100 after Envoy's own additions:
+# UAEX ext_authz_invalid, HTTP 500 with an empty body. Any header name did it.
+MANY_IDENTITY_HEADERS: dict[str, str] = {f"x-octo-sts-h{i}": "v" for i in range(90)}
+MANY_HEADERS: dict[str, str] = {f"x-foo-{i}": "v" for i in range(90)}
+# Past Envoy's own limit (100): its codec answered 431 text/plain.
+TOO_MANY_HEADERS: dict[str, str] = {f"x-foo-{i}": "v" for i in range(120)}
+# ~30 KB in one header: over the service's gRPC metadata limit it came back as 429 (a retry
+# signal); near Envoy's 60 KiB it was UAEX / 500 again.
+LARGE_HEADER: dict[str, str] = {"x-foo": "a" * 30_000}
+HUGE_HEADER: dict[str, str] = {"x-foo": "a" * 61_000}
+
+
+# -- finding 6: a webhook body larger than the service takes --------------------------------
+
+OVERSIZED_WEBHOOK_BODY = b'{"zen":"' + b"a" * (3 * 1024 * 1024) + b'"}'  # 3 MB
+
+
+def webhook_body_of(size: int) -> bytes:
+    """A JSON ping body of exactly ``size`` bytes."""
+    return b'{"zen":"' + b"a" * (size - 10) + b'"}'
+
+
+# -- finding 7: paths of the public listener that must not reach Envoy's admin API ---------------
+
+ADMIN_PATHS: tuple[str, ...] = (
+    "/metrics",
+    "/stats/prometheus",
+    "/stats",
+    "/config_dump",
+    "/quitquitquit",
+    "/clusters",
+)
+
+
 # -- finding 8: a signed webhook delivery sent twice -------------------------------------------
 
 REPLAYED_PUSH_DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"

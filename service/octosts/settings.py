@@ -30,6 +30,7 @@ from octosts.adapters.github_rest import base_url_problem
 from octosts.domain.issuers import AllowlistInvalid, compile_allowlist, issuer_entry_problem
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO
 from octosts.domain.names import is_repo_name
+from octosts.webhook.server import DEFAULT_MAX_BODY
 
 T = TypeVar("T")
 LogFormat = Literal["json", "console"]
@@ -294,7 +295,7 @@ class Settings:
         "OCTOSTS_WEBHOOK_SECRETS", _list, (), check=_webhook_secrets, secret=True
     )
     webhook_max_body_bytes: int = setting(
-        "OCTOSTS_WEBHOOK_MAX_BODY_BYTES", _int, 1 << 20, check=_between(1024, 25 << 20)
+        "OCTOSTS_WEBHOOK_MAX_BODY_BYTES", _int, DEFAULT_MAX_BODY, check=_between(1024, 25 << 20)
     )
 
 

@@ -161,10 +161,15 @@ def test_prometheus_config_matches_the_compose_services() -> None:
     [target] = static["targets"]
     host, _, port = target.partition(":")
     assert host == "envoy"
-    admin = yaml.safe_load(ENVOY_COMPOSE.read_text())["admin"]["address"]["socket_address"]
-    assert admin == {"address": "0.0.0.0", "port_value": int(port)}
+    envoy = yaml.safe_load(ENVOY_COMPOSE.read_text())
+    # Envoy's internal metrics listener, on the compose network; the admin API stays on loopback.
+    [metrics] = [x for x in envoy["static_resources"]["listeners"] if x["name"] == "envoy_metrics"]
+    address = metrics["address"]["socket_address"]
+    assert address == {"address": "0.0.0.0", "port_value": int(port)}
+    assert envoy["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     assert port in {str(p) for p in services()["envoy"]["expose"]}
-    assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
+    assert "9901" not in {str(p) for p in services()["envoy"]["expose"]}
+    assert jobs["envoy"]["metrics_path"] == "/metrics"
 
 
 def test_mounted_config_paths_exist() -> None:

@@ -62,6 +62,7 @@ def _demo(stack: DevStack) -> int:
     )
     print(
         f"Logs: {stack.workdir / 'logs'}   Metrics: http://127.0.0.1:{stack.ports.metrics[0]}/metrics"
+        f" (Envoy: http://127.0.0.1:{stack.ports.envoy_metrics}/metrics)"
     )
     return 0 if reply.status_code == 200 else 1
 

@@ -29,12 +29,27 @@ from typing import IO, Any, Self
 
 import httpx
 
-from octosts.transport.errors import EDGE_UNAVAILABLE
+from octosts.transport.errors import (
+    EDGE_BODY_TOO_LARGE,
+    EDGE_HEADERS_TOO_LARGE,
+    EDGE_UNAVAILABLE,
+    EdgeAnswer,
+)
 from octosts.transport.ext_authz import ISSUER_HEADER, SUBJECT_HEADER
+from octosts.webhook.server import DEFAULT_MAX_BODY
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
 _STDERR_TAIL = 4000
+
+# The request headers the edge takes: how many (pseudo-headers and the ones Envoy adds on
+# arrival included) and their bytes (names + values). Checked first, by a Lua filter, and
+# answered 431 (EDGE_HEADERS_TOO_LARGE). Envoy's own limits (100 headers, 60 KiB) apply
+# before it adds x-forwarded-*, x-request-id and ext_authz's identity headers, and a request
+# just under them came out over them: ext_authz's answer was invalid (HTTP 500, empty body).
+# The bytes also stay under the replicas' 32 KiB gRPC metadata limit (else 429 from gRPC).
+MAX_REQUEST_HEADERS = 64
+MAX_REQUEST_HEADER_BYTES = 24 * 1024
 
 
 class EnvoyError(RuntimeError):
@@ -75,6 +90,13 @@ def _check_port(what: str, port: int) -> None:
         raise ValueError(f"{what} {port} is not in 1..65535")
 
 
+def _check_ip(what: str, host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(f"{what} {host!r} is not an IP address") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class EnvoyParams:
     """Everything the template needs. Raises ValueError on impossible values."""
@@ -110,18 +132,28 @@ class EnvoyParams:
     # Unauthenticated callers can POST to /webhook (the service checks the HMAC), and a push
     # is mirrored to every replica: Envoy caps the rate before any of that work is done.
     webhook_rate_per_second: int = 20
+    # The largest delivery /webhook passes on (413 from Envoy above it); keep it equal to the
+    # replicas' OCTOSTS_WEBHOOK_MAX_BODY_BYTES.
+    webhook_max_body_bytes: int = DEFAULT_MAX_BODY
+    # Envoy's own Prometheus metrics on a plain-HTTP internal listener (path /metrics only),
+    # never on the public TLS one. None: no such listener (the admin API, on admin_host, has
+    # them at /stats/prometheus).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         _check_port("listen port", self.listen_port)
         _check_port("admin port", self.admin_port)
-        try:
-            ipaddress.ip_address(self.admin_host)
-        except ValueError as exc:
-            raise ValueError(f"admin_host {self.admin_host!r} is not an IP address") from exc
+        _check_ip("admin_host", self.admin_host)
         if not self.upstreams:
             raise ValueError("at least one upstream is required")
         if self.webhook_rate_per_second < 1:
             raise ValueError("webhook_rate_per_second must be at least 1")
+        if self.webhook_max_body_bytes < 1:
+            raise ValueError("webhook_max_body_bytes must be positive")
+        if self.metrics_port is not None:
+            _check_port("metrics port", self.metrics_port)
+            _check_ip("metrics_host", self.metrics_host)
         if self.num_retries < 0:
             raise ValueError("num_retries must not be negative")
         if not 0 <= self.trace_sampling_percent <= 100:
@@ -183,10 +215,142 @@ def render_config(params: EnvoyParams) -> str:
         "edge_unavailable_code": str(EDGE_UNAVAILABLE.code.value[0]),
         "edge_unavailable_message": _q(EDGE_UNAVAILABLE.message),
         "edge_unavailable_retry_after": _q(str(EDGE_UNAVAILABLE.retry_after_seconds)),
+        "headers_guard_filter": _headers_guard_filter(),
+        "edge_limit_mappers": _lines(
+            [_edge_answer_mapper(EDGE_HEADERS_TOO_LARGE), _edge_answer_mapper(EDGE_BODY_TOO_LARGE)],
+            indent=12,
+        ),
+        "webhook_buffer_filter": _lines([_webhook_buffer_filter(params)], indent=10),
+        "metrics_listener": _metrics_listener(params),
         **_tracing_values(params),
         **_webhook_values(params),
     }
     return Template(params.template_path.read_text()).substitute(values)
+
+
+def _lines(items: Sequence[dict[str, Any]], *, indent: int) -> str:
+    """YAML list items as JSON flow mappings, one per line, for a template placeholder
+    that sits at ``indent`` columns."""
+    return ("\n" + " " * indent).join(f"- {json.dumps(item)}" for item in items)
+
+
+def _edge_answer_mapper(answer: EdgeAnswer) -> dict[str, Any]:
+    """A local_reply_config mapper giving Envoy's own ``answer.http_status`` replies the
+    answer table's JSON body (Envoy sets content-type: application/json for it)."""
+    status = answer.http_status
+    return {
+        "filter": {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": status, "runtime_key": f"octosts.lr{status}"},
+                }
+            }
+        },
+        "body_format_override": {
+            "json_format": {
+                "code": answer.code.value[0],
+                "message": answer.message,
+                "request_id": "%REQ(X-REQUEST-ID)%",
+            }
+        },
+    }
+
+
+# Counts every header (pseudo-headers and those Envoy added on arrival included) and their
+# bytes; over a cap, an empty local reply whose body the EDGE_HEADERS_TOO_LARGE mapper writes.
+_HEADERS_GUARD_LUA = """\
+function envoy_on_request(request)
+  local count, size = 0, 0
+  for name, value in pairs(request:headers()) do
+    count = count + 1
+    size = size + #name + #value
+  end
+  if count > $max_count or size > $max_bytes then
+    local reply = {[":status"] = "$status"}
+    local kind = request:headers():get("content-type") or ""
+    if string.sub(kind, 1, 16) == "application/grpc" then
+      reply["grpc-status"] = "$grpc_status"  -- else Envoy derives UNKNOWN from the HTTP status
+    end
+    request:respond(reply, "")
+  end
+end
+"""
+
+
+def _headers_guard_filter() -> str:
+    """The first HTTP filter: refuses requests over MAX_REQUEST_HEADERS / _BYTES."""
+    code = Template(_HEADERS_GUARD_LUA).substitute(
+        max_count=MAX_REQUEST_HEADERS,
+        max_bytes=MAX_REQUEST_HEADER_BYTES,
+        status=EDGE_HEADERS_TOO_LARGE.http_status,
+        grpc_status=EDGE_HEADERS_TOO_LARGE.code.value[0],
+    )
+    guard = {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": code},
+        },
+    }
+    return _lines([guard], indent=10)
+
+
+def _webhook_buffer_filter(params: EnvoyParams) -> dict[str, Any]:
+    """Off by default; the /webhook routes turn it on (``_webhook_values``), so a body over
+    the limit is answered 413 (EDGE_BODY_TOO_LARGE) by Envoy, before any replica reads it."""
+    return {
+        "name": "envoy.filters.http.buffer",
+        "disabled": True,
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": params.webhook_max_body_bytes,
+        },
+    }
+
+
+def _metrics_listener(params: EnvoyParams) -> str:
+    """A plain-HTTP listener serving only ``/metrics`` (admin ``/stats/prometheus``)."""
+    if params.metrics_port is None:
+        return "# no internal metrics listener"
+    not_found = {"status": 404, "body": {"inline_string": "not found\n"}}
+    routes = [
+        {
+            "match": {"path": "/metrics"},
+            "route": {"cluster": "envoy_admin", "prefix_rewrite": "/stats/prometheus"},
+        },
+        {"match": {"prefix": "/"}, "direct_response": not_found},
+    ]
+    hcm = {
+        "@type": _TYPE
+        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "envoy_metrics",
+        "route_config": {
+            "name": "envoy_metrics",
+            "virtual_hosts": [{"name": "envoy_metrics", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    listener = {
+        "name": "envoy_metrics",
+        "address": {
+            "socket_address": {"address": params.metrics_host, "port_value": params.metrics_port}
+        },
+        "enable_reuse_port": False,
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    return _lines([listener], indent=2)
 
 
 OTLP_CLUSTER = "otel_collector"
@@ -195,13 +359,13 @@ _TYPE = "type.googleapis.com/"
 
 
 def _static_cluster(
-    name: str, upstreams: Sequence[Upstream], connect_timeout: str
+    name: str, upstreams: Sequence[Upstream], connect_timeout: str, lb_policy: str = "ROUND_ROBIN"
 ) -> dict[str, Any]:
     return {
         "name": name,
         "type": "STATIC" if all(u.is_ip for u in upstreams) else "STRICT_DNS",
         "connect_timeout": connect_timeout,
-        "lb_policy": "ROUND_ROBIN",
+        "lb_policy": lb_policy,
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -229,6 +393,9 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
     the pool, Envoy mirrors it to every replica (each checks the signature; invalidating
     twice is harmless). Other events (pull requests -> one check run) go to one replica.
     Replicas behind one DNS name cannot be told apart, so there only the pool is used.
+
+    The pool picks a replica by a hash of ``X-Hub-Signature-256`` (a function of the body):
+    a replayed delivery reaches the replica that remembers it (webhook/handler.py).
     """
     upstreams = params.webhook_upstreams
     if not upstreams:
@@ -242,6 +409,10 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
             "@type": _TYPE + "envoy.config.route.v3.FilterConfig",
             "disabled": True,
         },
+    }
+    off["envoy.filters.http.buffer"] = {
+        "@type": _TYPE + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+        "buffer": {"max_request_bytes": params.webhook_max_body_bytes},
     }
     off["envoy.filters.http.local_ratelimit"] = {
         "@type": _TYPE + "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
@@ -258,7 +429,8 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
     spoofable = [ISSUER_HEADER, SUBJECT_HEADER]
     post = {"name": ":method", "string_match": {"exact": "POST"}}
     timeout = _duration(params.connect_timeout_s)
-    clusters = [_static_cluster(WEBHOOK_CLUSTER, upstreams, timeout)]
+    clusters = [_static_cluster(WEBHOOK_CLUSTER, upstreams, timeout, "RING_HASH")]
+    same_body_same_replica = [{"header": {"header_name": "x-hub-signature-256"}}]
     routes = []
     if len(upstreams) > 1 and all(u.is_ip for u in upstreams):
         replicas = [f"{WEBHOOK_CLUSTER}_{i}" for i in range(len(upstreams))]
@@ -272,6 +444,7 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
                 "route": {
                     "cluster": WEBHOOK_CLUSTER,
                     "timeout": "15s",
+                    "hash_policy": same_body_same_replica,
                     "request_mirror_policies": [{"cluster": n} for n in replicas],
                 },
                 "typed_per_filter_config": off,
@@ -281,7 +454,11 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
     routes.append(
         {
             "match": {"path": "/webhook", "headers": [post]},
-            "route": {"cluster": WEBHOOK_CLUSTER, "timeout": "15s"},
+            "route": {
+                "cluster": WEBHOOK_CLUSTER,
+                "timeout": "15s",
+                "hash_policy": same_body_same_replica,
+            },
             "typed_per_filter_config": off,
             "request_headers_to_remove": spoofable,
         }

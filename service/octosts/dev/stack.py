@@ -52,6 +52,7 @@ class StackPorts:
     gateway: int
     envoy_admin: int
     webhook: tuple[int, ...] = ()
+    envoy_metrics: int | None = None  # Envoy's internal /metrics listener
 
     @classmethod
     def fixed(cls, replicas: int = 2) -> StackPorts:
@@ -64,6 +65,7 @@ class StackPorts:
             gateway=8443,
             envoy_admin=9901,
             webhook=tuple(8090 + i for i in range(replicas)),
+            envoy_metrics=9902,
         )
 
     @classmethod
@@ -77,6 +79,7 @@ class StackPorts:
             gateway=free_port(),
             envoy_admin=free_port(),
             webhook=tuple(free_port() for _ in range(replicas)),
+            envoy_metrics=free_port(),
         )
 
 
@@ -317,6 +320,7 @@ class DevStack:
             upstreams=[Upstream("127.0.0.1", port) for port in self.ports.grpc],
             webhook_upstreams=[Upstream("127.0.0.1", port) for port in self.ports.webhook],
             access_log_path=str(self.workdir / "logs" / "envoy-access.log"),
+            metrics_port=self.ports.envoy_metrics,
             health_check_interval_s=1.0,
             otlp_collector=Upstream.parse(self.otlp_collector) if self.otlp_collector else None,
         )

@@ -142,13 +142,14 @@ ERROR_DOMAIN = "octo-sts.dev"
 
 @dataclass(frozen=True, slots=True)
 class EdgeAnswer:
-    """An answer Envoy gives itself (``local_reply_config``) when no replica could answer."""
+    """An answer Envoy gives itself (``local_reply_config``): no replica could answer, or the
+    request is refused before any replica sees it."""
 
     http_status: int
     code: grpc.StatusCode
     reason: str
     text: str
-    retry_after_seconds: int
+    retry_after_seconds: int | None = None
 
     @property
     def message(self) -> str:
@@ -163,6 +164,15 @@ EDGE_UNAVAILABLE = EdgeAnswer(
     "authz_unavailable",
     "cannot verify the token right now, retry later",
     DEFAULT_RETRY_AFTER,
+)
+# More or larger request headers than the edge takes (octosts.dev.envoy's caps, or Envoy's
+# own codec limits): refused before any filter adds headers of its own.
+EDGE_HEADERS_TOO_LARGE = EdgeAnswer(
+    431, _C.INVALID_ARGUMENT, "request_headers_too_large", "too many or too large request headers"
+)
+# A body over the route's limit (the webhook's, enforced by Envoy before any replica reads it).
+EDGE_BODY_TOO_LARGE = EdgeAnswer(
+    413, _C.INVALID_ARGUMENT, "body_too_large", "request body too large"
 )
 
 

@@ -28,6 +28,8 @@ from octosts.transport.decoding import UndecodableRequestGuard
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 64 * 1024  # requests are tiny; refuse anything large before parsing
+# Request metadata (gRPC counts name + value + 32 per entry); the edge's header caps stay under it.
+MAX_METADATA_BYTES = 32 * 1024
 
 Registrar = Callable[[grpc.aio.Server], None]
 _log = structlog.get_logger("octosts.server")
@@ -88,7 +90,7 @@ class GrpcServer:
         options = [
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_metadata_size", 32 * 1024),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ]
         # The guard is innermost: the others (metrics, spans) see the answer it gives.
         guarded = (*interceptors, UndecodableRequestGuard())

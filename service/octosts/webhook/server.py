@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("octosts.webhook")
 MAX_HEADER_BYTES = 16 * 1024
+# The largest delivery taken by default (OCTOSTS_WEBHOOK_MAX_BODY_BYTES); Envoy's /webhook route
+# enforces the same limit (octosts.dev.envoy) so an oversized body never reaches a replica.
+DEFAULT_MAX_BODY = 1 << 20
 PATH = "/webhook"
 
 
@@ -29,7 +32,7 @@ class WebhookServer:
         addr: str,
         handler: WebhookHandler,
         *,
-        max_body: int = 1 << 20,
+        max_body: int = DEFAULT_MAX_BODY,
         read_timeout: float = 10.0,
         reuse_port: bool = False,
     ) -> None:
