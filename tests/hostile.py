@@ -60,11 +60,12 @@ DEEP_CLAIMS: tuple[tuple[str, Any], ...] = (
     ("x", nested_lists(700)),
     ("x", nested_objects(600)),
 )
-# Every hostile claim of findings 1 and 2, with the reason a verifier refuses it for.
-HOSTILE_CLAIMS: tuple[tuple[str, Any], ...] = HOSTILE_TIMES + DEEP_CLAIMS
-HOSTILE_CLAIM_REASONS: tuple[str, ...] = ("token_claims_invalid",) * len(HOSTILE_TIMES) + (
-    "token_malformed",
-) * len(DEEP_CLAIMS)
+# Every hostile claim of findings 1 and 2 as (name, value, the reason a verifier refuses it for).
+HOSTILE_CLAIMS: tuple[tuple[str, Any, str], ...] = tuple(
+    [(name, value, "token_claims_invalid") for name, value in HOSTILE_TIMES]
+    + [(name, value, "token_malformed") for name, value in DEEP_CLAIMS]
+)
+HOSTILE_CLAIM_IDS = case_ids(HOSTILE_TIMES + DEEP_CLAIMS)
 # Raw JSON texts the depth scan must judge without being fooled by strings or made slow.
 DEEP_JSON_TEXTS: tuple[bytes, ...] = (
     b"[" * 6000 + b"]" * 6000,
