@@ -363,6 +363,6 @@ async def test_failed_transfers_are_counted_as_error_and_unwatched_budgets_not_a
         await rest.send(Request("GET", "/up", "token t", "e", "w", budget=Budget(5)))
         with pytest.raises(GitHubUnavailable, match="unreachable on w: ConnectError"):
             await rest.send(Request("GET", "/down", "token t", "e", "w", budget=Budget(5)))
-    assert seen == [("e", 200), ("e", 200), ("e", "error")]
+    assert seen == [("e", 200), ("e", 200), ("e", "error"), ("e", "error")]  # tried twice
     assert gauge == [("5", 41)]
     assert "token t" not in repr(call)

@@ -33,6 +33,9 @@ class Context:
     def set_trailing_metadata(self, _metadata: Any) -> None:
         pass
 
+    def time_remaining(self) -> float | None:
+        return None
+
 
 class SlowExchanger:
     def __init__(self) -> None:

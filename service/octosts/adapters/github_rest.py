@@ -9,7 +9,14 @@ GitHub lives here, once:
 - the request: API root + path, ``Accept``, ``Authorization``, ``User-Agent``,
   ``X-GitHub-Api-Version``, ``Accept-Encoding: identity`` (bodies are read raw);
 - the answer's size cap, counted on raw bytes (``http_body.read_capped``);
-- one deadline for the whole request, connect to last body byte;
+- one deadline for the whole request, connect to last body byte, never past the
+  caller's (``domain.deadline``);
+- one retry, after a short random pause, of a call GitHub may not have seen or
+  may safely see twice: a 5xx answer or a dropped connection on a repeatable call
+  (an idempotent method: GET, HEAD, PUT, DELETE; or one its endpoint says is
+  harmless twice, ``Request.repeatable``), a connection never made on any call
+  (nothing was sent); never a timeout, never a rate limit, and only when the
+  caller's deadline leaves time for it (``_pause``);
 - transport failures, timeouts, oversized or compressed answers: GitHubUnavailable;
 - statuses to domain errors (``error_for``): a rate limit (403/429) and a 5xx mean
   the same for every endpoint; the rest is the endpoint's ``ErrorMap``;
@@ -26,11 +33,8 @@ The HTTP library appears only in ``http_client`` and ``GitHubRest._transfer``.
 
 Where planned work plugs in, one place each:
 
-- one retry with jitter for idempotent calls on 5xx or connection errors: a loop
-  around ``_transfer`` in ``send``, within the caller's deadline;
 - a separately bounded pool wait and the pool size as a setting: ``_timeout`` and
   ``http_client``;
-- revoking orphaned tokens: ``GitHubAppClient.mint``, next to ``revoke``;
 - another HTTP library ([perf-2]): ``http_client`` and ``_transfer``;
 - several GitHub Apps ([fleet]): ``Budget`` carries the App id; ``RateLimits`` can
   say which App has the most quota left, and ``hold_of`` which ones are held.
@@ -43,6 +47,7 @@ import dataclasses
 import ipaddress
 import json
 import math
+import random
 import re
 import time
 import urllib.parse
@@ -55,6 +60,7 @@ import httpx
 import structlog
 
 from octosts.adapters.http_body import BodyRefused, read_capped
+from octosts.domain.deadline import time_left
 from octosts.domain.errors import GitHubUnavailable, PermissionDenied, RateLimited, StsError
 
 if TYPE_CHECKING:
@@ -67,6 +73,13 @@ JSON_MEDIA = "application/vnd.github+json"
 RAW_MEDIA = "application/vnd.github.raw+json"
 # GitHub's documented wait for a secondary limit that names none.
 SECONDARY_LIMIT_WAIT = 60.0
+# Answers worth one more try: GitHub's transient failures (GitHub documents none of
+# them as final; a 501 or 505 would be).
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# RFC 9110 section 9.2.2: sending these twice has the effect of sending them once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+# A retry needs at least this much of the caller's deadline left after its pause.
+MIN_RETRY_TIME = 0.5
 # The shortest hold (a reset already past by our clock) and the longest (repeated
 # secondary limits back off exponentially, up to this).
 MIN_HOLD = 1.0
@@ -87,6 +100,9 @@ class RestConfig:
     max_response_bytes: int = 1 << 20
     user_agent: str = "octo-sts"
     budgets_tracked: int = 10_000  # rate-limit bookkeeping entries kept
+    # The pause before the one retry: uniform between these (seconds), so that calls
+    # failed together do not come back together.
+    retry_jitter: tuple[float, float] = (0.05, 0.25)
 
     def __post_init__(self) -> None:
         check_base_url(self.base_url)
@@ -97,6 +113,9 @@ class RestConfig:
             raise ValueError("RestConfig.max_response_bytes: must be at least 1024")
         if self.budgets_tracked < 1:
             raise ValueError("RestConfig.budgets_tracked: must be at least 1")
+        low, high = self.retry_jitter
+        if not 0 <= low <= high:
+            raise ValueError("RestConfig.retry_jitter: must be (low, high) with 0 <= low <= high")
 
 
 def check_base_url(url: str) -> None:
@@ -313,6 +332,18 @@ class Request:
     json_body: object = None
     etag: str | None = None
     max_bytes: int | None = None  # None: RestConfig.max_response_bytes
+    # Seconds for each attempt. None: RestConfig.request_timeout, cut to the caller's
+    # deadline. Set: exactly this, whatever the caller's deadline (a mint whose answer is
+    # awaited after its caller gave up, to revoke the token it holds).
+    timeout: float | None = None
+    # Whether GitHub acting on it twice is harmless. None: by method (idempotent ones).
+    repeatable: bool | None = None
+
+    @property
+    def may_repeat(self) -> bool:
+        if self.repeatable is not None:
+            return self.repeatable
+        return self.method in IDEMPOTENT_METHODS
 
 
 class GitHubTelemetry(Protocol):
@@ -421,6 +452,21 @@ class RateLimits:
             self._holds.popitem(last=False)
 
 
+def timed_out(exc: BaseException) -> bool:
+    """Whether a GitHubUnavailable from ``send`` was a timeout (GitHub may yet have acted)."""
+    return isinstance(exc.__cause__, TimeoutError | httpx.TimeoutException)
+
+
+def _retryable_failure(request: Request, exc: GitHubUnavailable) -> bool:
+    """Whether a failed transfer may be tried again (see the module doc)."""
+    cause = exc.__cause__
+    if isinstance(cause, httpx.ConnectError):
+        return True  # no connection, nothing sent: safe for any method
+    # Reset or closed before an answer: GitHub may have acted, so repeatable calls only.
+    dropped = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+    return request.may_repeat and isinstance(cause, dropped)
+
+
 def _clamp(wait: float) -> float:
     return min(max(wait, MIN_HOLD), MAX_HOLD)
 
@@ -512,31 +558,76 @@ class GitHubRest:
         return self.url_for(match.group(1)) if match else None
 
     async def send(self, request: Request, stage: Stage | None = None) -> Response:
-        """One call: checked URL, the size cap, the whole-request deadline.
+        """One call: checked URL, the size cap, the whole-request deadline, one retry.
 
         HTTP statuses are returned for the endpoint to judge (``error_for``); a
         rate-limited answer carries ``rate_limit``, with the wait the budget is now
         held for. While GitHub's limit on the request's budget lasts, nothing is
-        sent: RateLimited at once. ``stage`` (when given) is annotated with
-        ``github.status`` (or ``github.rate_limited``). Raises RateLimited (a limit
+        sent: RateLimited at once. A transient failure is tried once more (see the
+        module doc). ``stage`` (when given) is annotated with ``github.status`` (or
+        ``github.rate_limited``) and ``github.retried``. Raises RateLimited (a limit
         in force), GitHubUnavailable for transport failures, timeouts, oversized or
-        compressed answers and URLs off the API.
+        compressed answers, no time left before the caller's deadline and URLs off
+        the API.
         """
         url = self.url_for(request.target)
-        if request.budget is not None:
-            self._refuse_if_held(request, stage)
-        started = time.perf_counter()
-        try:
-            resp = await self._transfer(request, url)
-        except GitHubUnavailable:
-            self._record_call(request.endpoint, "error", started)
-            raise
-        self._record_call(request.endpoint, resp.status, started)
+        retried = False
+        while True:
+            if request.budget is not None:
+                self._refuse_if_held(request, stage)
+            started = time.perf_counter()
+            try:
+                resp = await self._transfer(request, url, self._deadline_of(request))
+            except GitHubUnavailable as exc:
+                self._record_call(request.endpoint, "error", started)
+                if retried or not _retryable_failure(request, exc) or not await self._pause():
+                    raise
+            else:
+                self._record_call(request.endpoint, resp.status, started)
+                if request.budget is not None:
+                    resp = self._note_limits(request.budget, resp)
+                if (
+                    retried
+                    or resp.status not in RETRY_STATUSES
+                    or not request.may_repeat
+                    or not await self._pause()
+                ):
+                    break
+            retried = True
         if stage is not None:
             stage.annotate("github.status", resp.status)
-        if request.budget is not None:
-            resp = self._note_limits(request.budget, resp)
+            if retried:
+                stage.annotate("github.retried", True)  # noqa: FBT003 - an annotation value
         return resp
+
+    def _deadline_of(self, request: Request) -> float:
+        """Seconds for one attempt. Raises GitHubUnavailable when the caller's time is up."""
+        if request.timeout is not None:
+            return request.timeout
+        return self.caller_wait(request.what)
+
+    def caller_wait(self, what: str) -> float:
+        """How long a caller waits for a call: ``request_timeout``, cut to its deadline.
+
+        Raises GitHubUnavailable when the caller's time is already up (nothing is sent).
+        """
+        left = time_left()
+        if left is None or left >= self.config.request_timeout:
+            return self.config.request_timeout
+        if left <= 0:
+            raise GitHubUnavailable(f"no time left for {what} before the caller's deadline")
+        return left
+
+    async def _pause(self) -> bool:
+        """Wait a random moment before the retry; False (no retry) when the caller's
+        deadline would not leave it ``MIN_RETRY_TIME`` after the pause."""
+        low, high = self.config.retry_jitter
+        pause = random.uniform(low, high)  # noqa: S311 - spreading retries, not a secret
+        left = time_left()
+        if left is not None and left - pause < MIN_RETRY_TIME:
+            return False
+        await asyncio.sleep(pause)
+        return True
 
     def _refuse_if_held(self, request: Request, stage: Stage | None) -> None:
         assert request.budget is not None
@@ -584,7 +675,7 @@ class GitHubRest:
         if self._telemetry is not None:
             self._telemetry.github_request(endpoint, status, time.perf_counter() - started)
 
-    async def _transfer(self, request: Request, url: str) -> Response:
+    async def _transfer(self, request: Request, url: str, deadline: float) -> Response:
         headers = {
             "Accept": request.accept,
             # Bodies are read raw under a byte cap: a gzip answer would reach the
@@ -599,7 +690,9 @@ class GitHubRest:
             headers["If-None-Match"] = request.etag
         cap = request.max_bytes or self.config.max_response_bytes
         what = request.what
-        deadline = self.config.request_timeout
+        timeout = self._timeout
+        if deadline != self.config.request_timeout:
+            timeout = httpx.Timeout(deadline, connect=min(self.config.connect_timeout, deadline))
         try:
             async with (
                 asyncio.timeout(deadline),
@@ -608,7 +701,7 @@ class GitHubRest:
                     url,
                     headers=headers,
                     json=request.json_body,
-                    timeout=self._timeout,
+                    timeout=timeout,
                     follow_redirects=False,
                 ) as resp,
             ):
@@ -618,7 +711,7 @@ class GitHubRest:
                     raise GitHubUnavailable(f"GitHub answer to {what} {exc}") from exc
                 status, answer_headers = resp.status_code, resp.headers
         except (TimeoutError, httpx.TimeoutException) as exc:
-            timed_out = f"GitHub timed out on {what} (deadline {deadline:g} s)"
+            timed_out = f"GitHub timed out on {what} (deadline {deadline:.3g} s)"
             raise GitHubUnavailable(timed_out) from exc
         except httpx.HTTPError as exc:
             # The exception's class says enough; its text may repeat the URL only.

@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from octosts._gen.chainguard.platform.oidc import oidc_pb2, oidc_pb2_grpc
 from octosts._gen.octosts.gateway.v1 import form_pb2_grpc
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
+from octosts.domain.deadline import reset_deadline, set_deadline
 from octosts.domain.errors import InvalidRequest, StsError
 from octosts.domain.exchange import (
     CallInfo,
@@ -69,6 +70,8 @@ class _Handler:
         named = scope or next(iter(scopes), "")
         request = ExchangeRequest(bearer="", scope=named, identity=identity, audience=audience)
         error: BaseException | None = None
+        # No GitHub call, and no retry of one, outlives the caller's deadline.
+        deadline = set_deadline(context.time_remaining())
         try:
             scope = scope_of(scope, scopes)
             request = ExchangeRequest(bearer_token(metadata), scope, identity, audience)
@@ -79,6 +82,7 @@ class _Handler:
         except Exception as exc:  # noqa: BLE001 - every fault becomes a status, never a traceback to callers
             error = exc
         finally:
+            reset_deadline(deadline)
             call = CallInfo(rpc, rid, user_agent(metadata), time.perf_counter() - started)
             self._reporter.exchange_done(call, request, attempt, error)
         # Foreign exceptions are INTERNAL without detail, whatever the verbosity.
