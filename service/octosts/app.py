@@ -176,6 +176,12 @@ def build_app(
         clock=clock,
         telemetry=metrics,
     )
+    audit = AuditLog(
+        sink=CloudEventSink(settings.audit_sink_url, metrics=metrics, source=settings.sts_domain)
+        if settings.audit_sink_url
+        else None
+    )
+    events = ExchangeEvents(metrics, audit, clock)
     github = GitHubAppClient(
         GitHubConfig(
             app_id=settings.github_app_id,
@@ -188,6 +194,7 @@ def build_app(
         signer=PemSigner.from_pem(settings.github_app_private_key),
         clock=clock,
         observer=observer,
+        orphans=events,
     )
     policies = PolicyStore(
         github,
@@ -240,12 +247,6 @@ def build_app(
             max_body=settings.webhook_max_body_bytes,
             reuse_port=settings.workers > 1,
         )
-    audit = AuditLog(
-        sink=CloudEventSink(settings.audit_sink_url, metrics=metrics, source=settings.sts_domain)
-        if settings.audit_sink_url
-        else None
-    )
-    events = ExchangeEvents(metrics, audit, clock)
     authz = ext_authz.AuthorizationServicer(verifier, on_decision=metrics.ext_authz_decision)
     server = GrpcServer(
         settings.grpc_addr,
@@ -264,10 +265,22 @@ def build_app(
         server=server,
         metrics=metrics,
         tracer_provider=tracer_provider,
-        closers=[issuer_http.aclose, github_http.aclose],
+        # Closed last to first: orphan tokens are settled while the pool is still open.
+        closers=[
+            issuer_http.aclose,
+            github_http.aclose,
+            # A mint sent just before the stop gets at least one outbound timeout to answer.
+            lambda: _settled(
+                github, max(settings.shutdown_grace_seconds, settings.outbound_timeout_seconds)
+            ),
+        ],
         audit=audit,
         webhook=webhook,
     )
+
+
+async def _settled(github: GitHubAppClient, within: float) -> None:
+    await github.settle(within)
 
 
 async def run(settings: Settings) -> None:

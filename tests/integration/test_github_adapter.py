@@ -346,7 +346,7 @@ async def test_server_errors_are_unavailable(client, emulator) -> None:
     emulator.force_error(502, times=2)  # a lookup is tried once more
     with pytest.raises(GitHubUnavailable):
         await client.installation_id("octo-org")
-    emulator.force_error(500, path_prefix="/app/")
+    emulator.force_error(500, times=2, path_prefix="/app/")  # a mint is tried once more too
     with pytest.raises(GitHubUnavailable):
         await client.mint(ORG_ID, {"contents": "read"}, [])
     # Faults are not cached: the next call succeeds.

@@ -200,7 +200,8 @@ async def test_oversized_request_message_is_refused(stack: Stack) -> None:
 )
 async def test_github_faults_on_mint(stack: Stack, fault: Fault, code: grpc.StatusCode) -> None:
     await stack.exchange()  # warm: the next exchange's only GitHub call is the mint
-    stack.github.inject(dataclass_replace(fault, path_prefix="/app/installations/"))
+    # Twice: a 5xx to a mint is tried once more (a rate limit is not, and stays held).
+    stack.github.inject(dataclass_replace(fault, path_prefix="/app/installations/"), times=2)
     assert (await code_of(stack.exchange()))[0] == code
 
 

@@ -2,8 +2,17 @@
 
 ``GitHubAppClient`` implements ``octosts.domain.ports.GitHubApp`` on top of the
 one GitHub REST core (``adapters.github_rest``: requests, caps, deadline, error
-mapping, rate limits); this module only says which calls it makes, with which
-credentials, and what their statuses mean. Caches belong to the instance:
+mapping, rate limits, retries); this module only says which calls it makes, with
+which credentials, and what their statuses mean.
+
+Orphan tokens: a mint whose requester stops waiting (its deadline, our timeout,
+the caller cancelling, shutdown) is not abandoned at GitHub, which may still make
+the token. Its answer is awaited in the background (up to ``orphan_wait``); a
+token in it is revoked at once (``DELETE /installation/token``) and reported to
+the ``OrphanSink`` (a metric and an audit event). ``settle`` waits for those at
+shutdown, before the connection pool closes.
+
+Caches belong to the instance:
 
 ======================  =====================  ===========================  ===========
 cache                   key                    TTL                          bound
@@ -20,11 +29,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import structlog
 
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.github_rest import (
@@ -36,8 +48,10 @@ from octosts.adapters.github_rest import (
     error_for,
     quote_path,
     repo_path,
+    timed_out,
 )
 from octosts.adapters.signer import JWT_LIFETIME_SECONDS, app_jwt
+from octosts.domain.deadline import set_deadline
 from octosts.domain.errors import (
     GitHubUnavailable,
     InvalidRequest,
@@ -45,6 +59,7 @@ from octosts.domain.errors import (
     NoInstallation,
     PolicyInvalid,
     PolicyNotFound,
+    StsError,
 )
 from octosts.domain.names import is_owner_name, is_repo_name
 from octosts.domain.ports import FileRead, MintedToken
@@ -54,6 +69,35 @@ if TYPE_CHECKING:
     from octosts.adapters.github_rest import GitHubRest
     from octosts.adapters.signer import AppSigner
     from octosts.domain.ports import Clock, Stage, StageObserver
+
+_log = structlog.get_logger("octosts.github")
+
+# What became of a token GitHub minted after its requester stopped waiting: revoked,
+# revoke_failed (still live: an operator must act), unknown (no answer came within
+# orphan_wait: GitHub may or may not have made one).
+OrphanOutcome = Literal["revoked", "revoke_failed", "unknown"]
+
+
+class OrphanSink(Protocol):
+    """Where orphan tokens are reported (``observability.exchanges.ExchangeEvents``).
+
+    Called in the background task that settled the orphan, which runs in a copy of
+    the abandoned call's context (its request id and trace are still bound).
+    """
+
+    def orphan_token(
+        self, outcome: OrphanOutcome, installation_id: int, token: MintedToken | None, /
+    ) -> None: ...
+
+
+class NoOrphanSink:
+    """Reports nowhere (tests, CLI); orphans are still revoked."""
+
+    def orphan_token(
+        self, outcome: OrphanOutcome, installation_id: int, token: MintedToken | None, /
+    ) -> None:
+        pass
+
 
 # Owner and repository names follow domain.names (checked before a name becomes part
 # of a URL); file paths are checked here, segment by segment.
@@ -80,6 +124,9 @@ class GitHubConfig:
     # A cached contents:read token is replaced this long before GitHub expires it.
     contents_token_margin: float = 300.0
     app_jwt_reuse: float = 300.0
+    # How long a mint's answer is still awaited after its requester stopped waiting,
+    # to revoke the token in it (see the module doc).
+    orphan_wait: float = 60.0
 
     def __post_init__(self) -> None:
         if self.app_id <= 0:
@@ -92,6 +139,8 @@ class GitHubConfig:
             raise ValueError("GitHubConfig: cache sizes must be at least 1")
         if not 0 < self.app_jwt_reuse < JWT_LIFETIME_SECONDS - 60:
             raise ValueError("GitHubConfig.app_jwt_reuse: must be between 0 and 8 minutes")
+        if self.orphan_wait <= 0:
+            raise ValueError("GitHubConfig.orphan_wait: must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +190,7 @@ class GitHubAppClient:
         signer: AppSigner,
         clock: Clock,
         observer: StageObserver,
+        orphans: OrphanSink | None = None,
     ) -> None:
         self._config = config
         self._rest = rest
@@ -161,6 +211,10 @@ class GitHubAppClient:
         self._token_flight: SingleFlight[int, _CachedToken] = SingleFlight()
         self._jwt: tuple[str, float] | None = None
         self._jwt_lock = asyncio.Lock()
+        self._orphan_sink: OrphanSink = orphans or NoOrphanSink()
+        self._orphans: set[asyncio.Task[None]] = set()
+        # Mints whose requester has neither taken the answer nor given up yet.
+        self._undecided: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         return f"GitHubAppClient({self._rest!r}, app_id={self._config.app_id})"
@@ -332,18 +386,41 @@ class GitHubAppClient:
         if repositories:
             body["repositories"] = list(repositories)
         what = f"mint token for installation {installation_id}"
-        resp = await self._rest.send(
-            Request(
-                "POST",
-                f"/app/installations/{installation_id}/access_tokens",
-                authorization=await self._app_auth(),
-                endpoint=endpoint,
-                what=what,
-                budget=self._app_budget,
-                json_body=body,
-            ),
-            stage,
+        wait = self._rest.caller_wait(what)
+        request = Request(
+            "POST",
+            f"/app/installations/{installation_id}/access_tokens",
+            authorization=await self._app_auth(),
+            endpoint=endpoint,
+            what=what,
+            budget=self._app_budget,
+            json_body=body,
+            timeout=self._config.orphan_wait,  # the answer is awaited after we stop waiting
+            # Retried after a 5xx: a token GitHub may have made without answering is lost
+            # either way (unreachable, it expires within the hour); the one we get is
+            # delivered, or revoked as an orphan. Envoy's retry on another replica is the same.
+            repeatable=True,
         )
+        # Not cancelled with its requester: a token GitHub makes must reach someone.
+        sending = asyncio.ensure_future(self._rest.send(request))
+        decided = asyncio.get_running_loop().create_future()
+        self._undecided.add(decided)
+        try:
+            resp = await asyncio.wait_for(asyncio.shield(sending), wait)
+        except TimeoutError:
+            self._adopt(sending, installation_id, permissions, repositories, what)
+            raise GitHubUnavailable(
+                f"GitHub timed out on {what} (deadline {wait:.3g} s);"
+                " a token it makes later is revoked"
+            ) from None
+        except asyncio.CancelledError:
+            self._adopt(sending, installation_id, permissions, repositories, what)
+            raise
+        finally:
+            # The answer is ours, or adopted above: ``settle`` waits for this moment.
+            self._undecided.discard(decided)
+            decided.set_result(None)
+        stage.annotate("github.status", resp.status)
         if resp.status == 404:
             # Uninstalled (or reinstalled under a new id): the next lookup must ask GitHub
             # instead of serving this id from the cache for an hour.
@@ -351,6 +428,78 @@ class GitHubAppClient:
         if resp.status != 201:
             raise error_for(resp, what, _MINT_ERRORS)
         return _minted_token(resp, permissions, repositories, what)
+
+    def _adopt(
+        self,
+        sending: asyncio.Future[Response],
+        installation_id: int,
+        permissions: Mapping[str, str],
+        repositories: Sequence[str],
+        what: str,
+    ) -> None:
+        """Revoke the token in ``sending``'s answer, if there is one, once it comes."""
+        task = asyncio.ensure_future(
+            self._settle_orphan(sending, installation_id, permissions, repositories, what)
+        )
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def _settle_orphan(
+        self,
+        sending: asyncio.Future[Response],
+        installation_id: int,
+        permissions: Mapping[str, str],
+        repositories: Sequence[str],
+        what: str,
+    ) -> None:
+        # This task's context is a copy of the abandoned call's: its deadline has passed,
+        # and the revocation must not be cut by it.
+        set_deadline(None)
+        try:
+            resp = await sending
+        except StsError as exc:
+            if timed_out(exc):  # still no answer after orphan_wait: GitHub may have made one
+                _log.error("orphan_token", outcome="unknown", installation_id=installation_id)
+                self._orphan_sink.orphan_token("unknown", installation_id, None)
+            return  # refused, rate-limited, unreachable: no token was made
+        if resp.status != 201:
+            return
+        try:
+            minted = _minted_token(resp, permissions, repositories, what)
+        except GitHubUnavailable:
+            self._orphan_sink.orphan_token("unknown", installation_id, None)
+            return
+        outcome: OrphanOutcome = "revoked"
+        try:
+            await self.revoke(minted.token)
+        except StsError as exc:
+            outcome = "revoke_failed"
+            _log.error(
+                "orphan_token",
+                outcome=outcome,
+                installation_id=installation_id,
+                token_sha256=_sha256(minted.token),
+                error=exc.reason,
+            )
+        else:
+            _log.warning("orphan_token", outcome=outcome, installation_id=installation_id)
+        self._orphan_sink.orphan_token(outcome, installation_id, minted)
+
+    async def settle(self, within: float) -> int:
+        """Wait up to ``within`` seconds for every mint in flight to reach its requester or
+        be revoked; returns how many are left (shutdown calls it once the server has
+        stopped, before the connection pool closes: a requester cut by the stop gives
+        its mint up when its cancellation reaches it, which may be after the stop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        if self._undecided:
+            await asyncio.wait(set(self._undecided), timeout=within)
+        if self._orphans and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._orphans), timeout=left)
+        unsettled = len(self._orphans) + len(self._undecided)
+        if unsettled:
+            _log.error("orphan_tokens_unsettled", count=unsettled)
+        return unsettled
 
     async def revoke(self, token: str) -> None:
         """Revoke an installation token (``DELETE /installation/token``).
@@ -370,6 +519,10 @@ class GitHubAppClient:
         )
         if resp.status not in {204, 401}:
             raise error_for(resp, what)
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _file_content(resp: Response, what: str) -> bytes:

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from octosts.observability.metrics import Metrics
 
 CLOUDEVENT_TYPE = "dev.octo-sts.exchange"
+# A token GitHub minted after its exchange gave up, and what became of it (revoked...).
+ORPHAN_EVENT = "orphan_token"
+ORPHAN_CLOUDEVENT_TYPE = "dev.octo-sts.orphan-token"
 CLOUDEVENT_CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 AUDIT_LOGGER = "octosts.audit"
 
@@ -96,11 +99,13 @@ class AuditEvent:
         }
 
 
-def to_cloudevent(event: AuditEvent, *, source: str) -> dict[str, Any]:
+def to_cloudevent(
+    event: AuditEvent, *, source: str, event_type: str = CLOUDEVENT_TYPE
+) -> dict[str, Any]:
     """The CloudEvents 1.0 structured-mode envelope of ``event``."""
     envelope: dict[str, Any] = {
         "specversion": "1.0",
-        "type": CLOUDEVENT_TYPE,
+        "type": event_type,
         "source": source,
         "id": uuid.uuid4().hex,
         "time": event.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
@@ -157,12 +162,13 @@ class CloudEventSink:
                 for i in range(self._senders)
             ]
 
-    def offer(self, event: AuditEvent) -> bool:
+    def offer(self, event: AuditEvent, event_type: str = CLOUDEVENT_TYPE) -> bool:
         """Queue ``event``; False (and counted) when the queue is full or closed."""
         if self._closed:
             self._metrics.audit_dropped("shutdown")
             return False
-        body = json.dumps(to_cloudevent(event, source=self._source)).encode()
+        envelope = to_cloudevent(event, source=self._source, event_type=event_type)
+        body = json.dumps(envelope).encode()
         try:
             self._queue.put_nowait(body)
         except asyncio.QueueFull:
@@ -233,6 +239,13 @@ class AuditLog:
         self._log.info("exchange", logger=AUDIT_LOGGER, **event.to_dict())
         if self._sink is not None:
             self._sink.offer(event)
+
+    def record_orphan(self, event: AuditEvent) -> None:
+        """An orphan token's event (``result`` revoked or error): logged and queued the same
+        way, under its own name (``orphan_token``, CloudEvent ``dev.octo-sts.orphan-token``)."""
+        self._log.warning(ORPHAN_EVENT, logger=AUDIT_LOGGER, **event.to_dict())
+        if self._sink is not None:
+            self._sink.offer(event, ORPHAN_CLOUDEVENT_TYPE)
 
     async def close(self, flush_within: float = 5.0) -> None:
         if self._sink is not None:

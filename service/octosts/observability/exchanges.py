@@ -13,7 +13,7 @@ from octosts.observability.tracing import current_trace_id
 
 if TYPE_CHECKING:
     from octosts.domain.exchange import CallInfo, ExchangeAttempt, ExchangeRequest
-    from octosts.domain.ports import Clock
+    from octosts.domain.ports import Clock, MintedToken
     from octosts.observability.audit import AuditLog
     from octosts.observability.metrics import Metrics
 
@@ -21,7 +21,8 @@ _log = structlog.get_logger("octosts")
 
 
 class ExchangeEvents:
-    """``domain.exchange.ExchangeReporter``: ``octo_sts_exchanges_total`` and an audit event."""
+    """``domain.exchange.ExchangeReporter``: ``octo_sts_exchanges_total`` and an audit event;
+    and ``adapters.github.OrphanSink``: ``octo_sts_github_orphan_tokens_total`` and one."""
 
     def __init__(self, metrics: Metrics, audit: AuditLog, clock: Clock) -> None:
         self._metrics = metrics
@@ -48,6 +49,28 @@ class ExchangeEvents:
                 iss=attempt.caller.issuer if attempt.caller else None,
             )
         self._audit.record(audit_event(call, request, attempt, result, reason, self._clock))
+
+    def orphan_token(
+        self, outcome: str, installation_id: int, token: MintedToken | None, /
+    ) -> None:
+        """A token minted after its exchange gave up: counted, and an audit event with the
+        abandoned call's request id and trace (this runs in a copy of its context)."""
+        self._metrics.orphan_token(outcome)
+        bound = structlog.contextvars.get_contextvars()
+        self._audit.record_orphan(
+            AuditEvent(
+                time=datetime.fromtimestamp(self._clock.now(), UTC),
+                request_id=str(bound.get("request_id", "")),
+                result="revoked" if outcome == "revoked" else "error",
+                reason=f"orphan_token_{outcome}",
+                trace_id=current_trace_id(),
+                installation_id=installation_id,
+                permissions=dict(token.permissions) if token is not None else {},
+                repositories=tuple(token.repositories) if token is not None else (),
+                token_sha256=token_sha256(token.token) if token is not None else "",
+                rpc=str(bound.get("rpc", "")).lstrip("/"),
+            )
+        )
 
 
 def audit_event(

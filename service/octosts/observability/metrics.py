@@ -227,6 +227,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.github_orphan_tokens = Counter(
+            "octo_sts_github_orphan_tokens",
+            "Tokens GitHub minted after their requester stopped waiting, by what became of them"
+            " (revoked, revoke_failed, unknown).",
+            ["outcome"],
+            registry=registry,
+        )
         self.ext_authz_decisions = Counter(
             "octo_sts_ext_authz_decisions",
             "ext_authz Check decisions (allow/deny) by reason.",
@@ -291,6 +298,9 @@ class Metrics:
     def rate_limited_until(self, installation: int | str, until: float) -> None:
         label = self._installation(installation)
         _child(self._g, self.github_rate_limited_until, label).set(until)
+
+    def orphan_token(self, outcome: str) -> None:
+        _child(self._c, self.github_orphan_tokens, outcome).inc()
 
     def ext_authz_decision(self, decision: str, reason: str) -> None:
         reason = self._authz_reason(reason)
