@@ -26,6 +26,7 @@ from tests.e2e.test_gateway_stack import (
     replica_metric,
     repo_token,
 )
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -82,3 +83,41 @@ async def test_rate_limit_is_429_with_retry_after_and_github_hears_no_more(
         for i in range(2)
     ]
     assert any(until > time.time() + 250 for until in held)
+
+
+def ledger(stack: DevStack) -> list[dict[str, object]]:
+    tokens: list[dict[str, object]] = httpx.get(
+        f"{stack.github_url}/_emulator/tokens", timeout=5
+    ).json()["tokens"]
+    return tokens
+
+
+async def test_callers_giving_up_on_a_slow_github_leave_no_live_token(stack: DevStack) -> None:
+    token = repo_token(stack)
+    request = sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci")
+    metadata = tuple(bearer(token).items())
+    async with grpc_channel(stack) as channel:
+        sts = sts_pb2_grpc.SecurityTokenServiceStub(channel)
+        for _ in range(2):  # both replicas warm: the exchange's mint is its only GitHub call
+            await sts.Exchange(request, metadata=metadata, timeout=15)
+        first = 1 + max(int(str(t["id"])) for t in ledger(stack))
+        rule = add_fault(
+            stack, kind="latency", latency_ms=2000, path_prefix=MINT_PREFIX, method="POST"
+        )
+        try:
+            codes = set()
+            for _ in range(6):
+                with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+                    await sts.Exchange(request, metadata=metadata, timeout=0.5)
+                codes.add(gave_up.value.code())
+        finally:
+            httpx.delete(f"{stack.github_url}/_emulator/faults/{rule}", timeout=5)
+    assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}
+
+    def settled() -> list[dict[str, object]] | None:
+        minted = [t for t in ledger(stack) if int(str(t["id"])) >= first]
+        done = len(minted) == 6 and all(t["state"] == "revoked" for t in minted)
+        return minted if done else None
+
+    await eventually(settled, lambda: f"6 revoked tokens since #{first}: {ledger(stack)}")
+    assert metric_sum(stack, "octo_sts_github_orphan_tokens_total", outcome="revoked") >= 6
