@@ -159,5 +159,7 @@ def authorize_repo(
     )
     if not visible:
         raise not_found()
+    if permission == "metadata" and level == "read":
+        return  # GitHub grants every installation token metadata: read
     if not covers(grant.permissions.get(permission), level):
         raise HttpError(403, "Resource not accessible by integration")

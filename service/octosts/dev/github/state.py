@@ -73,6 +73,7 @@ class Repos:
         self._heads: dict[tuple[str, str, str], str] = {}  # (owner, repo, branch) -> sha
         self._pulls: dict[tuple[str, str, int], Pull] = {}
         self._check_runs: list[dict[str, Any]] = []
+        self._issues: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     # -- owners and repositories -----------------------------------------------------------
 
@@ -110,6 +111,7 @@ class Repos:
             if owner is not None:
                 for repo in owner.repos:
                     self._files.pop((login.lower(), repo), None)
+                    self._issues.pop((login.lower(), repo), None)
 
     def add_repo(self, owner: str, repo: str) -> None:
         with self._lock:
@@ -159,11 +161,20 @@ class Repos:
             return self._files.get(_key(owner, repo), {}).get(path.strip("/"))
 
     def children(self, owner: str, repo: str, path: str) -> list[str]:
-        """Names directly under directory ``path`` on the default branch, sorted."""
-        prefix = path.strip("/") + "/"
+        """Names directly under directory ``path`` (``""``: the root), sorted."""
+        return sorted(self.entries(owner, repo, path))
+
+    def entries(self, owner: str, repo: str, path: str) -> dict[str, str]:
+        """Name -> ``file`` or ``dir``, directly under directory ``path`` (``""``: the root)."""
+        prefix = path.strip("/") + "/" if path.strip("/") else ""
         with self._lock:
             files = self._files.get(_key(owner, repo), {})
-            return sorted({p[len(prefix) :].split("/")[0] for p in files if p.startswith(prefix)})
+            found: dict[str, str] = {}
+            for p in files:
+                if p.startswith(prefix):
+                    name, sep, _ = p[len(prefix) :].partition("/")
+                    found[name] = "dir" if sep else "file"
+            return found
 
     # -- commits and branches --------------------------------------------------------------
 
@@ -245,6 +256,21 @@ class Repos:
     def has_commit(self, sha: object) -> bool:
         with self._lock:
             return isinstance(sha, str) and sha in self._commits
+
+    # -- issues ----------------------------------------------------------------------------
+
+    def add_issue(self, owner: str, repo: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Open an issue (numbers count from 1 per repository); returns what was stored."""
+        with self._lock:
+            issues = self._issues.setdefault(_key(owner, repo), [])
+            issue = {"number": len(issues) + 1, "state": "open", **fields}
+            issues.append(issue)
+            return dict(issue)
+
+    def issues(self, owner: str, repo: str) -> list[dict[str, Any]]:
+        """A repository's issues, oldest first."""
+        with self._lock:
+            return [dict(i) for i in self._issues.get(_key(owner, repo), [])]
 
     # -- pull requests and check runs ------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from octosts.dev.github.routes import apps, checks, contents, installation
+from octosts.dev.github.routes import apps, checks, contents, installation, issues
 from octosts.dev.github.routing import Route
 
 ROUTES: tuple[Route, ...] = (
@@ -10,4 +10,5 @@ ROUTES: tuple[Route, ...] = (
     *apps.ROUTES,
     *contents.ROUTES,
     *checks.ROUTES,
+    *issues.ROUTES,
 )

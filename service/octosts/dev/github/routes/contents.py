@@ -24,7 +24,7 @@ JSON_CONTENT_LIMIT = 1024 * 1024
 
 
 def get_contents(ctx: Context, req: Request) -> Answer:
-    owner, repo, path = req.params["owner"], req.params["repo"], req.params["path"]
+    owner, repo, path = req.params["owner"], req.params["repo"], req.params.get("path", "")
     grant = req.principal.require_grant()
     ref = urllib.parse.parse_qs(req.query).get("ref", [""])[0]
     authorize_repo(ctx.repos, grant, owner, repo, "read")
@@ -54,11 +54,13 @@ def get_contents(ctx: Context, req: Request) -> Answer:
 
 
 def _list_dir(ctx: Context, owner: str, repo: str, path: str) -> Answer:
-    children = ctx.repos.children(owner, repo, path)
-    if not children:
-        raise not_found()
-    prefix = path.strip("/") + "/"
-    return json_answer(200, [{"type": "file", "name": n, "path": prefix + n} for n in children])
+    """A directory (``""``: the repository's root) as GitHub lists it: entries sorted by name."""
+    entries = ctx.repos.entries(owner, repo, path)
+    if not entries:
+        raise not_found() if path.strip("/") else HttpError(404, "This repository is empty.")
+    prefix = path.strip("/") + "/" if path.strip("/") else ""
+    listing = sorted(entries.items())
+    return json_answer(200, [{"type": t, "name": n, "path": prefix + n} for n, t in listing])
 
 
 def _read_at(ctx: Context, owner: str, repo: str, path: str, ref: str) -> Answer:
@@ -99,6 +101,7 @@ def put_contents(ctx: Context, req: Request) -> Answer:
 
 
 ROUTES: tuple[Route, ...] = (
+    route("GET", "/repos/{owner}/{repo}/contents", "token", get_contents),
     route("GET", "/repos/{owner}/{repo}/contents/{path+}", "token", get_contents),
     route("PUT", "/repos/{owner}/{repo}/contents/{path+}", "token", put_contents),
 )
