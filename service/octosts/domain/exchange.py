@@ -48,6 +48,19 @@ class ExchangeRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Authorized:
+    """An exchange every check allowed: what the minted token may do, and for whom."""
+
+    caller: VerifiedToken
+    scope: Scope
+    identity: str
+    installation_id: int
+    policy: TrustPolicy
+    repositories: tuple[str, ...]  # the token's restriction (empty: the installation's)
+    matched_claims: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class ExchangeResult:
     token: MintedToken
     caller: VerifiedToken
@@ -155,6 +168,19 @@ class Exchanger:
         MintRejected), RateLimited, UpstreamUnavailable.
         """
         attempt = attempt if attempt is not None else ExchangeAttempt()
+        authorized = await self.authorize(request, attempt)
+        return self.granted(authorized, await self.mint(authorized), attempt)
+
+    async def authorize(
+        self, request: ExchangeRequest, attempt: ExchangeAttempt | None = None
+    ) -> Authorized:
+        """Every check of an exchange, without the mint: what the policy lets the caller have.
+
+        The egress gateway (``domain.egress``) runs exactly this for each request and mints
+        only when it holds no token for the outcome. Raises as ``exchange`` does, except
+        MintRejected.
+        """
+        attempt = attempt if attempt is not None else ExchangeAttempt()
         scope = parse_scope(request.scope)
         identity = check_identity(request.identity)
         _check_requested_audience(request.audience)
@@ -175,17 +201,38 @@ class Exchanger:
         attempt.matched_claims = _matched_claims(policy, caller)
         if not decision.allowed:
             raise PolicyDenied(decision.detail, reason=decision.reason)
-        minted = await self._github.mint(
-            installation_id, policy.permissions, token_repositories(location, policy)
-        )
-        attempt.result = ExchangeResult(
-            token=minted,
+        return Authorized(
             caller=caller,
             scope=scope,
             identity=identity,
             installation_id=installation_id,
             policy=policy,
+            repositories=token_repositories(location, policy),
             matched_claims=attempt.matched_claims,
+        )
+
+    async def mint(self, authorized: Authorized) -> MintedToken:
+        """A new installation token with what ``authorized`` grants.
+
+        Raises MintRejected, RateLimited, GitHubUnavailable.
+        """
+        return await self._github.mint(
+            authorized.installation_id, authorized.policy.permissions, authorized.repositories
+        )
+
+    @staticmethod
+    def granted(
+        authorized: Authorized, minted: MintedToken, attempt: ExchangeAttempt
+    ) -> ExchangeResult:
+        """The result of an exchange that was authorized and holds ``minted``."""
+        attempt.result = ExchangeResult(
+            token=minted,
+            caller=authorized.caller,
+            scope=authorized.scope,
+            identity=authorized.identity,
+            installation_id=authorized.installation_id,
+            policy=authorized.policy,
+            matched_claims=authorized.matched_claims,
         )
         return attempt.result
 
