@@ -25,15 +25,18 @@ from prometheus_client import CollectorRegistry
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig
 from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
+from octosts.adapters.held_tokens import HeldTokenCache
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
 from octosts.adapters.signer import PemSigner
 from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuersStore
 from octosts.adapters.verified_cache import CachingVerifier
+from octosts.domain.egress import Egress
 from octosts.domain.exchange import Exchanger
 from octosts.domain.issuers import compile_allowlist
 from octosts.domain.ports import Clock, SystemClock
 from octosts.observability.audit import AuditLog, CloudEventSink
+from octosts.observability.egress import EgressEvents
 from octosts.observability.exchanges import ExchangeEvents
 from octosts.observability.logging import configure_logging
 from octosts.observability.metrics import (
@@ -92,10 +95,13 @@ class App:
     audit: AuditLog | None = None
     webhook: WebhookServer | None = None
     webhook_port: int | None = None
+    egress_events: EgressEvents | None = None
 
     async def start(self) -> int:
         if self.audit is not None:
             self.audit.start()  # the sink's senders live in this event loop
+        if self.egress_events is not None:
+            self.egress_events.start()
         port = await self.server.start()
         if self.webhook is not None:
             self.webhook_port = await self.webhook.start()
@@ -114,6 +120,8 @@ class App:
         for close in reversed(self.closers):
             with contextlib.suppress(Exception):
                 await close()
+        if self.egress_events is not None:
+            await self.egress_events.close()  # the pending reuse counts, before the audit log
         if self.audit is not None:
             # After the server: in-flight exchanges have recorded their events.
             await self.audit.close(flush_within=self.settings.shutdown_grace_seconds)
@@ -247,7 +255,15 @@ def build_app(
             max_body=settings.webhook_max_body_bytes,
             reuse_port=settings.workers > 1,
         )
-    authz = ext_authz.AuthorizationServicer(verifier, on_decision=metrics.ext_authz_decision)
+    # The egress gateway (docs/egress.md): Exchange's checks per request, minted tokens held.
+    egress_events = EgressEvents(events, audit, clock)
+    held = HeldTokenCache(clock=clock, maxsize=settings.cache_max_entries, observer=observer)
+    authz = ext_authz.AuthorizationServicer(
+        verifier,
+        ext_authz.ExtAuthzOptions(verbose=settings.verbose_errors),
+        on_decision=metrics.ext_authz_decision,
+        egress=ext_authz.EgressCheck(Egress(exchanger, held), egress_events),
+    )
     server = GrpcServer(
         settings.grpc_addr,
         [
@@ -276,6 +292,7 @@ def build_app(
         ],
         audit=audit,
         webhook=webhook,
+        egress_events=egress_events,
     )
 
 

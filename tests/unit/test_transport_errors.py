@@ -236,6 +236,24 @@ def test_no_row_is_hidden_by_an_earlier_one() -> None:
             errors.PermissionDenied("no such check", reason=UNKNOWN_AUTHZ_MODE),
             (403, C.PERMISSION_DENIED, "forbidden (unknown_authz_mode)", None),
         ),
+        # The egress gateway's policy check: the family, never which policy check failed.
+        (
+            errors.PolicyDenied("subject does not match repo:a/b", reason="subject_mismatch"),
+            (403, C.PERMISSION_DENIED, "forbidden (permission_denied)", None),
+        ),
+        (
+            errors.PolicyNotFound("no file"),
+            (403, C.PERMISSION_DENIED, "forbidden (permission_denied)", None),
+        ),
+        (
+            errors.RateLimited("x", retry_after=59.2),
+            (
+                429,
+                C.RESOURCE_EXHAUSTED,
+                "GitHub rate limit reached, retry later (rate_limited)",
+                None,
+            ),
+        ),
     ],
 )
 def test_edge_denials(
@@ -252,11 +270,23 @@ def test_edge_denials(
     assert refused.reason == exc.reason
 
 
+def test_edge_denials_say_when_to_come_back_and_verbose_ones_say_why() -> None:
+    limited = denial(errors.RateLimited("x", retry_after=59.2))
+    assert limited is not None
+    assert limited.retry_after == 60
+    forbidden = denial(errors.PolicyDenied("x"))
+    assert forbidden is not None
+    assert forbidden.retry_after is None
+    verbose = denial(
+        errors.PolicyDenied("sub is repo:a/b", reason="subject_mismatch"), verbose=True
+    )
+    assert verbose is not None
+    assert verbose.message == "forbidden (subject_mismatch): sub is repo:a/b"
+
+
 @pytest.mark.parametrize(
     "exc",
     [
-        errors.PolicyDenied("x"),
-        errors.RateLimited("x", retry_after=60),
         errors.StsError("x"),
         # Not the caller's fault and maybe not every replica's: Envoy retries it elsewhere.
         errors.IssuerUnavailable("timeout"),

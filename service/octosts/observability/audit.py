@@ -75,6 +75,10 @@ class AuditEvent:
     duration_ms: float | None = None
     # Set when the org's trusted-issuers file is in audit mode and would have refused the issuer.
     issuer_audit: str | None = None
+    # Egress gateway (rpc "egress"): requests this event stands for, and whether they were
+    # served with a token minted earlier (``observability.egress`` aggregates those).
+    requests: int = 1
+    reused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +100,8 @@ class AuditEvent:
             "rpc": self.rpc,
             "duration_ms": self.duration_ms,
             "issuer_audit": self.issuer_audit,
+            "requests": self.requests,
+            "reused": self.reused,
         }
 
 

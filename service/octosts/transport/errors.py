@@ -113,21 +113,30 @@ TABLE: tuple[Row, ...] = (
         edge="invalid bearer token",
         www_authenticate=_INVALID_TOKEN,
     ),
+    # An Envoy configuration error, not an answer about any policy: the reason is shown.
     Row(
         PermissionDenied,
         _C.PERMISSION_DENIED,
         403,
         "permission denied",
         reason=UNKNOWN_AUTHZ_MODE,
+        edge="forbidden",
+    ),
+    # The egress gateway's policy check (ext_authz mode ``egress``) answers these at the edge.
+    Row(
+        PermissionDenied,
+        _C.PERMISSION_DENIED,
+        403,
+        "permission denied",
         show_reason=False,
         edge="forbidden",
     ),
-    Row(PermissionDenied, _C.PERMISSION_DENIED, 403, "permission denied", show_reason=False),
     Row(
         RateLimited,
         _C.RESOURCE_EXHAUSTED,
         429,
         "GitHub rate limit reached, retry later",
+        edge="GitHub rate limit reached, retry later",
         retry_after=True,
     ),
     # A fault at the edge, not a denial: the token may well be valid and another replica
@@ -204,8 +213,9 @@ class Denial:
     http_status: int
     code: grpc.StatusCode
     reason: str
-    message: str  # "<text> (<reason>)"
+    message: str  # "<text> (<shown reason>)"
     www_authenticate: str | None
+    retry_after: int | None = None  # seconds: a Retry-After header on the denial
 
 
 def row_for(exc: BaseException) -> Row:
@@ -231,19 +241,36 @@ def failure(exc: BaseException, request_id: str, *, verbose: bool = False) -> Fa
     message = f"{row.message} (reason: {shown_reason}, request_id: {request_id})"
     if detail and (row.show_detail or verbose):
         message = f"{message}: {detail}"
-    retry_after = None
-    if row.retry_after:
-        seconds = exc.retry_after if isinstance(exc, StsError) else None
-        retry_after = DEFAULT_RETRY_AFTER if seconds is None else max(math.ceil(seconds), 1)
-    return Failure(row.code, reason, message, shown_reason, request_id, retry_after)
+    return Failure(row.code, reason, message, shown_reason, request_id, _retry_after(row, exc))
 
 
-def denial(exc: StsError) -> Denial | None:
-    """The edge's denial for ``exc``, or None when the edge must fail (a fault, not a denial)."""
+def _retry_after(row: Row, exc: BaseException) -> int | None:
+    """Whole seconds (at least 1) for a row with ``retry_after``; None for the others."""
+    if not row.retry_after:
+        return None
+    seconds = exc.retry_after if isinstance(exc, StsError) else None
+    return DEFAULT_RETRY_AFTER if seconds is None else max(math.ceil(seconds), 1)
+
+
+def denial(exc: StsError, *, verbose: bool = False) -> Denial | None:
+    """The edge's denial for ``exc``, or None when the edge must fail (a fault, not a denial).
+
+    Like ``failure``, the PERMISSION_DENIED family shows the family, not the reason, unless
+    ``verbose``; ``Denial.reason`` is always the real one (metrics, logs).
+    """
     row = row_for(exc)
     if row.edge is None:
         return None
     text = exc.detail if (row.edge_detail and exc.detail) else row.edge
+    shown = exc.reason if (row.show_reason or verbose) else exc.family
+    message = f"{text} ({shown})"
+    if verbose and exc.detail and not row.edge_detail:
+        message = f"{message}: {exc.detail}"
     return Denial(
-        row.http_status, row.code, exc.reason, f"{text} ({exc.reason})", row.www_authenticate
+        row.http_status,
+        row.code,
+        exc.reason,
+        message,
+        row.www_authenticate,
+        _retry_after(row, exc),
     )

@@ -11,6 +11,16 @@ this service without code changes:
     ``x-octo-sts-subject`` set and every other client-supplied ``x-octo-sts-*``
     header removed.
 
+``mode: egress`` (the GitHub egress gateway, docs/egress.md)
+    The workload's OIDC token (``authorization: Bearer <jwt>``, or ``token <jwt>`` as the gh
+    CLI and Octokit send it) with the scope and identity from ``x-octo-sts-scope`` /
+    ``x-octo-sts-identity``, or fixed by the route (``context_extensions`` ``scope`` /
+    ``identity``; a request header naming another value is then refused). Decided as an
+    Exchange is (``domain.egress``); allowed requests go upstream with ``authorization``
+    replaced by a GitHub token (reused while it is good) and every client-supplied
+    ``x-octo-sts-*`` header removed. Denials: 400 (no scope/identity), 401, 403 (the
+    PERMISSION_DENIED family, reason collapsed), 429 + Retry-After (GitHub rate limit).
+
 Outcomes, as the one answer table in ``transport/errors.py`` gives them (a
 denial is a *successful* Check carrying a DeniedHttpResponse; faults are RPC
 errors, trailers-only, which Envoy retries on another replica when they are
@@ -32,10 +42,12 @@ JSON gateway's error bodies plus the request id. They never contain the token.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -45,18 +57,37 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
-from octosts.domain.errors import PermissionDenied, StsError, TokenClaimsInvalid
+from octosts.domain.egress import Egress, EgressReporter
+from octosts.domain.errors import InvalidRequest, PermissionDenied, StsError, TokenClaimsInvalid
+from octosts.domain.exchange import CallInfo, ExchangeAttempt, ExchangeRequest
 from octosts.domain.ports import TokenVerifier
 from octosts.domain.tokens import MAX_TOKEN_BYTES, VerifiedToken
 from octosts.transport.compat import check_query
-from octosts.transport.errors import UNKNOWN_AUTHZ_MODE, Denial, denial, failure
+from octosts.transport.errors import (
+    RETRY_AFTER_HEADER,
+    UNKNOWN_AUTHZ_MODE,
+    Denial,
+    denial,
+    failure,
+)
 from octosts.transport.metadata import bearer_from_values
 from octosts.transport.request_id import REQUEST_ID_HEADER, is_request_id
 
 HEADER_PREFIX = "x-octo-sts-"
 ISSUER_HEADER = "x-octo-sts-issuer"
 SUBJECT_HEADER = "x-octo-sts-subject"
+SCOPE_HEADER = "x-octo-sts-scope"
+IDENTITY_HEADER = "x-octo-sts-identity"
 MODE_VERIFY = "verify"
+MODE_EGRESS = "egress"
+# What ``mode: egress`` calls its Check in logs, metrics and audit events.
+EGRESS_RPC = "egress"
+# GitHub's own scheme is accepted besides Bearer: the gh CLI and Octokit send ``token <value>``.
+EGRESS_SCHEMES = ("bearer", "token")
+# The upstream scheme: GitHub takes installation tokens as Bearer.
+_UPSTREAM_SCHEME = "Bearer"
+MISSING_EGRESS_HEADER = "missing_egress_header"
+FIXED_BY_ROUTE = "fixed_by_route"
 
 # Header values Envoy accepts and a reader can trust: printable ASCII, no controls.
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,2048}")
@@ -67,6 +98,25 @@ _log = structlog.get_logger("octosts.ext_authz")
 @dataclass(frozen=True, slots=True)
 class ExtAuthzOptions:
     max_token_bytes: int = MAX_TOKEN_BYTES
+    verbose: bool = False  # denials show the real reason and detail (OCTOSTS_VERBOSE_ERRORS)
+
+
+@dataclass(frozen=True, slots=True)
+class EgressCheck:
+    """What ``mode: egress`` runs: the use case, and where each finished check is reported."""
+
+    egress: Egress
+    reporter: EgressReporter
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """One Check request as a mode reads it."""
+
+    headers: dict[str, list[str]]
+    path: str
+    extensions: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
 
 
 def _request_headers(http: Any) -> dict[str, list[str]]:
@@ -96,6 +146,8 @@ def _denied(refused: Denial, request_id: str) -> Any:
     headers = [_header("content-type", "application/json")]
     if refused.www_authenticate is not None:
         headers.append(_header("www-authenticate", refused.www_authenticate))
+    if refused.retry_after is not None:
+        headers.append(_header(RETRY_AFTER_HEADER, str(refused.retry_after)))
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code, message=refused.reason),
         denied_response=external_auth_pb2.DeniedHttpResponse(
@@ -122,12 +174,48 @@ def _allowed(verified: VerifiedToken, headers: Mapping[str, list[str]]) -> Any:
     )
 
 
+def _egress_allowed(github_token: str, headers: Mapping[str, list[str]]) -> Any:
+    """Forward with the GitHub token in place of the workload's OIDC token, upstream only."""
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=external_auth_pb2.OkHttpResponse(
+            headers=[_header("authorization", f"{_UPSTREAM_SCHEME} {github_token}")],
+            headers_to_remove=sorted(k for k in headers if k.startswith(HEADER_PREFIX)),
+        ),
+    )
+
+
+def _egress_name(checked: _Checked, name: str, header: str) -> str:
+    """The route's fixed ``name`` (context_extensions), else the request's ``header``.
+
+    Raises InvalidRequest: no value, several, or one the route's fixed value contradicts.
+    """
+    values = checked.headers.get(header, [])
+    fixed = checked.extensions.get(name)
+    if fixed:
+        if values and values != [fixed]:
+            raise InvalidRequest(
+                f"this route fixes the {name}: drop the {header} header", reason=FIXED_BY_ROUTE
+            )
+        return fixed
+    if len(values) != 1 or not values[0]:
+        raise InvalidRequest(
+            f"exactly one {header} header is required", reason=MISSING_EGRESS_HEADER
+        )
+    return values[0]
+
+
+def _named(checked: _Checked, name: str, header: str) -> str:
+    """The route's fixed ``name``, else the request's first ``header`` (for reports only)."""
+    return checked.extensions.get(name) or next(iter(checked.headers.get(header, [])), "")
+
+
 def _ignore_decision(decision: str, reason: str) -> None:
     pass
 
 
-# One mode's check: request headers -> CheckResponse (raises StsError to deny).
-_Check = Callable[[dict[str, list[str]]], Awaitable[Any]]
+# One mode's check: the request -> CheckResponse (raises StsError to deny).
+_Check = Callable[[_Checked], Awaitable[Any]]
 
 
 class AuthorizationServicer:
@@ -144,12 +232,16 @@ class AuthorizationServicer:
         options: ExtAuthzOptions | None = None,
         *,
         on_decision: Callable[[str, str], None] | None = None,
+        egress: EgressCheck | None = None,
     ) -> None:
-        """``on_decision(decision, reason)`` ("allow"/"deny", reason code) feeds metrics."""
+        """``on_decision(decision, reason)`` ("allow"/"deny", reason code) feeds metrics;
+        without ``egress`` there is no ``egress`` mode (a route asking for it gets 403)."""
         self._verifier = verifier
         self._options = options or ExtAuthzOptions()
         self._on_decision = on_decision or _ignore_decision
         self._modes: dict[str, _Check] = {MODE_VERIFY: self._verify}
+        if egress is not None:
+            self._modes[MODE_EGRESS] = functools.partial(self._egress, egress)
 
     async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802  (gRPC method name)
         http = request.attributes.request.http
@@ -157,14 +249,14 @@ class AuthorizationServicer:
         request_id = next(iter(headers.get(REQUEST_ID_HEADER, [])), "")
         if not is_request_id(request_id):
             request_id = ""
-        mode = request.attributes.context_extensions.get("mode", "")
+        extensions = request.attributes.context_extensions
+        mode = extensions.get("mode", "")
         log = _log.bind(request_id=request_id, authz_mode=mode)
         try:
             handler = self._handler(mode, log)
-            check_query(http.path)
-            response = await handler(headers)
+            response = await handler(_Checked(headers, http.path, extensions, request_id))
         except StsError as exc:
-            refused = denial(exc)
+            refused = denial(exc, verbose=self._options.verbose)
             if refused is None:
                 # A fault, not a verdict: the RPC fails with the table's code; Envoy asks
                 # another replica when it is UNAVAILABLE (one without the issuer's keys here
@@ -196,9 +288,10 @@ class AuthorizationServicer:
             raise PermissionDenied("no check for this mode", reason=UNKNOWN_AUTHZ_MODE)
         return handler
 
-    async def _verify(self, headers: dict[str, list[str]]) -> Any:
+    async def _verify(self, checked: _Checked) -> Any:
+        check_query(checked.path)
         token = bearer_from_values(
-            headers.get("authorization", []), max_bytes=self._options.max_token_bytes
+            checked.headers.get("authorization", []), max_bytes=self._options.max_token_bytes
         )
         verified = await self._verifier.verify(token)
         for value in (verified.issuer, verified.subject):
@@ -206,7 +299,40 @@ class AuthorizationServicer:
                 raise TokenClaimsInvalid(
                     "iss/sub cannot be passed on as a header", reason="token_claims_invalid"
                 )
-        return _allowed(verified, headers)
+        return _allowed(verified, checked.headers)
+
+    async def _egress(self, check: EgressCheck, checked: _Checked) -> Any:
+        """``mode: egress``; reports every outcome to ``check.reporter``, once."""
+        started = time.perf_counter()
+        headers = checked.headers
+        attempt = ExchangeAttempt()
+        # What the report names when the request is refused before it is read in full.
+        request = ExchangeRequest(
+            "", _named(checked, "scope", SCOPE_HEADER), _named(checked, "identity", IDENTITY_HEADER)
+        )
+        reused = False
+        error: BaseException | None = None
+        try:
+            bearer = bearer_from_values(
+                headers.get("authorization", []),
+                max_bytes=self._options.max_token_bytes,
+                schemes=EGRESS_SCHEMES,
+            )
+            request = ExchangeRequest(
+                bearer,
+                _egress_name(checked, "scope", SCOPE_HEADER),
+                _egress_name(checked, "identity", IDENTITY_HEADER),
+            )
+            grant = await check.egress.authorize(request, attempt)
+            reused = grant.reused
+            return _egress_allowed(grant.result.token.token, headers)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            agent = next(iter(headers.get("user-agent", [])), "")[:200]
+            call = CallInfo(EGRESS_RPC, checked.request_id, agent, time.perf_counter() - started)
+            check.reporter.egress_done(call, request, attempt, reused, error)
 
 
 def add_to_server(server: Any, servicer: AuthorizationServicer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from octosts.domain.errors import TOKEN_MISSING, InvalidRequest, TokenMalformed
 from octosts.domain.tokens import MAX_TOKEN_BYTES
@@ -29,9 +29,16 @@ def _values(metadata: Metadata, name: str) -> list[str]:
     return out
 
 
-def bearer_from_values(values: Sequence[str], *, max_bytes: int = MAX_TOKEN_BYTES) -> str:
+def bearer_from_values(
+    values: Sequence[str],
+    *,
+    max_bytes: int = MAX_TOKEN_BYTES,
+    schemes: Collection[str] = ("bearer",),
+) -> str:
     """The raw token from the ``authorization`` value(s) of one request (gRPC or HTTP).
 
+    ``schemes``: the accepted schemes, lower case (the egress gateway also takes GitHub's
+    ``token``, which the gh CLI and Octokit send).
     Raises TokenMalformed: reason ``token_missing`` when there is no Bearer token
     (no value, another scheme, empty), ``token_too_large`` past ``max_bytes``,
     ``token_malformed`` for several values or characters a JWT cannot have.
@@ -43,7 +50,7 @@ def bearer_from_values(values: Sequence[str], *, max_bytes: int = MAX_TOKEN_BYTE
     if len(values) > 1:
         raise TokenMalformed("more than one authorization header")
     scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() != "bearer":
+    if scheme.lower() not in schemes:
         raise TokenMalformed("authorization scheme is not Bearer", reason=TOKEN_MISSING)
     token = token.strip()
     if not token:
