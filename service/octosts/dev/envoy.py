@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,21 @@ from typing import IO, Any, Self
 
 import httpx
 
+from octosts.adapters.github_rest import base_url_problem
 from octosts.transport.errors import (
     EDGE_BODY_TOO_LARGE,
     EDGE_HEADERS_TOO_LARGE,
     EDGE_UNAVAILABLE,
     EdgeAnswer,
 )
-from octosts.transport.ext_authz import ISSUER_HEADER, SUBJECT_HEADER
+from octosts.transport.ext_authz import (
+    HEADER_PREFIX,
+    IDENTITY_HEADER,
+    ISSUER_HEADER,
+    MODE_EGRESS,
+    SCOPE_HEADER,
+    SUBJECT_HEADER,
+)
 from octosts.webhook.server import DEFAULT_MAX_BODY
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
@@ -52,8 +61,90 @@ MAX_REQUEST_HEADERS = 64
 MAX_REQUEST_HEADER_BYTES = 24 * 1024
 
 
+# The system CA bundle (Debian): what an https GitHub API upstream is verified against.
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Hop-by-hop headers (RFC 9110 section 7.6.1, and the legacy ones) the egress routes never pass
+# on, either way; Envoy's codecs already drop Connection and Transfer-Encoding framing.
+HOP_BY_HOP = (
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+)
+
+
 class EnvoyError(RuntimeError):
     """Envoy could not be configured, validated, started or stopped (message carries its log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EgressRoute:
+    """A path prefix of the egress gateway (docs/egress.md): ``/github/`` is a GitHub API base.
+
+    Without ``scope``/``identity`` the workload names them in ``x-octo-sts-scope`` /
+    ``x-octo-sts-identity``; a route that fixes them refuses a request naming others.
+    """
+
+    prefix: str
+    scope: str | None = None
+    identity: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"/(?:(?!\.\.?/)[a-z0-9._-]+/)+", self.prefix):
+            raise ValueError(f"egress prefix {self.prefix!r} must be /lowercase/segments/")
+
+    @property
+    def graphql_path(self) -> str:
+        """Where GraphQL clients of this base post: GHES's /api/graphql beside /api/v3/."""
+        return "/api/graphql" if self.prefix == "/api/v3/" else f"{self.prefix}graphql"
+
+
+# ``/github/`` for Octokit and curl (any base URL works); ``/api/v3/`` (+ ``/api/graphql``) is
+# where the gh CLI looks on an enterprise host (GH_HOST).
+DEFAULT_EGRESS_ROUTES = (EgressRoute("/github/"), EgressRoute("/api/v3/"))
+
+
+@dataclass(frozen=True, slots=True)
+class GitHubUpstream:
+    """The one GitHub API the egress routes forward to, from its base URL.
+
+    ``https://api.github.com``, or GHES ``https://ghes.example.com/api/v3``; plain http only on
+    loopback (the emulator). Raises ValueError with the GitHub core's own rule.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # "" or "/api/v3": no trailing slash
+
+    @classmethod
+    def parse(cls, url: str) -> GitHubUpstream:
+        problem = base_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"GitHub API URL {url!r}: {problem}")
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if not _HOST_RE.match(host):
+            raise ValueError(f"GitHub API host {host!r} is not a host name or IP address")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, host, port, parts.path.rstrip("/"))
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def graphql_path(self) -> str:
+        """GitHub's /graphql beside the REST root; GHES's /api/graphql beside /api/v3."""
+        root = (
+            self.base_path.removesuffix("/v3") if self.base_path.endswith("/v3") else self.base_path
+        )
+        return f"{root}/graphql"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +231,13 @@ class EnvoyParams:
     # them at /stats/prometheus).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # The GitHub egress gateway (docs/egress.md): the API base allowed requests go to (the
+    # replicas' GITHUB_BASE_URL). None: no egress routes, no GitHub cluster.
+    github_api_url: str | None = None
+    egress_routes: Sequence[EgressRoute] = DEFAULT_EGRESS_ROUTES
+    egress_timeout_s: float = 30.0
+    # What an https GitHub upstream's certificate is checked against.
+    github_ca_path: Path = SYSTEM_CA_BUNDLE
 
     def __post_init__(self) -> None:
         _check_port("listen port", self.listen_port)
@@ -168,12 +266,23 @@ class EnvoyParams:
             "request_timeout_s",
             "health_check_interval_s",
             "health_check_timeout_s",
+            "egress_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        _check_egress(self.github_api_url, self.egress_routes)
         # Upstreams arrive as any sequence; keep the frozen value immutable.
         object.__setattr__(self, "upstreams", tuple(self.upstreams))
         object.__setattr__(self, "webhook_upstreams", tuple(self.webhook_upstreams))
+        object.__setattr__(self, "egress_routes", tuple(self.egress_routes))
+
+
+def _check_egress(github_api_url: str | None, routes: Sequence[EgressRoute]) -> None:
+    if github_api_url is not None:
+        GitHubUpstream.parse(github_api_url)
+    prefixes = [r.prefix for r in routes]
+    if len(set(prefixes)) != len(prefixes):
+        raise ValueError("egress route prefixes must differ")
 
 
 def _duration(seconds: float) -> str:
@@ -224,6 +333,7 @@ def render_config(params: EnvoyParams) -> str:
         "metrics_listener": _metrics_listener(params),
         **_tracing_values(params),
         **_webhook_values(params),
+        **_egress_values(params),
     }
     return Template(params.template_path.read_text()).substitute(values)
 
@@ -466,6 +576,122 @@ def _webhook_values(params: EnvoyParams) -> dict[str, str]:
     return {
         "webhook_route": "\n              ".join(f"- {json.dumps(r)}" for r in routes),
         "webhook_cluster": "\n  ".join(f"- {json.dumps(c)}" for c in clusters),
+    }
+
+
+GITHUB_CLUSTER = "github_api"
+
+
+def _egress_values(params: EnvoyParams) -> dict[str, str]:
+    """The egress routes and the GitHub cluster (YAML comments when there is no GitHub URL).
+
+    Each route strips its prefix and forwards to the one GitHub cluster with the GitHub host
+    as ``:authority``: whatever the request names, no other host is reachable, and nothing
+    outside the API base path (the connection manager has normalised the path first).
+    ext_authz (``mode: egress``) replaces ``authorization``; the workload's ``x-octo-sts-*``
+    and hop-by-hop headers never go upstream, and none come back.
+    """
+    if params.github_api_url is None:
+        return {"egress_routes": "# no egress routes", "egress_cluster": "# no GitHub cluster"}
+    github = GitHubUpstream.parse(params.github_api_url)
+    strip_ours = {
+        "response_mutations": [{"remove_on_match": {"key_matcher": {"prefix": HEADER_PREFIX}}}]
+    }
+    routes = []
+    for egress in params.egress_routes:
+        context = {"mode": MODE_EGRESS}
+        context.update(
+            {k: v for k, v in (("scope", egress.scope), ("identity", egress.identity)) if v}
+        )
+        per_filter = {
+            "envoy.filters.http.ext_authz": {
+                "@type": _TYPE + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+                "check_settings": {"context_extensions": context},
+            },
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": _TYPE + "envoy.config.route.v3.FilterConfig",
+                "disabled": True,
+            },
+            "envoy.filters.http.header_mutation": {
+                "@type": _TYPE
+                + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+                "mutations": strip_ours,
+            },
+        }
+        forward = {
+            "cluster": GITHUB_CLUSTER,
+            "host_rewrite_literal": github.host_header,
+            "timeout": _duration(params.egress_timeout_s),
+        }
+        scrub = {
+            # ext_authz removes every x-octo-sts-* it saw; these names go whatever it saw.
+            "request_headers_to_remove": [
+                *HOP_BY_HOP,
+                SCOPE_HEADER,
+                IDENTITY_HEADER,
+                ISSUER_HEADER,
+                SUBJECT_HEADER,
+            ],
+            "response_headers_to_remove": list(HOP_BY_HOP),
+            "typed_per_filter_config": per_filter,
+        }
+        routes.append(
+            {
+                "match": {"path": egress.graphql_path},
+                "route": {**forward, "prefix_rewrite": github.graphql_path},
+                **scrub,
+            }
+        )
+        routes.append(
+            {
+                "match": {"prefix": egress.prefix},
+                "route": {**forward, "prefix_rewrite": f"{github.base_path}/"},
+                **scrub,
+            }
+        )
+    cluster: dict[str, Any] = {
+        "name": GITHUB_CLUSTER,
+        "type": "STATIC" if Upstream(github.host, github.port).is_ip else "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": _duration(params.connect_timeout_s),
+        "load_assignment": {
+            "cluster_name": GITHUB_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": _socket(Upstream(github.host, github.port))
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if github.scheme == "https":
+        san_type = "IP_ADDRESS" if Upstream(github.host, github.port).is_ip else "DNS"
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": github.host,
+                "common_tls_context": {
+                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                    "validation_context": {
+                        "trusted_ca": {"filename": str(params.github_ca_path)},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": san_type, "matcher": {"exact": github.host}}
+                        ],
+                    },
+                },
+            },
+        }
+    return {
+        "egress_routes": "\n              ".join(f"- {json.dumps(r)}" for r in routes),
+        "egress_cluster": f"- {json.dumps(cluster)}",
     }
 
 

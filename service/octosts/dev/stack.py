@@ -25,7 +25,15 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from octosts.dev.certs import CertPaths, ensure_dev_certs
-from octosts.dev.envoy import EnvoyParams, EnvoyProcess, Upstream, free_port, render_config
+from octosts.dev.envoy import (
+    DEFAULT_EGRESS_ROUTES,
+    EgressRoute,
+    EnvoyParams,
+    EnvoyProcess,
+    Upstream,
+    free_port,
+    render_config,
+)
 from octosts.dev.issuer import load_state, mint_token
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -37,6 +45,10 @@ DEFAULT_DOMAIN = "octo-sts.local"
 # Signs GitHub webhook deliveries in the dev stack only (a real deployment sets its own).
 DEV_WEBHOOK_SECRET = "octo-sts-dev-webhook-secret"  # noqa: S105 - dev stack only
 APP_ID = 1
+# The egress gateway's routes in the dev stack: the default ones, and one with scope and identity
+# fixed (a client that cannot send headers, e.g. gh's porcelain commands, uses such a route).
+FIXED_EGRESS_ROUTE = EgressRoute("/fixed/octo-org/demo/ci/", scope="octo-org/demo", identity="ci")
+EGRESS_ROUTES = (*DEFAULT_EGRESS_ROUTES, FIXED_EGRESS_ROUTE)
 
 
 class StackError(RuntimeError):
@@ -322,6 +334,8 @@ class DevStack:
             access_log_path=str(self.workdir / "logs" / "envoy-access.log"),
             metrics_port=self.ports.envoy_metrics,
             health_check_interval_s=1.0,
+            github_api_url=self.github_url,
+            egress_routes=EGRESS_ROUTES,
             otlp_collector=Upstream.parse(self.otlp_collector) if self.otlp_collector else None,
         )
         config = self.workdir / "envoy.yaml"
