@@ -46,6 +46,8 @@ client-deps: ## Go modules and Node packages the live client tests use
 	@# The real chainguard.dev/sdk (tests/e2e/test_chainguard_sdk_live.py): compiled here, once.
 	cd tests/e2e/chainguard_sdk && go mod download && go test -count=1 -run '^$$' . >/dev/null
 	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
+	@# The real Octokit (@octokit/rest) against the egress gateway (tests/e2e/test_egress_gateway.py).
+	cd tests/e2e/octokit && npm ci --no-audit --no-fund --loglevel=error
 
 test-go: client-deps ## Go client tests
 	cd clients/go && go test ./...

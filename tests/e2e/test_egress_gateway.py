@@ -17,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 
+from octosts.cli.dev_stack import egress_demo
 from octosts.dev.envoy import (
     EnvoyParams,
     EnvoyProcess,
@@ -554,3 +558,91 @@ def test_an_https_ghes_upstream_is_a_config_envoy_accepts(stack: DevStack, tmp_p
     config = tmp_path / "envoy.yaml"
     config.write_text(render_config(params))
     validate(config)
+
+
+def test_make_run_shows_an_egress_call_and_how_to_make_one(
+    stack: DevStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = workload_token(stack)
+    assert egress_demo(stack, token, "octo-sts dev token ...")
+    shown = capsys.readouterr().out
+    assert "-> HTTP 200" in shown
+    assert f"{stack.gateway_url}/github/repos/octo-org/demo/contents" in shown
+    assert f"GH_HOST=localhost:{stack.ports.gateway}" in shown
+    assert GITHUB_TOKEN.search(shown.encode()) is None
+    assert token not in shown
+
+
+# -- real clients: the gh CLI and Octokit, the gateway as their GitHub API ------------------
+
+OCTOKIT = Path(__file__).resolve().parent / "octokit"
+
+
+def client_env(stack: DevStack, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: no user config, the stack's CA trusted (Go and Node read these)."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "SSL_CERT_FILE": str(stack.ca_cert),
+        "NODE_EXTRA_CA_CERTS": str(stack.ca_cert),
+        **extra,
+    }
+
+
+def test_the_gh_cli_uses_the_gateway_as_an_enterprise_host(stack: DevStack, tmp_path: Path) -> None:
+    token = workload_token(stack)
+    gh = str(Path(sys.executable).parent / "gh")
+    env = client_env(
+        stack,
+        tmp_path,
+        GH_HOST=f"localhost:{stack.ports.gateway}",
+        GH_ENTERPRISE_TOKEN=token,
+        GH_CONFIG_DIR=str(tmp_path / "gh"),
+        GH_NO_UPDATE_NOTIFIER="1",
+        GH_PROMPT_DISABLED="1",
+    )
+    ask = [arg for k, v in ASK.items() for arg in ("-H", f"{k}: {v}")]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [gh, "api", *ask, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert GITHUB_TOKEN.search((done.stdout + done.stderr).encode()) is None
+        return done
+
+    listing = run("repos/octo-org/demo/contents")
+    assert listing.returncode == 0, listing.stderr
+    assert {e["name"] for e in json.loads(listing.stdout)} == {".github", "README.md"}
+    created = run("-X", "POST", "repos/octo-org/demo/issues", "-f", "title=from gh")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["title"] == "from gh"
+    beyond = run(
+        "-X", "PUT", "repos/octo-org/demo/contents/gh.txt", "-f", "content=eA==", "-f", "message=m"
+    )
+    assert beyond.returncode == 1
+    assert "Resource not accessible by integration (HTTP 403)" in beyond.stderr
+
+
+def test_octokit_uses_the_gateway_as_its_base_url(stack: DevStack, tmp_path: Path) -> None:
+    token = workload_token(stack)
+    env = client_env(stack, tmp_path, OCTO_BASE_URL=f"{stack.gateway_url}/github", OCTO_TOKEN=token)
+    done = subprocess.run(
+        ["node", str(OCTOKIT / "egress.mjs")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert GITHUB_TOKEN.search((done.stdout + done.stderr).encode()) is None
+    seen = json.loads(done.stdout)
+    assert seen["listing"] == [".github", "README.md"]
+    assert seen["issue"]["status"] == 201
+    assert seen["issue"]["title"] == "from octokit"
+    assert seen["refused"] == {"status": 403, "message": "Resource not accessible by integration"}

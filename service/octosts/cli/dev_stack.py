@@ -60,11 +60,44 @@ def _demo(stack: DevStack) -> int:
         f'-d \'{{"scope":"octo-org/demo","identity":"ci"}}\' localhost:{stack.ports.gateway} '
         "octosts.v1.SecurityTokenService/Exchange"
     )
+    egress_ok = egress_demo(stack, token, token_cmd)
     print(
-        f"Logs: {stack.workdir / 'logs'}   Metrics: http://127.0.0.1:{stack.ports.metrics[0]}/metrics"
+        f"\nLogs: {stack.workdir / 'logs'}   Metrics: http://127.0.0.1:{stack.ports.metrics[0]}/metrics"
         f" (Envoy: http://127.0.0.1:{stack.ports.envoy_metrics}/metrics)"
     )
-    return 0 if reply.status_code == 200 else 1
+    return 0 if reply.status_code == 200 and egress_ok else 1
+
+
+def egress_demo(stack: DevStack, token: str, token_cmd: str) -> bool:
+    """A GitHub API call through the egress gateway (docs/egress.md): the workload holds no
+    GitHub token, only its OIDC token."""
+    base = f"{stack.gateway_url}/github"
+    path = "/repos/octo-org/demo/contents"
+    ask = {"x-octo-sts-scope": "octo-org/demo", "x-octo-sts-identity": "ci"}
+    reply = httpx.get(
+        base + path,
+        headers={"authorization": f"Bearer {token}", **ask},
+        verify=stack.client_tls(),
+        timeout=10,
+    )
+    print(f"\nThe GitHub egress gateway: GET {base}{path} -> HTTP {reply.status_code}:")
+    print(reply.text[:300])
+    ca = shlex.quote(str(stack.ca_cert))
+    headers = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in ask.items())
+    print("\nYour workload calls GitHub with its OIDC token (never a GitHub token):\n")
+    print(f"  TOKEN=$({token_cmd})")
+    print(f'  curl --cacert {ca} -H "Authorization: Bearer $TOKEN" {headers} \\')
+    print(f"    {base}{path}")
+    print(
+        f'  curl --cacert {ca} -H "Authorization: Bearer $TOKEN" {headers} \\\n'
+        f'    -d \'{{"title": "hello from egress"}}\' {base}/repos/octo-org/demo/issues'
+    )
+    print(
+        f"\n  gh: GH_HOST=localhost:{stack.ports.gateway} GH_ENTERPRISE_TOKEN=$TOKEN "
+        f"SSL_CERT_FILE={ca} gh api {headers} repos/octo-org/demo/contents"
+    )
+    print(f"  Octokit: new Octokit({{ baseUrl: '{base}', auth: TOKEN, headers: {{...}} }})")
+    return reply.status_code == 200
 
 
 def _run(args: argparse.Namespace) -> int:
