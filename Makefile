@@ -75,6 +75,7 @@ bench: install system-deps ## run the benchmarks; prints tables and writes bench
 	$(PY) bench/gateway.py
 	$(PY) bench/overhead.py
 	$(PY) bench/hostile_verify.py
+	$(PY) bench/egress.py
 
 clean: ## remove the venv and generated files
 	rm -rf $(VENV) build service/octosts/_gen .pytest_cache .mypy_cache .ruff_cache

@@ -201,6 +201,13 @@ class DevStack:
         body = {"sub": sub, "aud": aud or self.domain, **claims}
         return mint_token(state.key, state.issuer_url, body, ttl=ttl)
 
+    def pids(self) -> dict[str, int]:
+        """The running processes by name (``issuer``, ``github``, ``sts-0``..., ``envoy``)."""
+        found = {proc.name: proc.popen.pid for proc in self._procs if proc.popen.poll() is None}
+        if self.envoy is not None and self.envoy.pid is not None:
+            found["envoy"] = self.envoy.pid
+        return found
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Proc:
