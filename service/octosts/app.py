@@ -173,11 +173,12 @@ def build_app(
         observer=observer,
     )
 
-    github_http = http_client(verify=tls)
+    github_http = http_client(verify=tls, max_connections=settings.github_max_connections)
     github_rest = GitHubRest(
         RestConfig(
             base_url=settings.github_base_url,
             request_timeout=settings.outbound_timeout_seconds,
+            pool_wait=settings.github_pool_wait_seconds,
             budgets_tracked=settings.cache_max_entries,
         ),
         http=github_http,

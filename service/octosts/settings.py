@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import yaml
 
-from octosts.adapters.github_rest import base_url_problem
+from octosts.adapters.github_rest import DEFAULT_MAX_CONNECTIONS, base_url_problem
 from octosts.domain.issuers import AllowlistInvalid, compile_allowlist, issuer_entry_problem
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO
 from octosts.domain.names import is_repo_name
@@ -266,6 +266,13 @@ class Settings:
     outbound_ca_file: str = setting("OCTOSTS_OUTBOUND_CA_FILE", _str, "", check=_existing_file)
     oidc_leeway_seconds: int = setting("OCTOSTS_OIDC_LEEWAY_SECONDS", _int, 30)
     outbound_timeout_seconds: float = setting("OCTOSTS_OUTBOUND_TIMEOUT_SECONDS", _float, 5.0)
+    # [resilience]: the GitHub connection pool per worker, and how long a call waits for it.
+    github_max_connections: int = setting(
+        "OCTOSTS_GITHUB_MAX_CONNECTIONS", _int, DEFAULT_MAX_CONNECTIONS, check=_between(1, 1000)
+    )
+    github_pool_wait_seconds: float = setting(
+        "OCTOSTS_GITHUB_POOL_WAIT_SECONDS", _float, 0.25, check=_positive
+    )
     policy_fresh_seconds: float = setting("OCTOSTS_POLICY_FRESH_SECONDS", _float, 10.0)
     policy_stale_seconds: float = setting("OCTOSTS_POLICY_STALE_SECONDS", _float, 3600.0)
     policy_missing_seconds: float = setting("OCTOSTS_POLICY_MISSING_SECONDS", _float, 30.0)

@@ -7,14 +7,17 @@ API, as an operator or the bench would), two ``octo-sts serve`` replicas and Env
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
-from octosts.dev.stack import DevStack
+from octosts.dev.stack import DevStack, StackPorts
+from tests.e2e.envoy_harness import unique_base_id
 from tests.e2e.test_gateway_stack import (
     EXCHANGE,
     REPO_QUERY,
@@ -121,3 +124,41 @@ async def test_callers_giving_up_on_a_slow_github_leave_no_live_token(stack: Dev
 
     await eventually(settled, lambda: f"6 revoked tokens since #{first}: {ledger(stack)}")
     assert metric_sum(stack, "octo_sts_github_orphan_tokens_total", outcome="revoked") >= 6
+
+
+async def test_when_github_is_slow_the_excess_is_shed_at_once_with_retry_after(
+    tmp_path: Path,
+) -> None:
+    # Two connections to GitHub, each busy 3 s per mint: of six exchanges at once, two are
+    # served and four shed after the 0.1 s pool wait (and again on Envoy's retries), with
+    # 503 + Retry-After instead of queueing until everything in flight times out.
+    stack = DevStack(
+        workdir=tmp_path / "stack",
+        ports=StackPorts.free(1),
+        base_id=unique_base_id(),
+        extra_env={
+            "OCTOSTS_GITHUB_MAX_CONNECTIONS": "2",
+            "OCTOSTS_GITHUB_POOL_WAIT_SECONDS": "0.1",
+        },
+    )
+    await asyncio.to_thread(stack.start)
+    try:
+        token = repo_token(stack)
+        async with http(stack) as client:
+            assert_token_json(await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token)))
+            since = time.time()
+            add_fault(stack, kind="latency", latency_ms=3000, path_prefix=MINT_PREFIX)
+            answers = await asyncio.gather(
+                *(client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token)) for _ in range(6))
+            )
+        mints = github_calls(stack, "POST", MINT_PREFIX, since)
+    finally:
+        await asyncio.to_thread(stack.stop)
+    served = [a for a in answers if a.status_code == 200]
+    shed = [a for a in answers if a.status_code != 200]
+    assert len(served) == 2, [a.text for a in answers]
+    for answer in shed:
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert "github_busy" in answer.json()["message"]
+    assert mints == 2  # the shed calls never reached GitHub

@@ -10,7 +10,11 @@ GitHub lives here, once:
   ``X-GitHub-Api-Version``, ``Accept-Encoding: identity`` (bodies are read raw);
 - the answer's size cap, counted on raw bytes (``http_body.read_capped``);
 - one deadline for the whole request, connect to last body byte, never past the
-  caller's (``domain.deadline``);
+  caller's (``domain.deadline``); within it, a short bound of its own on the wait
+  for a free pooled connection (``RestConfig.pool_wait``): when GitHub is slow and
+  every connection is busy, the excess fails fast (GitHubUnavailable, reason
+  ``github_busy``, Retry-After) instead of queueing until everything in flight
+  times out; the pool's size is ``http_client(max_connections=...)``;
 - one retry, after a short random pause, of a call GitHub may not have seen or
   may safely see twice: a 5xx answer or a dropped connection on a repeatable call
   (an idempotent method: GET, HEAD, PUT, DELETE; or one its endpoint says is
@@ -33,8 +37,6 @@ The HTTP library appears only in ``http_client`` and ``GitHubRest._transfer``.
 
 Where planned work plugs in, one place each:
 
-- a separately bounded pool wait and the pool size as a setting: ``_timeout`` and
-  ``http_client``;
 - another HTTP library ([perf-2]): ``http_client`` and ``_transfer``;
 - several GitHub Apps ([fleet]): ``Budget`` carries the App id; ``RateLimits`` can
   say which App has the most quota left, and ``hold_of`` which ones are held.
@@ -61,7 +63,13 @@ import structlog
 
 from octosts.adapters.http_body import BodyRefused, read_capped
 from octosts.domain.deadline import time_left
-from octosts.domain.errors import GitHubUnavailable, PermissionDenied, RateLimited, StsError
+from octosts.domain.errors import (
+    GITHUB_BUSY,
+    GitHubUnavailable,
+    PermissionDenied,
+    RateLimited,
+    StsError,
+)
 
 if TYPE_CHECKING:
     from octosts.domain.ports import Clock, Stage
@@ -73,6 +81,8 @@ JSON_MEDIA = "application/vnd.github+json"
 RAW_MEDIA = "application/vnd.github.raw+json"
 # GitHub's documented wait for a secondary limit that names none.
 SECONDARY_LIMIT_WAIT = 60.0
+# Every pooled connection busy: when to come back (seconds).
+BUSY_RETRY_AFTER = 1.0
 # Answers worth one more try: GitHub's transient failures (GitHub documents none of
 # them as final; a 501 or 505 would be).
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
@@ -97,6 +107,8 @@ class RestConfig:
     base_url: str = "https://api.github.com"
     connect_timeout: float = 5.0
     request_timeout: float = 10.0  # whole request, including reading the body
+    # At most this long waiting for a free pooled connection (inside request_timeout).
+    pool_wait: float = 0.25
     max_response_bytes: int = 1 << 20
     user_agent: str = "octo-sts"
     budgets_tracked: int = 10_000  # rate-limit bookkeeping entries kept
@@ -106,7 +118,7 @@ class RestConfig:
 
     def __post_init__(self) -> None:
         check_base_url(self.base_url)
-        for name in ("connect_timeout", "request_timeout"):
+        for name in ("connect_timeout", "request_timeout", "pool_wait"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RestConfig.{name}: must be positive")
         if self.max_response_bytes < 1024:
@@ -146,16 +158,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def http_client(*, verify: Any = True, max_connections: int = 100) -> httpx.AsyncClient:
+# GitHub's documented secondary limit: no more than 100 concurrent requests (per App).
+DEFAULT_MAX_CONNECTIONS = 100
+
+
+def http_client(
+    *, verify: Any = True, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> httpx.AsyncClient:
     """The connection pool for the GitHub API: no proxies from the environment, no redirects.
 
-    Timeouts and headers are set per request by ``GitHubRest``.
+    At most ``max_connections`` calls at once, every one of them kept alive for the
+    next (a connection closed after use costs a TCP and TLS handshake per call
+    exactly when GitHub is busiest). Timeouts and headers are set per request by
+    ``GitHubRest``.
     """
     return httpx.AsyncClient(
         verify=verify,
         trust_env=False,
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
     )
 
 
@@ -518,7 +541,7 @@ class GitHubRest:
         self._root = config.base_url.rstrip("/")
         self._origin = _origin(self._root)
         self._base_path = urllib.parse.urlsplit(self._root).path.rstrip("/")
-        self._timeout = httpx.Timeout(config.request_timeout, connect=config.connect_timeout)
+        self._timeout = self._timeouts(config.request_timeout)
         self.rate_limits = RateLimits(config.budgets_tracked)
 
     def __repr__(self) -> str:
@@ -675,6 +698,11 @@ class GitHubRest:
         if self._telemetry is not None:
             self._telemetry.github_request(endpoint, status, time.perf_counter() - started)
 
+    def _timeouts(self, deadline: float) -> httpx.Timeout:
+        """httpx's per-phase bounds for one attempt of ``deadline`` seconds."""
+        connect = min(self.config.connect_timeout, deadline)
+        return httpx.Timeout(deadline, connect=connect, pool=min(self.config.pool_wait, deadline))
+
     async def _transfer(self, request: Request, url: str, deadline: float) -> Response:
         headers = {
             "Accept": request.accept,
@@ -692,7 +720,7 @@ class GitHubRest:
         what = request.what
         timeout = self._timeout
         if deadline != self.config.request_timeout:
-            timeout = httpx.Timeout(deadline, connect=min(self.config.connect_timeout, deadline))
+            timeout = self._timeouts(deadline)
         try:
             async with (
                 asyncio.timeout(deadline),
@@ -710,6 +738,14 @@ class GitHubRest:
                 except BodyRefused as exc:
                     raise GitHubUnavailable(f"GitHub answer to {what} {exc}") from exc
                 status, answer_headers = resp.status_code, resp.headers
+        except httpx.PoolTimeout as exc:
+            # Every connection busy (GitHub slow): nothing was sent; come back in a moment.
+            raise GitHubUnavailable(
+                f"no free connection to GitHub for {what} within {self.config.pool_wait:g} s"
+                " (every pooled connection busy)",
+                reason=GITHUB_BUSY,
+                retry_after=BUSY_RETRY_AFTER,
+            ) from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
             timed_out = f"GitHub timed out on {what} (deadline {deadline:.3g} s)"
             raise GitHubUnavailable(timed_out) from exc

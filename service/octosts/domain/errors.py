@@ -24,7 +24,8 @@ audit event (``observability.metrics.exchange_outcome``)::
     ├── RateLimited              rate_limited          no    GitHub primary/secondary limit
     └── UpstreamUnavailable      upstream_unavailable  no
         ├── IssuerUnavailable    discovery/JWKS unreachable, 5xx, timeout, oversized
-        └── GitHubUnavailable    GitHub unreachable, 5xx, timeout
+        └── GitHubUnavailable    GitHub unreachable, 5xx, timeout; github_busy: no free
+                                 connection to it (the excess when GitHub is slow)
     (a bare StsError)            internal              no
 
 ``family`` is the stable name of the top-level branch (metric labels, stage
@@ -56,11 +57,15 @@ class StsError(Exception):
     # Seconds after which the same call may succeed, when that is known (callers are told).
     retry_after: float | None = None
 
-    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
+    def __init__(
+        self, detail: str = "", *, reason: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(detail or self.reason)
         self.detail = detail
         if reason is not None:
             self.reason = reason
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class InvalidRequest(StsError):
@@ -154,8 +159,7 @@ class RateLimited(StsError):
     caller_fault = False
 
     def __init__(self, detail: str = "", *, retry_after: float, reason: str | None = None) -> None:
-        super().__init__(detail, reason=reason)
-        self.retry_after = retry_after
+        super().__init__(detail, reason=reason, retry_after=retry_after)
 
 
 class UpstreamUnavailable(StsError):
@@ -169,6 +173,10 @@ class IssuerUnavailable(UpstreamUnavailable):
 
 class GitHubUnavailable(UpstreamUnavailable):
     reason = "github_unavailable"
+
+
+# Every pooled connection to GitHub is busy (GitHub slow): shed at once, with Retry-After.
+GITHUB_BUSY = "github_busy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,10 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from octosts.domain.errors import (
+    GITHUB_BUSY,
     TOKEN_MISSING,
     AuthenticationError,
+    GitHubUnavailable,
     InvalidRequest,
     IssuerRejected,
     PermissionDenied,
@@ -137,6 +139,17 @@ TABLE: tuple[Row, ...] = (
         429,
         "GitHub rate limit reached, retry later",
         edge="GitHub rate limit reached, retry later",
+        retry_after=True,
+    ),
+    # Every connection to GitHub busy (GitHub slow): shed at once; another replica, or
+    # this one in a moment, has one (Envoy retries UNAVAILABLE elsewhere).
+    Row(
+        GitHubUnavailable,
+        _C.UNAVAILABLE,
+        503,
+        "upstream unavailable, retry later",
+        reason=GITHUB_BUSY,
+        show_detail=True,
         retry_after=True,
     ),
     # A fault at the edge, not a denial: the token may well be valid and another replica
