@@ -31,7 +31,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -403,18 +403,22 @@ class GitHubAppClient:
         )
         # Not cancelled with its requester: a token GitHub makes must reach someone.
         sending = asyncio.ensure_future(self._rest.send(request))
+
+        def read(answer: Response) -> MintedToken:
+            return _minted_token(answer, permissions, repositories, what)
+
         decided = asyncio.get_running_loop().create_future()
         self._undecided.add(decided)
         try:
             resp = await asyncio.wait_for(asyncio.shield(sending), wait)
         except TimeoutError:
-            self._adopt(sending, installation_id, permissions, repositories, what)
+            self._adopt(sending, installation_id, read)
             raise GitHubUnavailable(
                 f"GitHub timed out on {what} (deadline {wait:.3g} s);"
                 " a token it makes later is revoked"
             ) from None
         except asyncio.CancelledError:
-            self._adopt(sending, installation_id, permissions, repositories, what)
+            self._adopt(sending, installation_id, read)
             raise
         finally:
             # The answer is ours, or adopted above: ``settle`` waits for this moment.
@@ -427,20 +431,16 @@ class GitHubAppClient:
             self._installations.delete_values(lambda cached: cached == installation_id)
         if resp.status != 201:
             raise error_for(resp, what, _MINT_ERRORS)
-        return _minted_token(resp, permissions, repositories, what)
+        return read(resp)
 
     def _adopt(
         self,
         sending: asyncio.Future[Response],
         installation_id: int,
-        permissions: Mapping[str, str],
-        repositories: Sequence[str],
-        what: str,
+        read: Callable[[Response], MintedToken],
     ) -> None:
-        """Revoke the token in ``sending``'s answer, if there is one, once it comes."""
-        task = asyncio.ensure_future(
-            self._settle_orphan(sending, installation_id, permissions, repositories, what)
-        )
+        """Revoke the token in ``sending``'s answer (``read`` reads it), once it comes."""
+        task = asyncio.ensure_future(self._settle_orphan(sending, installation_id, read))
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
 
@@ -448,9 +448,7 @@ class GitHubAppClient:
         self,
         sending: asyncio.Future[Response],
         installation_id: int,
-        permissions: Mapping[str, str],
-        repositories: Sequence[str],
-        what: str,
+        read: Callable[[Response], MintedToken],
     ) -> None:
         # This task's context is a copy of the abandoned call's: its deadline has passed,
         # and the revocation must not be cut by it.
@@ -465,7 +463,7 @@ class GitHubAppClient:
         if resp.status != 201:
             return
         try:
-            minted = _minted_token(resp, permissions, repositories, what)
+            minted = read(resp)
         except GitHubUnavailable:
             self._orphan_sink.orphan_token("unknown", installation_id, None)
             return
