@@ -130,8 +130,8 @@ async def test_when_github_is_slow_the_excess_is_shed_at_once_with_retry_after(
     tmp_path: Path,
 ) -> None:
     # Two connections to GitHub, each busy 3 s per mint: of six exchanges at once, two are
-    # served and four shed after the 0.1 s pool wait (and again on Envoy's retries), with
-    # 503 + Retry-After instead of queueing until everything in flight times out.
+    # served and four shed after the 0.1 s pool wait, with 429 + Retry-After instead of
+    # queueing until everything in flight times out (and not retried by Envoy).
     stack = DevStack(
         workdir=tmp_path / "stack",
         ports=StackPorts.free(1),
@@ -158,7 +158,7 @@ async def test_when_github_is_slow_the_excess_is_shed_at_once_with_retry_after(
     shed = [a for a in answers if a.status_code != 200]
     assert len(served) == 2, [a.text for a in answers]
     for answer in shed:
-        assert answer.status_code == 503
+        assert answer.status_code == 429
         assert answer.headers["retry-after"] == "1"
         assert "github_busy" in answer.json()["message"]
     assert mints == 2  # the shed calls never reached GitHub

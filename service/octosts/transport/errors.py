@@ -141,13 +141,14 @@ TABLE: tuple[Row, ...] = (
         edge="GitHub rate limit reached, retry later",
         retry_after=True,
     ),
-    # Every connection to GitHub busy (GitHub slow): shed at once; another replica, or
-    # this one in a moment, has one (Envoy retries UNAVAILABLE elsewhere).
+    # Every connection to GitHub busy (GitHub slow): shed at once, come back in a second.
+    # Not UNAVAILABLE: Envoy would retry it at once, on a replica as busy (or the same one),
+    # turning a fast answer into a slow one; GitHub's slowness is the same everywhere.
     Row(
         GitHubUnavailable,
-        _C.UNAVAILABLE,
-        503,
-        "upstream unavailable, retry later",
+        _C.RESOURCE_EXHAUSTED,
+        429,
+        "server busy, retry later",
         reason=GITHUB_BUSY,
         show_detail=True,
         retry_after=True,
