@@ -171,3 +171,13 @@ def test_ambiguous_queries_are_refused(query: str, reason: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
         check_query(f"/sts/exchange?{query}")
     assert refused.value.reason == reason
+
+
+@pytest.mark.parametrize("name", ["scope%00", "scope%00x", "identity%00%00a"])
+def test_a_name_with_a_nul_is_not_the_field_it_starts_with(name: str) -> None:
+    # protobuf's upb looks field names up as C strings: "scope\0x" found the `scope` field,
+    # and setting it raised AttributeError (INTERNAL) instead of ignoring an unknown name.
+    # Found by the compat fuzz target (tests/fuzz/corpus/compat/crash-nul-in-field-name).
+    check_query(f"/sts/exchange?scope=o/r&{name}=o/other&{name}=x")
+    request = exchange_request_from_form(f"scope=o%2Fr&{name}=a&{name}=b".encode(), FORM)
+    assert (request.scope, request.identity) == ("o/r", "")

@@ -92,7 +92,8 @@ def _fill(message: Message, pairs: Sequence[tuple[str, str]], what: str) -> None
     seen: set[str] = set()
     for name, value in pairs:
         field = fields.get(name)
-        if field is None:
+        # upb looks names up as C strings: "scope\x00x" finds `scope`. It is another name.
+        if field is None or field.name != name:
             continue
         if field.is_repeated:
             getattr(message, name).append(value)
