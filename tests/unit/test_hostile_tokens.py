@@ -114,6 +114,22 @@ def test_hostile_json_texts_are_refused_as_tokens(raw: bytes) -> None:
         parse_unverified(token_with_payload(raw))
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32"])
+def test_a_payload_not_in_utf8_is_malformed(encoding: str) -> None:
+    # json.loads reads UTF-16/32 bytes too, and in UTF-16 a '"' byte can be half of another
+    # character ("\u0122" is 22 01): the depth scan, reading bytes, lost track of strings and
+    # 40 levels passed it. A JWT's JSON is UTF-8 (RFC 7519 section 7.2).
+    # Found by the claims fuzz target (tests/fuzz/corpus/claims/payload-utf16-*).
+    deep = json.dumps(claims(a="\u0122", x=nested_lists(40)), ensure_ascii=False)
+    with pytest.raises(TokenMalformed, match=r"payload is not (UTF-8|JSON)"):
+        parse_unverified(token_with_payload(deep.encode(encoding)))
+
+
+def test_a_payload_with_a_byte_order_mark_is_malformed() -> None:
+    with pytest.raises(TokenMalformed, match="payload is not JSON"):
+        parse_unverified(token_with_payload(json.dumps(BASE).encode("utf-8-sig")))
+
+
 @pytest.mark.parametrize("raw", SHALLOW_JSON_TEXTS)
 def test_brackets_inside_strings_do_not_count(raw: bytes) -> None:
     assert not json_too_deep(raw)

@@ -215,11 +215,17 @@ def _b64decode(part: str, what: str) -> bytes:
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    # UTF-8 only (RFC 7519 section 7.2): json.loads would read UTF-16/32 bytes too, where a
+    # '"' byte can be half of another character and the depth scan below loses track.
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenMalformed(f"{what} is not UTF-8") from exc
     if json_too_deep(raw):  # before any parser (ours, then pyjwt's) recurses into it
         raise TokenMalformed(f"{what} nests deeper than {MAX_CLAIM_DEPTH} levels")
     try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        value = json.loads(text)  # a BOM is refused too ("Unexpected UTF-8 BOM")
+    except (ValueError, RecursionError) as exc:
         raise TokenMalformed(f"{what} is not JSON") from exc
     if not isinstance(value, dict):
         raise TokenMalformed(f"{what} is not a JSON object")
