@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := service/octosts/_gen/__init__.py
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps proto test test-py test-go test-ts client-deps clients unit lint fmt run bench clean
+.PHONY: help install system-deps proto test test-py test-go test-ts client-deps clients unit lint fmt run bench fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +76,11 @@ bench: install system-deps ## run the benchmarks; prints tables and writes bench
 	$(PY) bench/overhead.py
 	$(PY) bench/hostile_verify.py
 	$(PY) bench/egress.py
+
+FUZZ_SECONDS ?= 60
+fuzz: install ## fuzz every parser FUZZ_SECONDS each (atheris); finds in .fuzz/ (docs/fuzzing.md)
+	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SECONDS)
+	OCTOSTS_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -p no:randomly --timeout=0 tests/fuzz/test_slash_guard_property.py
 
 clean: ## remove the venv and generated files
 	rm -rf $(VENV) build service/octosts/_gen .pytest_cache .mypy_cache .ruff_cache
