@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
@@ -16,6 +17,9 @@ import os
 import shutil
 import signal
 import ssl
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,7 +64,7 @@ from octosts.webhook.handler import WebhookConfig, WebhookHandler
 from octosts.webhook.server import WebhookServer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable
 
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -317,10 +321,39 @@ async def run(settings: Settings) -> None:
     await app.stop()
 
 
-def _worker(settings: Settings) -> None:
+def _worker(settings: Settings, supervisor: int) -> None:
     """Entry point of one worker process (spawned: a fresh interpreter)."""
+    exit_with_parent(supervisor)
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     asyncio.run(run(dataclasses.replace(settings, metrics_addr="")))
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent(parent: int) -> None:
+    """Get SIGTERM (a graceful drain) when process ``parent`` dies, even by SIGKILL.
+
+    A supervisor killed with SIGKILL cannot forward anything: without this its workers
+    keep serving the port, and a restarted replica shares it with them. Linux:
+    ``prctl(PR_SET_PDEATHSIG)`` (it fires when the thread that spawned us exits: the
+    supervisor's main thread, which lives as long as it does); elsewhere a thread watches
+    ``getppid()``. A parent already gone before that was set up means exit now.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    else:  # pragma: no cover - the tests run on Linux
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:
+        raise SystemExit(0)
+
+
+def _watch_parent(parent: int) -> None:  # pragma: no cover - non-Linux only
+    while os.getppid() == parent:
+        time.sleep(1.0)  # poll: no portable way to be told
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve(settings: Settings) -> int:
@@ -330,7 +363,8 @@ def serve(settings: Settings) -> int:
     Prometheus multi-process directory before any worker starts, serves the
     aggregated ``/metrics`` and forwards SIGTERM/SIGINT to the workers. A worker
     that dies on its own takes the others down (exit 1): a restart by the
-    orchestrator beats a replica quietly running on fewer workers.
+    orchestrator beats a replica quietly running on fewer workers. A supervisor
+    that dies, even by SIGKILL, takes its workers with it (``exit_with_parent``).
     """
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     if settings.workers == 1:
@@ -338,49 +372,68 @@ def serve(settings: Settings) -> int:
         return 0
     run_dir = prepare_multiprocess_dir()
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(settings,)) for _ in range(settings.workers)]
-    for process in workers:
-        process.start()
+    # Signal handlers first: a SIGTERM while workers are still being started is forwarded,
+    # not the supervisor's own death (which would leave them to PR_SET_PDEATHSIG).
+    supervisor = _Supervisor(run_dir)
+    for _ in range(settings.workers):
+        if supervisor.stopping:
+            break
+        supervisor.start(context.Process(target=_worker, args=(settings, os.getpid())))
     metrics_server = None
     if settings.metrics_addr:
         host, _, port = settings.metrics_addr.rpartition(":")
         metrics_server = start_metrics_server(exposition_registry(run_dir), host, int(port))
     try:
-        return _supervise(workers, run_dir)
+        return supervisor.wait()
     finally:
         if metrics_server is not None:
             metrics_server.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _supervise(workers: Sequence[multiprocessing.process.BaseProcess], run_dir: Path) -> int:
-    """Forward SIGTERM/SIGINT; wait for every worker. Returns 1 if any failed."""
-    stopping = False
+class _Supervisor:
+    """The worker processes: SIGTERM/SIGINT forwarded to them, their exits watched."""
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for process in workers:
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = run_dir
+        self._workers: list[multiprocessing.process.BaseProcess] = []
+        self._signum: int | None = None
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+
+    @property
+    def stopping(self) -> bool:
+        return self._signum is not None
+
+    def start(self, process: multiprocessing.process.BaseProcess) -> None:
+        process.start()
+        self._workers.append(process)
+        if self._signum is not None and process.pid is not None:
+            os.kill(process.pid, self._signum)  # the signal came while it was being started
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self._signum = signum
+        for process in self._workers:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    failed = 0
-    running = list(workers)
-    while running:
-        for sentinel in multiprocessing.connection.wait([p.sentinel for p in running]):
-            process = next(p for p in running if p.sentinel == sentinel)
-            process.join()
-            running.remove(process)
-            mark_worker_dead(process.pid or 0, run_dir)
-            # A worker still starting up when we forward SIGTERM dies of the signal itself
-            # (its handlers are not installed yet): that is the shutdown we asked for.
-            asked = stopping and process.exitcode in (-signal.SIGTERM, -signal.SIGINT)
-            failed += process.exitcode != 0 and not asked
-            if not stopping:
-                # A worker died on its own: stop the rest and exit non-zero, so the
-                # orchestrator restarts a whole, healthy replica instead of a partial one.
-                _log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
-                forward(signal.SIGTERM, None)
-    return 1 if failed else 0
+    def wait(self) -> int:
+        """Wait for every worker. Returns 1 if any failed."""
+        failed = 0
+        running = list(self._workers)
+        while running:
+            for sentinel in multiprocessing.connection.wait([p.sentinel for p in running]):
+                process = next(p for p in running if p.sentinel == sentinel)
+                process.join()
+                running.remove(process)
+                mark_worker_dead(process.pid or 0, self._run_dir)
+                # A worker still starting up when we forward SIGTERM dies of the signal
+                # itself (its handlers are not installed yet): the shutdown we asked for.
+                asked = self.stopping and process.exitcode in (-signal.SIGTERM, -signal.SIGINT)
+                failed += process.exitcode != 0 and not asked
+                if not self.stopping:
+                    # A worker died on its own: stop the rest and exit non-zero, so the
+                    # orchestrator restarts a whole, healthy replica instead of a partial one.
+                    _log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
+                    self._forward(signal.SIGTERM, None)
+        return 1 if failed else 0

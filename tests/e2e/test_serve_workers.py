@@ -141,3 +141,21 @@ async def test_sigterm_while_workers_are_still_starting_exits_zero(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(workers_stack: DevStack) -> None:
+    # SIGKILL gives the supervisor no chance to forward anything: the workers must notice on
+    # their own, or they keep serving the port and a restarted replica shares it with them.
+    proc = workers_stack._servers[0].popen
+    workers = [pid for pid in _children(proc.pid) if _is_worker(pid)]
+    assert len(workers) == 2
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        await eventually(
+            lambda: not any(_running(pid) for pid in workers), "every worker to exit", timeout=20
+        )
+    finally:
+        for pid in workers:  # the fixture stops the supervisor only
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
