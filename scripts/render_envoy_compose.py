@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from octosts.dev.envoy import EnvoyParams, Upstream, render_config
+from octosts.dev.envoy import DEFAULT_MAX_CONCURRENT_RPCS, EnvoyParams, Upstream, render_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "envoy" / "envoy.compose.yaml"
@@ -22,6 +22,10 @@ OUTPUT = ROOT / "envoy" / "envoy.compose.yaml"
 CERT_DIR = Path("/etc/envoy/certs")
 DESCRIPTOR = Path("/etc/envoy/octosts.pb")
 STS_GRPC_PORT = 8080
+# docker-compose.yml's `sts` service: its replicas and workers (tests/integration/test_compose.py
+# holds them equal): Envoy's circuit breakers are sized from them.
+STS_REPLICAS = 2
+STS_WORKERS = 2
 GATEWAY_PORT = 8443
 ADMIN_PORT = 9901
 METRICS_PORT = 9902
@@ -48,6 +52,8 @@ def compose_params() -> EnvoyParams:
         # The egress gateway's upstream: the replicas' GITHUB_BASE_URL default. For GHES (or the
         # dev profile's emulator) render with another URL; Envoy reads no environment.
         github_api_url=GITHUB_API_URL,
+        replicas=STS_REPLICAS,
+        replica_capacity=STS_WORKERS * DEFAULT_MAX_CONCURRENT_RPCS,
     )
 
 

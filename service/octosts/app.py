@@ -57,6 +57,7 @@ from octosts.observability.tracing import (
     settings_from_env,
 )
 from octosts.transport import ext_authz, sts
+from octosts.transport.admission import Admission, AdmissionInterceptor
 from octosts.transport.interceptors import ObservabilityInterceptor
 from octosts.transport.server import GrpcServer, Readiness
 from octosts.webhook.github_checks import GitHubChecks
@@ -269,6 +270,7 @@ def build_app(
         on_decision=metrics.ext_authz_decision,
         egress=ext_authz.EgressCheck(Egress(exchanger, held), egress_events),
     )
+    admission = Admission(settings.max_concurrent_rpcs)
     server = GrpcServer(
         settings.grpc_addr,
         [
@@ -276,10 +278,15 @@ def build_app(
             lambda s: ext_authz.add_to_server(s, authz),
         ],
         service_names=(*sts.SERVICE_NAMES, EXT_AUTHZ_SERVICE),
-        interceptors=[ObservabilityInterceptor(metrics, tracer)],
+        # Outermost first: shed and cut calls are counted, traced and carry the request id.
+        interceptors=[
+            ObservabilityInterceptor(metrics, tracer),
+            AdmissionInterceptor(admission, metrics),
+        ],
         reuse_port=settings.workers > 1,
         readiness=readiness,
         health_details={GITHUB_HEALTH: lambda: not github.app_rate_limited()},
+        admission=admission,
     )
     return App(
         settings=settings,

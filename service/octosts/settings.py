@@ -283,6 +283,10 @@ class Settings:
     cache_max_entries: int = setting("OCTOSTS_CACHE_MAX_ENTRIES", _int, 10_000, check=_positive_int)
     verbose_errors: bool = setting("OCTOSTS_VERBOSE_ERRORS", _bool, False)  # noqa: FBT003
     workers: int = setting("OCTOSTS_WORKERS", _int, 1, check=_between(1, 64))
+    # [resilience] admission control: Exchange + Check calls one worker handles at once.
+    max_concurrent_rpcs: int = setting(
+        "OCTOSTS_MAX_CONCURRENT_RPCS", _int, 100, check=_between(1, 10_000)
+    )
     shutdown_grace_seconds: float = setting("OCTOSTS_SHUTDOWN_GRACE_SECONDS", _float, 5.0)
     # [resilience]: how long a replica out of local resources (fds, ports) reports NOT_SERVING.
     local_fault_unready_seconds: float = setting(

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
@@ -26,6 +30,7 @@ from tests.e2e.test_gateway_stack import (
     bearer,
     grpc_channel,
     http,
+    replica_metric,
     repo_token,
 )
 from tests.polling import eventually
@@ -239,3 +244,163 @@ async def test_a_replica_out_of_file_descriptors_leaves_the_rotation(tmp_path: P
             await eventually(serving_again, "SERVING after the hold", timeout=20)
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+# -- defect 6: admission control -----------------------------------------------------------------
+
+
+def slow_mints(stack: DevStack, latency_ms: int, times: int | None = None) -> None:
+    """Token mints at the emulator take ``latency_ms`` (the next ``times`` ones, or all)."""
+    rule: dict[str, object] = {"kind": "latency", "latency_ms": latency_ms}
+    rule |= {"path_prefix": MINT_PREFIX, **({} if times is None else {"times": times})}
+    httpx.post(f"{stack.github_url}/_emulator/faults", json=rule).raise_for_status()
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call's rich status details."""
+    details = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert isinstance(details, bytes)
+    status = status_pb2.Status.FromString(details)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return str(info.reason)
+
+
+@pytest.fixture
+def small_stack(tmp_path: Path) -> Iterator[DevStack]:
+    """Two replicas taking two calls at once each, shutting down with a 1 s grace period."""
+    env = {"OCTOSTS_MAX_CONCURRENT_RPCS": "2", "OCTOSTS_SHUTDOWN_GRACE_SECONDS": "1"}
+    stack = DevStack(
+        workdir=tmp_path / "stack",
+        ports=StackPorts.free(2),
+        base_id=unique_base_id(),
+        extra_env=env,
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def test_calls_past_the_limit_are_shed_at_once(small_stack: DevStack) -> None:
+    # Straight to one replica taking 2 calls at once, minting slowly: of 6 concurrent calls,
+    # 2 run and 4 are answered RESOURCE_EXHAUSTED `overloaded` with retry-after, before the
+    # admitted ones finish (before: all 6 queued in the process, each slower).
+    stack = small_stack
+    token = repo_token(stack)
+    metadata = tuple(bearer(token).items())
+    request = sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci")
+    await asyncio.to_thread(warm_one_replica, stack, 0, token)
+    await asyncio.to_thread(slow_mints, stack, 2000)
+    finished: list[grpc.StatusCode] = []
+    shed: list[grpc.aio.AioRpcError] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.grpc[0]}") as channel:
+        sts = sts_pb2_grpc.SecurityTokenServiceStub(channel)
+
+        async def one() -> None:
+            try:
+                await sts.Exchange(request, metadata=metadata, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                finished.append(exc.code())
+                shed.append(exc)
+            else:
+                finished.append(grpc.StatusCode.OK)
+
+        await asyncio.gather(*(one() for _ in range(6)))
+    ok, exhausted = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert finished == [exhausted] * 4 + [ok] * 2
+    for error in shed:
+        assert error_reason(error) == "overloaded"
+        assert dict(error.trailing_metadata() or ())["retry-after"] == "1"
+    assert replica_metric(stack, 0, "octo_sts_shed_total", reason="overloaded") == 4
+
+
+async def test_the_edge_sheds_with_503_or_429_and_retry_after(small_stack: DevStack) -> None:
+    # Through Envoy, whose circuit breakers admit what the two replicas take (2 x 2 calls):
+    # the excess is answered at once, 503 from Envoy or 429 from a replica, always JSON with
+    # Retry-After; the admitted exchanges succeed.
+    stack = small_stack
+    token = repo_token(stack)
+    async with http(stack) as client:
+        assert_token_json(await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token)))
+        await asyncio.to_thread(slow_mints, stack, 2000)
+        order: list[int] = []
+
+        async def one() -> httpx.Response:
+            resp = await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token))
+            order.append(resp.status_code)
+            return resp
+
+        answers = await asyncio.gather(*(one() for _ in range(12)))
+    ok = [r for r in answers if r.status_code == 200]
+    refused = [r for r in answers if r.status_code != 200]
+    assert ok
+    assert refused
+    for resp in refused:
+        assert resp.status_code in (429, 503), resp.text
+        assert resp.headers["retry-after"] == "1"
+        reason = resp.json()["message"]
+        assert "(overloaded)" in reason or "overloaded," in reason or "authz_unavailable" in reason
+    # Shed at once: every refusal came back before the first (slow) success.
+    assert order == sorted(order, key=lambda status: status == 200)
+    # Envoy's circuit breaker (sized to the replicas' 2 x 2) shed them, before any Python ran
+    # (a breaker at Envoy's default, 1024, would have let all of them through).
+    assert envoy_counter(stack, "cluster.sts.upstream_rq_active_overflow") > 0
+
+
+# -- defect 8: calls still running when the grace period ends ------------------------------------
+
+
+async def test_a_call_cut_by_the_drain_answers_shutting_down(small_stack: DevStack) -> None:
+    stack = small_stack
+    token = repo_token(stack)
+    await asyncio.to_thread(warm_one_replica, stack, 0, token)
+    await asyncio.to_thread(slow_mints, stack, 10_000)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.grpc[0]}") as channel:
+        call = sts_pb2_grpc.SecurityTokenServiceStub(channel).Exchange(
+            sts_pb2.ExchangeRequest(scope="octo-org/demo", identity="ci"),
+            metadata=tuple(bearer(token).items()),
+            timeout=30,
+        )
+        await eventually(
+            lambda: asyncio.to_thread(replica_metric, stack, 0, "octo_sts_rpcs_in_flight"),
+            "the call to be in flight",
+        )
+        stack._servers[0].popen.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await call
+    # Before: UNAVAILABLE "Cancelling all calls", no details, not retried by Envoy.
+    assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(cut.value) == "shutting_down"
+    assert dict(cut.value.trailing_metadata() or ())["retry-after"] == "1"
+
+
+async def test_envoy_retries_a_call_cut_by_the_drain_elsewhere(small_stack: DevStack) -> None:
+    stack = small_stack
+    token = repo_token(stack)
+    async with http(stack) as client:
+        assert_token_json(await client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token)))
+        await asyncio.to_thread(slow_mints, stack, 10_000, times=1)  # only the first attempt
+        before = retries(stack)
+        pending = asyncio.ensure_future(
+            client.get(EXCHANGE, params=REPO_QUERY, headers=bearer(token))
+        )
+
+        def minting() -> bool:  # the rule is used up as its delay starts
+            return not httpx.get(f"{stack.github_url}/_emulator/faults").json()["faults"]
+
+        # Only then is the Exchange the one call in flight (its Check is over).
+        await eventually(lambda: asyncio.to_thread(minting), "the slow mint to start")
+
+        def holder() -> subprocess.Popen[bytes] | None:
+            for index in (0, 1):
+                if replica_metric(stack, index, "octo_sts_rpcs_in_flight") > 0:
+                    return stack._servers[index].popen
+            return None
+
+        replica = await eventually(lambda: asyncio.to_thread(holder), "a replica to hold it")
+        replica.send_signal(signal.SIGTERM)
+        resp = await pending
+    assert_token_json(resp)
+    assert retries(stack) > before

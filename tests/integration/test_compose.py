@@ -23,7 +23,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from octosts.dev.certs import ensure_dev_certs
-from octosts.dev.envoy import free_port, validate
+from octosts.dev.envoy import DEFAULT_MAX_CONCURRENT_RPCS, free_port, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -192,6 +192,18 @@ def test_compose_envoy_config_is_rendered_from_the_current_template() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_compose_envoy_circuit_breakers_match_the_replicas_capacity() -> None:
+    # Envoy forwards as many calls at once as the replicas' admission control takes.
+    sts = services()["sts"]
+    workers = re.fullmatch(r"\$\{OCTOSTS_WORKERS:-(\d+)\}", sts["environment"]["OCTOSTS_WORKERS"])
+    assert workers is not None
+    capacity = sts["deploy"]["replicas"] * int(workers.group(1)) * DEFAULT_MAX_CONCURRENT_RPCS
+    config = yaml.safe_load(ENVOY_COMPOSE.read_text())
+    [cluster] = [c for c in config["static_resources"]["clusters"] if c["name"] == "sts"]
+    [limits] = cluster["circuit_breakers"]["thresholds"]
+    assert limits["max_requests"] == capacity
 
 
 def test_compose_envoy_config_passes_envoy_validate(tmp_path: Path) -> None:

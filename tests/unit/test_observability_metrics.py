@@ -38,6 +38,8 @@ EXPECTED_FAMILIES = {
     "octo_sts_audit_events_dropped": "counter",
     "octo_sts_refusals": "counter",
     "octo_sts_issuer_audit": "counter",
+    "octo_sts_shed": "counter",
+    "octo_sts_rpcs_in_flight": "gauge",
     "grpc_server_handled": "counter",
     "grpc_server_handling_seconds": "histogram",
 }

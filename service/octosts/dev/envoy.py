@@ -22,18 +22,20 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from string import Template
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Self, cast
 
 import httpx
 
 from octosts.adapters.github_rest import base_url_problem
+from octosts.settings import Settings
 from octosts.transport.errors import (
     EDGE_BODY_TOO_LARGE,
     EDGE_HEADERS_TOO_LARGE,
+    EDGE_OVERLOADED,
     EDGE_UNAVAILABLE,
     EdgeAnswer,
 )
@@ -48,6 +50,10 @@ from octosts.transport.ext_authz import (
 from octosts.webhook.server import DEFAULT_MAX_BODY
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
+# OCTOSTS_MAX_CONCURRENT_RPCS's default, read from its one declaration.
+DEFAULT_MAX_CONCURRENT_RPCS = cast(
+    "int", next(f.default for f in fields(Settings) if f.name == "max_concurrent_rpcs")
+)
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
 _STDERR_TAIL = 4000
 
@@ -238,6 +244,11 @@ class EnvoyParams:
     egress_timeout_s: float = 30.0
     # What an https GitHub upstream's certificate is checked against.
     github_ca_path: Path = SYSTEM_CA_BUNDLE
+    # Calls one replica takes at once (OCTOSTS_MAX_CONCURRENT_RPCS x OCTOSTS_WORKERS): the
+    # cluster's circuit breakers are sized from it, times the replicas (``replicas``, else
+    # one per upstream address; a DNS name may stand for several).
+    replica_capacity: int = DEFAULT_MAX_CONCURRENT_RPCS
+    replicas: int | None = None
 
     def __post_init__(self) -> None:
         _check_port("listen port", self.listen_port)
@@ -252,6 +263,7 @@ class EnvoyParams:
         if self.metrics_port is not None:
             _check_port("metrics port", self.metrics_port)
             _check_ip("metrics_host", self.metrics_host)
+        _check_capacity(self.replica_capacity, self.replicas)
         if self.num_retries < 0:
             raise ValueError("num_retries must not be negative")
         if not 0 <= self.trace_sampling_percent <= 100:
@@ -283,6 +295,11 @@ def _check_egress(github_api_url: str | None, routes: Sequence[EgressRoute]) -> 
     prefixes = [r.prefix for r in routes]
     if len(set(prefixes)) != len(prefixes):
         raise ValueError("egress route prefixes must differ")
+
+
+def _check_capacity(replica_capacity: int, replicas: int | None) -> None:
+    if replica_capacity < 1 or (replicas is not None and replicas < 1):
+        raise ValueError("replica_capacity and replicas must be at least 1")
 
 
 def _duration(seconds: float) -> str:
@@ -321,9 +338,9 @@ def render_config(params: EnvoyParams) -> str:
         # STRICT_DNS resolves every address of a name (compose replicas); IPs need no DNS.
         "cluster_type": "STATIC" if all(u.is_ip for u in params.upstreams) else "STRICT_DNS",
         "lb_endpoints": json.dumps(endpoints),
-        "edge_unavailable_code": str(EDGE_UNAVAILABLE.code.value[0]),
-        "edge_unavailable_message": _q(EDGE_UNAVAILABLE.message),
-        "edge_unavailable_retry_after": _q(str(EDGE_UNAVAILABLE.retry_after_seconds)),
+        **_edge_answer("edge_unavailable", EDGE_UNAVAILABLE),
+        **_edge_answer("edge_overloaded", EDGE_OVERLOADED),
+        **_circuit_breakers(params),
         "headers_guard_filter": _headers_guard_filter(),
         "edge_limit_mappers": _lines(
             [_edge_answer_mapper(EDGE_HEADERS_TOO_LARGE), _edge_answer_mapper(EDGE_BODY_TOO_LARGE)],
@@ -461,6 +478,24 @@ def _metrics_listener(params: EnvoyParams) -> str:
         ],
     }
     return _lines([listener], indent=2)
+
+
+def _edge_answer(prefix: str, answer: EdgeAnswer) -> dict[str, str]:
+    return {
+        f"{prefix}_code": str(answer.code.value[0]),
+        f"{prefix}_message": _q(answer.message),
+        f"{prefix}_retry_after": _q(str(answer.retry_after_seconds)),
+    }
+
+
+def _circuit_breakers(params: EnvoyParams) -> dict[str, str]:
+    replicas = params.replicas if params.replicas is not None else len(params.upstreams)
+    capacity = params.replica_capacity * replicas
+    # A quarter of the calls in flight may be retries at once, never fewer than 64.
+    return {
+        "upstream_max_requests": str(capacity),
+        "upstream_max_retries": str(max(64, capacity // 4)),
+    }
 
 
 OTLP_CLUSTER = "otel_collector"

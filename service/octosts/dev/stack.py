@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from octosts.dev.certs import CertPaths, ensure_dev_certs
 from octosts.dev.envoy import (
     DEFAULT_EGRESS_ROUTES,
+    DEFAULT_MAX_CONCURRENT_RPCS,
     EgressRoute,
     EnvoyParams,
     EnvoyProcess,
@@ -344,6 +345,7 @@ class DevStack:
             github_api_url=self.github_url,
             egress_routes=EGRESS_ROUTES,
             otlp_collector=Upstream.parse(self.otlp_collector) if self.otlp_collector else None,
+            replica_capacity=self._replica_capacity(),
         )
         config = self.workdir / "envoy.yaml"
         config.write_text(render_config(params))
@@ -359,6 +361,12 @@ class DevStack:
         _deadline_poll(
             "gateway", lambda: _http_ok(f"{self.gateway_url}/healthz", verify=ca), timeout
         )
+
+    def _replica_capacity(self) -> int:
+        """Calls one replica takes at once, as its settings say (Envoy's circuit breakers)."""
+        env = {**os.environ, **self.server_env(0)}
+        per_worker = int(env.get("OCTOSTS_MAX_CONCURRENT_RPCS", DEFAULT_MAX_CONCURRENT_RPCS))
+        return per_worker * int(env.get("OCTOSTS_WORKERS", "1"))
 
     def stop(self) -> None:
         if self.envoy is not None:

@@ -22,10 +22,13 @@ audit event (``observability.metrics.exchange_outcome``)::
     │   ├── IssuerNotTrusted     the org's trusted-token-issuers file refuses the issuer
     │   └── MintRejected         GitHub refused the token request (422)
     ├── RateLimited              rate_limited          no    GitHub primary/secondary limit
-    └── UpstreamUnavailable      upstream_unavailable  no
-        ├── IssuerUnavailable    discovery/JWKS unreachable, 5xx, timeout, oversized
-        └── GitHubUnavailable    GitHub unreachable, 5xx, timeout; github_busy: no free
-                                 connection to it (the excess when GitHub is slow)
+    ├── UpstreamUnavailable      upstream_unavailable  no
+    │   ├── IssuerUnavailable    discovery/JWKS unreachable, 5xx, timeout, oversized
+    │   └── GitHubUnavailable    GitHub unreachable, 5xx, timeout; github_busy: no free
+    │                            connection to it (the excess when GitHub is slow)
+    └── ServiceUnavailable       service_unavailable   no    this replica cannot take the call now
+        ├── Overloaded           at its limit of calls in progress: shed at once
+        └── ShuttingDown         draining: the call outlived the shutdown grace period
     (a bare StsError)            internal              no
 
 ``family`` is the stable name of the top-level branch (metric labels, stage
@@ -177,6 +180,24 @@ class GitHubUnavailable(UpstreamUnavailable):
 
 # Every pooled connection to GitHub is busy (GitHub slow): shed at once, with Retry-After.
 GITHUB_BUSY = "github_busy"
+
+
+class ServiceUnavailable(StsError):
+    """This replica cannot take the call now; another replica, or this one soon, can."""
+
+    family = reason = "service_unavailable"
+    caller_fault = False
+
+
+# Raised by the transport, not the domain; here so the one tree and the one table hold them.
+class Overloaded(ServiceUnavailable):
+    reason = "overloaded"
+    retry_after = 1.0
+
+
+class ShuttingDown(ServiceUnavailable):
+    reason = "shutting_down"
+    retry_after = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,6 +258,19 @@ class Metrics:
             "Exchanges allowed only because the org's trusted-token-issuers file is in audit mode.",
             registry=registry,
         )
+        self.shed_calls = Counter(
+            "octo_sts_shed",
+            "Calls answered at once without being handled: overloaded (admission control) "
+            "or shutting_down (still running when the drain's grace period ended).",
+            ["reason"],
+            registry=registry,
+        )
+        self.rpcs_in_flight = Gauge(
+            "octo_sts_rpcs_in_flight",
+            "Exchange and Check calls being handled now (summed over workers).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.grpc_handled = Counter(
             "grpc_server_handled",
             "RPCs completed on the server, regardless of success or failure.",
@@ -315,6 +328,12 @@ class Metrics:
 
     def audit_dropped(self, reason: str) -> None:
         self.audit_events_dropped.labels(reason=reason).inc()
+
+    def shed(self, reason: str) -> None:
+        _child(self._c, self.shed_calls, reason).inc()
+
+    def in_flight(self, calls: int) -> None:
+        self.rpcs_in_flight.set(calls)
 
     def grpc(self, service: str, method: str, code: str, seconds: float) -> None:
         service, method = self._rpc(service), self._rpc(method)

@@ -43,11 +43,14 @@ from octosts.domain.errors import (
     GitHubUnavailable,
     InvalidRequest,
     IssuerRejected,
+    Overloaded,
     PermissionDenied,
     RateLimited,
+    ShuttingDown,
     StsError,
     UpstreamUnavailable,
 )
+from octosts.transport.request_id import REQUEST_ID_HEADER
 
 # ext_authz was asked for a check it does not have: an Envoy configuration error, fail closed.
 UNKNOWN_AUTHZ_MODE = "unknown_authz_mode"
@@ -156,6 +159,10 @@ TABLE: tuple[Row, ...] = (
     # A fault at the edge, not a denial: the token may well be valid and another replica
     # may have the issuer's keys cached, so Envoy retries the Check there (see the module doc).
     Row(UpstreamUnavailable, _C.UNAVAILABLE, 503, "upstream unavailable, retry later"),
+    # Admission control shed the call at once (Envoy tries another replica first).
+    Row(Overloaded, _C.RESOURCE_EXHAUSTED, 429, "server busy, retry later", retry_after=True),
+    # Still running when the drain's grace period ended: Envoy retries it on another replica.
+    Row(ShuttingDown, _C.UNAVAILABLE, 503, "server shutting down, retry later", retry_after=True),
     Row(StsError, _C.INTERNAL, 500, "internal error"),
 )
 
@@ -218,6 +225,21 @@ class Failure:
         status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
         serialized: bytes = status.SerializeToString()
         return serialized
+
+    def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The trailing metadata of this answer: rich details, request id, Retry-After.
+
+        Sent with no initial metadata before it (a "trailers-only" answer), which
+        Envoy's retry policies can read and whose ``retry-after`` it passes on to
+        HTTP callers as a header.
+        """
+        trailers: tuple[tuple[str, str | bytes], ...] = (
+            ("grpc-status-details-bin", self.status_details()),
+            (REQUEST_ID_HEADER, self.request_id),
+        )
+        if self.retry_after is not None:
+            trailers += ((RETRY_AFTER_HEADER, str(self.retry_after)),)
+        return trailers
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,3 +310,14 @@ def denial(exc: StsError, *, verbose: bool = False) -> Denial | None:
         row.www_authenticate,
         _retry_after(row, exc),
     )
+
+
+# Envoy's circuit breakers for the replicas are full: Envoy sheds the call itself, with the
+# text of the replicas' own answer (the Overloaded row) and 503, what overload means in HTTP.
+EDGE_OVERLOADED = EdgeAnswer(
+    503,
+    _C.UNAVAILABLE,
+    Overloaded.reason,
+    row_for(Overloaded()).message,
+    DEFAULT_RETRY_AFTER,
+)

@@ -23,6 +23,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from octosts.transport.admission import Admission
 from octosts.transport.decoding import UndecodableRequestGuard
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -30,6 +31,8 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 64 * 1024  # requests are tiny; refuse anything large before parsing
 # Request metadata (gRPC counts name + value + 32 per entry); the edge's header caps stay under it.
 MAX_METADATA_BYTES = 32 * 1024
+# The last resort after our own cut (Admission.drain) at the end of the grace period.
+_CUT_MARGIN_SECONDS = 1.0
 
 Registrar = Callable[[grpc.aio.Server], None]
 _log = structlog.get_logger("octosts.server")
@@ -86,6 +89,7 @@ class GrpcServer:
         reuse_port: bool = False,
         readiness: Readiness | None = None,
         health_details: Mapping[str, Callable[[], bool]] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         options = [
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -108,6 +112,7 @@ class GrpcServer:
         self._stopping = False
         self._held_until = 0.0
         self._holding: asyncio.Task[None] | None = None
+        self._admission = admission
         if readiness is not None:
             readiness.attach(self._hold_not_serving)
 
@@ -142,12 +147,22 @@ class GrpcServer:
         return self.port
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING first, then let in-flight RPCs finish for ``grace`` seconds."""
+        """NOT_SERVING first, then let in-flight RPCs finish for ``grace`` seconds.
+
+        Calls still running then are cut by ``Admission.drain`` and answer UNAVAILABLE
+        ``shutting_down`` (Envoy retries them elsewhere); gRPC's own "Cancelling all
+        calls" comes only a margin later, for a handler that ignores cancellation.
+        """
         self._stopping = True
         if self._holding is not None:
             self._holding.cancel()
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        if self._admission is None:
+            await self._server.stop(grace)
+            return
+        stopping = asyncio.ensure_future(self._server.stop(grace + _CUT_MARGIN_SECONDS))
+        await self._admission.drain(grace)
+        await stopping
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

@@ -30,7 +30,7 @@ from octosts.domain.exchange import (
     ExchangeResult,
 )
 from octosts.transport.compat import exchange_request_from_form, logged_audiences, scope_of
-from octosts.transport.errors import RETRY_AFTER_HEADER, Failure, failure
+from octosts.transport.errors import Failure, failure
 from octosts.transport.metadata import bearer_token, request_id, user_agent
 from octosts.transport.request_id import REQUEST_ID_HEADER
 
@@ -94,18 +94,10 @@ class _Handler:
 async def abort(context: grpc.aio.ServicerContext, failed: Failure) -> None:
     """End the RPC with the failure's code, message and rich details (ErrorInfo).
 
-    Everything goes in the trailers, with no initial metadata before them: a
-    "trailers-only" answer, which Envoy's retry policies can read (see
-    ``transport/interceptors.py``) and whose ``retry-after`` Envoy passes on to
-    HTTP callers as a header.
+    Everything goes in the trailers, with no initial metadata before them
+    (``Failure.trailers``, and ``transport/interceptors.py``).
     """
-    trailers: tuple[tuple[str, str | bytes], ...] = (
-        ("grpc-status-details-bin", failed.status_details()),
-        (REQUEST_ID_HEADER, failed.request_id),
-    )
-    if failed.retry_after is not None:
-        trailers += ((RETRY_AFTER_HEADER, str(failed.retry_after)),)
-    await context.abort(failed.code, failed.message, trailing_metadata=trailers)
+    await context.abort(failed.code, failed.message, trailing_metadata=failed.trailers())
 
 
 def expires_at_proto(result: ExchangeResult) -> Timestamp:

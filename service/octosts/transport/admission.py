@@ -1,0 +1,152 @@
+"""Admission control and the end of a drain: how many calls one worker takes at once.
+
+``AdmissionInterceptor`` wraps the unary RPCs of the exchange path (Exchange,
+ext_authz Check; never health) so that:
+
+- at most ``Admission.limit`` of them run at once in this worker; one more is
+  answered at once, before any work, with RESOURCE_EXHAUSTED, reason
+  ``overloaded`` and ``retry-after`` (the answer table's ``Overloaded`` row).
+  Without a bound, calls beyond the knee queued inside the process for up to
+  25 s, all of them slow, most past their callers' deadlines; shed at once they
+  cost microseconds, Envoy retries them on another replica (``resource-exhausted``)
+  and the admitted ones keep their latency.
+- at shutdown, ``Admission.drain(grace)`` waits for the calls in flight and, when
+  the grace period ends, cancels those left; each answers UNAVAILABLE, reason
+  ``shutting_down`` (the ``ShuttingDown`` row) instead of gRPC's raw
+  "Cancelling all calls", so Envoy retries it on another replica.
+
+The bound is per worker (one event loop, one CPU): ``OCTOSTS_MAX_CONCURRENT_RPCS``.
+Envoy's circuit breakers for the cluster are sized from it (``octosts.dev.envoy``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from octosts.domain.errors import Overloaded, ShuttingDown, StsError
+from octosts.transport.errors import failure
+from octosts.transport.request_id import current_request_id
+
+if TYPE_CHECKING:
+    from octosts.observability.metrics import Metrics
+
+# Never shed or cut: Envoy's health checks must see a busy replica as alive (NOT_SERVING
+# comes from draining, not load), and reflection is a debugging aid.
+UNLIMITED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_CUT = "shutting_down"
+
+
+class Admission:
+    """The calls in flight in one worker: a bound, and their end when draining."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self._running: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def admit(self) -> asyncio.Task[Any] | None:
+        """Count the running call in; None when the worker is at its limit (shed it)."""
+        if len(self._running) >= self.limit:
+            return None
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - grpc.aio runs every call in a task
+            raise RuntimeError("admit() outside a task")
+        self._running.add(task)
+        return task
+
+    def release(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        self._cut.discard(task)
+
+    def was_cut(self, task: asyncio.Task[Any]) -> bool:
+        """True when ``drain`` cancelled this call (rather than its caller, or a deadline)."""
+        return task in self._cut
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to ``grace`` seconds for the calls in flight, then cut those left.
+
+        Returns how many were cut; they end with UNAVAILABLE ``shutting_down`` (see
+        ``AdmissionInterceptor``) once their handlers have unwound.
+        """
+        running = set(self._running)
+        if not running:
+            return 0
+        _, left = await asyncio.wait(running, timeout=grace)
+        for task in left:
+            self._cut.add(task)
+            task.cancel(_CUT)
+        if left:
+            await asyncio.wait(left)  # each sends its answer as it unwinds
+        return len(left)
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any] | Any]
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Sheds calls past ``Admission.limit``; answers cut calls as ``shutting_down``."""
+
+    def __init__(self, admission: Admission, metrics: Metrics) -> None:
+        self._admission = admission
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = str(handler_call_details.method)
+        if handler is None or handler.unary_unary is None or method.startswith(UNLIMITED_PREFIXES):
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(
+        self, behavior: Behavior
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        admission, metrics = self._admission, self._metrics
+
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            task = admission.admit()
+            if task is None:
+                metrics.shed(Overloaded.reason)
+                await _answer(context, Overloaded(f"more than {admission.limit} calls in progress"))
+            metrics.in_flight(admission.in_flight)
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+            except asyncio.CancelledError:
+                if task is None or not admission.was_cut(task):
+                    raise  # the caller went away or its deadline passed: nobody to answer
+                task.uncancel()
+                metrics.shed(ShuttingDown.reason)
+                await _answer(context, ShuttingDown("still running when the grace period ended"))
+            else:
+                return result
+            finally:
+                if task is not None:
+                    admission.release(task)
+                    metrics.in_flight(admission.in_flight)
+
+        return admitted
+
+
+async def _answer(context: grpc.aio.ServicerContext, error: StsError) -> None:
+    failed = failure(error, current_request_id())
+    await context.abort(failed.code, failed.message, trailing_metadata=failed.trailers())
