@@ -31,6 +31,15 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_MESSAGE_BYTES = 64 * 1024  # requests are tiny; refuse anything large before parsing
 # Request metadata (gRPC counts name + value + 32 per entry); the edge's header caps stay under it.
 MAX_METADATA_BYTES = 32 * 1024
+# gRPC core keeps calls the application has not picked up yet in a backlog and, past
+# grpc.server.max_pending_requests (1000 by default), CANCELs new ones at random, more of
+# them the nearer the backlog is to the hard limit (3000), with no detail: 1,500 concurrent
+# calls on one channel lost ~50. Admission control answers overload explicitly
+# (RESOURCE_EXHAUSTED, Retry-After), so the backlog only has to outlast a burst while the
+# event loop picks calls up and sheds them. Past these, the core's random CANCEL remains
+# (docs/architecture.md); through Envoy the backlog stays under its circuit breakers' size.
+MAX_PENDING_CALLS = 5_000
+MAX_PENDING_CALLS_HARD = 10_000
 # The last resort after our own cut (Admission.drain) at the end of the grace period.
 _CUT_MARGIN_SECONDS = 1.0
 
@@ -95,6 +104,8 @@ class GrpcServer:
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD),
         ]
         # The guard is innermost: the others (metrics, spans) see the answer it gives.
         guarded = (*interceptors, UndecodableRequestGuard())
