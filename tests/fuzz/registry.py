@@ -59,7 +59,7 @@ TARGETS: dict[str, Target] = {
         _target("slash_guard", _GUARD, 8_000, test_runs=600),
         _target("names", ("octosts.domain.names", "octosts.transport.compat"), 400),
         _target("metadata", _HEADERS, 70_000),
-        _target("compat", ("octosts.transport.compat",), 20_000),
+        _target("compat", ("octosts.transport.compat", "octosts.domain.exchange"), 20_000),
         _target("protobuf", ("octosts.transport",), 70_000),
         _target("webhook_payload", ("octosts.webhook",), 70_000, test_runs=500),
         _target("webhook_http", ("octosts.webhook",), 80_000, test_runs=500),

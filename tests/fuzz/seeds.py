@@ -414,6 +414,13 @@ def _compat() -> Seeds:
         "semicolons": seed(form, "/", "scope=a;scope=b"),
         "query-action": seed(form, "/sts/exchange?scope=octo-org&scopes=octo-org&identity=ci", ""),
         "query-scopes-only": seed(form, "/sts/exchange?scopes=octo-org", ""),
+        "query-several-scopes": seed(
+            form, "/sts/exchange?scopes=octo-org/demo&scopes=octo-org/infra&identity=ci", ""
+        ),
+        "query-scope-not-in-scopes": seed(
+            form, "/sts/exchange?scope=octo-org/x&scopes=octo-org/demo&scopes=octo-org/y", ""
+        ),
+        "query-scopes-two-owners": seed(form, "/sts/exchange?scopes=a/b&scopes=c/d", ""),
         "query-fragment": seed(form, "/sts/exchange?scope=a#scope=b", ""),
         "query-blank": seed(form, "/sts/exchange?scope=&scope=", ""),
     }

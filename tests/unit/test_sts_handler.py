@@ -50,7 +50,8 @@ async def test_a_cancelled_exchange_is_reported_as_cancelled_not_ok() -> None:
     reporter = Reporter()
     exchanger = SlowExchanger()
     handler = _Handler(exchanger, reporter, verbose=False)  # type: ignore[arg-type]
-    task = asyncio.create_task(handler.run("rpc", Context(), "o/r", "ci", None))  # type: ignore[arg-type]
+    shown = ExchangeRequest("", "o/r", "ci")
+    task = asyncio.create_task(handler.run("rpc", Context(), shown, lambda _: shown))  # type: ignore[arg-type]
     await exchanger.started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -60,7 +60,7 @@ def reuse_key(bearer: str, authorized: Authorized) -> ReuseKey:
         scope=str(authorized.scope),
         identity=authorized.identity,
         installation_id=authorized.installation_id,
-        permissions=tuple(sorted(authorized.policy.permissions.items())),
+        permissions=tuple(sorted(authorized.permissions.items())),
         repositories=tuple(sorted(authorized.repositories)),
     )
 

@@ -76,6 +76,12 @@ class InvalidRequest(StsError):
     caller_fault = True
 
 
+# Requested scopes that say two things (``scope`` not among ``scopes``; several scopes on
+# the single-scope chainguard API), and several repositories one token cannot cover.
+AMBIGUOUS_SCOPE = "ambiguous_scope"
+INVALID_SCOPES = "invalid_scopes"
+
+
 class AuthenticationError(StsError):
     family = reason = "unauthenticated"
     caller_fault = True

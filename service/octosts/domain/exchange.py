@@ -1,9 +1,14 @@
-"""The exchange use case: OIDC token + scope + identity -> GitHub token.
+"""The exchange use case: OIDC token + scope(s) + identity -> GitHub token.
 
 One exchange, as data::
 
-    bearer -> VerifiedToken -> (Scope, identity) -> installation -> TrustPolicy
-           -> Decision -> MintedToken -> ExchangeResult (+ audit event upstream)
+    bearer -> VerifiedToken -> (Scope..., identity) -> installation -> TrustPolicy per scope
+           -> Decision per scope -> MintedToken -> ExchangeResult (+ audit event upstream)
+
+A request names one scope (``owner`` or ``owner/repo``), or several repositories of
+one owner (``requested_scopes``): then the identity's policy in *each* repository must
+match the caller, the policies are read concurrently, and the token carries only what
+all of them grant (``permissions.common_permissions``), for those repositories only.
 
 This module only orchestrates; every step is one call on a port or a pure
 function, so each can be tested and observed on its own.
@@ -11,19 +16,28 @@ function, so each can be tested and observed on its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from octosts.domain.errors import InvalidRequest, IssuerNotTrusted, PolicyDenied
+from octosts.domain.errors import (
+    AMBIGUOUS_SCOPE,
+    INVALID_SCOPES,
+    InvalidRequest,
+    IssuerNotTrusted,
+    PolicyDenied,
+)
 from octosts.domain.issuers import judge_issuer
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, is_org_policy_repo, policy_path
 from octosts.domain.names import Scope, check_identity, parse_scope
+from octosts.domain.permissions import common_permissions
 from octosts.domain.policy import claim_text, decide_trust
 from octosts.domain.ports import PolicyLocation
 from octosts.domain.tokens import audience_problem
 
 if TYPE_CHECKING:
+    from octosts.domain.decision import Decision
     from octosts.domain.policy import TrustPolicy
     from octosts.domain.ports import (
         GitHubApp,
@@ -36,20 +50,51 @@ if TYPE_CHECKING:
     from octosts.domain.tokens import VerifiedToken
 
 
+# Repositories one token may be asked for. Each costs a policy read (a GitHub call unless
+# cached) and a policy check; GitHub itself takes up to 500. docs/architecture.md.
+MAX_SCOPES = 10
+NO_COMMON_PERMISSIONS = "no_common_permissions"
+
+
 @dataclass(frozen=True, slots=True)
 class ExchangeRequest:
+    """``scopes``: several repositories (owner/repo, one owner) or a repeat of ``scope``
+    (see ``requested_scopes``); empty for the usual single-scope request."""
+
     bearer: str
     scope: str
     identity: str
     audience: str | None = None
+    scopes: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # the bearer token never reaches a log line
-        return f"ExchangeRequest(scope={self.scope!r}, identity={self.identity!r})"
+        return (
+            f"ExchangeRequest(scope={self.scope!r}, scopes={self.scopes!r}, "
+            f"identity={self.identity!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeDecision:
+    """What one requested scope's trust policy said, for the audit event.
+
+    ``reason`` is ``allowed``, a policy's denial reason (``subject_mismatch``...), or
+    the reason of the error that ended reading it (``policy_not_found``...).
+    """
+
+    scope: str
+    allowed: bool
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class Authorized:
-    """An exchange every check allowed: what the minted token may do, and for whom."""
+    """An exchange every check allowed: what the minted token may do, and for whom.
+
+    ``scope`` and ``policy`` are the first requested scope's; ``scopes`` and ``policies``
+    hold one per requested scope. ``permissions`` is what the token gets: the policy's, or
+    for several repositories what all their policies grant.
+    """
 
     caller: VerifiedToken
     scope: Scope
@@ -58,10 +103,16 @@ class Authorized:
     policy: TrustPolicy
     repositories: tuple[str, ...]  # the token's restriction (empty: the installation's)
     matched_claims: Mapping[str, str]
+    permissions: Mapping[str, str]
+    scopes: tuple[Scope, ...] = ()
+    policies: tuple[TrustPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ExchangeResult:
+    """``scope`` and ``policy`` are the first requested scope's; ``scopes`` and ``policies``
+    hold one per requested scope (a single-scope exchange has one of each)."""
+
     token: MintedToken
     caller: VerifiedToken
     scope: Scope
@@ -69,6 +120,8 @@ class ExchangeResult:
     installation_id: int
     policy: TrustPolicy
     matched_claims: Mapping[str, str]
+    scopes: tuple[Scope, ...] = ()
+    policies: tuple[TrustPolicy, ...] = ()
 
 
 @dataclass(slots=True)
@@ -83,6 +136,8 @@ class ExchangeAttempt:
     installation_id: int | None = None
     location: PolicyLocation | None = None
     matched_claims: dict[str, str] = field(default_factory=dict)
+    # One per requested scope whose policy was read (in request order).
+    decisions: list[ScopeDecision] = field(default_factory=list)
     result: ExchangeResult | None = None
     # Set when the org's trusted-token-issuers file is in audit mode and would
     # have refused the caller's issuer ("issuer_not_trusted"): the exchange
@@ -135,6 +190,61 @@ def token_repositories(location: PolicyLocation, policy: TrustPolicy) -> tuple[s
     return tuple(policy.repositories or ())
 
 
+def requested_scopes(
+    scope: str, scopes: Sequence[str], org_policy_repo: str = DEFAULT_ORG_POLICY_REPO
+) -> tuple[Scope, ...]:
+    """The scopes one exchange is for (docs/compatibility.md, "scope and scopes").
+
+    - no ``scopes``: ``scope`` alone (``owner`` or ``owner/repo``), as always;
+    - ``scopes``: its distinct entries (GitHub names are case-insensitive). ``scope``,
+      when given too, must be one of them (the octo-sts action sends ``scope=X&scopes=X``);
+    - one distinct entry is a single-scope exchange, like ``scope`` alone;
+    - several are repositories: each ``owner/repo``, all of one owner, none the org
+      policy repository (whose policy covers its own ``repositories``), at most
+      MAX_SCOPES.
+
+    Raises InvalidRequest: ``ambiguous_scope`` when ``scope`` is not among ``scopes``,
+    ``invalid_scopes`` for several scopes that break the rules above, the usual
+    reason for a scope that is not a GitHub name.
+    """
+    if not scopes:
+        return (parse_scope(scope),)
+    if len(scopes) > MAX_SCOPES:
+        raise InvalidRequest(
+            f"at most {MAX_SCOPES} repositories per token, got {len(scopes)}",
+            reason=INVALID_SCOPES,
+        )
+    distinct: dict[str, Scope] = {}
+    for text in scopes:
+        distinct.setdefault(text.lower(), parse_scope(text))
+    if scope and scope.lower() not in distinct:
+        raise InvalidRequest(
+            "scope is not one of scopes; name every repository in scopes",
+            reason=AMBIGUOUS_SCOPE,
+        )
+    targets = tuple(distinct.values())
+    if len(targets) == 1:
+        return targets
+    owner = targets[0].owner.lower()
+    for target in targets:
+        if target.repo is None:
+            raise InvalidRequest(
+                f"{target} is an owner; a token for several scopes names repositories (owner/repo)",
+                reason=INVALID_SCOPES,
+            )
+        if target.owner.lower() != owner:
+            raise InvalidRequest(
+                "the repositories of one token must all have the same owner",
+                reason=INVALID_SCOPES,
+            )
+        if is_org_policy_repo(target.repo, org_policy_repo):
+            raise InvalidRequest(
+                f"{target} holds the org policies; ask for it alone (or for {target.owner})",
+                reason=INVALID_SCOPES,
+            )
+    return targets
+
+
 class Exchanger:
     """Runs exchanges against injected ports. Holds no per-request state."""
 
@@ -162,10 +272,11 @@ class Exchanger:
     ) -> ExchangeResult:
         """Exchange an OIDC token for a GitHub installation token.
 
-        Raises InvalidRequest (bad scope/identity/audience), AuthenticationError
+        Raises InvalidRequest (bad scope/scopes/identity/audience), AuthenticationError
         (token not trusted), PermissionDenied family (NoInstallation,
         PolicyNotFound, PolicyInvalid, PolicyDenied, IssuerNotTrusted,
-        MintRejected), RateLimited, UpstreamUnavailable.
+        MintRejected; PolicyDenied ``no_common_permissions`` when the policies of
+        several repositories share no permission), RateLimited, UpstreamUnavailable.
         """
         attempt = attempt if attempt is not None else ExchangeAttempt()
         authorized = await self.authorize(request, attempt)
@@ -174,14 +285,14 @@ class Exchanger:
     async def authorize(
         self, request: ExchangeRequest, attempt: ExchangeAttempt | None = None
     ) -> Authorized:
-        """Every check of an exchange, without the mint: what the policy lets the caller have.
+        """Every check of an exchange, without the mint: what the policies let the caller have.
 
         The egress gateway (``domain.egress``) runs exactly this for each request and mints
         only when it holds no token for the outcome. Raises as ``exchange`` does, except
         MintRejected.
         """
         attempt = attempt if attempt is not None else ExchangeAttempt()
-        scope = parse_scope(request.scope)
+        targets = requested_scopes(request.scope, request.scopes, self._org_policy_repo)
         identity = check_identity(request.identity)
         _check_requested_audience(request.audience)
         caller = attempt.caller = await self._verifier.verify(request.bearer)
@@ -190,25 +301,35 @@ class Exchanger:
                 "the token's audience does not include the requested audience",
                 reason="audience_mismatch",
             )
-        location = attempt.location = policy_location(scope, identity, self._org_policy_repo)
-        installation_id = await self._github.installation_id(scope.owner)
+        owner = targets[0].owner
+        locations = [policy_location(t, identity, self._org_policy_repo) for t in targets]
+        attempt.location = locations[0]
+        installation_id = await self._github.installation_id(owner)
         attempt.installation_id = installation_id
-        await self._org_allowlist(installation_id, scope.owner, caller.issuer, attempt)
-        policy = await self._policies.trust_policy(installation_id, location)
-        with self._observer.stage("policy_match") as stage:
-            decision = decide_trust(policy, caller, domain=self._domain)
-            stage.annotate("reason", decision.reason)
-        attempt.matched_claims = _matched_claims(policy, caller)
-        if not decision.allowed:
-            raise PolicyDenied(decision.detail, reason=decision.reason)
+        await self._org_allowlist(installation_id, owner, caller.issuer, attempt)
+        policies = await self._judge_all(installation_id, targets, locations, caller, attempt)
+        if len(policies) == 1:
+            permissions = dict(policies[0].permissions)
+            repositories = token_repositories(locations[0], policies[0])
+        else:
+            permissions = common_permissions([p.permissions for p in policies])
+            repositories = tuple(location.repo for location in locations)
+            if not permissions:
+                raise PolicyDenied(
+                    "the policies of these repositories have no permission in common",
+                    reason=NO_COMMON_PERMISSIONS,
+                )
         return Authorized(
             caller=caller,
-            scope=scope,
+            scope=targets[0],
             identity=identity,
             installation_id=installation_id,
-            policy=policy,
-            repositories=token_repositories(location, policy),
+            policy=policies[0],
+            repositories=repositories,
             matched_claims=attempt.matched_claims,
+            permissions=permissions,
+            scopes=targets,
+            policies=tuple(policies),
         )
 
     async def mint(self, authorized: Authorized) -> MintedToken:
@@ -217,7 +338,7 @@ class Exchanger:
         Raises MintRejected, RateLimited, GitHubUnavailable.
         """
         return await self._github.mint(
-            authorized.installation_id, authorized.policy.permissions, authorized.repositories
+            authorized.installation_id, authorized.permissions, authorized.repositories
         )
 
     @staticmethod
@@ -233,8 +354,63 @@ class Exchanger:
             installation_id=authorized.installation_id,
             policy=authorized.policy,
             matched_claims=authorized.matched_claims,
+            scopes=authorized.scopes,
+            policies=authorized.policies,
         )
         return attempt.result
+
+    async def _judge_all(
+        self,
+        installation_id: int,
+        targets: Sequence[Scope],
+        locations: Sequence[PolicyLocation],
+        caller: VerifiedToken,
+        attempt: ExchangeAttempt,
+    ) -> list[TrustPolicy]:
+        """Read and check every scope's policy (concurrently when there are several).
+
+        Every policy is judged and recorded in ``attempt.decisions``; then the first
+        failure in request order is raised: the error that ended reading a policy
+        (PolicyNotFound, PolicyInvalid, RateLimited, GitHubUnavailable...) or
+        PolicyDenied for a policy the caller does not satisfy.
+        """
+        judged: Sequence[tuple[TrustPolicy, Decision] | BaseException]
+        if len(locations) == 1:
+            judged = [await _settled(self._judge(installation_id, locations[0], caller))]
+        else:
+            judged = await asyncio.gather(
+                *(self._judge(installation_id, loc, caller) for loc in locations),
+                return_exceptions=True,
+            )
+        several = len(targets) > 1
+        policies: list[TrustPolicy] = []
+        failure: BaseException | None = None
+        for target, outcome in zip(targets, judged, strict=True):
+            if isinstance(outcome, BaseException):
+                reason = getattr(outcome, "reason", type(outcome).__name__)
+                attempt.decisions.append(ScopeDecision(str(target), allowed=False, reason=reason))
+                failure = failure or outcome
+                continue
+            policy, decision = outcome
+            policies.append(policy)
+            attempt.decisions.append(ScopeDecision(str(target), decision.allowed, decision.reason))
+            attempt.matched_claims.update(_matched_claims(policy, caller))
+            if not decision.allowed and failure is None:
+                detail = f"{target}: {decision.detail}" if several else decision.detail
+                failure = PolicyDenied(detail, reason=decision.reason)
+        if failure is not None:
+            raise failure
+        return policies
+
+    async def _judge(
+        self, installation_id: int, location: PolicyLocation, caller: VerifiedToken
+    ) -> tuple[TrustPolicy, Decision]:
+        """One scope's policy and its decision. Raises as ``PolicySource.trust_policy``."""
+        policy = await self._policies.trust_policy(installation_id, location)
+        with self._observer.stage("policy_match") as stage:
+            decision = decide_trust(policy, caller, domain=self._domain)
+            stage.annotate("reason", decision.reason)
+        return policy, decision
 
     async def _org_allowlist(
         self, installation_id: int, owner: str, issuer: str, attempt: ExchangeAttempt
@@ -259,6 +435,18 @@ class Exchanger:
                 raise IssuerNotTrusted(
                     f"the issuer {issuer!r} is not in {owner}'s trusted-token-issuers file"
                 )
+
+
+_T = TypeVar("_T")
+
+
+async def _settled(awaitable: Awaitable[_T]) -> _T | BaseException:
+    """The awaitable's result or its exception, like one item of ``gather(return_exceptions=
+    True)`` without creating a task (a single-scope exchange is the hot path)."""
+    try:
+        return await awaitable
+    except Exception as exc:  # noqa: BLE001 - handed back to be raised in request order
+        return exc
 
 
 def _check_requested_audience(audience: str | None) -> None:

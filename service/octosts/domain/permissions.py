@@ -9,7 +9,7 @@ naming anything else is invalid at load time, so a typo never becomes a
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from octosts.domain.text import show
@@ -105,3 +105,21 @@ def permission_problem(name: str, level: object) -> str | None:
 
 def _levels(levels: frozenset[str]) -> str:
     return "|".join(sorted(levels, key=LEVEL_RANK.__getitem__))
+
+
+def common_permissions(grants: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    """What every grant allows: each permission all of them name, at the lowest level any grants.
+
+    A permission missing from one grant is dropped; no grants, or nothing in common, is ``{}``.
+    Levels are those of valid policies (``LEVEL_RANK``).
+    """
+    if not grants:
+        return {}
+    first, *rest = grants
+    common: dict[str, str] = {}
+    for name, level in first.items():
+        others = [grant.get(name) for grant in rest]
+        if all(other is not None for other in others):
+            levels = [level, *(other for other in others if other is not None)]
+            common[name] = min(levels, key=LEVEL_RANK.__getitem__)
+    return common

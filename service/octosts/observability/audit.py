@@ -50,12 +50,24 @@ class Actor:
 
 
 @dataclass(frozen=True, slots=True)
+class ScopeVerdict:
+    """One requested scope (a repository of a several-repository token, or the one scope)
+    and what its trust policy decided: ``allowed``, ``denied`` (``reason``: the policy's
+    denial, or why it could not be read) or ``unchecked`` (the exchange ended before)."""
+
+    scope: str
+    decision: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     """One exchange (or Check), successful or not.
 
     ``result`` is ``ok``, ``denied`` or ``error`` (``metrics.exchange_outcome``);
     ``reason`` the StsError reason (``ok`` on success). Unknown parts of a
     failed exchange are empty (``actor`` None when the token was not trusted).
+    ``scope`` is the first requested scope; ``scopes`` lists every one with its decision.
     """
 
     time: datetime
@@ -79,6 +91,7 @@ class AuditEvent:
     # served with a token minted earlier (``observability.egress`` aggregates those).
     requests: int = 1
     reused: bool = False
+    scopes: tuple[ScopeVerdict, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +102,9 @@ class AuditEvent:
             if self.actor is None
             else {"iss": self.actor.iss, "sub": self.actor.sub, "claims": dict(self.actor.claims)},
             "scope": self.scope,
+            "scopes": [
+                {"scope": v.scope, "decision": v.decision, "reason": v.reason} for v in self.scopes
+            ],
             "identity": self.identity,
             "installation_id": self.installation_id,
             "permissions": dict(self.permissions),

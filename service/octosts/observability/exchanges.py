@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from octosts.observability.audit import Actor, AuditEvent, token_sha256
+from octosts.observability.audit import Actor, AuditEvent, ScopeVerdict, token_sha256
 from octosts.observability.metrics import exchange_outcome
 from octosts.observability.tracing import current_trace_id
 
@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from octosts.observability.metrics import Metrics
 
 _log = structlog.get_logger("octosts")
+# Requested scopes an audit event names when the exchange ended before reading any policy
+# (more are refused by the exchange: domain.exchange.MAX_SCOPES), and their length.
+_UNCHECKED_SCOPES = 11
+_SCOPE_CHARS = 200
 
 
 class ExchangeEvents:
@@ -94,7 +98,8 @@ def audit_event(
         actor=None
         if caller is None
         else Actor(caller.issuer, caller.subject, dict(attempt.matched_claims)),
-        scope=request.scope[:200],
+        scope=(request.scope or next(iter(request.scopes), ""))[:_SCOPE_CHARS],
+        scopes=scope_verdicts(request, attempt),
         identity=request.identity[:100],
         installation_id=attempt.installation_id,
         permissions=dict(minted.permissions) if minted is not None else {},
@@ -105,3 +110,18 @@ def audit_event(
         duration_ms=round(call.duration_seconds * 1000, 3),
         issuer_audit=attempt.issuer_audit,
     )
+
+
+def scope_verdicts(request: ExchangeRequest, attempt: ExchangeAttempt) -> tuple[ScopeVerdict, ...]:
+    """Every requested scope and its policy's decision (``unchecked`` before any was read)."""
+    if attempt.decisions:
+        return tuple(
+            ScopeVerdict(d.scope, "allowed" if d.allowed else "denied", d.reason)
+            for d in attempt.decisions
+        )
+    distinct: dict[str, str] = {}
+    for scope in ([request.scope] if request.scope else []) + list(request.scopes):
+        if len(distinct) == _UNCHECKED_SCOPES:
+            break
+        distinct.setdefault(scope.lower(), scope[:_SCOPE_CHARS])
+    return tuple(ScopeVerdict(scope, "unchecked") for scope in distinct.values())

@@ -19,10 +19,11 @@ and the HTTP requests existing clients send carry fields our typed API
   ``identity_provider``) given twice is refused; other names are ignored, like
   unknown query parameters.
 - **query strings** (GET, JSON POST; read by Envoy's transcoder into
-  ``octosts.v1.ExchangeRequest``): a field of that message given twice is
-  refused (the transcoder would pick one); ``scopes``, which that message does
-  not have, is held to the scope rule above (the octo-sts action sends
-  ``scope=X&scopes=X``).
+  ``octosts.v1.ExchangeRequest``): a singular field of that message given twice
+  is refused (the transcoder would pick one); its repeated ``scopes`` may
+  repeat. How ``scope`` and ``scopes`` combine there is the typed API's rule
+  (``domain.exchange.requested_scopes``): ``scopes`` names one or several
+  repositories, ``scope=X&scopes=X`` (the octo-sts action) is one scope.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ from typing import TYPE_CHECKING
 
 from octosts._gen.chainguard.platform.oidc import oidc_pb2
 from octosts._gen.octosts.v1 import sts_pb2
-from octosts.domain.errors import InvalidRequest
+from octosts.domain.errors import AMBIGUOUS_SCOPE, InvalidRequest
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
-AMBIGUOUS_SCOPE = "ambiguous_scope"
 REPEATED_PARAMETER = "repeated_parameter"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # The SDK's form is a few hundred bytes; nothing legitimate comes near these.
@@ -107,24 +107,37 @@ def _fill(message: Message, pairs: Sequence[tuple[str, str]], what: str) -> None
 def check_query(path: str) -> None:
     """Refuse a query string the transcoder would read ambiguously (see the module doc).
 
-    Raises InvalidRequest: ``repeated_parameter``, ``ambiguous_scope``, or
-    ``bad_query`` for a query that is not UTF-8 or has too many fields.
+    Raises InvalidRequest: ``repeated_parameter``, or ``bad_query`` for a query
+    that is not UTF-8 or has too many fields.
     """
     _, _, query = path.partition("?")
     if not query:
         return
     pairs = _pairs(query.partition("#")[0], "query string", "bad_query")
-    request = sts_pb2.ExchangeRequest()
-    _fill(request, pairs, "query parameter")
-    scopes = [value for name, value in pairs if name == "scopes"]
-    if not scopes:
-        return
-    scope_of(request.scope, scopes)
-    if not request.scope:
-        raise InvalidRequest(
-            "this endpoint reads the scope from `scope` (`scopes` may only repeat it)",
-            reason=AMBIGUOUS_SCOPE,
-        )
+    _fill(sts_pb2.ExchangeRequest(), pairs, "query parameter")
+
+
+def read_form(
+    body: bytes, content_type: str, *, max_bytes: int, reason: str
+) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a UTF-8 ``application/x-www-form-urlencoded`` body.
+
+    Raises InvalidRequest with ``reason``: another content type or charset, more
+    than ``max_bytes`` or MAX_FIELDS fields, bytes that are not UTF-8.
+    """
+    media_type, _, params = content_type.partition(";")
+    if media_type.strip().lower() != FORM_CONTENT_TYPE:
+        raise InvalidRequest(f"content type must be {FORM_CONTENT_TYPE}", reason=reason)
+    charset = _charset(params)
+    if charset not in {"", "utf-8", "us-ascii"}:
+        raise InvalidRequest("form bodies must be UTF-8", reason=reason)
+    if len(body) > max_bytes:
+        raise InvalidRequest(f"form body larger than {max_bytes} bytes", reason=reason)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("form body is not valid UTF-8", reason=reason) from exc
+    return _pairs(text, "form body", reason)
 
 
 def exchange_request_from_form(body: bytes, content_type: str) -> oidc_pb2.ExchangeRequest:
@@ -133,20 +146,9 @@ def exchange_request_from_form(body: bytes, content_type: str) -> oidc_pb2.Excha
     Raises InvalidRequest: ``bad_form`` (not a UTF-8 form of a sane size),
     ``repeated_parameter``.
     """
-    media_type, _, params = content_type.partition(";")
-    if media_type.strip().lower() != FORM_CONTENT_TYPE:
-        raise InvalidRequest(f"content type must be {FORM_CONTENT_TYPE}", reason="bad_form")
-    charset = _charset(params)
-    if charset not in {"", "utf-8", "us-ascii"}:
-        raise InvalidRequest("form bodies must be UTF-8", reason="bad_form")
-    if len(body) > MAX_FORM_BYTES:
-        raise InvalidRequest(f"form body larger than {MAX_FORM_BYTES} bytes", reason="bad_form")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("form body is not valid UTF-8", reason="bad_form") from exc
     request = oidc_pb2.ExchangeRequest()
-    _fill(request, _pairs(text, "form body", "bad_form"), "form field")
+    pairs = read_form(body, content_type, max_bytes=MAX_FORM_BYTES, reason="bad_form")
+    _fill(request, pairs, "form field")
     return request
 
 

@@ -12,6 +12,12 @@ Every way Octo STS answers a failure reads its row here:
   else ``DEFAULT_RETRY_AFTER``. gRPC callers read it in the ``retry-after`` trailing
   metadata; Envoy passes it on to HTTP callers as the ``Retry-After`` header (the
   answer is trailers-only, so the transcoder sees it as a header).
+- The OAuth 2.0 token endpoint (``oauth_failure``, ``POST /oauth2/token``,
+  docs/oauth.md): the row's ``oauth`` error code (RFC 6749 section 5.2, RFC 8693
+  section 2.2.2) in a ``{"error", "error_description"}`` body, with HTTP 400 for
+  every caller's fault, as RFC 6749 asks, and the row's own status (429, 503, 500)
+  otherwise. The three ``reason`` rows naming an OAuth error are raised only by the
+  token endpoint's parameter rules (``transport/oauth.py``).
 - The edge (ext_authz, ``denial``): a row with an ``edge`` text is a denial
   with ``http_status``, that text and ``www_authenticate``; a row without one
   is a fault there: the Check RPC fails with the row's code. Envoy retries an
@@ -29,6 +35,7 @@ detail always goes to the log and audit event.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -38,6 +45,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from octosts.domain.errors import (
     GITHUB_BUSY,
+    INVALID_SCOPES,
     TOKEN_MISSING,
     AuthenticationError,
     GitHubUnavailable,
@@ -54,6 +62,12 @@ from octosts.transport.request_id import REQUEST_ID_HEADER
 
 # ext_authz was asked for a check it does not have: an Envoy configuration error, fail closed.
 UNKNOWN_AUTHZ_MODE = "unknown_authz_mode"
+
+# Reasons of InvalidRequests that the token endpoint's parameter rules raise, named as the
+# OAuth error codes they are answered with (transport/oauth.py).
+UNSUPPORTED_GRANT_TYPE = "unsupported_grant_type"
+INVALID_SCOPE = "invalid_scope"
+INVALID_TARGET = "invalid_target"
 
 # RFC 6750 section 3: no error code when the request carried no token.
 _BEARER = "Bearer"
@@ -73,6 +87,7 @@ class Row:
     edge_detail: bool = False  # the edge shows the detail, when there is one, instead of ``edge``
     www_authenticate: str | None = None
     retry_after: bool = False  # answers carry Retry-After (the error's, else the default)
+    oauth: str = "invalid_request"  # the token endpoint's error code (oauth_failure)
 
 
 # Seconds, for a row with ``retry_after`` whose error does not say how long.
@@ -81,6 +96,26 @@ RETRY_AFTER_HEADER = "retry-after"
 
 _C = grpc.StatusCode
 TABLE: tuple[Row, ...] = (
+    *(
+        Row(
+            InvalidRequest,
+            _C.INVALID_ARGUMENT,
+            400,
+            "invalid request",
+            reason=reason,
+            show_detail=True,
+            edge="invalid request",
+            edge_detail=True,
+            oauth=oauth,
+        )
+        for reason, oauth in (
+            (UNSUPPORTED_GRANT_TYPE, UNSUPPORTED_GRANT_TYPE),
+            (INVALID_SCOPE, INVALID_SCOPE),
+            (INVALID_TARGET, INVALID_TARGET),
+            # Several repositories that one token cannot cover (domain.exchange).
+            (INVALID_SCOPES, INVALID_TARGET),
+        )
+    ),
     Row(
         InvalidRequest,
         _C.INVALID_ARGUMENT,
@@ -108,6 +143,7 @@ TABLE: tuple[Row, ...] = (
         "token issuer not accepted",
         edge="invalid bearer token",
         www_authenticate=_INVALID_TOKEN,
+        oauth="invalid_grant",
     ),
     Row(
         AuthenticationError,
@@ -117,6 +153,7 @@ TABLE: tuple[Row, ...] = (
         show_detail=True,
         edge="invalid bearer token",
         www_authenticate=_INVALID_TOKEN,
+        oauth="invalid_grant",
     ),
     # An Envoy configuration error, not an answer about any policy: the reason is shown.
     Row(
@@ -126,8 +163,11 @@ TABLE: tuple[Row, ...] = (
         "permission denied",
         reason=UNKNOWN_AUTHZ_MODE,
         edge="forbidden",
+        oauth=INVALID_TARGET,
     ),
-    # The egress gateway's policy check (ext_authz mode ``egress``) answers these at the edge.
+    # The egress gateway's policy check (ext_authz mode ``egress``) answers these at the edge;
+    # the token endpoint answers them all RFC 8693's "unwilling to issue a token for the
+    # target" (no installation, no or an invalid policy, a policy the caller does not satisfy).
     Row(
         PermissionDenied,
         _C.PERMISSION_DENIED,
@@ -135,7 +175,10 @@ TABLE: tuple[Row, ...] = (
         "permission denied",
         show_reason=False,
         edge="forbidden",
+        oauth=INVALID_TARGET,
     ),
+    # RFC 6749 registers temporarily_unavailable for the authorization endpoint only; the
+    # token endpoint has no code for "retry later", so it borrows it (with the status).
     Row(
         RateLimited,
         _C.RESOURCE_EXHAUSTED,
@@ -143,6 +186,7 @@ TABLE: tuple[Row, ...] = (
         "GitHub rate limit reached, retry later",
         edge="GitHub rate limit reached, retry later",
         retry_after=True,
+        oauth="temporarily_unavailable",
     ),
     # Every connection to GitHub busy (GitHub slow): shed at once, come back in a second.
     # Not UNAVAILABLE: Envoy would retry it at once, on a replica as busy (or the same one),
@@ -155,15 +199,36 @@ TABLE: tuple[Row, ...] = (
         reason=GITHUB_BUSY,
         show_detail=True,
         retry_after=True,
+        oauth="temporarily_unavailable",
     ),
     # A fault at the edge, not a denial: the token may well be valid and another replica
     # may have the issuer's keys cached, so Envoy retries the Check there (see the module doc).
-    Row(UpstreamUnavailable, _C.UNAVAILABLE, 503, "upstream unavailable, retry later"),
+    Row(
+        UpstreamUnavailable,
+        _C.UNAVAILABLE,
+        503,
+        "upstream unavailable, retry later",
+        oauth="temporarily_unavailable",
+    ),
     # Admission control shed the call at once (Envoy tries another replica first).
-    Row(Overloaded, _C.RESOURCE_EXHAUSTED, 429, "server busy, retry later", retry_after=True),
+    Row(
+        Overloaded,
+        _C.RESOURCE_EXHAUSTED,
+        429,
+        "server busy, retry later",
+        retry_after=True,
+        oauth="temporarily_unavailable",
+    ),
     # Still running when the drain's grace period ended: Envoy retries it on another replica.
-    Row(ShuttingDown, _C.UNAVAILABLE, 503, "server shutting down, retry later", retry_after=True),
-    Row(StsError, _C.INTERNAL, 500, "internal error"),
+    Row(
+        ShuttingDown,
+        _C.UNAVAILABLE,
+        503,
+        "server shutting down, retry later",
+        retry_after=True,
+        oauth="temporarily_unavailable",
+    ),
+    Row(StsError, _C.INTERNAL, 500, "internal error", oauth="server_error"),
 )
 
 
@@ -321,3 +386,33 @@ EDGE_OVERLOADED = EdgeAnswer(
     row_for(Overloaded()).message,
     DEFAULT_RETRY_AFTER,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthFailure:
+    """The token endpoint's error answer: RFC 6749 section 5.2's JSON with its HTTP status."""
+
+    http_status: int
+    code: grpc.StatusCode  # the gRPC code Envoy's transcoder turns into ``http_status``
+    error: str  # RFC 6749 / RFC 8693 error code
+    description: str  # the gRPC message, in the characters error_description allows
+    request_id: str
+    retry_after: int | None = None
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.error, "error_description": self.description}).encode()
+
+
+# RFC 6749 section 5.2: error_description is %x20-21 / %x23-5B / %x5D-7E (no '"' or '\').
+_DESCRIPTION_MAP = dict.fromkeys(range(0x20), " ") | {0x22: "'", 0x5C: "/", 0x7F: " "}
+
+
+def oauth_failure(exc: BaseException, request_id: str, *, verbose: bool = False) -> OAuthFailure:
+    """The token endpoint's answer for ``exc`` (see the module doc)."""
+    row = row_for(exc)
+    failed = failure(exc, request_id, verbose=verbose)
+    status, code = row.http_status, row.code
+    if status < 500 and status != 429:  # the caller's fault: always 400 (RFC 6749 5.2)
+        status, code = 400, _C.INVALID_ARGUMENT
+    text = failed.message.translate(_DESCRIPTION_MAP).encode("ascii", "replace").decode()
+    return OAuthFailure(status, code, row.oauth, text, request_id, failed.retry_after)

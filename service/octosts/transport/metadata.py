@@ -52,15 +52,18 @@ def bearer_from_values(
     scheme, _, token = values[0].strip().partition(" ")
     if scheme.lower() not in schemes:
         raise TokenMalformed("authorization scheme is not Bearer", reason=TOKEN_MISSING)
-    token = token.strip()
+    return raw_token(token.strip(), "bearer token", max_bytes=max_bytes)
+
+
+def raw_token(token: str, what: str, *, max_bytes: int = MAX_TOKEN_BYTES) -> str:
+    """``token`` if it can be a JWT of at most ``max_bytes`` (a bearer token, an OAuth
+    ``subject_token``). Raises TokenMalformed as ``bearer_from_values`` (never quoting it)."""
     if not token:
-        raise TokenMalformed("empty bearer token", reason=TOKEN_MISSING)
+        raise TokenMalformed(f"empty {what}", reason=TOKEN_MISSING)
     if len(token) > max_bytes:
-        raise TokenMalformed(
-            f"bearer token longer than {max_bytes} bytes", reason="token_too_large"
-        )
+        raise TokenMalformed(f"{what} longer than {max_bytes} bytes", reason="token_too_large")
     if not _B64TOKEN.fullmatch(token):
-        raise TokenMalformed("bearer token has characters a JWT cannot have")
+        raise TokenMalformed(f"{what} has characters a JWT cannot have")
     return token
 
 

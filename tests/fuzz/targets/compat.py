@@ -3,13 +3,16 @@
 Input: UTF-8 text (the body may be any bytes): the first line is the form's
 ``content-type``, the second a request path with its query, the rest the form body.
 Path: ``transport.compat.check_query`` (what ext_authz runs before the transcoder
-reads a query) and ``exchange_request_from_form`` (the form POST binding), then
-``scope_of`` on the form's fields.
+reads a query), then the typed API's ``domain.exchange.requested_scopes`` on the
+query's ``scope``/``scopes``; ``exchange_request_from_form`` (the form POST binding),
+then ``scope_of`` on the form's fields.
 
 Property: only ``InvalidRequest`` escapes. The repeated-parameter guard agrees
 with an independent reading of the same pairs: a singular field named twice is
 always refused, never silently resolved to one of its values; an accepted form's
-fields are exactly its pairs' values.
+fields are exactly its pairs' values. The scopes a query is granted are exactly
+its distinct ``scopes`` (or its ``scope``), ``scope`` among them; several are
+repositories of one owner, at most ``MAX_SCOPES``, never the org policy repository.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import urllib.parse
 from octosts._gen.chainguard.platform.oidc import oidc_pb2
 from octosts._gen.octosts.v1 import sts_pb2
 from octosts.domain.errors import InvalidRequest
+from octosts.domain.exchange import MAX_SCOPES, requested_scopes
+from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO
+from octosts.domain.names import Scope
 from octosts.transport.compat import (
     MAX_FIELDS,
     REPEATED_PARAMETER,
@@ -65,10 +71,23 @@ def _query(path: str) -> None:
     assert pairs is not None
     assert not _repeated_singular(pairs, sts_pb2.ExchangeRequest.DESCRIPTOR)
     scopes = [v for n, v in pairs if n == "scopes"]
-    scope = [v for n, v in pairs if n == "scope"]
-    if scopes:
-        assert scope, "scopes without scope was accepted"
-        assert set(scopes) == {scope[0]}
+    scope = next((v for n, v in pairs if n == "scope"), "")
+    with contextlib.suppress(InvalidRequest):
+        _granted(scope, scopes, requested_scopes(scope, scopes))
+
+
+def _granted(scope: str, scopes: list[str], targets: tuple[Scope, ...]) -> None:
+    named = {str(t).lower() for t in targets}
+    assert len(named) == len(targets), "a scope granted twice"
+    if not scopes:
+        assert [str(t) for t in targets] == [scope]
+        return
+    assert named == {s.lower() for s in scopes}
+    assert not scope or scope.lower() in named, "scope not among scopes was accepted"
+    if len(targets) > 1:
+        assert len(scopes) <= MAX_SCOPES
+        assert len({t.owner.lower() for t in targets}) == 1
+        assert all(t.repo and t.repo.lower() != DEFAULT_ORG_POLICY_REPO for t in targets)
 
 
 def _form(body: bytes, content_type: str) -> None:
