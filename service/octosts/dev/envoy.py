@@ -35,6 +35,7 @@ from octosts.settings import Settings
 from octosts.transport.errors import (
     EDGE_BODY_TOO_LARGE,
     EDGE_HEADERS_TOO_LARGE,
+    EDGE_OAUTH_ERRORS,
     EDGE_OVERLOADED,
     EDGE_UNAVAILABLE,
     EdgeAnswer,
@@ -47,6 +48,7 @@ from octosts.transport.ext_authz import (
     SCOPE_HEADER,
     SUBJECT_HEADER,
 )
+from octosts.transport.oauth import MAX_FORM_BYTES, TOKEN_PATH
 from octosts.webhook.server import DEFAULT_MAX_BODY
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
@@ -347,6 +349,8 @@ def render_config(params: EnvoyParams) -> str:
             indent=12,
         ),
         "webhook_buffer_filter": _lines([_webhook_buffer_filter(params)], indent=10),
+        "oauth_mappers": _lines(_oauth_mappers(), indent=12),
+        "oauth_max_body_bytes": str(MAX_FORM_BYTES),
         "metrics_listener": _metrics_listener(params),
         **_tracing_values(params),
         **_webhook_values(params),
@@ -382,6 +386,50 @@ def _edge_answer_mapper(answer: EdgeAnswer) -> dict[str, Any]:
             }
         },
     }
+
+
+def _oauth_mappers() -> list[dict[str, Any]]:
+    """local_reply_config mappers for Envoy's own answers on the OAuth token endpoint.
+
+    The request's path is the endpoint's, or the gRPC method's once the transcoder ran
+    (then ``x-envoy-original-path`` keeps the endpoint's).
+    """
+    on_endpoint = {
+        "or_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {"name": name, "string_match": {"prefix": TOKEN_PATH}}
+                    }
+                }
+                for name in (":path", "x-envoy-original-path")
+            ]
+        }
+    }
+    no_store = [
+        {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for key, value in (("cache-control", "no-store"), ("pragma", "no-cache"))
+    ]
+    mappers = []
+    for lowest, error in EDGE_OAUTH_ERRORS:
+        status = {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "GE",
+                    "value": {"default_value": lowest, "runtime_key": f"octosts.lr_oauth{lowest}"},
+                }
+            }
+        }
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [on_endpoint, status]}},
+                "headers_to_add": no_store,
+                "body_format_override": {
+                    "json_format": {"error": error, "error_description": "%LOCAL_REPLY_BODY%"}
+                },
+            }
+        )
+    return mappers
 
 
 # Counts every header (pseudo-headers and those Envoy added on arrival included) and their

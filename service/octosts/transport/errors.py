@@ -271,6 +271,15 @@ EDGE_BODY_TOO_LARGE = EdgeAnswer(
 )
 
 
+# Answers Envoy gives itself on the OAuth token endpoint (a method other than POST, a body over
+# the route's limit, no replica reachable): (lowest HTTP status, RFC 6749 error code), first
+# match wins; octosts.dev.envoy renders them, with Envoy's text as the error_description.
+EDGE_OAUTH_ERRORS: tuple[tuple[int, str], ...] = (
+    (500, "temporarily_unavailable"),
+    (400, "invalid_request"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     code: grpc.StatusCode

@@ -23,8 +23,8 @@ answers RFC 8693's JSON, or RFC 6749's error JSON from the one answer table
                       credential (other parameters are ignored too, RFC 6749 3.2)
 ===================== ==========================================================
 
-RFC 6749 section 3.2: a parameter given twice is refused, except ``audience`` and
-``resource``, which RFC 8693 lets repeat.
+RFC 6749 section 3.2: a parameter read here given twice is refused, except
+``audience`` and ``resource``, which RFC 8693 lets repeat.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from octosts.transport.compat import read_form
 from octosts.transport.errors import INVALID_SCOPE, INVALID_TARGET, UNSUPPORTED_GRANT_TYPE
 from octosts.transport.metadata import raw_token
 
+# The endpoint (proto/octosts/gateway/v1/oauth.proto's binding, envoy/envoy.yaml.tmpl's route).
+TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a path, not a secret
 # URNs of RFC 8693 section 3, not secrets.
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
@@ -48,7 +50,19 @@ SUBJECT_TOKEN_TYPES = (JWT_TOKEN_TYPE, ID_TOKEN_TYPE)
 # on the route before any replica reads them (octosts.dev.envoy renders this limit).
 MAX_FORM_BYTES = MAX_TOKEN_BYTES + 4096
 
-_REPEATABLE = frozenset({"audience", "resource"})
+# The parameters read here that RFC 6749 section 3.2 forbids repeating; RFC 8693 lets
+# ``audience`` and ``resource`` repeat, and other names are not read.
+_SINGULAR = frozenset(
+    {
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "scope",
+        "requested_token_type",
+        "actor_token",
+        "actor_token_type",
+    }
+)
 _UNSUPPORTED = ("actor_token", "actor_token_type")
 
 
@@ -65,7 +79,7 @@ def token_exchange_request(body: bytes, content_type: str) -> ExchangeRequest:
     ):
         params.setdefault(name, []).append(value)
     for name, values in params.items():
-        if len(values) > 1 and name not in _REPEATABLE:
+        if len(values) > 1 and name in _SINGULAR:
             raise InvalidRequest(f"parameter {show(name, 40)} given more than once")
     _check_grant(params)
     bearer = _subject_token(params)
