@@ -190,10 +190,25 @@ func (c *Client) Close() error { return c.conn.Close() }
 // Exchange trades the OIDC token for a GitHub token for scope ("owner" or "owner/repo")
 // under the trust policy identity. Failures are *Error values; callers set deadlines on ctx.
 func (c *Client) Exchange(ctx context.Context, scope, identity string) (*Token, error) {
+	return c.ExchangeScopes(ctx, []string{scope}, identity)
+}
+
+// ExchangeScopes trades the OIDC token for one GitHub token covering several repositories
+// of one owner ("owner/repo" each): granted only if identity's policy in each repository
+// allows the caller, with the permissions all of them grant. One scope is Exchange.
+func (c *Client) ExchangeScopes(ctx context.Context, scopes []string, identity string) (*Token, error) {
+	if len(scopes) == 0 {
+		return nil, &Error{Code: codes.InvalidArgument, Message: "no scope given"}
+	}
+	req := &octostsv1.ExchangeRequest{Identity: identity, Audience: c.audience}
+	// One scope goes in Scope, which every server version reads; several in Scopes.
+	if len(scopes) == 1 {
+		req.Scope = scopes[0]
+	} else {
+		req.Scopes = scopes
+	}
 	var header metadata.MD
-	resp, err := c.sts.Exchange(ctx, &octostsv1.ExchangeRequest{
-		Scope: scope, Identity: identity, Audience: c.audience,
-	}, grpc.Header(&header))
+	resp, err := c.sts.Exchange(ctx, req, grpc.Header(&header))
 	if err != nil {
 		return nil, toError(err)
 	}

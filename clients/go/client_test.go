@@ -111,6 +111,28 @@ func TestExchangeSendsBearerAndReturnsToken(t *testing.T) {
 	}
 }
 
+func TestExchangeScopesSendsOneScopeAsScopeAndSeveralAsScopes(t *testing.T) {
+	srv := &standIn{}
+	c := bufClient(t, srv, WithTokenSource(StaticToken(oidcToken)))
+	if _, err := c.ExchangeScopes(ctx(t), []string{"org/app", "org/lib"}, "deploy"); err != nil {
+		t.Fatal(err)
+	}
+	if srv.lastReq.GetScope() != "" || strings.Join(srv.lastReq.GetScopes(), ",") != "org/app,org/lib" {
+		t.Fatalf("several scopes sent as %v", srv.lastReq)
+	}
+	if _, err := c.ExchangeScopes(ctx(t), []string{"org"}, "deploy"); err != nil {
+		t.Fatal(err)
+	}
+	if srv.lastReq.GetScope() != "org" || len(srv.lastReq.GetScopes()) != 0 {
+		t.Fatalf("one scope sent as %v", srv.lastReq)
+	}
+	_, err := c.ExchangeScopes(ctx(t), nil, "deploy")
+	var e *Error
+	if !errors.As(err, &e) || e.Code != codes.InvalidArgument {
+		t.Fatalf("want InvalidArgument for no scope, got %v", err)
+	}
+}
+
 func TestExchangeDeniedCarriesReason(t *testing.T) {
 	c := bufClient(t, &standIn{deny: true}, WithTokenSource(StaticToken(oidcToken)))
 	_, err := c.Exchange(ctx(t), "org", "deploy")

@@ -2,7 +2,7 @@ package octosts
 
 // Live tests against a running stack (Envoy over TLS in front of real replicas).
 // tests/e2e/test_clients_live.py starts the stack and runs `go test -run Live -v ./...` with
-// OCTO_STS_LIVE_{ENDPOINT,CA,SCOPE,IDENTITY,TOKEN,DENIED_TOKEN,GITHUB} (see the TypeScript
+// OCTO_STS_LIVE_{ENDPOINT,CA,SCOPE,SCOPES,IDENTITY,TOKEN,DENIED_TOKEN,GITHUB} (see the TypeScript
 // live test for their meaning). Without them the tests skip and say why; the driver checks
 // they passed, so a skip is never mistaken for a pass.
 
@@ -25,6 +25,8 @@ import (
 
 type liveEnv struct {
 	target, ca, scope, identity, token, denied, github string
+	// Several repositories the allowed token's identity may have in one token (comma-separated).
+	scopes []string
 }
 
 func loadLive(t *testing.T) liveEnv {
@@ -43,6 +45,7 @@ func loadLive(t *testing.T) liveEnv {
 	return liveEnv{
 		target: endpoint.Host, ca: get("CA"), scope: get("SCOPE"), identity: get("IDENTITY"),
 		token: get("TOKEN"), denied: get("DENIED_TOKEN"), github: get("GITHUB"),
+		scopes: strings.Split(get("SCOPES"), ","),
 	}
 }
 
@@ -58,7 +61,12 @@ func liveClient(t *testing.T, env liveEnv, token string) *Client {
 
 func githubStatus(t *testing.T, env liveEnv, token string) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, env.github+"/repos/"+env.scope+"/contents/README.md", nil)
+	return githubStatusIn(t, env, token, env.scope)
+}
+
+func githubStatusIn(t *testing.T, env liveEnv, token, repo string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, env.github+"/repos/"+repo+"/contents/README.md", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,5 +131,28 @@ func TestLiveChainguardServiceNames(t *testing.T) {
 	}
 	if got := githubStatus(t, env, raw.GetToken()); got != http.StatusOK {
 		t.Fatalf("GitHub answered %d with the minted token", got)
+	}
+}
+
+func TestLiveSeveralRepositoriesInOneToken(t *testing.T) {
+	env := loadLive(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tok, err := liveClient(t, env, env.token).ExchangeScopes(ctx, env.scopes, env.identity)
+	if err != nil {
+		t.Fatalf("ExchangeScopes: %v", err)
+	}
+	if len(tok.Repositories) != len(env.scopes) {
+		t.Fatalf("token for %v covers %v", env.scopes, tok.Repositories)
+	}
+	for _, scope := range env.scopes {
+		if got := githubStatusIn(t, env, tok.Value, scope); got != http.StatusOK {
+			t.Fatalf("GitHub answered %d in %s with the minted token", got, scope)
+		}
+	}
+	_, err = liveClient(t, env, env.denied).ExchangeScopes(ctx, env.scopes, env.identity)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != codes.PermissionDenied {
+		t.Fatalf("want PermissionDenied for the denied token, got %v", err)
 	}
 }

@@ -49,6 +49,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = REPO_ROOT / "clients"
 SCOPE = "octo-org/demo"
 IDENTITY = "ci"
+# Repositories whose ci policy trusts the demo workflow (examples/repos): one token for both
+# gets what both grant.
+SCOPES = ("octo-org/demo", "octo-org/infra")
 REPO_SUB = "repo:octo-org/demo:ref:refs/heads/main"
 WORKFLOW = "octo-org/demo/.github/workflows/ci.yaml@refs/heads/main"
 # Same repository and workflow, another branch: the demo policy refuses it.
@@ -154,6 +157,34 @@ async def test_python_async_client(stack: DevStack, transport: Any, tmp_path: Pa
     assert_denied(refused.value, denied)
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+async def test_python_clients_ask_for_several_repositories(stack: DevStack, transport: Any) -> None:
+    oidc = allowed_token(stack)
+    with Client(stack.gateway_url, transport=transport, ca_file=stack.ca_cert, retry=RETRY) as sync:
+        one = sync.exchange(list(SCOPES), IDENTITY, token=oidc)
+    async with AsyncClient(
+        stack.gateway_url, transport=transport, ca_file=stack.ca_cert, retry=RETRY
+    ) as client:
+        other = await client.exchange(SCOPES, IDENTITY, token=oidc)
+        with pytest.raises(Forbidden):
+            await client.exchange(SCOPES, IDENTITY, token=denied_token(stack))
+    for result in (one, other):
+        assert_several(stack, result)
+
+
+def assert_several(stack: DevStack, result: ExchangeResult) -> None:
+    """A token for SCOPES: what both policies grant, usable in both repositories only."""
+    assert sorted(result.repositories) == ["demo", "infra"]
+    assert dict(result.permissions) == {"contents": "read"}
+    for scope in SCOPES:
+        resp = httpx.get(
+            f"{stack.github_url}/repos/{scope}/contents/README.md",
+            headers={"authorization": f"Bearer {result.token}"},
+            timeout=10.0,
+        )
+        assert resp.status_code == 200, scope
+
+
 # -- CLI -------------------------------------------------------------------------------------
 
 
@@ -223,6 +254,24 @@ def test_cli_exchange_outputs_and_token_sources(stack: DevStack, tmp_path: Path)
         assert oidc not in run.stdout + run.stderr
 
 
+def test_cli_scope_repeated_is_one_token_for_several_repositories(stack: DevStack) -> None:
+    run = octo_sts(
+        "exchange",
+        "--scope", SCOPES[0], "--scope", SCOPES[1],
+        "--identity", IDENTITY,
+        "--endpoint", stack.gateway_url,
+        "--ca-file", str(stack.ca_cert),
+        "--token-source", "env:OIDC",
+        "--output", "json",
+        env={"OIDC": allowed_token(stack)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    body = json.loads(run.stdout)
+    assert body["repositories"] == ["demo", "infra"]
+    assert body["permissions"] == {"contents": "read"}
+    assert github_status(stack, body["token"]) == 200
+
+
 def test_cli_exchange_refused_and_bad_source(stack: DevStack, tmp_path: Path) -> None:
     denied = denied_token(stack)
     refused = cli_exchange(stack, "--token-source", "env:OIDC", env={"OIDC": denied})
@@ -265,6 +314,7 @@ def live_env(stack: DevStack) -> dict[str, str]:
         "OCTO_STS_LIVE_CA": str(stack.ca_cert),
         "OCTO_STS_LIVE_SCOPE": SCOPE,
         "OCTO_STS_LIVE_IDENTITY": IDENTITY,
+        "OCTO_STS_LIVE_SCOPES": ",".join(SCOPES),
         "OCTO_STS_LIVE_TOKEN": allowed_token(stack),
         "OCTO_STS_LIVE_DENIED_TOKEN": denied_token(stack),
         "OCTO_STS_LIVE_GITHUB": stack.github_url,
@@ -288,6 +338,7 @@ def test_go_client_live(stack: DevStack) -> None:
         "TestLiveExchangeOverTLS",
         "TestLiveDeniedCarriesReasonAndRequestID",
         "TestLiveChainguardServiceNames",
+        "TestLiveSeveralRepositoriesInOneToken",
     ):
         assert f"--- PASS: {name}" in out, out
     assert "--- SKIP" not in out, out
@@ -322,8 +373,8 @@ def test_typescript_client_live(stack: DevStack) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    # Four tests: {grpc, http} x {allowed, denied}; none skipped.
-    assert re.search(r"^# pass 4$", out, re.MULTILINE), out
+    # Six tests: {grpc, http} x {allowed, several repositories, denied}; none skipped.
+    assert re.search(r"^# pass 6$", out, re.MULTILINE), out
     assert re.search(r"^# skipped 0$", out, re.MULTILINE), out
     assert re.search(r"^# fail 0$", out, re.MULTILINE), out
 

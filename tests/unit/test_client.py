@@ -47,10 +47,17 @@ class ScriptedTransport:
         self.errors = list(errors)
         self.timeouts: list[float] = []
         self.tokens: list[str] = []
+        self.scopes: list[tuple[str, ...]] = []
 
     def exchange(
-        self, scope: str, identity: str, audience: str | None, token: str, timeout: float
+        self,
+        scopes: tuple[str, ...],
+        identity: str,
+        audience: str | None,
+        token: str,
+        timeout: float,
     ) -> ExchangeResult:
+        self.scopes.append(scopes)
         self.timeouts.append(timeout)
         self.tokens.append(token)
         if self.errors:
@@ -172,6 +179,32 @@ def test_missing_or_bad_token_and_request() -> None:
         client.exchange("o", "i", token="a\r\nX-Evil: 1")
     with pytest.raises(ValueError, match="non-empty"):
         client.exchange("", "i", token="t")
+    for scopes in ([], ["o/a", ""]):
+        with pytest.raises(ValueError, match="non-empty"):
+            client.exchange(scopes, "i", token="t")
+
+
+def test_one_scope_is_sent_as_scope_and_several_as_scopes() -> None:
+    from octosts.client.grpc_transport import _request  # noqa: PLC0415
+    from octosts.client.http_transport import _params  # noqa: PLC0415
+
+    one = _request(("o",), "ci", None)
+    assert (one.scope, list(one.scopes)) == ("o", [])
+    several = _request(("o/a", "o/b"), "ci", "aud")
+    assert (several.scope, list(several.scopes), several.audience) == ("", ["o/a", "o/b"], "aud")
+    assert _params(("o/a",), "ci", None) == (("scope", "o/a"), ("identity", "ci"))
+    assert _params(("o/a", "o/b"), "ci", "x") == (
+        ("scopes", "o/a"),
+        ("scopes", "o/b"),
+        ("identity", "ci"),
+        ("audience", "x"),
+    )
+    # What a transport is handed: the scopes, one or several.
+    transport = ScriptedTransport()
+    client = _client(transport, FakeTime(), RetryPolicy())
+    client.exchange(["o/a", "o/b"], "ci", token="t")
+    client.exchange("o/a", "ci", token="t")
+    assert transport.scopes == [("o/a", "o/b"), ("o/a",)]
 
 
 def test_client_library_imports_only_itself_and_the_wire_contract() -> None:

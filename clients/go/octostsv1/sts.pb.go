@@ -34,7 +34,13 @@ type ExchangeRequest struct {
 	// Name of the trust policy: `.github/chainguard/{identity}.sts.yaml`.
 	Identity string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
 	// Optional audience the token must carry; defaults to the service domain.
-	Audience      *string `protobuf:"bytes,3,opt,name=audience,proto3,oneof" json:"audience,omitempty"`
+	Audience *string `protobuf:"bytes,3,opt,name=audience,proto3,oneof" json:"audience,omitempty"`
+	// Several repositories in one token: `owner/repo` each, one owner, at most
+	// 10. The identity's policy in each repository must match the caller; the
+	// token gets the permissions all of them grant, at the lowest level any
+	// grants, for these repositories only. `scope`, if also set, must be one of
+	// them; a single entry is the same as `scope` (docs/compatibility.md).
+	Scopes        []string `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -88,6 +94,13 @@ func (x *ExchangeRequest) GetAudience() string {
 		return *x.Audience
 	}
 	return ""
+}
+
+func (x *ExchangeRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
 }
 
 type ExchangeResponse struct {
@@ -195,11 +208,12 @@ var File_octosts_v1_sts_proto protoreflect.FileDescriptor
 const file_octosts_v1_sts_proto_rawDesc = "" +
 	"\n" +
 	"\x14octosts/v1/sts.proto\x12\n" +
-	"octosts.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n" +
+	"octosts.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n" +
 	"\x0fExchangeRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x1f\n" +
-	"\baudience\x18\x03 \x01(\tH\x00R\baudience\x88\x01\x01B\v\n" +
+	"\baudience\x18\x03 \x01(\tH\x00R\baudience\x88\x01\x01\x12\x16\n" +
+	"\x06scopes\x18\x04 \x03(\tR\x06scopesB\v\n" +
 	"\t_audience\"\xf9\x02\n" +
 	"\x10ExchangeResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +

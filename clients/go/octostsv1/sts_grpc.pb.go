@@ -32,7 +32,9 @@ const (
 type SecurityTokenServiceClient interface {
 	// Exchange verifies the caller's OIDC token, loads the trust policy
 	// `.github/chainguard/{identity}.sts.yaml` for `scope`, and on a match
-	// returns a GitHub token with exactly the policy's permissions.
+	// returns a GitHub token with exactly the policy's permissions. With
+	// several `scopes`, every repository's policy must match, and the token
+	// carries the permissions they have in common.
 	//
 	// Errors: INVALID_ARGUMENT (bad scope/identity/metadata),
 	// UNAUTHENTICATED (missing, invalid or expired token; untrusted issuer),
@@ -66,7 +68,9 @@ func (c *securityTokenServiceClient) Exchange(ctx context.Context, in *ExchangeR
 type SecurityTokenServiceServer interface {
 	// Exchange verifies the caller's OIDC token, loads the trust policy
 	// `.github/chainguard/{identity}.sts.yaml` for `scope`, and on a match
-	// returns a GitHub token with exactly the policy's permissions.
+	// returns a GitHub token with exactly the policy's permissions. With
+	// several `scopes`, every repository's policy must match, and the token
+	// carries the permissions they have in common.
 	//
 	// Errors: INVALID_ARGUMENT (bad scope/identity/metadata),
 	// UNAUTHENTICATED (missing, invalid or expired token; untrusted issuer),

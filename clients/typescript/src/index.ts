@@ -23,7 +23,12 @@ export const MAX_RESPONSE_BYTES = 256 * 1024;
 export interface ExchangeOptions {
   /** `https://host[:port]` (TLS) or `http://host:port` (plaintext, in-mesh). */
   endpoint: string;
-  scope: string;
+  /**
+   * `owner` or `owner/repo`; or several repositories of one owner (`owner/repo` each): one
+   * token for all of them, granted only if each one's policy allows the caller, with the
+   * permissions they all grant.
+   */
+  scope: string | readonly string[];
   identity: string;
   /** The workload's OIDC token (JWT). */
   token: string;
@@ -93,6 +98,15 @@ function checkToken(token: string): void {
   }
 }
 
+/** The request's scopes, checked: one or more non-empty names. */
+function scopesOf(opts: ExchangeOptions): string[] {
+  const scopes = typeof opts.scope === "string" ? [opts.scope] : [...opts.scope];
+  if (scopes.length === 0 || scopes.some((s) => typeof s !== "string" || !s)) {
+    throw new OctoStsError("scope must be one or more non-empty names", "INVALID_ARGUMENT");
+  }
+  return scopes;
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -100,6 +114,7 @@ function sleep(ms: number): Promise<void> {
 /** Exchange with retries on UNAVAILABLE only (bounded attempts, overall deadline). */
 export async function exchange(opts: ExchangeOptions): Promise<GitHubToken> {
   checkToken(opts.token);
+  scopesOf(opts);
   const maxAttempts = opts.maxAttempts ?? 4;
   const deadline = Date.now() + (opts.deadlineMs ?? 30_000);
   const once = opts.transport === "http" ? exchangeHttpOnce : exchangeGrpcOnce;
@@ -131,8 +146,11 @@ async function exchangeGrpcOnce(opts: ExchangeOptions, timeoutMs: number): Promi
   const client = createClient(SecurityTokenService, transport);
   let requestId: string | undefined;
   try {
+    // One scope goes in `scope`, which every server version reads; several in `scopes`.
+    const scopes = scopesOf(opts);
+    const one = scopes.length === 1 ? { scope: scopes[0] } : { scopes };
     const res = await client.exchange(
-      { scope: opts.scope, identity: opts.identity, audience: opts.audience },
+      { ...one, identity: opts.identity, audience: opts.audience },
       {
         headers: { authorization: `Bearer ${opts.token}` },
         timeoutMs,
@@ -187,7 +205,8 @@ function get(url: URL, headers: Record<string, string>, ca: Buffer | undefined, 
 
 async function exchangeHttpOnce(opts: ExchangeOptions, timeoutMs: number): Promise<GitHubToken> {
   const url = new URL("/sts/exchange", opts.endpoint);
-  url.searchParams.set("scope", opts.scope);
+  const scopes = scopesOf(opts);
+  for (const scope of scopes) url.searchParams.append(scopes.length === 1 ? "scope" : "scopes", scope);
   url.searchParams.set("identity", opts.identity);
   if (opts.audience !== undefined) url.searchParams.set("audience", opts.audience);
   const ca = opts.caFile ? readFileSync(opts.caFile) : undefined;

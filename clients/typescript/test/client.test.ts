@@ -27,7 +27,7 @@ function routes(router: ConnectRouter) {
   router.service(SecurityTokenService, {
     exchange(req, ctx) {
       const auth = ctx.requestHeader.get("authorization");
-      script.calls.push({ scope: req.scope, identity: req.identity, audience: req.audience, auth });
+      script.calls.push({ scope: req.scope, scopes: [...req.scopes], identity: req.identity, audience: req.audience, auth });
       if (script.unavailable > 0) {
         script.unavailable--;
         throw new ConnectError("replica restarting", Code.Unavailable);
@@ -53,7 +53,9 @@ function gateway(req: http.IncomingMessage, res: http.ServerResponse) {
     res.writeHead(status, { "content-type": "application/json", ...headers });
     res.end(typeof body === "string" ? body : JSON.stringify(body));
   };
-  script.calls.push({ ...Object.fromEntries(url.searchParams), auth: req.headers.authorization });
+  script.calls.push({
+    ...Object.fromEntries(url.searchParams), scopes: url.searchParams.getAll("scopes"), auth: req.headers.authorization,
+  });
   if (url.pathname !== "/sts/exchange") return send(404, { code: 5, message: "not found" });
   if (script.unavailable > 0) {
     script.unavailable--;
@@ -115,6 +117,18 @@ for (const transport of ["grpc", "http"] as const) {
     assert.equal(script.calls.length, 1);
     assert.equal(script.calls[0].auth, `Bearer ${OIDC}`);
     assert.equal(script.calls[0].audience, "sts.example");
+  });
+
+  test(`${transport}: one scope is sent as scope, several as scopes`, async () => {
+    reset();
+    await exchange({ ...base, endpoint: endpoint(), transport, scope: ["org/app", "org/lib"] });
+    assert.equal(script.calls[0].scope ?? "", "");
+    assert.deepEqual(script.calls[0].scopes, ["org/app", "org/lib"]);
+    await exchange({ ...base, endpoint: endpoint(), transport, scope: ["org"] });
+    assert.equal(script.calls[1].scope, "org");
+    assert.deepEqual(script.calls[1].scopes, []);
+    await assert.rejects(exchange({ ...base, endpoint: endpoint(), transport, scope: [] }), (e: OctoStsError) => e.code === "INVALID_ARGUMENT");
+    assert.equal(script.calls.length, 2);
   });
 
   test(`${transport}: retries UNAVAILABLE, bounded`, async () => {

@@ -2,6 +2,7 @@
 // tests/e2e/test_clients_live.py starts the stack, mints the tokens and runs this file with:
 //   OCTO_STS_LIVE_ENDPOINT  https://localhost:PORT        OCTO_STS_LIVE_CA  PEM CA file
 //   OCTO_STS_LIVE_SCOPE / OCTO_STS_LIVE_IDENTITY           a policy the tokens are checked against
+//   OCTO_STS_LIVE_SCOPES    repositories (comma-separated) the allowed token may have in one token
 //   OCTO_STS_LIVE_TOKEN     an OIDC token the policy allows
 //   OCTO_STS_LIVE_DENIED_TOKEN  one it refuses
 //   OCTO_STS_LIVE_GITHUB    GitHub API base (the emulator) to prove the minted token works
@@ -16,6 +17,7 @@ const live = {
   endpoint: env.OCTO_STS_LIVE_ENDPOINT ?? "",
   caFile: env.OCTO_STS_LIVE_CA ?? "",
   scope: env.OCTO_STS_LIVE_SCOPE ?? "",
+  scopes: env.OCTO_STS_LIVE_SCOPES ?? "",
   identity: env.OCTO_STS_LIVE_IDENTITY ?? "",
   token: env.OCTO_STS_LIVE_TOKEN ?? "",
   denied: env.OCTO_STS_LIVE_DENIED_TOKEN ?? "",
@@ -43,6 +45,13 @@ for (const transport of ["grpc", "http"] as const) {
     assert.ok(tok.requestId, "the gateway sends x-request-id");
     assert.ok(!inspect(tok).includes(tok.token));
     assert.equal(await githubAccepts(tok.token, live.scope), 200);
+  });
+
+  test(`live ${transport}: one token for several repositories`, { skip }, async () => {
+    const scopes = live.scopes.split(",");
+    const tok = await exchange({ ...live, scope: scopes, transport, maxAttempts: 2 });
+    assert.deepEqual([...tok.repositories].sort(), scopes.map((s) => s.split("/")[1]).sort());
+    for (const scope of scopes) assert.equal(await githubAccepts(tok.token, scope), 200);
   });
 
   test(`live ${transport}: denied exchange is PERMISSION_DENIED with reason and request id`, { skip }, async () => {

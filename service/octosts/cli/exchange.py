@@ -82,7 +82,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="exchange a workload OIDC token for a GitHub token",
         description="Exchange this workload's OIDC token for a short-lived GitHub token.",
     )
-    ex.add_argument("--scope", required=True, help="`owner` or `owner/repo`")
+    ex.add_argument(
+        "--scope",
+        required=True,
+        action="append",
+        help="`owner` or `owner/repo`; repeat it for one token covering several repositories "
+        "of one owner (each one's policy must match; the token gets what they all grant)",
+    )
     ex.add_argument("--identity", required=True, help="trust policy name")
     ex.add_argument(
         "--endpoint",

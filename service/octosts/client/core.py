@@ -6,7 +6,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol, Self
 
 from octosts.client.errors import ConfigError, DeadlineExceeded, Unavailable
@@ -18,8 +18,15 @@ ENDPOINT_ENV = "OCTO_STS_ENDPOINT"
 
 
 class SyncTransport(Protocol):
+    """``scopes``: one scope, or several repositories of one owner (one token for all)."""
+
     def exchange(
-        self, scope: str, identity: str, audience: str | None, token: str, timeout: float
+        self,
+        scopes: tuple[str, ...],
+        identity: str,
+        audience: str | None,
+        token: str,
+        timeout: float,
     ) -> ExchangeResult: ...
 
     def close(self) -> None: ...
@@ -28,7 +35,7 @@ class SyncTransport(Protocol):
 class AsyncTransport(Protocol):
     async def exchange(
         self,
-        scope: str,
+        scopes: tuple[str, ...],
         identity: str,
         audience: str | None,
         token: str,
@@ -48,9 +55,12 @@ def _endpoint(endpoint: str | None) -> Endpoint:
         raise ConfigError(str(exc)) from exc
 
 
-def _check_request(scope: str, identity: str) -> None:
-    if not scope or not identity:
-        raise ValueError("scope and identity must be non-empty")
+def _check_request(scope: str | Sequence[str], identity: str) -> tuple[str, ...]:
+    """The scopes of a request: ``scope`` alone, or each of several. Raises ValueError."""
+    scopes = (scope,) if isinstance(scope, str) else tuple(scope)
+    if not scopes or not all(isinstance(s, str) and s for s in scopes) or not identity:
+        raise ValueError("scope (every one of them) and identity must be non-empty")
+    return scopes
 
 
 def _resolve_source(token: str | TokenSource | None, default: TokenSource | None) -> TokenSource:
@@ -122,7 +132,7 @@ class Client:
 
     def exchange(
         self,
-        scope: str,
+        scope: str | Sequence[str],
         identity: str,
         *,
         audience: str | None = None,
@@ -130,17 +140,22 @@ class Client:
     ) -> ExchangeResult:
         """Exchange the OIDC token for a GitHub token.
 
+        ``scope`` is ``owner`` or ``owner/repo``, or a list of repositories of one
+        owner: one token for all of them, granted only if each one's policy matches,
+        with the permissions they all grant (docs/clients.md).
+
         Raises ``ExchangeError`` subclasses (``Forbidden``, ``Unauthenticated``,
-        ``Unavailable`` after the retries...), ``TokenSourceError``, ``ConfigError``.
+        ``Unavailable`` after the retries...), ``TokenSourceError``, ``ConfigError``,
+        ``ValueError`` (an empty scope or identity).
         """
-        _check_request(scope, identity)
+        scopes = _check_request(scope, identity)
         bearer = _resolve_source(token, self._source).token(audience)
         attempts = _Attempts(self._retry, self._monotonic)
         attempt = 0
         while True:
             try:
                 return self._transport.exchange(
-                    scope, identity, audience, bearer, attempts.timeout()
+                    scopes, identity, audience, bearer, attempts.timeout()
                 )
             except Unavailable as exc:
                 self._sleep(attempts.delay_or_raise(attempt, exc, self._rng()))
@@ -183,14 +198,14 @@ class AsyncClient:
 
     async def exchange(
         self,
-        scope: str,
+        scope: str | Sequence[str],
         identity: str,
         *,
         audience: str | None = None,
         token: str | TokenSource | None = None,
     ) -> ExchangeResult:
         """Exchange the OIDC token for a GitHub token (see ``Client.exchange``)."""
-        _check_request(scope, identity)
+        scopes = _check_request(scope, identity)
         source = _resolve_source(token, self._source)
         # Sources may block (file read, Actions HTTP call): keep the loop free.
         bearer = (
@@ -203,7 +218,7 @@ class AsyncClient:
         while True:
             try:
                 return await self._transport.exchange(
-                    scope, identity, audience, bearer, attempts.timeout()
+                    scopes, identity, audience, bearer, attempts.timeout()
                 )
             except Unavailable as exc:
                 await self._sleep(attempts.delay_or_raise(attempt, exc, self._rng()))
@@ -249,7 +264,7 @@ def _async_transport(
 
 
 def exchange(
-    scope: str,
+    scope: str | Sequence[str],
     identity: str,
     *,
     audience: str | None = None,
@@ -265,7 +280,7 @@ def exchange(
 
 
 async def aexchange(
-    scope: str,
+    scope: str | Sequence[str],
     identity: str,
     *,
     audience: str | None = None,

@@ -49,8 +49,15 @@ def _channel_options() -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
 
 
-def _request(scope: str, identity: str, audience: str | None) -> sts_pb2.ExchangeRequest:
-    request = sts_pb2.ExchangeRequest(scope=scope, identity=identity)
+def _request(
+    scopes: tuple[str, ...], identity: str, audience: str | None
+) -> sts_pb2.ExchangeRequest:
+    # One scope goes in `scope`, which every server version reads; several in `scopes`.
+    request = sts_pb2.ExchangeRequest(identity=identity)
+    if len(scopes) == 1:
+        request.scope = scopes[0]
+    else:
+        request.scopes.extend(scopes)
     if audience is not None:
         request.audience = audience
     return request
@@ -133,12 +140,17 @@ class GrpcTransport:
         self._stub = sts_pb2_grpc.SecurityTokenServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def exchange(
-        self, scope: str, identity: str, audience: str | None, token: str, timeout: float
+        self,
+        scopes: tuple[str, ...],
+        identity: str,
+        audience: str | None,
+        token: str,
+        timeout: float,
     ) -> ExchangeResult:
         """One call. Raises ``ExchangeError`` subclasses."""
         try:
             response, call = self._stub.Exchange.with_call(
-                _request(scope, identity, audience),
+                _request(scopes, identity, audience),
                 metadata=(("authorization", f"Bearer {token}"),),
                 timeout=timeout,
             )
@@ -173,7 +185,7 @@ class AsyncGrpcTransport:
 
     async def exchange(
         self,
-        scope: str,
+        scopes: tuple[str, ...],
         identity: str,
         audience: str | None,
         token: str,
@@ -181,7 +193,7 @@ class AsyncGrpcTransport:
     ) -> ExchangeResult:
         """One call. Raises ``ExchangeError`` subclasses."""
         call = self._stub.Exchange(
-            _request(scope, identity, audience),
+            _request(scopes, identity, audience),
             metadata=(("authorization", f"Bearer {token}"),),
             timeout=timeout,
         )

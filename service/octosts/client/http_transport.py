@@ -43,11 +43,13 @@ def ssl_context(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext:
         raise ConfigError(f"cannot load CA file {ca_file}: {exc}") from exc
 
 
-def _params(scope: str, identity: str, audience: str | None) -> dict[str, str]:
-    params = {"scope": scope, "identity": identity}
-    if audience is not None:
-        params["audience"] = audience
-    return params
+def _params(
+    scopes: tuple[str, ...], identity: str, audience: str | None
+) -> tuple[tuple[str, str], ...]:
+    # One scope as `scope=` (what every server version reads), several as repeated `scopes=`.
+    named = "scope" if len(scopes) == 1 else "scopes"
+    params = (*((named, scope) for scope in scopes), ("identity", identity))
+    return params if audience is None else (*params, ("audience", audience))
 
 
 def _map_transport_error(exc: httpx.HTTPError) -> ExchangeError:
@@ -189,14 +191,19 @@ class HttpTransport:
         )
 
     def exchange(
-        self, scope: str, identity: str, audience: str | None, token: str, timeout: float
+        self,
+        scopes: tuple[str, ...],
+        identity: str,
+        audience: str | None,
+        token: str,
+        timeout: float,
     ) -> ExchangeResult:
         """One request. Raises ``ExchangeError`` subclasses."""
         try:
             with self._client.stream(
                 "GET",
                 EXCHANGE_PATH,
-                params=_params(scope, identity, audience),
+                params=_params(scopes, identity, audience),
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                 timeout=timeout,
             ) as response:
@@ -226,7 +233,7 @@ class AsyncHttpTransport:
 
     async def exchange(
         self,
-        scope: str,
+        scopes: tuple[str, ...],
         identity: str,
         audience: str | None,
         token: str,
@@ -237,7 +244,7 @@ class AsyncHttpTransport:
             async with self._client.stream(
                 "GET",
                 EXCHANGE_PATH,
-                params=_params(scope, identity, audience),
+                params=_params(scopes, identity, audience),
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                 timeout=timeout,
             ) as response:

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file octosts/v1/sts.proto.
  */
 export const file_octosts_v1_sts: GenFile = /*@__PURE__*/
-  fileDesc("ChRvY3Rvc3RzL3YxL3N0cy5wcm90bxIKb2N0b3N0cy52MSJWCg9FeGNoYW5nZVJlcXVlc3QSDQoFc2NvcGUYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSFQoIYXVkaWVuY2UYAyABKAlIAIgBAUILCglfYXVkaWVuY2UinQIKEEV4Y2hhbmdlUmVzcG9uc2USDQoFdG9rZW4YASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEhIKCnRva2VuX3R5cGUYAyABKAkSEgoKZXhwaXJlc19pbhgEIAEoBRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJCCgtwZXJtaXNzaW9ucxgGIAMoCzItLm9jdG9zdHMudjEuRXhjaGFuZ2VSZXNwb25zZS5QZXJtaXNzaW9uc0VudHJ5EhQKDHJlcG9zaXRvcmllcxgHIAMoCRoyChBQZXJtaXNzaW9uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEyiAEKFFNlY3VyaXR5VG9rZW5TZXJ2aWNlEnAKCEV4Y2hhbmdlEhsub2N0b3N0cy52MS5FeGNoYW5nZVJlcXVlc3QaHC5vY3Rvc3RzLnYxLkV4Y2hhbmdlUmVzcG9uc2UiKYLT5JMCIxINL3N0cy9leGNoYW5nZVoSIg0vc3RzL2V4Y2hhbmdlOgEqQkRaQmdpdGh1Yi5jb20vb2N0by1zdHMvb2N0by1zdHMtcHl0aG9uL2NsaWVudHMvZ28vb2N0b3N0c3YxO29jdG9zdHN2MWIGcHJvdG8z", [file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChRvY3Rvc3RzL3YxL3N0cy5wcm90bxIKb2N0b3N0cy52MSJmCg9FeGNoYW5nZVJlcXVlc3QSDQoFc2NvcGUYASABKAkSEAoIaWRlbnRpdHkYAiABKAkSFQoIYXVkaWVuY2UYAyABKAlIAIgBARIOCgZzY29wZXMYBCADKAlCCwoJX2F1ZGllbmNlIp0CChBFeGNoYW5nZVJlc3BvbnNlEg0KBXRva2VuGAEgASgJEhQKDGFjY2Vzc190b2tlbhgCIAEoCRISCgp0b2tlbl90eXBlGAMgASgJEhIKCmV4cGlyZXNfaW4YBCABKAUSLgoKZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASQgoLcGVybWlzc2lvbnMYBiADKAsyLS5vY3Rvc3RzLnYxLkV4Y2hhbmdlUmVzcG9uc2UuUGVybWlzc2lvbnNFbnRyeRIUCgxyZXBvc2l0b3JpZXMYByADKAkaMgoQUGVybWlzc2lvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBMogBChRTZWN1cml0eVRva2VuU2VydmljZRJwCghFeGNoYW5nZRIbLm9jdG9zdHMudjEuRXhjaGFuZ2VSZXF1ZXN0Ghwub2N0b3N0cy52MS5FeGNoYW5nZVJlc3BvbnNlIimC0+STAiMSDS9zdHMvZXhjaGFuZ2VaEiINL3N0cy9leGNoYW5nZToBKkJEWkJnaXRodWIuY29tL29jdG8tc3RzL29jdG8tc3RzLXB5dGhvbi9jbGllbnRzL2dvL29jdG9zdHN2MTtvY3Rvc3RzdjFiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message octosts.v1.ExchangeRequest
@@ -43,6 +43,17 @@ export type ExchangeRequest = Message<"octosts.v1.ExchangeRequest"> & {
    * @generated from field: optional string audience = 3;
    */
   audience?: string | undefined;
+
+  /**
+   * Several repositories in one token: `owner/repo` each, one owner, at most
+   * 10. The identity's policy in each repository must match the caller; the
+   * token gets the permissions all of them grant, at the lowest level any
+   * grants, for these repositories only. `scope`, if also set, must be one of
+   * them; a single entry is the same as `scope` (docs/compatibility.md).
+   *
+   * @generated from field: repeated string scopes = 4;
+   */
+  scopes: string[];
 };
 
 /**
@@ -120,7 +131,9 @@ export const SecurityTokenService: GenService<{
   /**
    * Exchange verifies the caller's OIDC token, loads the trust policy
    * `.github/chainguard/{identity}.sts.yaml` for `scope`, and on a match
-   * returns a GitHub token with exactly the policy's permissions.
+   * returns a GitHub token with exactly the policy's permissions. With
+   * several `scopes`, every repository's policy must match, and the token
+   * carries the permissions they have in common.
    *
    * Errors: INVALID_ARGUMENT (bad scope/identity/metadata),
    * UNAUTHENTICATED (missing, invalid or expired token; untrusted issuer),
