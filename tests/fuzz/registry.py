@@ -60,6 +60,8 @@ TARGETS: dict[str, Target] = {
         _target("names", ("octosts.domain.names", "octosts.transport.compat"), 400),
         _target("metadata", _HEADERS, 70_000),
         _target("compat", ("octosts.transport.compat", "octosts.domain.exchange"), 20_000),
+        # The token endpoint's form: MAX_FORM_BYTES (20 KiB) and a little more.
+        _target("oauth", ("octosts.transport.oauth", "octosts.transport.compat"), 22_000),
         _target("protobuf", ("octosts.transport",), 70_000),
         _target("webhook_payload", ("octosts.webhook",), 70_000, test_runs=500),
         _target("webhook_http", ("octosts.webhook",), 80_000, test_runs=500),

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -426,6 +427,47 @@ def _compat() -> Seeds:
     }
 
 
+def _oauth() -> Seeds:
+    form = "application/x-www-form-urlencoded"
+    grant = "urn:ietf:params:oauth:grant-type:token-exchange"
+    jwt_type = "urn:ietf:params:oauth:token-type:jwt"
+
+    def seed(content_type: str, *pairs: tuple[str, str]) -> bytes:
+        return f"{content_type}\n{urllib.parse.urlencode(pairs)}".encode()
+
+    base = (
+        ("grant_type", grant),
+        ("subject_token", TOKEN),
+        ("subject_token_type", jwt_type),
+        ("audience", "octo-org/demo"),
+        ("scope", "ci"),
+    )
+    return {
+        "rfc8693": seed(form, *base),
+        "id-token": seed(
+            form, *base[:2], ("subject_token_type", jwt_type[:-3] + "id_token"), *base[3:]
+        ),
+        "several-audiences": seed(form, *base, ("audience", "octo-org/infra")),
+        "audiences-two-owners": seed(form, *base, ("audience", "other-org/lib")),
+        "org-audience": seed(form, *base[:3], ("audience", "octo-org"), base[4]),
+        "client-credentials": seed(form, ("grant_type", "client_credentials"), *base[1:]),
+        "grant-twice": seed(form, *base, ("grant_type", grant)),
+        "scope-twice": seed(form, *base, ("scope", "ci")),
+        "two-identities": seed(form, *base[:4], ("scope", "ci deploy")),
+        "resource": seed(form, *base, ("resource", "https://github.com/octo-org/demo")),
+        "actor": seed(form, *base, ("actor_token", TOKEN), ("actor_token_type", jwt_type)),
+        "requested-id-token": seed(form, *base, ("requested_token_type", jwt_type)),
+        "client-id": seed(form, *base, ("client_id", "x"), ("client_secret", "y")),
+        "no-subject": seed(form, base[0], *base[2:]),
+        "bad-subject": seed(form, base[0], ("subject_token", "a b"), *base[2:]),
+        "oversized-subject": seed(form, base[0], ("subject_token", "a" * 17_000), *base[2:]),
+        "json": f"application/json\n{json.dumps(dict(base))}".encode(),
+        "charset-latin1": seed(form + "; charset=latin-1", *base),
+        "not-utf8": f"{form}\n".encode() + b"grant_type=%ff&scope=\xff",
+        "nul-in-name": seed(form, *base, ("scope\x00x", "other")),
+    }
+
+
 def _check_request(headers: dict[str, str]) -> bytes:
     from envoy.service.auth.v3 import external_auth_pb2  # noqa: PLC0415
 
@@ -582,6 +624,7 @@ GENERATORS: dict[str, Callable[[], Seeds]] = {
     "names": _names,
     "metadata": _metadata,
     "compat": _compat,
+    "oauth": _oauth,
     "protobuf": _protobuf,
     "webhook_payload": _webhook_payload,
     "webhook_http": _webhook_http,
