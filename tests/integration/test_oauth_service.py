@@ -5,6 +5,7 @@ mapped HTTP status."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
 
@@ -12,9 +13,11 @@ import grpc
 import pytest
 from google.api import httpbody_pb2
 
-from octosts.dev.github import Fault
+from octosts.dev.github import Fault, GitHubEmulator
+from octosts.dev.issuer import DevIssuer
 from octosts.transport.oauth import JWT_TOKEN_TYPE, TOKEN_EXCHANGE
-from tests.integration.service_harness import Stack
+from tests.integration.service_harness import Stack, running
+from tests.polling import eventually
 
 METHOD = "/octosts.gateway.v1.OAuthTokenService/Token"
 FORM = "application/x-www-form-urlencoded"
@@ -89,3 +92,36 @@ async def test_a_rate_limit_says_when_to_come_back_in_the_headers(stack: Stack) 
     assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # In the headers: trailers after a body do not reach HTTP/1 callers through Envoy.
     assert dict(await call.initial_metadata())["retry-after"] == "42"
+
+
+async def test_a_call_shed_by_admission_control_is_answered_in_rfc6749s_shape(
+    backends: tuple[DevIssuer, GitHubEmulator],
+) -> None:
+    # One call at a time: while a slow mint holds the only slot, the next token request is
+    # shed at once, and still reads as the token endpoint's answer (Envoy keeps the body).
+    async with running(*backends, max_concurrent_rpcs=1) as stack:
+        await answered_ok(stack)  # warm: installation and policy cached
+        stack.github.add_fault(
+            Fault(status=None, latency_ms=1500, path_prefix="/app/installations", method="POST")
+        )
+        slow = asyncio.ensure_future(answered_ok(stack))
+        registry = stack.app.metrics.registry
+        await eventually(
+            lambda: registry.get_sample_value("octo_sts_rpcs_in_flight") == 1.0,
+            "the slow call to hold the only slot",
+        )
+        messages, call = await answered(stack, form(stack))
+        assert json.loads(messages[0].data)["error"] == "temporarily_unavailable"
+        assert "overloaded" in json.loads(messages[0].data)["error_description"]
+        assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert dict(await call.initial_metadata())["retry-after"] == "1"
+        await slow
+
+
+async def answered_ok(stack: Stack) -> None:
+    token = stack.channel.unary_unary(
+        METHOD,
+        request_serializer=httpbody_pb2.HttpBody.SerializeToString,
+        response_deserializer=httpbody_pb2.HttpBody.FromString,
+    )
+    assert "access_token" in json.loads((await token(form(stack))).data)

@@ -31,6 +31,7 @@ import grpc
 from octosts.domain.errors import Overloaded, ShuttingDown, StsError
 from octosts.transport.errors import failure
 from octosts.transport.request_id import current_request_id
+from octosts.transport.sts import OAUTH_TOKEN_METHOD, answer_oauth
 
 if TYPE_CHECKING:
     from octosts.observability.metrics import Metrics
@@ -110,14 +111,16 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
         method = str(handler_call_details.method)
         if handler is None or handler.unary_unary is None or method.startswith(UNLIMITED_PREFIXES):
             return handler
+        # The OAuth token endpoint answers in RFC 6749's shape, shed calls included.
+        answer = _answer_oauth if method == OAUTH_TOKEN_METHOD else _answer
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap(handler.unary_unary),
+            self._wrap(handler.unary_unary, answer),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
     def _wrap(
-        self, behavior: Behavior
+        self, behavior: Behavior, answer: Callable[[grpc.aio.ServicerContext, StsError], Any]
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         admission, metrics = self._admission, self._metrics
 
@@ -125,7 +128,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
             task = admission.admit()
             if task is None:
                 metrics.shed(Overloaded.reason)
-                await _answer(context, Overloaded(f"more than {admission.limit} calls in progress"))
+                await answer(context, Overloaded(f"more than {admission.limit} calls in progress"))
             metrics.in_flight(admission.in_flight)
             try:
                 result = behavior(request, context)
@@ -136,7 +139,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
                     raise  # the caller went away or its deadline passed: nobody to answer
                 task.uncancel()
                 metrics.shed(ShuttingDown.reason)
-                await _answer(context, ShuttingDown("still running when the grace period ended"))
+                await answer(context, ShuttingDown("still running when the grace period ended"))
             else:
                 return result
             finally:
@@ -150,3 +153,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
 async def _answer(context: grpc.aio.ServicerContext, error: StsError) -> None:
     failed = failure(error, current_request_id())
     await context.abort(failed.code, failed.message, trailing_metadata=failed.trailers())
+
+
+async def _answer_oauth(context: grpc.aio.ServicerContext, error: StsError) -> None:
+    await answer_oauth(context, error, current_request_id())

@@ -279,6 +279,19 @@ class FormExchangeServicer(form_pb2_grpc.FormExchangeServiceServicer):
         )
 
 
+OAUTH_TOKEN_METHOD = "/octosts.gateway.v1.OAuthTokenService/Token"  # noqa: S105 - a method
+
+
+async def answer_oauth(
+    context: grpc.aio.ServicerContext, error: BaseException, rid: str, *, verbose: bool = False
+) -> None:
+    """End a token endpoint call with ``error`` as RFC 6749's JSON and status (the servicer's
+    failures, and the calls admission control sheds or cuts there)."""
+    failed = oauth_failure(error, rid, verbose=verbose)
+    body = httpbody_pb2.HttpBody(content_type=JSON, data=failed.body())
+    await answer_with_body(context, body, failed)
+
+
 class OAuthTokenServicer(oauth_pb2_grpc.OAuthTokenServiceServicer):
     """``octosts.gateway.v1.OAuthTokenService``: Envoy's target for ``POST /oauth2/token``.
 
@@ -287,7 +300,7 @@ class OAuthTokenServicer(oauth_pb2_grpc.OAuthTokenServiceServicer):
     status (``errors.oauth_failure``) written as described in ``answer_with_body``.
     """
 
-    RPC = "octosts.gateway.v1.OAuthTokenService/Token"
+    RPC = OAUTH_TOKEN_METHOD.lstrip("/")
 
     def __init__(self, exchanger: Exchanger, reporter: ExchangeReporter, *, verbose: bool) -> None:
         self._handler = _Handler(exchanger, reporter, verbose=verbose)
@@ -303,9 +316,7 @@ class OAuthTokenServicer(oauth_pb2_grpc.OAuthTokenServiceServicer):
         )
         if not isinstance(outcome, _Failed):
             return to_token_response(outcome, time.time())
-        failed = oauth_failure(outcome.error, outcome.request_id, verbose=outcome.verbose)
-        body = httpbody_pb2.HttpBody(content_type=JSON, data=failed.body())
-        await answer_with_body(context, body, failed)
+        await answer_oauth(context, outcome.error, outcome.request_id, verbose=outcome.verbose)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
