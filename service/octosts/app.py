@@ -32,7 +32,7 @@ from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.held_tokens import HeldTokenCache
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
-from octosts.adapters.signer import PemSigner
+from octosts.adapters.signer import SignerConfig, build_signer
 from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuersStore
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.egress import Egress
@@ -196,6 +196,15 @@ def build_app(
         else None
     )
     events = ExchangeEvents(metrics, audit, clock)
+    signer = build_signer(
+        SignerConfig(
+            kind=settings.github_app_signer,
+            private_key_pem=settings.github_app_private_key,
+            kms_key=settings.github_app_kms_key,
+        ),
+        clock=clock,
+        timeout=settings.outbound_timeout_seconds,
+    )
     github = GitHubAppClient(
         GitHubConfig(
             app_id=settings.github_app_id,
@@ -205,7 +214,7 @@ def build_app(
             contents_token_cache_size=settings.cache_max_entries,
         ),
         rest=github_rest,
-        signer=PemSigner.from_pem(settings.github_app_private_key),
+        signer=signer,
         clock=clock,
         observer=observer,
         orphans=events,
@@ -297,6 +306,7 @@ def build_app(
         closers=[
             issuer_http.aclose,
             github_http.aclose,
+            signer.aclose,
             # A mint sent just before the stop gets at least one outbound timeout to answer.
             lambda: _settled(
                 github, max(settings.shutdown_grace_seconds, settings.outbound_timeout_seconds)

@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar, cast
 import yaml
 
 from octosts.adapters.github_rest import DEFAULT_MAX_CONNECTIONS, base_url_problem
+from octosts.adapters.kms import SIGNER_KINDS, SignerKind, kms_key_problem, missing_extra
 from octosts.domain.issuers import AllowlistInvalid, compile_allowlist, issuer_entry_problem
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO
 from octosts.domain.names import is_repo_name
@@ -63,9 +64,10 @@ def setting(
     *,
     check: Callable[[T], Iterable[str]] | None = None,
     secret: bool = False,
+    file_env: str | None = None,
 ) -> T:
     """Declare an optional setting (a ``Settings`` field default)."""
-    spec = Spec(env, parse, check, secret, required=False, file_env=None)
+    spec = Spec(env, parse, check, secret, required=False, file_env=file_env)
     return field(default=default, repr=not secret, metadata={_SPEC: spec})
 
 
@@ -166,6 +168,14 @@ def _log_format(value: str) -> LogFormat:
     raise ValueError("must be json or console")
 
 
+def _signer_kind(value: str) -> SignerKind:
+    text = value.strip()
+    for kind in SIGNER_KINDS:
+        if text == kind:
+            return kind
+    raise ValueError("must be " + ", ".join(SIGNER_KINDS[:-1]) + " or " + SIGNER_KINDS[-1])
+
+
 # -- checks: value -> problems ----------------------------------------------------------------
 
 
@@ -214,6 +224,12 @@ def _pem_key(value: str) -> Iterator[str]:
         yield "not a PEM private key"
 
 
+def _signer_installed(value: SignerKind) -> Iterator[str]:
+    hint = missing_extra(value)
+    if hint is not None:
+        yield hint
+
+
 def _existing_file(value: str) -> Iterator[str]:
     if value and not Path(value).is_file():
         yield f"no such file {value!r}"
@@ -242,13 +258,20 @@ class Settings:
 
     sts_domain: str = required("STS_DOMAIN", _str)
     github_app_id: int = required("GITHUB_APP_ID", _int, check=_positive_int)
-    github_app_private_key: str = required(
+    # Required with the default signer; absent with a KMS one (checked by _app_key_source).
+    github_app_private_key: str = setting(
         "GITHUB_APP_PRIVATE_KEY",
         str,
+        "",
         check=_pem_key,
         secret=True,
         file_env="GITHUB_APP_PRIVATE_KEY_FILE",
     )
+    # docs/kms.md: the App's key held by a KMS, which signs the App JWT (a few times an hour).
+    github_app_signer: SignerKind = setting(
+        "GITHUB_APP_SIGNER", _signer_kind, "pem", check=_signer_installed
+    )
+    github_app_kms_key: str = setting("GITHUB_APP_KMS_KEY", _str, "")
     grpc_addr: str = setting("OCTOSTS_GRPC_ADDR", _str, "127.0.0.1:8080", check=_host_port)
     metrics_addr: str = setting("OCTOSTS_METRICS_ADDR", _str, "", check=_optional_host_port)
     github_base_url: str = setting(
@@ -327,6 +350,24 @@ def _issuer_trust(values: Mapping[str, Any]) -> Iterator[str]:
             yield f"{env[problem.field]}: {problem.message}"
 
 
+def _app_key_source(values: Mapping[str, Any]) -> Iterator[str]:
+    """The private key with the ``pem`` signer, a valid KMS key (and no private key) with a KMS."""
+    kind, key = values["github_app_signer"], values["github_app_kms_key"]
+    pem_names = "GITHUB_APP_PRIVATE_KEY or GITHUB_APP_PRIVATE_KEY_FILE"
+    if kind == "pem":
+        if not values["github_app_private_key"]:
+            yield f"{pem_names}: required"
+        if key:
+            yield "GITHUB_APP_KMS_KEY: only used with GITHUB_APP_SIGNER=aws-kms or gcp-kms"
+        return
+    if values["github_app_private_key"]:
+        yield f"{pem_names}: must not be set with GITHUB_APP_SIGNER={kind} (the key is in the KMS)"
+    if not key:
+        yield f"GITHUB_APP_KMS_KEY: required with GITHUB_APP_SIGNER={kind}"
+    elif (problem := kms_key_problem(kind, key)) is not None:
+        yield f"GITHUB_APP_KMS_KEY: {problem}, got {key!r}"
+
+
 def _webhook_needs_secrets(values: Mapping[str, Any]) -> Iterator[str]:
     if values["webhook_addr"] and not values["webhook_secrets"]:
         yield "OCTOSTS_WEBHOOK_SECRETS: required when OCTOSTS_WEBHOOK_ADDR is set"
@@ -334,6 +375,7 @@ def _webhook_needs_secrets(values: Mapping[str, Any]) -> Iterator[str]:
 
 _RULES: tuple[Callable[[Mapping[str, Any]], Iterable[str]], ...] = (
     _issuer_trust,
+    _app_key_source,
     _webhook_needs_secrets,
 )
 

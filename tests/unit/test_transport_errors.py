@@ -34,6 +34,7 @@ INVALID_TOKEN = 'Bearer error="invalid_token"'
         (errors.RateLimited("x", retry_after=60), C.RESOURCE_EXHAUSTED),
         (errors.IssuerUnavailable("x"), C.UNAVAILABLE),
         (errors.GitHubUnavailable("x"), C.UNAVAILABLE),
+        (errors.KmsUnavailable("x", reason=errors.KMS_THROTTLED), C.UNAVAILABLE),
         (errors.StsError("x"), C.INTERNAL),
         (RuntimeError("boom"), C.INTERNAL),
     ],

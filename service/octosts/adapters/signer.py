@@ -2,8 +2,12 @@
 
 The service authenticates to GitHub as the App with a short-lived JWT signed by
 the App's private key. Signing goes through ``AppSigner`` so the key can live
-elsewhere later (a KMS signer only has to implement ``sign``); the JWT itself is
-assembled here from the signing input, never by a library that needs the key.
+elsewhere: in memory (``PemSigner``) or in a KMS that never lets it out
+(``adapters.kms``: AWS KMS, Google Cloud KMS). The JWT itself is assembled here
+from the signing input, never by a library that needs the key.
+
+``build_signer`` makes the signer of one App from its ``SignerConfig``; each App
+has its own (several Apps, one per config).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from octosts.adapters.kms import KmsBackend, KmsSigner, SignerKind, missing_extra
 from octosts.domain.errors import StsError
 
 if TYPE_CHECKING:
@@ -38,6 +44,10 @@ class AppSigner(Protocol):
 
     async def sign(self, signing_input: bytes) -> bytes:
         """Return the raw signature bytes. Raises StsError when signing fails."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the signer holds (a KMS client's connections)."""
         ...
 
 
@@ -117,6 +127,42 @@ class PemSigner:
         # ~1 ms of CPU; not worth a thread hop, and app JWTs are cached by the client.
         return self._key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
 
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SignerConfig:
+    """How one GitHub App's JWTs are signed: ``GITHUB_APP_SIGNER`` and its key."""
+
+    kind: SignerKind = "pem"
+    private_key_pem: str = field(default="", repr=False)  # kind "pem"
+    kms_key: str = ""  # the KMS kinds: key ARN or key version resource name
+
+
+def build_signer(config: SignerConfig, *, clock: Clock, timeout: float) -> AppSigner:
+    """The signer ``config`` names; each KMS call bounded by ``timeout`` seconds.
+
+    The KMS libraries are imported here, only when configured. Raises
+    StsError(reason="app_key_invalid") for a bad PEM key or a missing extra.
+    """
+    if config.kind == "pem":
+        return PemSigner.from_pem(config.private_key_pem)
+    hint = missing_extra(config.kind)
+    if hint is not None:
+        raise StsError(f"GITHUB_APP_SIGNER={hint}", reason="app_key_invalid")
+    backend: KmsBackend
+    if config.kind == "aws-kms":
+        from octosts.adapters import kms_aws  # noqa: PLC0415 - optional extra, imported when used
+
+        client = kms_aws.make_client(config.kms_key, timeout=timeout)
+        backend = kms_aws.AwsKmsBackend(config.kms_key, client=client)
+    else:
+        from octosts.adapters import kms_gcp  # noqa: PLC0415 - optional extra, imported when used
+
+        backend = kms_gcp.GcpKmsBackend(config.kms_key, timeout=timeout)
+    return KmsSigner(backend, clock=clock, timeout=timeout)
+
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -143,4 +189,4 @@ async def app_jwt(signer: AppSigner, app_id: int | str, clock: Clock) -> str:
     return f"{signing_input}.{_b64url(signature)}"
 
 
-__all__ = ["AppSigner", "PemSigner", "app_jwt"]
+__all__ = ["AppSigner", "PemSigner", "SignerConfig", "app_jwt", "build_signer"]

@@ -24,8 +24,9 @@ audit event (``observability.metrics.exchange_outcome``)::
     ├── RateLimited              rate_limited          no    GitHub primary/secondary limit
     ├── UpstreamUnavailable      upstream_unavailable  no
     │   ├── IssuerUnavailable    discovery/JWKS unreachable, 5xx, timeout, oversized
-    │   └── GitHubUnavailable    GitHub unreachable, 5xx, timeout; github_busy: no free
-    │                            connection to it (the excess when GitHub is slow)
+    │   ├── GitHubUnavailable    GitHub unreachable, 5xx, timeout; github_busy: no free
+    │   │                        connection to it (the excess when GitHub is slow)
+    │   └── KmsUnavailable       the KMS holding the App key did not sign the App JWT
     └── ServiceUnavailable       service_unavailable   no    this replica cannot take the call now
         ├── Overloaded           at its limit of calls in progress: shed at once
         └── ShuttingDown         draining: the call outlived the shutdown grace period
@@ -186,6 +187,28 @@ class GitHubUnavailable(UpstreamUnavailable):
 
 # Every pooled connection to GitHub is busy (GitHub slow): shed at once, with Retry-After.
 GITHUB_BUSY = "github_busy"
+
+
+class KmsUnavailable(UpstreamUnavailable):
+    """The KMS holding the GitHub App's key (``GITHUB_APP_SIGNER``) did not sign the App JWT.
+
+    Always one of the reasons below; ``detail`` names the KMS, the key and its error code,
+    never a credential.
+    """
+
+    reason = "kms_unavailable"
+
+
+# No answer in time: network, DNS, TLS, the KMS's own 5xx or timeout.
+KMS_UNREACHABLE = "kms_unreachable"
+# The KMS refuses calls for now (request quota).
+KMS_THROTTLED = "kms_throttled"
+# No credentials, expired or invalid ones, or no permission to sign with the key.
+KMS_ACCESS_DENIED = "kms_access_denied"
+# The key cannot sign an RS256 JWT: not found, disabled, pending deletion, wrong type or usage.
+KMS_KEY_UNUSABLE = "kms_key_unusable"
+# An answer that cannot be trusted: a failed integrity check, another key or algorithm.
+KMS_RESPONSE_INVALID = "kms_response_invalid"
 
 
 class ServiceUnavailable(StsError):
