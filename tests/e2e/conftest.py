@@ -7,8 +7,9 @@ stays whole. Both use free loopback ports and a unique Envoy ``base_id``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,16 +18,30 @@ from octosts.dev.stack import DevStack, StackError, StackPorts
 from tests.e2e.envoy_harness import unique_base_id
 
 
-def start_stack(workdir: Path, attempts: int = 2) -> DevStack:
-    """A started two-replica stack; the caller stops it.
+def start_stack(
+    workdir: Path,
+    attempts: int = 2,
+    *,
+    replicas: int = 2,
+    prepare: Callable[[DevStack], None] | None = None,
+    **options: Any,
+) -> DevStack:
+    """A started stack (two replicas unless told); the caller stops it.
+
+    ``options`` go to ``DevStack``; ``prepare`` sees each stack before it starts (its files).
 
     Ports are picked free but bound later by the children, so another process on the machine
     can take one in between: a failed start is retried once on fresh ports.
     """
     for attempt in range(1, attempts + 1):
         stack = DevStack(
-            workdir=workdir / f"try{attempt}", ports=StackPorts.free(2), base_id=unique_base_id()
+            workdir=workdir / f"try{attempt}",
+            ports=StackPorts.free(replicas),
+            base_id=unique_base_id(),
+            **options,
         )
+        if prepare is not None:
+            prepare(stack)
         try:
             # DevStack.start() stops whatever it started when start-up fails.
             return stack.start()
