@@ -42,6 +42,13 @@ def app_key() -> rsa.RSAPrivateKey:
 
 
 @functools.cache
+def pool_key(index: int) -> rsa.RSAPrivateKey:
+    """The key of a further GitHub App (``index`` 2, 3, ...; the first App's is ``app_key``)."""
+    del index  # one key per index, through the cache
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@functools.cache
 def other_key() -> rsa.RSAPrivateKey:
     """A key the emulator does not know (a forged or misconfigured app key)."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -202,13 +202,21 @@ async def test_call_log_has_times_and_since(gh, clock) -> None:
     await gh.get("/orgs/nobody/installation", headers=auth)
     calls = (await gh.get("/_emulator/calls")).json()
     assert calls == [
-        {"method": "GET", "path": LOOKUP, "status": 200, "auth": "app", "at": before},
+        {
+            "method": "GET",
+            "path": LOOKUP,
+            "status": 200,
+            "auth": "app",
+            "at": before,
+            "app_id": APP_ID,
+        },
         {
             "method": "GET",
             "path": "/orgs/nobody/installation",
             "status": 404,
             "auth": "app",
             "at": before + 5,
+            "app_id": APP_ID,
         },
     ]
     recent = (await gh.get("/_emulator/calls", params={"since": before + 1})).json()

@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from octosts.dev.github import GitHubEmulator, ensure_app_key, load_app_public_key
@@ -23,7 +24,8 @@ control API (plain HTTP, no auth: keep --listen on loopback):
   DELETE /_emulator/faults[/ID]        remove one rule, or all
   GET    /_emulator/tokens[?state=S]   ledger of minted tokens (id, token_sha256, permissions,
                                        repositories, live | revoked | expired | evicted)
-  GET    /_emulator/calls[?since=T]    REST calls answered, with their time
+  GET    /_emulator/calls[?since=T]    REST calls answered, with their time and App
+  GET    /_emulator/apps               every App, its installations and rate-limit budget
   POST   /_emulator/reset              forget calls, budgets and fault rules
 
 example: curl -XPOST http://127.0.0.1:8781/_emulator/faults \\
@@ -62,6 +64,44 @@ def _positive(value: str) -> int:
     return number
 
 
+@dataclass(frozen=True, slots=True)
+class AppSpec:
+    """Another App to serve (``--app``): its id, key file, rate limit and owners."""
+
+    app_id: int
+    key: Path
+    rate_limit: int | None = None
+    owners: tuple[str, ...] | None = None  # None: every owner
+
+
+def _app_spec(value: str) -> AppSpec:
+    """``id=N,key=FILE[,rate-limit=N][,owner=LOGIN]...``."""
+    fields: dict[str, str] = {}
+    owners: list[str] = []
+    for part in value.split(","):
+        name, sep, text = part.partition("=")
+        name = name.strip()
+        if not sep or not text or name not in {"id", "key", "rate-limit", "owner"}:
+            raise argparse.ArgumentTypeError(
+                f"expected id=N,key=FILE[,rate-limit=N][,owner=LOGIN]..., got {value!r}"
+            )
+        if name == "owner":
+            owners.append(text)
+        elif name in fields:
+            raise argparse.ArgumentTypeError(f"{name}= given twice in {value!r}")
+        else:
+            fields[name] = text
+    if "id" not in fields or "key" not in fields:
+        raise argparse.ArgumentTypeError(f"--app needs id= and key=, got {value!r}")
+    limit = fields.get("rate-limit")
+    return AppSpec(
+        _positive(fields["id"]),
+        Path(fields["key"]),
+        None if limit is None else _positive(limit),
+        tuple(owners) if owners else None,
+    )
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "github",
@@ -88,10 +128,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--app-id", type=_positive, default=1, metavar="N")
     parser.add_argument(
+        "--app",
+        type=_app_spec,
+        action="append",
+        default=[],
+        metavar="id=N,key=FILE[,rate-limit=N][,owner=LOGIN]...",
+        help="serve another GitHub App (repeatable): its id and key file (made with "
+        "--create-key), its own rate limit, the owners it is installed on (default: every owner)",
+    )
+    parser.add_argument(
         "--latency-ms", type=_non_negative, default=0, metavar="N", help="added to every request"
     )
     parser.add_argument(
-        "--rate-limit", type=_positive, default=5000, metavar="N", help="requests per hour"
+        "--rate-limit",
+        type=_positive,
+        default=5000,
+        metavar="N",
+        help="requests per window per budget (each App's JWT, each installation)",
+    )
+    parser.add_argument(
+        "--rate-window",
+        type=_positive,
+        default=3600,
+        metavar="SECONDS",
+        help="the rate limits' window (GitHub's is an hour)",
     )
     parser.add_argument(
         "--fail-rate", type=_fraction, default=0.0, metavar="F", help="fraction answered 500"
@@ -111,11 +171,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"octo-sts: --repos {args.repos}: not a directory", file=sys.stderr)
         return EXIT_USAGE
     if args.create_key:
-        ensure_app_key(args.app_key)
+        for key in (args.app_key, *(spec.key for spec in args.app)):
+            ensure_app_key(key)
     try:
         public_key = load_app_public_key(args.app_key.read_bytes())
-    except ValueError as exc:
-        print(f"octo-sts: --app-key {args.app_key}: {exc}", file=sys.stderr)
+        others = [(spec, load_app_public_key(spec.key.read_bytes())) for spec in args.app]
+    except (OSError, ValueError) as exc:
+        print(f"octo-sts: app key: {exc}", file=sys.stderr)
         return EXIT_USAGE
     host, port = args.listen
     emulator = GitHubEmulator(
@@ -127,15 +189,24 @@ def run(args: argparse.Namespace) -> int:
         tls_dir=args.tls_dir,
         latency_ms=args.latency_ms,
         rate_limit=args.rate_limit,
+        rate_window=args.rate_window,
         fail_rate=args.fail_rate,
         seed=args.seed,
         user_owners=frozenset(args.user),
     )
+    for spec, key in others:
+        try:
+            emulator.add_app(spec.app_id, key, rate_limit=spec.rate_limit, owners=spec.owners)
+        except ValueError as exc:
+            print(f"octo-sts: --app id={spec.app_id}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     with emulator:
-        print(f"GitHub API emulator (app id {args.app_id}) listening on {emulator.url}", flush=True)
-        for login, installation, is_user in emulator.owners():
-            kind = "user" if is_user else "org"
-            print(f"  installation {installation}: {login} ({kind})", flush=True)
+        print(f"GitHub API emulator listening on {emulator.url}", flush=True)
+        for app_id in emulator.apps:
+            print(f"  app {app_id}:", flush=True)
+            for login, installation, is_user in emulator.owners(app_id):
+                kind = "user" if is_user else "org"
+                print(f"    installation {installation}: {login} ({kind})", flush=True)
         # Ctrl-C raises KeyboardInterrupt here and SIGTERM (process managers, `make run`)
         # ends the wait; either way `with` stops the server on the way out.
         stop = threading.Event()

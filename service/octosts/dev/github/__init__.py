@@ -20,8 +20,12 @@ codes, so policies can be tried without a real GitHub App:
   /repos/{o}/{r}/commits/{ref}/check-runs``. With ``configure_webhook(url,
   secrets)`` every commit and pull request sends a signed delivery
   (``X-Hub-Signature-256``) from a background thread; ``deliveries()`` lists them.
-* Rate-limit headers on every answer, a primary limit per budget (app, or
-  installation) per hour, a base latency and random failure rate (seeded RNG).
+* Rate-limit headers on every answer, a primary limit per budget (an App's JWT,
+  or an installation) per hour (or per ``rate_window``), a base latency and random
+  failure rate (seeded RNG).
+* Several GitHub Apps (``add_app``): each with its own key, installations (ids
+  unique across Apps), primary limit and webhook; each sees only its own
+  installations. ``GET /_emulator/apps`` lists them.
 * Fault rules set at run time (``/_emulator/faults``): an error status, a
   secondary or primary rate limit (``retry-after`` / ``x-ratelimit-reset``), a
   dropped connection or added latency, per path prefix and method, for a
@@ -33,8 +37,8 @@ codes, so policies can be tried without a real GitHub App:
   documentation of all of them is docs/github-emulator.md.
 
 The repository tree is ``DIR/OWNER/REPO/...``; every owner is one installation
-covering all its repositories, ids assigned in sorted owner order starting at
-``FIRST_INSTALLATION_ID``. An owner is an organization unless its directory
+of the first App covering all its repositories, ids assigned in sorted owner
+order starting at ``FIRST_INSTALLATION_ID``. An owner is an organization unless its directory
 holds a file named ``.user`` (or it is listed in ``user_owners``): organizations
 answer on ``/orgs/{o}/installation`` and ``/users/{o}/installation``, users on
 ``/users/...`` only (as on GitHub). Every repository's default branch is ``main``.
@@ -43,7 +47,7 @@ The package, by concern:
 
 =================  ===========================================================================
 ``emulator``       ``GitHubEmulator``: puts the parts together, the request pipeline, test hooks
-``state``          owners, repositories, files, commits, pull requests, check runs
+``state``          owners, installations, repositories, files, commits, pull requests, check runs
 ``ledger``         installation tokens minted, still honoured, revoked: the ledger
 ``auth``           App JWTs, installation tokens, permission levels, repository visibility
 ``limits``         fault rules, base latency and failure rate, primary rate limits per budget

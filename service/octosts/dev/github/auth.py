@@ -1,8 +1,9 @@
 """Who is calling and what they may do: App JWTs, installation tokens, permission levels.
 
 An App authenticates with an RS256 JWT (``iss`` = app id, ``iat``/``exp`` at most 10 minutes
-apart, a minute of clock skew allowed); an installation authenticates with a token from the
-ledger. Each principal spends its own rate-limit budget (``app``, ``installation:ID``, ``anon``).
+apart, a minute of clock skew allowed), checked with the key of the App its ``iss`` names; an
+installation authenticates with a token from the ledger. Each principal spends its own
+rate-limit budget (``app:ID``, ``installation:ID``, ``anon``).
 """
 
 from __future__ import annotations
@@ -68,14 +69,18 @@ def ensure_app_key(path: Path) -> Path:
     return path
 
 
+APP_SLUG = "octo-sts-emulated"
+
+
 @dataclass(frozen=True, slots=True)
 class App:
-    """The GitHub App the emulator serves: its id, the public half of its key, and the
-    permissions every installation grants it."""
+    """A GitHub App the emulator serves: its id, the public half of its key, the permissions
+    every installation grants it, and its slug."""
 
     app_id: int
     public_key: rsa.RSAPublicKey
     permissions: Mapping[str, str]
+    slug: str = APP_SLUG
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,7 @@ class Principal:
     budget: str
     token: str = ""  # the installation token presented (kind "token")
     grant: Grant | None = None
+    app_id: int | None = None  # the App calling, or whose installation the token is of
 
     def require_grant(self) -> Grant:
         if self.grant is None:  # pragma: no cover - routes needing a token are token-only
@@ -97,23 +103,39 @@ ANONYMOUS = Principal("none", "anon")
 
 
 def authenticate(
-    headers: Mapping[str, str], app: App, ledger: TokenLedger, now: float
+    headers: Mapping[str, str], apps: Mapping[int, App], ledger: TokenLedger, now: float
 ) -> Principal:
-    """The principal named by the Authorization header. Raises HttpError 401."""
+    """The principal named by the Authorization header. Raises HttpError 401.
+
+    ``apps`` by id, the first one the default: a JWT whose ``iss`` names no App is checked
+    against it (and refused with GitHub's message for what is wrong).
+    """
     value = headers.get("authorization", "")
     if not value:
         return ANONYMOUS
     scheme, _, credential = value.partition(" ")
     credential = credential.strip()
     if scheme.lower() == "bearer" and credential.count(".") == 2:
+        app = apps.get(_claimed_app(credential) or 0) or next(iter(apps.values()))
         verify_app_jwt(credential, app, now)
-        return Principal("app", "app")
+        return Principal("app", f"app:{app.app_id}", app_id=app.app_id)
     if scheme.lower() in {"bearer", "token"}:
         grant = ledger.lookup(credential, now)
         if grant is None:
             raise HttpError(401, "Bad credentials")
-        return Principal("token", f"installation:{grant.installation_id}", credential, grant)
+        budget = f"installation:{grant.installation_id}"
+        return Principal("token", budget, credential, grant, grant.app_id)
     raise HttpError(401, "Bad credentials")
+
+
+def _claimed_app(token: str) -> int | None:
+    """The App id a JWT's ``iss`` names, unverified (it only picks the key to verify with)."""
+    try:
+        iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.InvalidTokenError:
+        return None
+    text = str(iss)
+    return int(text) if text.isdecimal() and len(text) < 19 else None
 
 
 def verify_app_jwt(token: str, app: App, now: float) -> None:

@@ -8,6 +8,7 @@ Documented for users in docs/github-emulator.md (keep the two in step):
 * ``GET|POST|DELETE /_emulator/faults``, ``DELETE /_emulator/faults/{id}``: fault rules
   (``limits.fault_from_spec`` reads a rule; ``limits.Rule.describe`` lists one).
 * ``GET /_emulator/tokens[?state=live|revoked|expired|evicted]``: the token ledger.
+* ``GET /_emulator/apps``: every App, its installations and its JWT's rate-limit budget.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Call:
     status: int
     auth: str  # "app", "token", "none"
     at: float = 0.0  # when it was answered (epoch seconds, the emulator's clock)
+    app_id: int | None = None  # the App calling, or whose installation token was used
 
 
 class CallLog:
@@ -71,6 +73,7 @@ class Control:
     ledger: TokenLedger
     clock: Clock
     reset: Callable[[], None]
+    apps: Callable[[], list[dict[str, Any]]]
 
 
 def _bad(message: str) -> Answer:
@@ -120,11 +123,16 @@ def _tokens(params: dict[str, str], control: Control) -> Answer:
     return json_answer(200, {**control.ledger.summary(now), "tokens": tokens})
 
 
+def _apps(_params: dict[str, str], control: Control) -> Answer:
+    return json_answer(200, {"apps": control.apps()})
+
+
 _ENDPOINTS: dict[tuple[str, str], Callable[[dict[str, str], Control], Answer]] = {
     ("GET", "health"): _health,
     ("GET", "calls"): _calls,
     ("POST", "reset"): _reset,
     ("GET", "tokens"): _tokens,
+    ("GET", "apps"): _apps,
 }
 
 

@@ -1,8 +1,10 @@
 """Webhook deliveries: signed ``POST``s of GitHub events to one receiver, from a background thread.
 
-Each delivery carries ``X-GitHub-Event``, a fresh ``X-GitHub-Delivery`` id and, with a secret,
-``X-Hub-Signature-256`` (HMAC-SHA256 of the body with the first configured secret). What the
-receiver answered is recorded as a ``Delivery``.
+Each App has its own webhook (one ``WebhookSender``). Each delivery carries ``X-GitHub-Event``,
+a fresh ``X-GitHub-Delivery`` id, the App as ``X-GitHub-Hook-Installation-Target-Type:
+integration`` and ``X-GitHub-Hook-Installation-Target-ID: <app id>`` (as GitHub sends for App
+webhooks) and, with a secret, ``X-Hub-Signature-256`` (HMAC-SHA256 of the body with the first
+configured secret). What the receiver answered is recorded as a ``Delivery``.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ class Delivery:
 
 
 class WebhookSender:
-    """Queues events and delivers them in order, once a receiver is configured."""
+    """Queues one App's events and delivers them in order, once a receiver is configured."""
 
-    def __init__(self) -> None:
+    def __init__(self, app_id: int) -> None:
+        self._app_id = app_id
         self._lock = threading.Lock()
         self._url: str | None = None
         self._secrets: tuple[str, ...] = ()
@@ -96,6 +99,8 @@ class WebhookSender:
             "User-Agent": "GitHub-Hookshot/emulator",
             "X-GitHub-Event": event,
             "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-GitHub-Hook-Installation-Target-Type": "integration",
+            "X-GitHub-Hook-Installation-Target-ID": str(self._app_id),
         }
         if keys:
             digest = hmac.new(keys[0].encode(), body, hashlib.sha256).hexdigest()

@@ -3,19 +3,23 @@
 A request goes: control endpoints aside, the base latency, the fault rule that fires (its
 latency, then its answer), authentication, the route table (rate limit checked there), then
 ``x-ratelimit-*`` headers and the call log.
+
+Several Apps ([fleet]): the App given to the constructor is the first, installed on every
+owner; ``add_app`` adds more, each with its own key, installations (every owner, or the ones
+named), primary rate limit (its JWT's budget and each of its installations') and webhook.
 """
 
 from __future__ import annotations
 
 import secrets
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from octosts.dev.github.answers import Answer, HttpError, hang_up
-from octosts.dev.github.auth import ANONYMOUS, App, authenticate
+from octosts.dev.github.auth import ANONYMOUS, APP_SLUG, App, authenticate
 from octosts.dev.github.control import PREFIX, Call, CallLog, Control, control_answer
 from octosts.dev.github.deliveries import (
     Delivery,
@@ -27,6 +31,7 @@ from octosts.dev.github.deliveries import (
 from octosts.dev.github.ledger import MAX_TOKENS, TokenLedger, TokenState
 from octosts.dev.github.limits import (
     PRIMARY_LIMIT_MESSAGE,
+    RATE_WINDOW,
     SECONDARY_LIMIT_MESSAGE,
     Fault,
     Faults,
@@ -77,6 +82,7 @@ class GitHubEmulator:
         tls_dir: Path | None = None,
         latency_ms: int = 0,
         rate_limit: int = 5000,
+        rate_window: int = RATE_WINDOW,
         fail_rate: float = 0.0,
         seed: int | None = None,
         user_owners: frozenset[str] = frozenset(),
@@ -86,16 +92,23 @@ class GitHubEmulator:
     ) -> None:
         self._clock: Clock = clock or SystemClock()
         self.app = App(app_id, app_public_key, dict(installation_permissions))
+        self.apps: dict[int, App] = {app_id: self.app}  # by id, the first one first
+        self._app_limits: dict[int, int] = {}  # an App's own rate limit, if it has one
         self.repos = Repos()
+        self.repos.auto_install(app_id)
         self.ledger = TokenLedger(max_tokens)
-        self.limits = RateLimits(rate_limit, self._clock)
+        self.limits = RateLimits(rate_limit, self._clock, rate_window)
+        self.limits.limit_of = self._limit_of
         self.faults = Faults(self._clock, latency_ms=latency_ms, fail_rate=fail_rate, seed=seed)
-        self.webhooks = WebhookSender()
+        self.webhooks = WebhookSender(app_id)
+        self._app_webhooks: dict[int, WebhookSender] = {app_id: self.webhooks}
         self._calls = CallLog()
-        self._control = Control(self._calls, self.faults, self.ledger, self._clock, self.reset)
+        self._control = Control(
+            self._calls, self.faults, self.ledger, self._clock, self.reset, self.describe_apps
+        )
         self._router = Router(ROUTES)
         self._context = Context(
-            self.app, self.repos, self.ledger, self.limits, self._clock, lambda: self.url
+            self.apps, self.repos, self.ledger, self.limits, self._clock, lambda: self.url
         )
         self._host, self._port, self._tls_dir = host, port, tls_dir
         self._server: EmulatorServer | None = None
@@ -130,33 +143,117 @@ class GitHubEmulator:
 
     @property
     def rate_limit(self) -> int:
+        """Requests per window of every budget without a limit of its own."""
         return self.limits.limit
 
     @rate_limit.setter
     def rate_limit(self, value: int) -> None:
         self.limits.limit = value
 
+    # -- Apps ------------------------------------------------------------------------------
+
+    def add_app(
+        self,
+        app_id: int,
+        public_key: rsa.RSAPublicKey,
+        *,
+        rate_limit: int | None = None,
+        owners: Iterable[str] | None = None,
+        permissions: Mapping[str, str] = DEFAULT_INSTALLATION_PERMISSIONS,
+    ) -> App:
+        """Serve another App: installed on every owner (``owners`` None, also those added
+        later) or on the ``owners`` named (created if new); ``rate_limit`` requests per window
+        for its JWT and for each of its installations (None: ``rate_limit`` of the emulator).
+        Raises ValueError for an id already served or a limit below 1."""
+        if app_id in self.apps or app_id < 1:
+            raise ValueError(f"app id {app_id} is taken or not positive")
+        app = App(app_id, public_key, dict(permissions), f"{APP_SLUG}-{app_id}")
+        self.apps[app_id] = app
+        self.set_app_rate_limit(app_id, rate_limit)
+        self._app_webhooks[app_id] = WebhookSender(app_id)
+        if owners is None:
+            self.repos.auto_install(app_id)
+        else:
+            for login in owners:
+                self.repos.install(login, app_id)
+        return app
+
+    def set_app_rate_limit(self, app_id: int, rate_limit: int | None) -> None:
+        """Give an App a primary rate limit of its own (None: the emulator's). Raises ValueError."""
+        if rate_limit is None:
+            self._app_limits.pop(app_id, None)
+        elif rate_limit < 1:
+            raise ValueError("rate_limit must be at least 1")
+        else:
+            self._app_limits[app_id] = rate_limit
+
+    def _limit_of(self, budget: str) -> int | None:
+        kind, _, number = budget.partition(":")
+        if not number.isdigit():
+            return None
+        if kind == "app":
+            return self._app_limits.get(int(number))
+        found = self.repos.installation(int(number))
+        return None if found is None else self._app_limits.get(found[1])
+
+    def install(self, owner: str, app_id: int | None = None) -> int:
+        """Install an App (the first one by default) on ``owner``; returns the installation id."""
+        return self.repos.install(owner, self._app(app_id).app_id)
+
+    def uninstall(self, owner: str, app_id: int | None = None) -> None:
+        """Remove an App's installation from ``owner`` (its id answers 404 afterwards)."""
+        self.repos.uninstall(owner, self._app(app_id).app_id)
+
+    def _app(self, app_id: int | None) -> App:
+        if app_id is None:
+            return self.app
+        if app_id not in self.apps:
+            raise KeyError(f"no App {app_id}")
+        return self.apps[app_id]
+
+    def describe_apps(self) -> list[dict[str, Any]]:
+        """Every App: id, slug, installations (owner -> id) and its JWT's ``core`` budget."""
+        owners = list(self.repos.owners())
+        return [
+            {
+                "id": app.app_id,
+                "slug": app.slug,
+                "installations": {
+                    o.login: o.installations[app.app_id]
+                    for o in owners
+                    if app.app_id in o.installations
+                },
+                "core": self.limits.core(f"app:{app.app_id}"),
+            }
+            for app in self.apps.values()
+        ]
+
     # -- repository state ------------------------------------------------------------------
 
-    def add_owner(self, login: str, *, is_user: bool = False) -> int:
-        """Register an owner (one installation); returns its installation id."""
-        return self.repos.add_owner(login, is_user=is_user)
+    def add_owner(self, login: str, *, is_user: bool = False) -> int | None:
+        """Register an owner; returns the first App's installation id there (every owner has
+        one unless it was uninstalled)."""
+        return self.repos.add_owner(login, is_user=is_user).installations.get(self.app.app_id)
 
     def remove_owner(self, login: str) -> None:
-        """Uninstall the app from an owner (its installation answers 404 afterwards)."""
+        """Remove an owner and every App's installation on it (they answer 404 afterwards)."""
         self.repos.remove_owner(login)
 
     def add_repo(self, owner: str, repo: str) -> None:
         self.repos.add_repo(owner, repo)
 
-    def owners(self) -> Iterator[tuple[str, int, bool]]:
-        """(login, installation id, is_user) for every owner, by installation id."""
-        for owner in self.repos.owners():
-            yield owner.login, owner.installation_id, owner.is_user
+    def owners(self, app_id: int | None = None) -> Iterator[tuple[str, int, bool]]:
+        """(login, installation id, is_user) for every owner an App (the first one by default)
+        is installed on, by installation id."""
+        app = self._app(app_id).app_id
+        installed = [o for o in self.repos.owners() if app in o.installations]
+        for owner in sorted(installed, key=lambda o: o.installations[app]):
+            yield owner.login, owner.installations[app], owner.is_user
 
-    def installation_id(self, owner: str) -> int | None:
+    def installation_id(self, owner: str, app_id: int | None = None) -> int | None:
+        """An App's (the first one by default) installation id on ``owner``, or None."""
         record = self.repos.owner(owner)
-        return record.installation_id if record else None
+        return record.installations.get(self._app(app_id).app_id) if record else None
 
     def set_file(self, owner: str, repo: str, path: str, content: bytes | str) -> None:
         """Create or replace a file on the default branch (creating owner and repo)."""
@@ -170,16 +267,41 @@ class GitHubEmulator:
 
     # -- commits, pull requests, webhooks ---------------------------------------------------
 
-    def configure_webhook(self, url: str, secrets: tuple[str, ...] | str) -> None:
-        """Send deliveries to ``url``, signed with the first of ``secrets``. Raises ValueError."""
-        self.webhooks.configure(url, secrets)
+    def configure_webhook(
+        self, url: str, secrets: tuple[str, ...] | str, *, app_id: int | None = None
+    ) -> None:
+        """Send an App's (the first one by default) deliveries to ``url``, signed with the first
+        of ``secrets``. Raises ValueError, KeyError (no such App)."""
+        self._app_webhooks[self._app(app_id).app_id].configure(url, secrets)
 
-    def deliveries(self) -> list[Delivery]:
-        return self.webhooks.deliveries()
+    def deliveries(self, app_id: int | None = None) -> list[Delivery]:
+        """Deliveries sent by one App's webhook, or (None) by every App's."""
+        if app_id is not None:
+            return self._app_webhooks[self._app(app_id).app_id].deliveries()
+        return [d for sender in self._app_webhooks.values() for d in sender.deliveries()]
 
     def send_event(self, event: str, payload: dict[str, Any]) -> None:
-        """Queue an arbitrary signed delivery (e.g. ``check_suite``, ``ping``)."""
+        """Queue an arbitrary signed delivery (e.g. ``check_suite``, ``ping``) on the first
+        App's webhook."""
         self.webhooks.enqueue(event, payload)
+
+    def _deliver(
+        self,
+        owner: str,
+        repo: str,
+        event: str,
+        payload: Callable[[dict[str, Any]], dict[str, Any]],
+        sender: str,
+        sender_type: str,
+    ) -> None:
+        """Queue ``event`` on the webhook of every App installed on ``owner``, each with its own
+        installation in the payload (``payload`` builds it from the event context)."""
+        for app_id, webhook in self._app_webhooks.items():
+            installation = self.installation_id(owner, app_id)
+            if installation is None:
+                continue  # an App hears nothing from where it is not installed
+            context = event_context(owner, repo, installation, sender, sender_type)
+            webhook.enqueue(event, payload(context))
 
     def check_runs(
         self, owner: str, repo: str, head_sha: str | None = None
@@ -190,9 +312,6 @@ class GitHubEmulator:
     def head(self, owner: str, repo: str, branch: str = DEFAULT_BRANCH) -> str:
         """The head commit of a branch (creating an initial commit for ``main``)."""
         return self.repos.head(owner, repo, branch)
-
-    def _context_of(self, owner: str, repo: str, sender: str, sender_type: str) -> dict[str, Any]:
-        return event_context(owner, repo, self.installation_id(owner), sender, sender_type)
 
     def commit(
         self,
@@ -209,8 +328,9 @@ class GitHubEmulator:
         Commits to ``main`` change what the contents API serves. Returns the sha.
         """
         pushed = self.repos.commit(owner, repo, changes, branch)
-        context = self._context_of(owner, repo, sender, sender_type)
-        self.webhooks.enqueue("push", push_payload(branch, pushed, context))
+        self._deliver(
+            owner, repo, "push", lambda c: push_payload(branch, pushed, c), sender, sender_type
+        )
         return pushed.sha
 
     def open_pull_request(
@@ -233,8 +353,14 @@ class GitHubEmulator:
         )
         pull = Pull(number, branch, base, head)
         self.repos.add_pull(owner, repo, pull)
-        context = self._context_of(owner, repo, sender, sender_type)
-        self.webhooks.enqueue("pull_request", pull_request_payload(owner, repo, pull, context))
+        self._deliver(
+            owner,
+            repo,
+            "pull_request",
+            lambda c: pull_request_payload(owner, repo, pull, c),
+            sender,
+            sender_type,
+        )
         return number, head
 
     # -- test hooks ------------------------------------------------------------------------
@@ -318,7 +444,8 @@ class GitHubEmulator:
         return self
 
     def stop(self) -> None:
-        self.webhooks.stop()
+        for webhook in self._app_webhooks.values():
+            webhook.stop()
         if self._server is not None:
             self._server.stop()
         self._server = None
@@ -346,7 +473,7 @@ class GitHubEmulator:
         try:
             if firing is not None and firing.fault.status is not None:
                 raise firing.fault.error(firing.added_at)
-            principal = authenticate(headers, self.app, self.ledger, self._clock.now())
+            principal = authenticate(headers, self.apps, self.ledger, self._clock.now())
             answer = self._router.dispatch(
                 self._context, method, path, parts.query, headers, body, principal
             )
@@ -356,5 +483,7 @@ class GitHubEmulator:
         free = answer.status == HTTPStatus.NOT_MODIFIED or path == "/rate_limit"
         self.limits.stamp(answer, principal.budget, count=not free)
         answer.headers.setdefault("x-github-request-id", secrets.token_hex(8).upper())
-        self._calls.append(Call(method, path, answer.status, principal.kind, self._clock.now()))
+        self._calls.append(
+            Call(method, path, answer.status, principal.kind, self._clock.now(), principal.app_id)
+        )
         return answer

@@ -4,9 +4,10 @@ A token is ``ghs_`` + 36 URL-safe characters, valid ``TOKEN_LIFETIME`` seconds, 
 permissions and repositories it was minted with. Revoked and expired tokens answer 401.
 
 The ledger (``TokenLedger.entries``, ``GET /_emulator/tokens``) lists every mint with an id, the
-token's SHA-256 (never the token), what it may do and whether it is live, revoked, expired or
-evicted, so a test can prove that no token it did not hand out is left live. It keeps the last
-``2 * MAX_TOKENS`` mints; the counters (``summary``) count every mint since start.
+token's SHA-256 (never the token), its installation and App, what it may do and whether it is
+live, revoked, expired or evicted, so a test can prove that no token it did not hand out is left
+live. It keeps the last ``2 * MAX_TOKENS`` mints; the counters (``summary``) count every mint
+since start.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Grant:
     permissions: dict[str, str]
     repositories: frozenset[str] | None  # lower-cased names; None = all
     expires_at: float
+    app_id: int = 0  # the App whose installation it is
     id: int = 0
     created_at: float = 0.0
     token_sha256: str = ""
@@ -64,6 +66,7 @@ class Grant:
             "id": self.id,
             "token_sha256": self.token_sha256,
             "installation_id": self.installation_id,
+            "app_id": self.app_id,
             "owner": self.owner,
             "permissions": dict(self.permissions),
             "repositories": None if self.repositories is None else sorted(self.repositories),
@@ -107,6 +110,7 @@ class TokenLedger:
         permissions: Mapping[str, str],
         repositories: frozenset[str] | None,
         now: float,
+        app_id: int = 0,
     ) -> tuple[str, Grant]:
         token = new_token()
         grant = Grant(
@@ -115,6 +119,7 @@ class TokenLedger:
             dict(permissions),
             repositories,
             now + TOKEN_LIFETIME,
+            app_id=app_id,
             created_at=now,
             token_sha256=token_sha256(token),
         )

@@ -6,8 +6,10 @@
   RNG), ``times`` times or for ``seconds`` at most, and answers like GitHub does when it fails:
   an error status, a secondary rate limit (``retry-after``), a primary rate limit
   (``x-ratelimit-remaining: 0`` until ``x-ratelimit-reset``), a dropped connection, or only a delay.
-* ``RateLimits``: GitHub's primary limit, a budget of requests per hour for each principal
-  (``app``, ``installation:ID``, ``anon``), reported in ``x-ratelimit-*`` headers on every answer.
+* ``RateLimits``: GitHub's primary limit, a budget of requests per hour (or per ``window``
+  seconds) for each principal (``app:ID``, ``installation:ID``, ``anon``), reported in
+  ``x-ratelimit-*`` headers on every answer. Each App may have a limit of its own, which its
+  installations share the size of (``limit_of``); the others get ``limit``.
 """
 
 from __future__ import annotations
@@ -326,15 +328,27 @@ class Budget:
 
 
 class RateLimits:
-    """One hourly budget of ``limit`` requests per principal. Thread-safe."""
+    """One budget of ``limit`` requests per ``window`` seconds per principal. Thread-safe.
 
-    def __init__(self, limit: int, clock: Clock) -> None:
+    ``limit_of(budget)`` (set by the emulator) may give a budget a limit of its own: None
+    means ``limit``.
+    """
+
+    def __init__(self, limit: int, clock: Clock, window: int = RATE_WINDOW) -> None:
         if limit < 1:
             raise ValueError("rate_limit must be at least 1")
+        if window < 1:
+            raise ValueError("rate_window must be at least 1 second")
         self.limit = limit
+        self.window = window
+        self.limit_of: Callable[[str], int | None] = lambda _budget: None
         self._clock = clock
         self._lock = threading.Lock()
         self._budgets: dict[str, Budget] = {}
+
+    def _limit(self, budget: str) -> int:
+        own = self.limit_of(budget)
+        return self.limit if own is None else own
 
     def clear(self) -> None:
         with self._lock:
@@ -344,15 +358,16 @@ class RateLimits:
         """The budget's current window, a new one once the hour is over (caller holds the lock)."""
         now = self._clock.now()
         state = self._budgets.get(budget)
-        if state is None or now >= state.window_start + RATE_WINDOW:
+        if state is None or now >= state.window_start + self.window:
             state = Budget(window_start=now)
             self._budgets[budget] = state
         return state
 
     def check(self, budget: str) -> None:
         """Raise GitHub's primary-limit 403 once ``budget`` is spent."""
+        limit = self._limit(budget)
         with self._lock:
-            spent = self._window(budget).used >= self.limit
+            spent = self._window(budget).used >= limit
         if spent:
             who = budget.replace(":", " ID ") if budget != "anon" else "this client"
             raise HttpError(
@@ -361,13 +376,14 @@ class RateLimits:
 
     def core(self, budget: str) -> dict[str, int]:
         """The ``core`` resource of ``GET /rate_limit`` for ``budget``."""
+        limit = self._limit(budget)
         with self._lock:
             state = self._window(budget)
             return {
-                "limit": self.limit,
+                "limit": limit,
                 "used": state.used,
-                "remaining": max(self.limit - state.used, 0),
-                "reset": int(state.window_start + RATE_WINDOW),
+                "remaining": max(limit - state.used, 0),
+                "reset": int(state.window_start + self.window),
             }
 
     def stamp(self, answer: Answer, budget: str, *, count: bool) -> None:
@@ -376,19 +392,20 @@ class RateLimits:
         An answer that already says ``x-ratelimit-remaining: 0`` (a primary-limit fault, the
         limit itself) spends nothing and keeps saying 0, and keeps its own ``x-ratelimit-reset``.
         """
+        limit = self._limit(budget)
         with self._lock:
             state = self._window(budget)
             exhausted = answer.headers.get("x-ratelimit-remaining") == "0"
-            if count and not exhausted and state.used < self.limit:
+            if count and not exhausted and state.used < limit:
                 state.used += 1
-            remaining = 0 if exhausted else max(self.limit - state.used, 0)
+            remaining = 0 if exhausted else max(limit - state.used, 0)
             reset = answer.headers.get("x-ratelimit-reset") if exhausted else None
             answer.headers.update(
                 {
-                    "x-ratelimit-limit": str(self.limit),
+                    "x-ratelimit-limit": str(limit),
                     "x-ratelimit-remaining": str(remaining),
                     "x-ratelimit-used": str(state.used),
-                    "x-ratelimit-reset": reset or str(int(state.window_start + RATE_WINDOW)),
+                    "x-ratelimit-reset": reset or str(int(state.window_start + self.window)),
                     "x-ratelimit-resource": "core",
                 }
             )

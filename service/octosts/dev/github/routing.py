@@ -26,14 +26,21 @@ Caller = Literal["app", "token", "any"]
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What route handlers work on."""
+    """What route handlers work on. ``apps`` by id (the emulator adds to it)."""
 
-    app: App
+    apps: Mapping[int, App]
     repos: Repos
     ledger: TokenLedger
     limits: RateLimits
     clock: Clock
     base_url: Callable[[], str]  # the server's URL, for absolute links (raises before start)
+
+    def app_of(self, principal: Principal) -> App:
+        """The App calling (an App JWT) or whose installation the token is of."""
+        app = self.apps.get(principal.app_id or 0)
+        if app is None:  # pragma: no cover - authenticate() only names known Apps
+            raise HttpError(401, "Bad credentials")
+        return app
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,13 @@
-"""Repository state: owners (one installation each), repositories, files, commits, pull requests
-and check runs. Thread-safe; knows nothing of HTTP, tokens or rate limits.
+"""Repository state: owners, the Apps' installations on them, repositories, files, commits, pull
+requests and check runs. Thread-safe; knows nothing of HTTP, tokens or rate limits.
 
 Names are matched case-insensitively (as on GitHub) and reported as first registered. Files on
 ``main`` are what the contents API serves; commits and branches exist for webhook tests.
+
+Installations: each App is installed on an owner at most once, with an id unique across Apps
+and never reused (as on GitHub). An App listed in ``auto_install`` is installed on every owner,
+including owners added later (the emulator's first App is: one App, every owner one
+installation); other Apps only where ``install`` puts them.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ def blob_sha(content: bytes) -> str:
 @dataclass(slots=True)
 class Owner:
     login: str
-    installation_id: int
+    account_id: int
     is_user: bool
     repos: dict[str, str] = field(default_factory=dict)  # lower -> canonical name
+    installations: dict[int, int] = field(default_factory=dict)  # app id -> installation id
 
 
 @dataclass(slots=True)
@@ -69,6 +75,9 @@ class Repos:
         self._files: dict[tuple[str, str], dict[str, bytes]] = {}
         self._owners: dict[str, Owner] = {}
         self._next_installation_id = FIRST_INSTALLATION_ID
+        self._next_account_id = FIRST_INSTALLATION_ID * 10
+        self._auto_install: list[int] = []
+        self._installations: dict[int, tuple[Owner, int]] = {}  # id -> (owner, app id)
         self._commits: dict[str, Commit] = {}
         self._heads: dict[tuple[str, str, str], str] = {}  # (owner, repo, branch) -> sha
         self._pulls: dict[tuple[str, str, int], Pull] = {}
@@ -90,25 +99,53 @@ class Repos:
                         rel = file.relative_to(repo_dir).as_posix()
                         self.set_file(login, repo_dir.name, rel, file.read_bytes())
 
-    def add_owner(self, login: str, *, is_user: bool = False) -> int:
+    def add_owner(self, login: str, *, is_user: bool = False) -> Owner:
+        """The owner named ``login``, created (with the auto-installed Apps) if new."""
         with self._lock:
             owner = self._owners.get(login.lower())
             if owner is None:
-                # Ids are never reused: a reinstalled owner gets a new one, as on GitHub.
-                next_id = max(
-                    (o.installation_id + 1 for o in self._owners.values()),
-                    default=FIRST_INSTALLATION_ID,
-                )
-                next_id = max(next_id, self._next_installation_id)
-                self._next_installation_id = next_id + 1
-                owner = Owner(login, next_id, is_user)
+                owner = Owner(login, self._next_account_id, is_user)
+                self._next_account_id += 10
                 self._owners[login.lower()] = owner
-            return owner.installation_id
+                for app_id in self._auto_install:
+                    self._install(owner, app_id)
+            return owner
+
+    def auto_install(self, app_id: int) -> None:
+        """Install ``app_id`` on every owner, now and as owners are added."""
+        with self._lock:
+            if app_id not in self._auto_install:
+                self._auto_install.append(app_id)
+            for owner in sorted(self._owners.values(), key=lambda o: o.account_id):
+                self._install(owner, app_id)
+
+    def install(self, login: str, app_id: int) -> int:
+        """Install ``app_id`` on ``login`` (creating the owner); returns the installation id."""
+        with self._lock:
+            return self._install(self.add_owner(login), app_id)
+
+    def _install(self, owner: Owner, app_id: int) -> int:
+        if app_id not in owner.installations:
+            # Ids are never reused: a reinstalled owner gets a new one, as on GitHub.
+            installation_id = self._next_installation_id
+            self._next_installation_id += 1
+            owner.installations[app_id] = installation_id
+            self._installations[installation_id] = (owner, app_id)
+        return owner.installations[app_id]
+
+    def uninstall(self, login: str, app_id: int) -> None:
+        """Remove ``app_id``'s installation from ``login`` (its id answers 404 afterwards)."""
+        with self._lock:
+            owner = self._owners.get(login.lower())
+            if owner is not None and app_id in owner.installations:
+                del self._installations[owner.installations.pop(app_id)]
 
     def remove_owner(self, login: str) -> None:
         with self._lock:
             owner = self._owners.pop(login.lower(), None)
             if owner is not None:
+                for installation_id in owner.installations.values():
+                    del self._installations[installation_id]
                 for repo in owner.repos:
                     self._files.pop((login.lower(), repo), None)
                     self._issues.pop((login.lower(), repo), None)
@@ -120,20 +157,23 @@ class Repos:
             self._files.setdefault(_key(owner, repo), {})
 
     def owners(self) -> Iterator[Owner]:
-        """Every owner, by installation id."""
+        """Every owner, in the order they were added."""
         with self._lock:
-            owners = sorted(self._owners.values(), key=lambda o: o.installation_id)
+            owners = sorted(self._owners.values(), key=lambda o: o.account_id)
         yield from owners
 
     def owner(self, login: str) -> Owner | None:
         with self._lock:
             return self._owners.get(login.lower())
 
-    def owner_by_installation(self, installation_id: int) -> Owner | None:
+    def installation(self, installation_id: int) -> tuple[Owner, int] | None:
+        """(owner, app id) of an installation, or None."""
         with self._lock:
-            return next(
-                (o for o in self._owners.values() if o.installation_id == installation_id), None
-            )
+            return self._installations.get(installation_id)
+
+    def owner_by_installation(self, installation_id: int) -> Owner | None:
+        found = self.installation(installation_id)
+        return None if found is None else found[0]
 
     def repo_names(self, owner: Owner) -> set[str]:
         """The lower-cased names of ``owner``'s repositories."""

@@ -1,4 +1,7 @@
-"""Routes for the App itself (JWT): the app, installation lookups, minting installation tokens."""
+"""Routes for an App itself (its JWT): the app, installation lookups, minting installation tokens.
+
+Each App sees its own installations only: another App's installation id answers 404.
+"""
 
 from __future__ import annotations
 
@@ -17,51 +20,58 @@ from octosts.dev.github.routing import Context, Request, Route, route
 from octosts.dev.github.state import Owner
 
 
-def get_app(ctx: Context, _: Request) -> Answer:
-    return json_answer(200, app_json(ctx.app))
+def get_app(ctx: Context, req: Request) -> Answer:
+    return json_answer(200, app_json(ctx.app_of(req.principal)))
 
 
-def _installation(ctx: Context, login: str, *, orgs_only: bool) -> Answer:
-    owner = ctx.repos.owner(login)
+def _installation(ctx: Context, req: Request, *, orgs_only: bool) -> Answer:
+    app = ctx.app_of(req.principal)
+    owner = ctx.repos.owner(req.params["owner"])
     # Organizations answer on /orgs/ and /users/, users on /users/ only (as on GitHub).
-    if owner is None or (orgs_only and owner.is_user):
+    if owner is None or (orgs_only and owner.is_user) or app.app_id not in owner.installations:
         raise not_found()
-    return json_answer(200, installation_json(ctx.app, owner))
+    return json_answer(200, installation_json(app, owner))
 
 
 def get_org_installation(ctx: Context, req: Request) -> Answer:
-    return _installation(ctx, req.params["owner"], orgs_only=True)
+    return _installation(ctx, req, orgs_only=True)
 
 
 def get_user_installation(ctx: Context, req: Request) -> Answer:
-    return _installation(ctx, req.params["owner"], orgs_only=False)
+    return _installation(ctx, req, orgs_only=False)
 
 
 def list_installations(ctx: Context, req: Request) -> Answer:
     """Every installation of the app, by id, paged with ``Link`` (what go-github's
     ``Apps.ListInstallations`` walks, as the original Octo STS does to find an owner's)."""
-    everything = [installation_json(ctx.app, owner) for owner in ctx.repos.owners()]
+    app = ctx.app_of(req.principal)
+    installed = [o for o in ctx.repos.owners() if app.app_id in o.installations]
+    installed.sort(key=lambda o: o.installations[app.app_id])
+    everything = [installation_json(app, owner) for owner in installed]
     chunk, headers = paginated(everything, req.query, f"{ctx.base_url()}/app/installations")
     return json_answer(200, chunk, headers)
 
 
 def get_installation(ctx: Context, req: Request) -> Answer:
-    owner = installation_owner(ctx, req.params["installation_id"])
-    return json_answer(200, installation_json(ctx.app, owner))
+    owner = installation_owner(ctx, req)
+    return json_answer(200, installation_json(ctx.app_of(req.principal), owner))
 
 
-def installation_owner(ctx: Context, raw_id: str) -> Owner:
-    """The owner of installation ``raw_id`` (its canonical decimal spelling only), else 404."""
-    owner = ctx.repos.owner_by_installation(int(raw_id)) if raw_id.isdecimal() else None
-    if owner is None or str(owner.installation_id) != raw_id:
+def installation_owner(ctx: Context, req: Request) -> Owner:
+    """The owner of the calling App's installation ``{installation_id}`` (its canonical decimal
+    spelling only), else 404."""
+    raw_id = req.params["installation_id"]
+    found = ctx.repos.installation(int(raw_id)) if raw_id.isdecimal() else None
+    if found is None or found[1] != req.principal.app_id or str(int(raw_id)) != raw_id:
         raise not_found()
-    return owner
+    return found[0]
 
 
 def create_access_token(ctx: Context, req: Request) -> Answer:
-    owner = installation_owner(ctx, req.params["installation_id"])
+    owner = installation_owner(ctx, req)
+    app = ctx.app_of(req.principal)
     request = parse_json_object(req.body, empty_ok=True)
-    installation = ctx.app.permissions
+    installation = app.permissions
     permissions = request.get("permissions", dict(installation))
     if not isinstance(permissions, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in permissions.items()
@@ -84,7 +94,12 @@ def create_access_token(ctx: Context, req: Request) -> Answer:
             )
         selected = frozenset(wanted)
     token, grant = ctx.ledger.mint(
-        owner.installation_id, owner.login, permissions, selected, ctx.clock.now()
+        owner.installations[app.app_id],
+        owner.login,
+        permissions,
+        selected,
+        ctx.clock.now(),
+        app_id=app.app_id,
     )
     answer: dict[str, object] = {
         "token": token,

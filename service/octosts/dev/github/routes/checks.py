@@ -53,11 +53,14 @@ def create_check_run(ctx: Context, req: Request) -> Answer:
     output = request.get("output") or {}
     if len(output.get("annotations") or []) > MAX_ANNOTATIONS:
         raise HttpError(422, f"Only {MAX_ANNOTATIONS} annotations are allowed per request")
+    app = ctx.app_of(req.principal)
     run = ctx.repos.add_check_run(
         owner,
         repo,
         {
             "name": request["name"],
+            # The App that owns the run: only it may update it (as on GitHub).
+            "app": {"id": app.app_id, "slug": app.slug},
             "head_sha": head_sha,
             "status": request.get("status", "queued"),
             "conclusion": request.get("conclusion"),

@@ -17,7 +17,7 @@ from octosts.dev.github.answers import (
     parse_json_object,
 )
 from octosts.dev.github.auth import authorize_repo
-from octosts.dev.github.routes.shapes import APP_SLUG, repo_json
+from octosts.dev.github.routes.shapes import repo_json
 from octosts.dev.github.routing import Context, Request, Route, route
 
 # GitHub's limits on an issue's title and body (characters).
@@ -58,7 +58,7 @@ def create_issue(ctx: Context, req: Request) -> Answer:
         {
             "title": title,
             "body": body,
-            "user": {"login": f"{APP_SLUG}[bot]", "type": "Bot"},
+            "user": {"login": f"{ctx.app_of(req.principal).slug}[bot]", "type": "Bot"},
             "labels": [],
             "created_at": iso(ctx.clock.now()),
         },

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from octosts.dev.github.auth import App
+from octosts.dev.github.auth import APP_SLUG, App
 from octosts.dev.github.state import DEFAULT_BRANCH, Owner
-
-APP_SLUG = "octo-sts-emulated"
 
 
 def app_json(app: App) -> dict[str, object]:
     return {
         "id": app.app_id,
-        "slug": APP_SLUG,
-        "name": "Octo STS (emulated)",
+        "slug": app.slug,
+        "name": "Octo STS (emulated)" if app.slug == APP_SLUG else f"Octo STS ({app.slug})",
         "permissions": dict(app.permissions),
         "events": [],
     }
@@ -21,21 +19,22 @@ def app_json(app: App) -> dict[str, object]:
 def account_json(owner: Owner) -> dict[str, object]:
     return {
         "login": owner.login,
-        "id": owner.installation_id * 10,
+        "id": owner.account_id,
         "type": "User" if owner.is_user else "Organization",
     }
 
 
 def installation_json(app: App, owner: Owner) -> dict[str, object]:
+    installation_id = owner.installations[app.app_id]
     return {
-        "id": owner.installation_id,
+        "id": installation_id,
         "account": account_json(owner),
         "app_id": app.app_id,
-        "app_slug": APP_SLUG,
-        "target_id": owner.installation_id * 10,
+        "app_slug": app.slug,
+        "target_id": owner.account_id,
         "target_type": "User" if owner.is_user else "Organization",
         "repository_selection": "all",
-        "access_tokens_url": f"/app/installations/{owner.installation_id}/access_tokens",
+        "access_tokens_url": f"/app/installations/{installation_id}/access_tokens",
         "repositories_url": "/installation/repositories",
         "permissions": dict(app.permissions),
         "events": [],
