@@ -28,11 +28,12 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig
+from octosts.adapters.github_apps import GitHubApps
 from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.held_tokens import HeldTokenCache
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
-from octosts.adapters.signer import SignerConfig, build_signer
+from octosts.adapters.signer import build_signer
 from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuersStore
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.egress import Egress
@@ -196,28 +197,37 @@ def build_app(
         else None
     )
     events = ExchangeEvents(metrics, audit, clock)
-    signer = build_signer(
-        SignerConfig(
-            kind=settings.github_app_signer,
-            private_key_pem=settings.github_app_private_key,
-            kms_key=settings.github_app_kms_key,
-        ),
+    apps = settings.apps()
+    # What signs each App's JWTs: its PEM key, or a KMS (docs/kms.md).
+    signers = [
+        build_signer(entry.signer, clock=clock, timeout=settings.outbound_timeout_seconds)
+        for entry in apps
+    ]
+    # One client per GitHub App, routed by quota (docs/github-apps.md); one App: just it.
+    github = GitHubApps(
+        [
+            GitHubAppClient(
+                GitHubConfig(
+                    app_id=entry.app_id,
+                    installation_ttl=settings.installation_ttl_seconds,
+                    installation_negative_ttl=settings.installation_missing_seconds,
+                    installation_cache_size=settings.cache_max_entries,
+                    contents_token_cache_size=settings.cache_max_entries,
+                    pooled=len(apps) > 1,
+                ),
+                rest=github_rest,
+                signer=signer,
+                clock=clock,
+                observer=observer,
+                orphans=events,
+            )
+            for entry, signer in zip(apps, signers, strict=True)
+        ],
+        rate_limits=github_rest.rate_limits,
         clock=clock,
-        timeout=settings.outbound_timeout_seconds,
-    )
-    github = GitHubAppClient(
-        GitHubConfig(
-            app_id=settings.github_app_id,
-            installation_ttl=settings.installation_ttl_seconds,
-            installation_negative_ttl=settings.installation_missing_seconds,
-            installation_cache_size=settings.cache_max_entries,
-            contents_token_cache_size=settings.cache_max_entries,
-        ),
-        rest=github_rest,
-        signer=signer,
-        clock=clock,
-        observer=observer,
-        orphans=events,
+        checks_app=next(entry.app_id for entry in apps if entry.checks),
+        telemetry=metrics,
+        max_installations=settings.cache_max_entries,
     )
     policies = PolicyStore(
         github,
@@ -258,8 +268,10 @@ def build_app(
                 secrets=tuple(s.encode() for s in settings.webhook_secrets),
                 org_policy_repo=settings.org_policy_repo,
                 insecure_issuers=insecure_issuers,
+                checks_app_id=github.checks_app.app_id,
             ),
-            checks=GitHubChecks(github, rest=github_rest),
+            # Check runs stay on the App whose webhook delivers the events.
+            checks=GitHubChecks(github.checks_app, rest=github_rest),
             policies=policies,
             issuers=trusted_issuers,
             clock=clock,
@@ -306,7 +318,7 @@ def build_app(
         closers=[
             issuer_http.aclose,
             github_http.aclose,
-            signer.aclose,
+            *(signer.aclose for signer in signers),
             # A mint sent just before the stop gets at least one outbound timeout to answer.
             lambda: _settled(
                 github, max(settings.shutdown_grace_seconds, settings.outbound_timeout_seconds)
@@ -318,7 +330,7 @@ def build_app(
     )
 
 
-async def _settled(github: GitHubAppClient, within: float) -> None:
+async def _settled(github: GitHubApps, within: float) -> None:
     await github.settle(within)
 
 

@@ -18,6 +18,7 @@ message or a repr.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -28,6 +29,7 @@ import yaml
 
 from octosts.adapters.github_rest import DEFAULT_MAX_CONNECTIONS, base_url_problem
 from octosts.adapters.kms import SIGNER_KINDS, SignerKind, kms_key_problem, missing_extra
+from octosts.adapters.signer import SignerConfig
 from octosts.domain.issuers import AllowlistInvalid, compile_allowlist, issuer_entry_problem
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO
 from octosts.domain.names import is_repo_name
@@ -159,6 +161,130 @@ def _class_end(value: str, i: int) -> int:
     return i
 
 
+@dataclass(frozen=True, slots=True)
+class GitHubAppEntry:
+    """One GitHub App the service mints with (``Settings.apps``; docs/github-apps.md): its id,
+    what signs its JWTs (its PEM key, or a KMS key), and whether it is the ``checks`` App,
+    the one whose webhook this service receives (its check runs are made with it alone)."""
+
+    app_id: int
+    signer: SignerConfig
+    checks: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeyNames:
+    """What the key settings are called where a problem is reported."""
+
+    pem: str
+    signer: str
+    kms_key: str
+
+
+def key_source_problems(kind: SignerKind, pem: str, kms_key: str, names: KeyNames) -> Iterator[str]:
+    """The private key with the ``pem`` signer; a valid KMS key (and no private key) with a KMS.
+
+    One rule for the one App's settings and for each ``GITHUB_APPS`` entry.
+    """
+    if kind == "pem":
+        if not pem:
+            yield f"{names.pem}: required"
+        if kms_key:
+            yield f"{names.kms_key}: only used with {names.signer}=aws-kms or gcp-kms"
+        return
+    if pem:
+        yield f"{names.pem}: must not be set with {names.signer}={kind} (the key is in the KMS)"
+    if not kms_key:
+        yield f"{names.kms_key}: required with {names.signer}={kind}"
+    elif (problem := kms_key_problem(kind, kms_key)) is not None:
+        yield f"{names.kms_key}: {problem}, got {kms_key!r}"
+
+
+# The keys of one GITHUB_APPS entry.
+_APP_KEYS = frozenset({"id", "private_key", "private_key_file", "signer", "kms_key", "checks"})
+_ENTRY = KeyNames("private_key or private_key_file", "signer", "kms_key")
+
+
+def _github_apps(value: str) -> tuple[GitHubAppEntry, ...]:
+    """A YAML (or JSON) list of Apps: ``[{id: 1, private_key_file: /keys/1.pem}, ...]``.
+
+    Every problem is reported at once; a key's text never is.
+    """
+    if not value.strip():
+        return ()
+    try:
+        data = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"not valid YAML{where}") from None
+    if not isinstance(data, list) or not data:
+        raise ValueError("must be a list of Apps: [{id: N, private_key_file: FILE}, ...]")
+    entries: list[GitHubAppEntry] = []
+    problems: list[str] = []
+    for index, item in enumerate(data):
+        entry = _app_entry(item, f"[{index}]", problems)
+        if entry is not None:
+            entries.append(entry)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(entries)
+
+
+def _app_entry(item: object, where: str, problems: list[str]) -> GitHubAppEntry | None:
+    if not isinstance(item, dict):
+        problems.append(f"{where}: must be a mapping with id and private_key_file (or kms_key)")
+        return None
+    found: list[str] = []
+    unknown = sorted(str(k) for k in item if k not in _APP_KEYS)
+    if unknown:
+        found.append(f"unknown key(s) {unknown}; known: {sorted(_APP_KEYS)}")
+    app_id = item.get("id")
+    if isinstance(app_id, bool) or not isinstance(app_id, int) or app_id < 1:
+        found.append("id must be a positive integer")
+    else:
+        where = f"{where} (app {app_id})"
+    checks = item.get("checks", False)
+    if not isinstance(checks, bool):
+        found.append("checks must be true or false")
+    signer = _entry_signer(item, found)
+    problems.extend(f"{where}: {problem}" for problem in found)
+    if found or signer is None or not isinstance(app_id, int):
+        return None
+    return GitHubAppEntry(app_id, signer, checks)
+
+
+def _entry_signer(item: dict[Any, Any], found: list[str]) -> SignerConfig | None:
+    """The entry's signer (the same sources as the one App's), or None with ``found`` added to."""
+    try:
+        kind = _signer_kind(str(item.get("signer", "pem")))
+    except ValueError as exc:
+        found.append(f"signer {exc}")
+        return None
+    found.extend(_signer_installed(kind))
+    pem = item.get("private_key")
+    if pem is not None and item.get("private_key_file") is not None:
+        found.append("give one of private_key and private_key_file, not both")
+        return None
+    if item.get("private_key_file") is not None:
+        file = item["private_key_file"]
+        try:
+            pem = Path(str(file)).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            found.append(f"private_key_file: cannot read {file}: {type(exc).__name__}")
+            return None
+    kms_key = item.get("kms_key", "")
+    if not isinstance(pem or "", str) or not isinstance(kms_key, str):
+        found.append("private_key and kms_key must be text")
+        return None
+    before = len(found)
+    found.extend(_pem_key(pem or ""))
+    found.extend(key_source_problems(kind, pem or "", kms_key, _ENTRY))
+    if len(found) > before:
+        return None
+    return SignerConfig(kind=kind, private_key_pem=pem or "", kms_key=kms_key)
+
+
 def _log_format(value: str) -> LogFormat:
     text = value.strip()
     if text == "json":
@@ -219,6 +345,19 @@ def _repo_name(value: str) -> Iterator[str]:
         yield "must be a repository name"
 
 
+def _optional_positive_int(value: int) -> Iterator[str]:
+    if value < 0:
+        yield "must be a positive integer"
+
+
+def _one_checks_app(value: tuple[GitHubAppEntry, ...]) -> Iterator[str]:
+    ids = [entry.app_id for entry in value]
+    if len(ids) != len(set(ids)):
+        yield "each App may be listed once"
+    if sum(entry.checks for entry in value) > 1:
+        yield "at most one App has checks: true (the App whose webhook this service receives)"
+
+
 def _pem_key(value: str) -> Iterator[str]:
     if value and "PRIVATE KEY-----" not in value:
         yield "not a PEM private key"
@@ -257,7 +396,8 @@ class Settings:
     """Every setting of the service (the README's configuration table)."""
 
     sts_domain: str = required("STS_DOMAIN", _str)
-    github_app_id: int = required("GITHUB_APP_ID", _int, check=_positive_int)
+    # The one App; or, instead, GITHUB_APPS (the rule _app_key_source says what is required).
+    github_app_id: int = setting("GITHUB_APP_ID", _int, 0, check=_optional_positive_int)
     # Required with the default signer; absent with a KMS one (checked by _app_key_source).
     github_app_private_key: str = setting(
         "GITHUB_APP_PRIVATE_KEY",
@@ -272,6 +412,10 @@ class Settings:
         "GITHUB_APP_SIGNER", _signer_kind, "pem", check=_signer_installed
     )
     github_app_kms_key: str = setting("GITHUB_APP_KMS_KEY", _str, "")
+    # [fleet]: several Apps, each mint to the one with the most quota left (docs/github-apps.md).
+    github_apps: tuple[GitHubAppEntry, ...] = setting(
+        "GITHUB_APPS", _github_apps, (), check=_one_checks_app, secret=True
+    )
     grpc_addr: str = setting("OCTOSTS_GRPC_ADDR", _str, "127.0.0.1:8080", check=_host_port)
     metrics_addr: str = setting("OCTOSTS_METRICS_ADDR", _str, "", check=_optional_host_port)
     github_base_url: str = setting(
@@ -332,6 +476,21 @@ class Settings:
         "OCTOSTS_WEBHOOK_MAX_BODY_BYTES", _int, DEFAULT_MAX_BODY, check=_between(1024, 25 << 20)
     )
 
+    def apps(self) -> tuple[GitHubAppEntry, ...]:
+        """The GitHub Apps to mint with: ``GITHUB_APPS``, or the one App of ``GITHUB_APP_ID``
+        (whose webhook, if any, this service receives)."""
+        if self.github_apps:
+            if any(entry.checks for entry in self.github_apps):
+                return self.github_apps
+            first, *rest = self.github_apps
+            return (dataclasses.replace(first, checks=True), *rest)
+        signer = SignerConfig(
+            kind=self.github_app_signer,
+            private_key_pem=self.github_app_private_key,
+            kms_key=self.github_app_kms_key,
+        )
+        return (GitHubAppEntry(self.github_app_id, signer, checks=True),)
+
 
 # -- rules spanning several settings: parsed values by attribute -> problems ----------------
 
@@ -350,22 +509,34 @@ def _issuer_trust(values: Mapping[str, Any]) -> Iterator[str]:
             yield f"{env[problem.field]}: {problem.message}"
 
 
+_ONE_APP = KeyNames(
+    "GITHUB_APP_PRIVATE_KEY or GITHUB_APP_PRIVATE_KEY_FILE",
+    "GITHUB_APP_SIGNER",
+    "GITHUB_APP_KMS_KEY",
+)
+
+
 def _app_key_source(values: Mapping[str, Any]) -> Iterator[str]:
-    """The private key with the ``pem`` signer, a valid KMS key (and no private key) with a KMS."""
-    kind, key = values["github_app_signer"], values["github_app_kms_key"]
-    pem_names = "GITHUB_APP_PRIVATE_KEY or GITHUB_APP_PRIVATE_KEY_FILE"
-    if kind == "pem":
-        if not values["github_app_private_key"]:
-            yield f"{pem_names}: required"
-        if key:
-            yield "GITHUB_APP_KMS_KEY: only used with GITHUB_APP_SIGNER=aws-kms or gcp-kms"
+    """The one App (GITHUB_APP_ID, its signer and key), or GITHUB_APPS instead: not both."""
+    if values["github_apps"]:
+        one = {
+            "GITHUB_APP_ID": values["github_app_id"],
+            _ONE_APP.pem: values["github_app_private_key"],
+            _ONE_APP.kms_key: values["github_app_kms_key"],
+            _ONE_APP.signer: values["github_app_signer"] != "pem",
+        }
+        for name, value in one.items():
+            if value:
+                yield f"{name}: not used with GITHUB_APPS (list every App there, with its key)"
         return
-    if values["github_app_private_key"]:
-        yield f"{pem_names}: must not be set with GITHUB_APP_SIGNER={kind} (the key is in the KMS)"
-    if not key:
-        yield f"GITHUB_APP_KMS_KEY: required with GITHUB_APP_SIGNER={kind}"
-    elif (problem := kms_key_problem(kind, key)) is not None:
-        yield f"GITHUB_APP_KMS_KEY: {problem}, got {key!r}"
+    if not values["github_app_id"]:
+        yield "GITHUB_APP_ID: required (or GITHUB_APPS)"
+    yield from key_source_problems(
+        values["github_app_signer"],
+        values["github_app_private_key"],
+        values["github_app_kms_key"],
+        _ONE_APP,
+    )
 
 
 def _webhook_needs_secrets(values: Mapping[str, Any]) -> Iterator[str]:
@@ -464,7 +635,9 @@ def _read_file_values(path: Path, known: set[str]) -> dict[str, str]:
         name = str(key).upper()
         if name not in known:
             raise SettingsError(f"{path}: unknown setting {key!r}")
-        if isinstance(value, list):
+        if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            values[name] = yaml.safe_dump(value)  # a list of mappings (GITHUB_APPS), as YAML
+        elif isinstance(value, list):
             values[name] = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
             values[name] = "true" if value else "false"

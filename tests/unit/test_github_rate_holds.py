@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from octosts.adapters.github_rest import (
+    APP_BUDGET,
     MAX_HOLD,
     Budget,
     GitHubRest,
@@ -28,7 +29,7 @@ from octosts.adapters.github_rest import (
 from octosts.domain.errors import RateLimited
 from tests.fakes import FakeClock
 
-APP = Budget(app_id=1)
+APP = APP_BUDGET
 INSTALLATION = Budget(7)
 NOW = 1_800_000_000.0
 SECONDARY = {"message": "You have exceeded a secondary rate limit."}

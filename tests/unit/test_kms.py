@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -248,3 +249,47 @@ def test_kms_failures_are_unavailable_with_their_reason() -> None:
     assert ARN in failure(exc, "req-1", verbose=True).message
     assert denial(exc) is None  # at the edge a fault: Envoy tries another replica
     assert issubclass(KmsUnavailable, StsError)
+
+
+def test_each_of_several_apps_names_its_own_signer(tmp_path: Path) -> None:
+    """GITHUB_APPS entries take the same key sources as the one App ([fleet])."""
+    key = tmp_path / "app.pem"
+    key.write_text(PEM)
+    apps = (
+        f"[{{id: 1, private_key_file: {key}}}, {{id: 2, signer: aws-kms, kms_key: {ARN!r}}},"
+        f" {{id: 3, signer: gcp-kms, kms_key: {VERSION!r}}}]"
+    )
+    entries = load({"STS_DOMAIN": "sts.example.com", "GITHUB_APPS": apps}).apps()
+    assert [(e.app_id, e.signer.kind, e.signer.kms_key) for e in entries] == [
+        (1, "pem", ""),
+        (2, "aws-kms", ARN),
+        (3, "gcp-kms", VERSION),
+    ]
+    assert entries[0].signer.private_key_pem == PEM
+    bad = (
+        f"[{{id: 1, signer: aws-kms}}, {{id: 2, signer: gcp-kms, kms_key: {ARN!r}}},"
+        f" {{id: 3, signer: vault}}, {{id: 4, private_key_file: {key}, kms_key: {ARN!r}}},"
+        f" {{id: 5, signer: aws-kms, kms_key: {ARN!r}, private_key_file: {key}}}]"
+    )
+    with pytest.raises(SettingsError) as info:
+        load({"STS_DOMAIN": "sts.example.com", "GITHUB_APPS": bad})
+    text = str(info.value)
+    for problem in (
+        "[0] (app 1): kms_key: required with signer=aws-kms",
+        "[1] (app 2): kms_key: for gcp-kms, the key version's resource name",
+        "[2] (app 3): signer must be pem, aws-kms or gcp-kms",
+        "[3] (app 4): kms_key: only used with signer=aws-kms or gcp-kms",
+        "[4] (app 5): private_key or private_key_file: must not be set with signer=aws-kms",
+    ):
+        assert problem in text
+    assert "BEGIN" not in text
+    # The one App's signer settings are not used with GITHUB_APPS.
+    with pytest.raises(SettingsError, match="GITHUB_APP_KMS_KEY: not used with GITHUB_APPS"):
+        load(
+            {
+                "STS_DOMAIN": "sts.example.com",
+                "GITHUB_APPS": f"[{{id: 1, private_key_file: {key}}}]",
+                "GITHUB_APP_SIGNER": "aws-kms",
+                "GITHUB_APP_KMS_KEY": ARN,
+            }
+        )

@@ -33,6 +33,7 @@ EXPECTED_FAMILIES = {
     "octo_sts_github_request_duration_seconds": "histogram",
     "octo_sts_github_rate_limit_remaining": "gauge",
     "octo_sts_github_rate_limited_until": "gauge",
+    "octo_sts_github_app_mints": "counter",
     "octo_sts_github_orphan_tokens": "counter",
     "octo_sts_ext_authz_decisions": "counter",
     "octo_sts_audit_events_dropped": "counter",

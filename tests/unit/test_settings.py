@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -194,3 +195,104 @@ def test_readme_configuration_table_matches_the_declarations() -> None:
             assert spec.required or not defaults[name], f"{spec.env}: README says {cell}"
         else:
             assert spec.parse(shown.group(1)) == defaults[name], f"{spec.env}: README says {cell}"
+
+
+# -- several GitHub Apps ([fleet], docs/github-apps.md) ------------------------------------------
+
+ONE_APP = {"STS_DOMAIN": "sts.example.com"}
+
+
+def test_one_app_is_the_checks_app() -> None:
+    [entry] = load(BASE).apps()
+    assert (entry.app_id, entry.signer.kind, entry.checks) == (42, "pem", True)
+    assert entry.signer.private_key_pem == PEM
+
+
+def test_several_apps_from_the_environment(tmp_path: Path) -> None:
+    key = tmp_path / "2.pem"
+    key.write_text(PEM)
+    apps = (
+        f"[{{id: 1, private_key: {json.dumps(PEM)}}},"
+        f" {{id: 2, private_key_file: {key}, checks: true}}, {{id: 3, private_key_file: {key}}}]"
+    )
+    settings = load({**ONE_APP, "GITHUB_APPS": apps})
+    assert [(e.app_id, e.signer.private_key_pem, e.checks) for e in settings.apps()] == [
+        (1, PEM, False),
+        (2, PEM, True),
+        (3, PEM, False),
+    ]
+    assert "PRIVATE KEY" not in repr(settings)
+    # Without checks: true, the first App's webhook is the one received.
+    first = load({**ONE_APP, "GITHUB_APPS": f"[{{id: 5, private_key_file: {key}}}]"})
+    assert [(e.app_id, e.checks) for e in first.apps()] == [(5, True)]
+
+
+def test_several_apps_from_the_config_file(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    key.write_text(PEM)
+    config = tmp_path / "octo-sts.yaml"
+    config.write_text(
+        "sts_domain: sts.example.com\n"
+        "github_apps:\n"
+        f"  - {{id: 11, private_key_file: {key}}}\n"
+        f"  - id: 12\n    private_key_file: {key}\n    checks: true\n"
+    )
+    assert [(e.app_id, e.checks) for e in load({}, config).apps()] == [(11, False), (12, True)]
+
+
+@pytest.mark.parametrize(
+    ("env", "problems"),
+    [
+        (ONE_APP, ["GITHUB_APP_ID: required (or GITHUB_APPS)"]),
+        (
+            {**BASE, "GITHUB_APPS": f"[{{id: 1, private_key: {json.dumps(PEM)}}}]"},
+            [
+                "GITHUB_APP_ID: not used with GITHUB_APPS",
+                "GITHUB_APP_PRIVATE_KEY or GITHUB_APP_PRIVATE_KEY_FILE: not used with GITHUB_APPS",
+            ],
+        ),
+        (
+            {**ONE_APP, "GITHUB_APPS": "[{id: 1, private_key: 'x'}]"},
+            ["GITHUB_APPS: invalid value: [0] (app 1): not a PEM private key"],
+        ),
+        (
+            {**ONE_APP, "GITHUB_APPS": "id: 1"},
+            ["GITHUB_APPS: invalid value: must be a list of Apps"],
+        ),
+        (
+            {**ONE_APP, "GITHUB_APPS": "[{id: 1, private_key: '"},
+            ["GITHUB_APPS: invalid value: not valid YAML"],
+        ),
+        (
+            {
+                **ONE_APP,
+                "GITHUB_APPS": "[{id: 0, private_key_file: /nonexistent/k.pem, colour: red},"
+                " 7, {id: 2}, {id: 3, private_key: x, private_key_file: y, checks: maybe}]",
+            },
+            [
+                "[0]: unknown key(s) ['colour']",
+                "[0]: id must be a positive integer",
+                "[0]: private_key_file: cannot read /nonexistent/k.pem: FileNotFoundError",
+                "[1]: must be a mapping with id and private_key_file (or kms_key)",
+                "[2] (app 2): private_key or private_key_file: required",
+                "[3] (app 3): checks must be true or false",
+                "[3] (app 3): give one of private_key and private_key_file, not both",
+            ],
+        ),
+    ],
+)
+def test_bad_apps_are_reported_at_once(env: dict[str, str], problems: list[str]) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(env)
+    for problem in problems:
+        assert problem in str(info.value)
+
+
+def test_an_app_is_listed_once_and_one_receives_the_webhook() -> None:
+    entry = f"{{id: 1, private_key: {json.dumps(PEM)}, checks: true}}"
+    apps = f"[{entry}, {entry}]"
+    with pytest.raises(SettingsError) as info:
+        load({**ONE_APP, "GITHUB_APPS": apps})
+    assert "GITHUB_APPS: each App may be listed once" in str(info.value)
+    assert "GITHUB_APPS: at most one App has checks: true" in str(info.value)
+    assert "PRIVATE KEY" not in str(info.value)

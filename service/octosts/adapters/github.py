@@ -22,6 +22,9 @@ no-installation         owner (lower-cased)    ``installation_negative_ttl``  ma
 contents tokens         installation id        until ``expires_at - margin``  maxsize
 app JWT                 (one)                  ``app_jwt_reuse`` (5 min)    1
 ======================  =====================  ===========================  ===========
+
+With several Apps ([fleet]) there is one client per App (so every cache above is per
+App), put together by ``adapters.github_apps``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +44,7 @@ import structlog
 
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.github_rest import (
+    APP_BUDGET,
     APP_ERRORS,
     RAW_MEDIA,
     Budget,
@@ -127,6 +132,9 @@ class GitHubConfig:
     # How long a mint's answer is still awaited after its requester stopped waiting,
     # to revoke the token in it (see the module doc).
     orphan_wait: float = 60.0
+    # One of several Apps ([fleet]): its own budget is ``app:<id>`` in metrics and logs
+    # (``Budget.label``); the one App of a one-App deployment keeps ``app``.
+    pooled: bool = False
 
     def __post_init__(self) -> None:
         if self.app_id <= 0:
@@ -206,7 +214,7 @@ class GitHubAppClient:
         self._contents_tokens: TtlCache[int, _CachedToken] = TtlCache(
             name="github_contents_tokens", maxsize=config.contents_token_cache_size, clock=clock
         )
-        self._app_budget = Budget(app_id=config.app_id)
+        self._app_budget = Budget(app_id=config.app_id) if config.pooled else APP_BUDGET
         self._installation_flight: SingleFlight[str, int] = SingleFlight()
         self._token_flight: SingleFlight[int, _CachedToken] = SingleFlight()
         self._jwt: tuple[str, float] | None = None
@@ -218,6 +226,24 @@ class GitHubAppClient:
 
     def __repr__(self) -> str:
         return f"GitHubAppClient({self._rest!r}, app_id={self._config.app_id})"
+
+    @property
+    def app_id(self) -> int:
+        return self._config.app_id
+
+    @property
+    def app_budget(self) -> Budget:
+        """The budget the App's own calls spend (installation lookups, mints)."""
+        return self._app_budget
+
+    def known_installation(self, owner: str) -> int | bool | None:
+        """What this App's caches say of ``owner``, without calling GitHub: its installation
+        id, False (not installed), or None (not known)."""
+        key = owner.lower()
+        cached = self._installations.get(key)
+        if cached is not None:
+            return cached
+        return False if self._no_installation.get(key) else None
 
     def app_rate_limited(self) -> bool:
         """Whether GitHub rate-limits the App's own budget now (every installation lookup
@@ -242,6 +268,7 @@ class GitHubAppClient:
         _check_owner(owner)
         key = owner.lower()
         with self._observer.stage("installation_lookup") as stage:
+            stage.annotate("github.app_id", self._config.app_id)
             cached = self._installations.get(key)
             if cached is not None:
                 stage.annotate("cache", "hit")
@@ -368,6 +395,7 @@ class GitHubAppClient:
         GitHubUnavailable, StsError.
         """
         with self._observer.stage("token_mint") as stage:
+            stage.annotate("github.app_id", self._config.app_id)
             return await self._mint(installation_id, permissions, repositories, stage, "token_mint")
 
     async def _mint(
@@ -405,7 +433,10 @@ class GitHubAppClient:
         sending = asyncio.ensure_future(self._rest.send(request))
 
         def read(answer: Response) -> MintedToken:
-            return _minted_token(answer, permissions, repositories, what)
+            minted = _minted_token(answer, permissions, repositories, what)
+            return dataclasses.replace(
+                minted, app_id=self._config.app_id, installation_id=installation_id
+            )
 
         decided = asyncio.get_running_loop().create_future()
         self._undecided.add(decided)

@@ -38,8 +38,9 @@ The HTTP library appears only in ``http_client`` and ``GitHubRest._transfer``.
 Where planned work plugs in, one place each:
 
 - another HTTP library ([perf-2]): ``http_client`` and ``_transfer``;
-- several GitHub Apps ([fleet]): ``Budget`` carries the App id; ``RateLimits`` can
-  say which App has the most quota left, and ``hold_of`` which ones are held.
+- several GitHub Apps ([fleet]): ``Budget`` carries the App id; ``RateLimits.quota``
+  says how much each App (or installation) has left and whether it is held, which is
+  what ``adapters.github_apps`` routes by.
 """
 
 from __future__ import annotations
@@ -186,8 +187,9 @@ def http_client(
 class Budget:
     """Whose GitHub rate limit a call spends: an App's own (app JWT) or an installation's.
 
-    An App's budget is keyed by its id ([fleet] runs several). Installation ids are
-    unique across Apps on GitHub, so an installation's budget is keyed by that id alone.
+    An App's budget is keyed by its id when there are several ([fleet]); the one App
+    of a one-App deployment is ``APP_BUDGET``. Installation ids are unique across Apps
+    on GitHub, so an installation's budget is keyed by that id alone.
     """
 
     installation: int | None = None
@@ -199,8 +201,11 @@ class Budget:
 
     @property
     def label(self) -> str:
-        """``"app"`` or the installation id: the rate-limit gauges' label."""
-        return "app" if self.installation is None else str(self.installation)
+        """The rate-limit gauges' label: the installation id, ``"app"`` (the one App of a
+        one-App deployment) or ``"app:ID"`` (one of several Apps)."""
+        if self.installation is not None:
+            return str(self.installation)
+        return "app" if self.app_id is None else f"app:{self.app_id}"
 
 
 APP_BUDGET = Budget()  # the App of a one-App deployment
@@ -397,8 +402,20 @@ class Hold:
         return max(self.until - now, 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What is known of one budget at a moment (``RateLimits.quota``).
+
+    ``remaining``: requests left by GitHub's last answer, None when unknown (no answer
+    yet, or its window has been reset since); ``held_until``: the limit in force, if any.
+    """
+
+    remaining: int | None = None
+    held_until: float | None = None
+
+
 class RateLimits:
-    """Per budget: the last ``x-ratelimit-remaining`` and the limit in force, if any.
+    """Per budget: the last ``x-ratelimit-remaining`` (with its reset) and the limit in force.
 
     Bounded (``maxsize`` budgets each, least recently updated dropped). A limit is
     remembered per process: each worker learns it from its own first refused call.
@@ -406,7 +423,8 @@ class RateLimits:
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
-        self._remaining: OrderedDict[str, int] = OrderedDict()
+        # budget -> (remaining, x-ratelimit-reset or None)
+        self._remaining: OrderedDict[Budget, tuple[int, float | None]] = OrderedDict()
         self._holds: OrderedDict[Budget, Hold] = OrderedDict()
 
     def record(self, budget: Budget, headers: Mapping[str, str]) -> int | None:
@@ -415,16 +433,25 @@ class RateLimits:
         if raw is None or not raw.isdigit():
             return None
         remaining = int(raw)
-        label = budget.label
-        self._remaining[label] = remaining
-        self._remaining.move_to_end(label)
+        reset = headers.get("x-ratelimit-reset", "")
+        self._remaining[budget] = (remaining, float(reset) if reset.isdigit() else None)
+        self._remaining.move_to_end(budget)
         while len(self._remaining) > self._maxsize:
             self._remaining.popitem(last=False)
         return remaining
 
     def remaining(self) -> dict[str, int]:
-        """Last remaining quota per budget label (installation id or ``"app"``); a copy."""
-        return dict(self._remaining)
+        """Last remaining quota per budget label (``Budget.label``); a copy."""
+        return {budget.label: left for budget, (left, _reset) in self._remaining.items()}
+
+    def quota(self, budget: Budget, now: float) -> Quota:
+        """What is known of ``budget`` at ``now``: requests left and the hold in force."""
+        hold = self.hold_of(budget, now)
+        known = self._remaining.get(budget)
+        left = None
+        if known is not None and (known[1] is None or known[1] > now):
+            left = known[0]  # a reading from before the window's reset says nothing now
+        return Quota(left, None if hold is None else hold.until)
 
     def hold_of(self, budget: Budget, now: float) -> Hold | None:
         """The limit ``budget`` is under at ``now``, or None."""

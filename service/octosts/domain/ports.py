@@ -114,6 +114,10 @@ class MintedToken:
     expires_at: datetime
     permissions: Mapping[str, str]
     repositories: tuple[str, ...]
+    # Which GitHub App minted it, for which of its installations (the audit event says;
+    # with several Apps the mint may go to another App than the one the lookup chose).
+    app_id: int | None = None
+    installation_id: int | None = None
 
     def __repr__(self) -> str:  # never print the token
         return (

@@ -79,6 +79,8 @@ class AuditEvent:
     scope: str = ""
     identity: str = ""
     installation_id: int | None = None
+    # The GitHub App that minted the token (several Apps: docs/github-apps.md).
+    app_id: int | None = None
     permissions: Mapping[str, str] = field(default_factory=dict)
     repositories: tuple[str, ...] = ()
     token_sha256: str = ""
@@ -107,6 +109,7 @@ class AuditEvent:
             ],
             "identity": self.identity,
             "installation_id": self.installation_id,
+            "app_id": self.app_id,
             "permissions": dict(self.permissions),
             "repositories": list(self.repositories),
             "token_sha256": self.token_sha256,

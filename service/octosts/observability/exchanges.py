@@ -69,6 +69,7 @@ class ExchangeEvents:
                 reason=f"orphan_token_{outcome}",
                 trace_id=current_trace_id(),
                 installation_id=installation_id,
+                app_id=token.app_id if token is not None else None,
                 permissions=dict(token.permissions) if token is not None else {},
                 repositories=tuple(token.repositories) if token is not None else (),
                 token_sha256=token_sha256(token.token) if token is not None else "",
@@ -101,7 +102,11 @@ def audit_event(
         scope=(request.scope or next(iter(request.scopes), ""))[:_SCOPE_CHARS],
         scopes=scope_verdicts(request, attempt),
         identity=request.identity[:100],
-        installation_id=attempt.installation_id,
+        # The installation that minted: with several Apps, maybe not the one the lookup chose.
+        installation_id=attempt.installation_id
+        if minted is None or minted.installation_id is None
+        else minted.installation_id,
+        app_id=minted.app_id if minted is not None else None,
         permissions=dict(minted.permissions) if minted is not None else {},
         repositories=tuple(minted.repositories) if minted is not None else (),
         token_sha256=token_sha256(minted.token) if minted is not None else "",

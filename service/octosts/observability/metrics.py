@@ -174,6 +174,7 @@ class Metrics:
         self._cache = _BoundedLabel(16)
         self._endpoint = _BoundedLabel(16)
         self._installation = _BoundedLabel(1000)
+        self._app = _BoundedLabel(64)  # configured GitHub App ids: a few
         self._rpc = _BoundedLabel(64)
         # Label children by (metric, *labels), one cache per metric type (see _child).
         self._c: dict[tuple[object, ...], Counter] = {}
@@ -214,18 +215,26 @@ class Metrics:
         )
         self.github_rate_limit_remaining = Gauge(
             "octo_sts_github_rate_limit_remaining",
-            "Last x-ratelimit-remaining GitHub sent, per budget (installation id, or app).",
+            "Last x-ratelimit-remaining GitHub sent, per budget (installation id; app, or app:ID"
+            " with several GitHub Apps).",
             ["installation"],
             registry=registry,
             multiprocess_mode="mostrecent",
         )
         self.github_rate_limited_until = Gauge(
             "octo_sts_github_rate_limited_until",
-            "Until when (Unix time) GitHub's rate limit holds calls on a budget (installation id,"
-            " or app): while it is in the future, calls on it are refused without calling GitHub.",
+            "Until when (Unix time) GitHub's rate limit holds calls on a budget (installation id;"
+            " app, or app:ID with several GitHub Apps): while it is in the future, calls on it are"
+            " refused without calling GitHub.",
             ["installation"],
             registry=registry,
             multiprocess_mode="max",
+        )
+        self.github_app_mints = Counter(
+            "octo_sts_github_app_mints",
+            "Tokens minted for callers (exchanges, egress), by the GitHub App that minted them.",
+            ["app"],
+            registry=registry,
         )
         self.github_orphan_tokens = Counter(
             "octo_sts_github_orphan_tokens",
@@ -311,6 +320,9 @@ class Metrics:
     def rate_limited_until(self, installation: int | str, until: float) -> None:
         label = self._installation(installation)
         _child(self._g, self.github_rate_limited_until, label).set(until)
+
+    def app_minted(self, app_id: int) -> None:
+        _child(self._c, self.github_app_mints, self._app(str(app_id))).inc()
 
     def orphan_token(self, outcome: str) -> None:
         _child(self._c, self.github_orphan_tokens, outcome).inc()

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("octosts.webhook")
 PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
 SUITE_ACTIONS = frozenset({"requested", "rerequested"})
+CHECK_EVENTS = frozenset({"pull_request", "check_suite"})  # the events that get a check run
 MAX_PENDING = 64
 MAX_FILES_CHECKED = 200
 _SHA_RE = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
@@ -69,6 +70,10 @@ class WebhookConfig:
     secrets: tuple[bytes, ...] = field(repr=False)
     org_policy_repo: str = DEFAULT_ORG_POLICY_REPO
     insecure_issuers: frozenset[str] = frozenset()
+    # The GitHub App whose check runs this service makes (docs/github-apps.md): a delivery
+    # naming another App (X-GitHub-Hook-Installation-Target-ID) gets none, so several Apps'
+    # webhooks never check one pull request twice. None: any.
+    checks_app_id: int | None = None
 
 
 class WebhookHandler:
@@ -129,6 +134,10 @@ class WebhookHandler:
         if isinstance(sender, dict) and sender.get("type") == "Bot":
             return WebhookReply(202, {"ignored": "bot sender"})
         what = _printable(event[:40])
+        target = headers.get("x-github-hook-installation-target-id")
+        app = self._config.checks_app_id
+        if event in CHECK_EVENTS and app is not None and target not in (None, str(app)):
+            return WebhookReply(202, {"ignored": f"check runs are made by GitHub App {app}"})
         try:
             return await self._dispatch(event, payload)
         except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
