@@ -27,6 +27,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".run"), metavar="DIR")
     parser.add_argument("--replicas", type=int, default=2, choices=range(1, 9), metavar="N")
     parser.add_argument(
+        "--apps",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        metavar="N",
+        help="GitHub Apps the emulator serves and the replicas mint with (docs/github-apps.md)",
+    )
+    parser.add_argument(
         "--no-wait", action="store_true", help="exit after the demo exchange (smoke test)"
     )
     parser.set_defaults(func=_run)
@@ -101,7 +109,9 @@ def egress_demo(stack: DevStack, token: str, token_cmd: str) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    stack = DevStack(workdir=args.workdir.resolve(), ports=StackPorts.fixed(args.replicas))
+    stack = DevStack(
+        workdir=args.workdir.resolve(), ports=StackPorts.fixed(args.replicas), apps=args.apps
+    )
     print("starting dev issuer, GitHub emulator, STS replicas and Envoy ...", flush=True)
     try:
         stack.start()

@@ -9,6 +9,7 @@ sleep) and stopped by PID.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -45,7 +46,7 @@ EXAMPLE_ISSUER = "http://127.0.0.1:8780"
 DEFAULT_DOMAIN = "octo-sts.local"
 # Signs GitHub webhook deliveries in the dev stack only (a real deployment sets its own).
 DEV_WEBHOOK_SECRET = "octo-sts-dev-webhook-secret"  # noqa: S105 - dev stack only
-APP_ID = 1
+APP_ID = 1  # the first GitHub App; a stack with several Apps numbers them 1, 2, 3...
 # The egress gateway's routes in the dev stack: the default ones, and one with scope and identity
 # fixed (a client that cannot send headers, e.g. gh's porcelain commands, uses such a route).
 FIXED_EGRESS_ROUTE = EgressRoute("/fixed/octo-org/demo/ci/", scope="octo-org/demo", identity="ci")
@@ -158,6 +159,8 @@ class DevStack:
     github_args: tuple[str, ...] = ()
     # "host:port" of an OTLP/gRPC collector: traces on for Envoy and every replica.
     otlp_collector: str = ""
+    # GitHub Apps the emulator serves and the replicas mint with (docs/github-apps.md).
+    apps: int = 1
     _procs: list[_Proc] = field(default_factory=list)
     _servers: dict[int, _Proc] = field(default_factory=dict)
     envoy: EnvoyProcess | None = None
@@ -185,6 +188,20 @@ class DevStack:
     @property
     def app_key(self) -> Path:
         return self.workdir / "app.pem"
+
+    def app_keys(self) -> dict[int, Path]:
+        """Every App's key file, by App id (the first is ``app_key``)."""
+        others = {APP_ID + i: self.workdir / f"app{APP_ID + i}.pem" for i in range(1, self.apps)}
+        return {APP_ID: self.app_key, **others}
+
+    def _apps_env(self) -> dict[str, str]:
+        if self.apps == 1:
+            return {"GITHUB_APP_ID": str(APP_ID), "GITHUB_APP_PRIVATE_KEY_FILE": str(self.app_key)}
+        listed = ", ".join(
+            f"{{id: {a}, private_key_file: {json.dumps(str(k))}}}"
+            for a, k in self.app_keys().items()
+        )
+        return {"GITHUB_APPS": f"[{listed}]"}
 
     def client_tls(self) -> ssl.SSLContext:
         """A client context trusting the stack's CA.
@@ -241,8 +258,7 @@ class DevStack:
     def server_env(self, index: int) -> dict[str, str]:
         return {
             "STS_DOMAIN": self.domain,
-            "GITHUB_APP_ID": str(APP_ID),
-            "GITHUB_APP_PRIVATE_KEY_FILE": str(self.app_key),
+            **self._apps_env(),
             "GITHUB_BASE_URL": self.github_url,
             "OCTOSTS_GRPC_ADDR": f"127.0.0.1:{self.ports.grpc[index]}",
             "OCTOSTS_METRICS_ADDR": f"127.0.0.1:{self.ports.metrics[index]}",
@@ -315,6 +331,7 @@ class DevStack:
                 "--app-key", str(self.app_key),
                 "--create-key",
                 "--app-id", str(APP_ID),
+                *(f"--app=id={a},key={k}" for a, k in self.app_keys().items() if a != APP_ID),
                 *self.github_args,
             ],
         )  # fmt: skip
