@@ -312,14 +312,31 @@ async def test_cli_serves_and_stops_on_signal(cli_process, signum, code) -> None
     assert proc.wait(timeout=5) == code
 
 
-def test_cli_rejects_bad_key(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "not a PEM"),
+        # Another App ([fleet]): id=N,key=FILE[,rate-limit=N][,owner=LOGIN]...
+        *(
+            (("--app", spec), "--app")
+            for spec in (
+                "id=2",
+                "key=k.pem",
+                "id=x,key=k",
+                "id=2,key=k,color=red",
+                "id=2,id=3,key=k",
+            )
+        ),
+    ],
+)
+def test_cli_rejects_bad_keys_and_apps(tmp_path, args, message) -> None:
     key = tmp_path / "bad.pem"
     key.write_text("nope")
     (tmp_path / "repos").mkdir()
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "octosts", "dev", "github"),
-            *("--repos", str(tmp_path / "repos"), "--app-key", str(key)),
+            *("--repos", str(tmp_path / "repos"), "--app-key", str(key), *args),
         ],
         capture_output=True,
         text=True,
@@ -327,7 +344,7 @@ def test_cli_rejects_bad_key(tmp_path) -> None:
         check=False,
     )
     assert proc.returncode == 2
-    assert "not a PEM" in proc.stderr
+    assert message in proc.stderr
 
 
 def test_ensure_app_key_creates_once_with_private_mode(tmp_path) -> None:

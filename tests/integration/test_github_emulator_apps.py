@@ -231,22 +231,3 @@ def test_cli_serves_several_apps(tmp_path) -> None:
     assert apps[APP_B]["core"]["reset"] - apps[APP_ID]["core"]["reset"] in {-1, 0, 1}
     assert apps[APP_ID]["core"]["limit"] == 5000
     assert set(apps[APP_ID]["installations"]) == {"octo-org", "octo-user"}
-
-
-@pytest.mark.parametrize(
-    "spec", ["id=2", "key=k.pem", "id=x,key=k.pem", "id=2,key=k.pem,color=red", "id=2,id=3,key=k"]
-)
-def test_cli_refuses_a_bad_app_spec(tmp_path, spec) -> None:
-    (tmp_path / "repos").mkdir()
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "octosts", "dev", "github"),
-            *("--repos", str(tmp_path / "repos"), "--app-key", "k.pem", "--app", spec),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert "--app" in proc.stderr
