@@ -38,6 +38,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
@@ -103,6 +104,10 @@ class NoOrphanSink:
     ) -> None:
         pass
 
+
+# What the App's own token for reading trust policies asks for (the App must have it:
+# `octo-sts setup manifest` requests it).
+POLICY_READ_PERMISSIONS: Mapping[str, str] = MappingProxyType({"contents": "read"})
 
 # Owner and repository names follow domain.names (checked before a name becomes part
 # of a URL); file paths are checked here, segment by segment.
@@ -326,7 +331,7 @@ class GitHubAppClient:
         with self._observer.stage("contents_token_mint") as stage:
             try:
                 minted = await self._mint(
-                    installation_id, {"contents": "read"}, (), stage, "contents_token_mint"
+                    installation_id, POLICY_READ_PERMISSIONS, (), stage, "contents_token_mint"
                 )
             except MintRejected as exc:
                 # The app itself lacks contents:read there: nobody's policy is readable.
