@@ -11,14 +11,14 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
-from octosts.cli import dev, exchange, policy, serve, setup, token
+from octosts.cli import dev, exchange, policy, probe, serve, setup, token
 
 
 class _Group(Protocol):
     def register(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None: ...
 
 
-GROUPS: tuple[_Group, ...] = (serve, policy, token, dev, exchange, setup)
+GROUPS: tuple[_Group, ...] = (serve, policy, token, dev, exchange, setup, probe)
 
 EXIT_USAGE = 2
 
