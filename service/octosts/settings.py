@@ -10,9 +10,10 @@ field (and its README row).
 file whose keys are the same names in lower case (``sts_domain: ...``); the
 environment wins. It parses and checks every setting, then the rules that span
 several (``_RULES``: the issuer allowlist with the insecure issuers, the
-webhook's secrets), and reports every problem at once, each with its
-variable's name, so a bad deployment fails fast with a clear message instead
-of at the first exchange. Secret values (``secret=True``) never appear in a
+webhook's secrets; a rule stops at a setting that did not parse, whose own
+problem says what is wrong), and reports every problem at once, each with
+its variable's name, so a bad deployment fails fast with a clear message
+instead of at the first exchange. Secret values (``secret=True``) never appear in a
 message or a repr.
 """
 
@@ -529,14 +530,17 @@ def _app_key_source(values: Mapping[str, Any]) -> Iterator[str]:
             if value:
                 yield f"{name}: not used with GITHUB_APPS (list every App there, with its key)"
         return
-    if not values["github_app_id"]:
-        yield "GITHUB_APP_ID: required (or GITHUB_APPS)"
     yield from key_source_problems(
         values["github_app_signer"],
         values["github_app_private_key"],
         values["github_app_kms_key"],
         _ONE_APP,
     )
+
+
+def _app_id_required(values: Mapping[str, Any]) -> Iterator[str]:
+    if not values["github_apps"] and not values["github_app_id"]:
+        yield "GITHUB_APP_ID: required (or GITHUB_APPS)"
 
 
 def _webhook_needs_secrets(values: Mapping[str, Any]) -> Iterator[str]:
@@ -547,8 +551,26 @@ def _webhook_needs_secrets(values: Mapping[str, Any]) -> Iterator[str]:
 _RULES: tuple[Callable[[Mapping[str, Any]], Iterable[str]], ...] = (
     _issuer_trust,
     _app_key_source,
+    _app_id_required,
     _webhook_needs_secrets,
 )
+
+
+class _Unparsed(Exception):
+    """A rule read a setting that was set but did not parse (a signal inside load only)."""
+
+
+class _Parsed(dict[str, Any]):
+    """The values the rules read; a setting that did not parse raises _Unparsed (``_apply``)."""
+
+    def __init__(self, values: Mapping[str, Any], unparsed: set[str]) -> None:
+        super().__init__(values)
+        self._unparsed = frozenset(unparsed)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._unparsed:
+            raise _Unparsed(name)
+        return super().__getitem__(name)
 
 
 def specs() -> dict[str, Spec]:
@@ -577,9 +599,13 @@ def load(environ: Mapping[str, str] | None = None, path: Path | None = None) -> 
 
     problems: list[str] = []
     values: dict[str, Any] = {}
+    unparsed: set[str] = set()
     defaults = {f.name: f.default for f in fields(Settings)}
     for attribute, spec in specs().items():
+        before = len(problems)
         value = _read_one(spec, raw, problems)
+        if len(problems) > before:
+            unparsed.add(attribute)
         if value is not None:
             values[attribute] = value
         elif not spec.required:
@@ -589,12 +615,27 @@ def load(environ: Mapping[str, str] | None = None, path: Path | None = None) -> 
             problems.append(f"{name}: required")
         elif spec.check is not None and value is not None:
             problems.extend(f"{spec.env}: {problem}" for problem in spec.check(value))
-    checked = {name: values.get(name, default) for name, default in defaults.items()}
+    checked = _Parsed(
+        {name: values.get(name, default) for name, default in defaults.items()}, unparsed
+    )
     for rule in _RULES:
-        problems.extend(rule(checked))
+        _apply(rule, checked, problems)
     if problems:
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
     return Settings(**values)
+
+
+def _apply(
+    rule: Callable[[Mapping[str, Any]], Iterable[str]], values: _Parsed, problems: list[str]
+) -> None:
+    """The rule's problems, up to a setting it reads that did not parse: that setting's own
+    problem says what is wrong, and the rule, reading its default instead, would only add
+    noise (GITHUB_APPS invalid is not GITHUB_APPS unset)."""
+    try:
+        for problem in rule(values):
+            problems.append(problem)  # noqa: PERF402 -- those before _Unparsed are kept
+    except _Unparsed:
+        return
 
 
 def _read_one(spec: Spec, raw: Mapping[str, str], problems: list[str]) -> object | None:

@@ -296,3 +296,18 @@ def test_an_app_is_listed_once_and_one_receives_the_webhook() -> None:
     assert "GITHUB_APPS: each App may be listed once" in str(info.value)
     assert "GITHUB_APPS: at most one App has checks: true" in str(info.value)
     assert "PRIVATE KEY" not in str(info.value)
+
+
+def test_an_invalid_apps_list_is_not_taken_for_no_list() -> None:
+    """GITHUB_APPS set but bad: its problem alone, not the one App's settings as missing."""
+    with pytest.raises(SettingsError) as info:
+        load({**ONE_APP, "GITHUB_APPS": "[{id: 1, private_key: x}]"})
+    assert str(info.value).splitlines()[1:] == [
+        "  GITHUB_APPS: invalid value: [0] (app 1): not a PEM private key"
+    ]
+    # The same for the one App's key file: unreadable is its own problem, not "required".
+    with pytest.raises(SettingsError) as info:
+        load({**ONE_APP, "GITHUB_APP_ID": "7", "GITHUB_APP_PRIVATE_KEY_FILE": "/nonexistent/k"})
+    assert str(info.value).splitlines()[1:] == [
+        "  GITHUB_APP_PRIVATE_KEY_FILE: cannot read /nonexistent/k: FileNotFoundError"
+    ]
