@@ -27,7 +27,7 @@ from octosts.dev.issuer import DevIssuer
 from octosts.settings import GitHubAppEntry
 from tests.emulator import APP_ID, app_key, pem, pool_key, real_time_clock
 from tests.fakes import FakeClock
-from tests.integration.service_harness import Stack, running, servers
+from tests.integration.service_harness import SUBJECT, Stack, running, servers
 from tests.polling import eventually
 
 APPS = (APP_ID, 7, 9)  # in the configured order
@@ -70,9 +70,9 @@ async def stack(backends: tuple[DevIssuer, GitHubEmulator, FakeClock]) -> AsyncI
         yield s
 
 
-async def minted_by(stack: Stack, count: int) -> list[int]:
+async def minted_by(stack: Stack, count: int, identity: str = "ci") -> list[int]:
     """``count`` exchanges one after another; the App that minted each token, in order."""
-    tokens = [(await stack.exchange()).token for _ in range(count)]
+    tokens = [(await stack.exchange(identity=identity)).token for _ in range(count)]
     ledger = {line["token_sha256"]: line["app_id"] for line in stack.github.tokens()}
     return [ledger[token_sha256(token)] for token in tokens]
 
@@ -85,9 +85,9 @@ def gauge(stack: Stack, name: str, **labels: str) -> float | None:
     return stack.app.metrics.registry.get_sample_value(name, labels)
 
 
-async def refused(stack: Stack) -> tuple[grpc.StatusCode, int | None, str]:
+async def refused(stack: Stack, identity: str = "ci") -> tuple[grpc.StatusCode, int | None, str]:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stack.exchange()
+        await stack.exchange(identity=identity)
     retry_after = dict(info.value.trailing_metadata() or ()).get("retry-after")
     return (
         info.value.code(),
@@ -229,3 +229,43 @@ async def test_check_runs_stay_on_the_app_whose_webhook_delivers(
         assert [t["app_id"] for t in checks] == [7]
         # Exchanges are still routed over every App.
         assert set(await minted_by(stack, 3)) == set(APPS)
+
+
+def grant_checks_write(backends: tuple[DevIssuer, GitHubEmulator, FakeClock]) -> None:
+    """Identity ``checks`` on octo-org/demo: a token that may create and update check runs."""
+    issuer, github, _clock = backends
+    policy = f"issuer: {issuer.url}\nsubject: {SUBJECT}\npermissions:\n  checks: write\n"
+    github.set_file("octo-org", "demo", ".github/chainguard/checks.sts.yaml", policy)
+
+
+async def test_checks_write_tokens_come_from_one_app_whatever_its_quota(
+    backends: tuple[DevIssuer, GitHubEmulator, FakeClock],
+) -> None:
+    """GitHub lets only the App that created a check run update it: a workload's every
+    ``checks: write`` token comes from the checks App, even when another has more quota."""
+    grant_checks_write(backends)
+    async with service(backends, **app_settings(checks=9)) as stack:
+        assert await minted_by(stack, 6, identity="checks") == [9] * 6
+        # Other exchanges are still routed over every App (App 9, the most spent, last).
+        assert collections.Counter(await minted_by(stack, 8)) == {APP_ID: 4, 7: 4}
+        # App 9 held: a checks:write caller waits for it rather than get another App's token.
+        limited = mint_path(stack, 9)
+        stack.github.force_primary_limit(reset_in=120, path_prefix=limited)
+        before = {app: stack.github.count("POST", mint_path(stack, app)) for app in APPS}
+        code, retry_after, _details = await refused(stack, identity="checks")
+        assert code == C.RESOURCE_EXHAUSTED
+        assert retry_after in {120, 121}  # App 9's reset (whole seconds)
+        code, _retry_after, _details = await refused(stack, identity="checks")
+        assert code == C.RESOURCE_EXHAUSTED
+        after = {app: stack.github.count("POST", mint_path(stack, app)) for app in APPS}
+        assert after == {**before, 9: before[9] + 1}  # asked once, then held without a call
+        assert 9 not in await minted_by(stack, 2)  # the others serve everyone else
+
+
+async def test_checks_write_tokens_use_the_first_listed_app_where_the_checks_app_is_not(
+    backends: tuple[DevIssuer, GitHubEmulator, FakeClock],
+) -> None:
+    grant_checks_write(backends)
+    backends[1].uninstall("octo-org", 9)
+    async with service(backends, **app_settings(checks=9)) as stack:
+        assert await minted_by(stack, 4, identity="checks") == [APP_ID] * 4

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from octosts.adapters.github_apps import Candidate, Choice, choose_app
+from octosts.adapters.github_apps import (
+    Candidate,
+    Choice,
+    choose_app,
+    is_pinned,
+    pinned_app_order,
+)
 
 NOW = 1_800_000_000.0
 
@@ -127,3 +133,25 @@ def test_the_order_only_breaks_ties(apps: list[Candidate], rng: object) -> None:
     else:
         assert other.app_id is not None
         assert left(by_id[one.app_id]) == left(by_id[other.app_id])
+
+
+@pytest.mark.parametrize(
+    ("permissions", "pinned"),
+    [
+        ({"checks": "write"}, True),
+        ({"contents": "read", "checks": "write"}, True),
+        ({"checks": "read"}, False),
+        ({"contents": "write", "statuses": "write"}, False),
+        ({}, False),
+    ],
+)
+def test_only_check_run_writers_are_pinned_to_one_app(
+    permissions: dict[str, str], *, pinned: bool
+) -> None:
+    assert is_pinned(permissions) is pinned
+
+
+def test_the_pinned_app_is_the_checks_app_then_the_others_as_listed() -> None:
+    assert pinned_app_order((1, 2, 3), checks_app=2) == (2, 1, 3)
+    assert pinned_app_order((1, 2, 3), checks_app=1) == (1, 2, 3)
+    assert pinned_app_order((5,), checks_app=5) == (5,)

@@ -22,9 +22,14 @@ much quota it has left, whether GitHub holds it. Where it is made:
   so each may go to the next App at once.
 - When every candidate is held: RateLimited with the earliest Retry-After.
 
-Not routed: the webhook's check runs (``checks: write``) stay on one App,
-``checks_app``, the one whose webhook delivers the events (a delivery names that
-App's installation, and a check run can only be updated by the App that made it).
+Not routed: check runs stay on one App, as GitHub lets only the App that
+created a check run update it. The webhook's are made by ``checks_app``, the
+one whose webhook delivers the events (a delivery names that App's
+installation). A mint granting ``checks: write`` is pinned too
+(``pinned_app_order``): to ``checks_app`` or, where it is not installed, the
+first App listed that is, so a workload's later token can update the check run
+its earlier one created; a pinned App that is held answers RateLimited, never
+another App.
 
 With one App every call goes straight to it: the pool adds nothing, and answers
 exactly as the one client does.
@@ -101,6 +106,18 @@ def choose_app(candidates: Sequence[Candidate], now: float) -> Choice:
         return Choice()
     first = min(held, key=lambda c: c.held_until or 0.0)
     return Choice(None, max((first.held_until or now) - now, 0.0), first.app_id)
+
+
+def is_pinned(permissions: Mapping[str, str]) -> bool:
+    """Whether a mint granting ``permissions`` must come from the owner's one pinned App:
+    it may create check runs, which only the App that created them can update."""
+    return permissions.get("checks") == "write"
+
+
+def pinned_app_order(app_ids: Sequence[int], checks_app: int) -> tuple[int, ...]:
+    """The Apps a pinned mint may use, best first: the checks App, then the others as listed;
+    the first installed for the owner is the one."""
+    return (checks_app, *(a for a in app_ids if a != checks_app))
 
 
 # -- the pool -----------------------------------------------------------------------------------
@@ -235,7 +252,10 @@ class GitHubApps:
                 return await client.mint(installation, permissions, repositories)
 
             owner = where[1] if where is not None else None
-            minted = await self._routed(installation_id, owner, "app", mint)
+            if owner is not None and is_pinned(permissions):
+                minted = await self._pinned(owner, mint)
+            else:
+                minted = await self._routed(installation_id, owner, "app", mint)
         if minted.app_id is not None:
             self._telemetry.app_minted(minted.app_id)
         return minted
@@ -279,6 +299,20 @@ class GitHubApps:
             return self._budget(app_id, installed[app_id], spends)
 
         raise self._none_left(owner, choose_app(candidates, now), budget)
+
+    async def _pinned(self, owner: str, call: Callable[[GitHubAppClient, int], Awaitable[T]]) -> T:
+        """``call`` on the first App of ``pinned_app_order`` installed for ``owner``, whatever
+        its quota (see ``is_pinned``). Raises NoInstallation when none is, and what the lookup
+        and ``call`` raise (RateLimited when that App is held)."""
+        for app_id in pinned_app_order(tuple(self._clients), self._checks.app_id):
+            client = self._clients[app_id]
+            try:
+                installation = await client.installation_id(owner)
+            except NoInstallation:
+                continue
+            self._remember(installation, app_id, owner)
+            return await call(client, installation)
+        raise self._none_left(owner, Choice(), self._app_budget)
 
     def _installed(self, owner: str, app_id: int, installation_id: int) -> dict[int, int]:
         """App id -> installation id, for every App known to be installed for ``owner``."""
