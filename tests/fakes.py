@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Self
 
+import httpx
+
+from octosts.adapters.github_rest import Answer, HttpPool, TimedOut
+from octosts.adapters.http_body import read_capped
 from octosts.domain.errors import NoInstallation, PolicyNotFound, TokenSignatureInvalid
 from octosts.domain.policy import TrustPolicy, compile_policy
 from octosts.domain.ports import (
@@ -126,3 +132,53 @@ def policy(kind: str = "repo", **fields: object) -> TrustPolicy:
 _v: TokenVerifier = FakeVerifier({})
 _g: GitHubApp = FakeGitHub({})
 _p: PolicySource = FakePolicies({})
+
+
+class HandlerPool:
+    """A GitHub connection pool (``github_rest.HttpPool``) answering from a handler.
+
+    ``handler(httpx.Request)`` (sync or async) returns an ``httpx.Response`` (its raw
+    stream is read under the cap by the same rules as the real pool) or raises one of
+    ``github_rest.Unanswered``'s subclasses, as the real pool does for socket failures.
+    httpx's types serve here as plain request/response values. A handler slower than
+    the attempt's deadline is cut (``TimedOut``), as on the real pool.
+    """
+
+    def __init__(self, handler: Callable[[httpx.Request], object]) -> None:
+        self._handler = handler
+
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        deadline: float,
+        connect_timeout: float,
+        pool_wait: float,
+        cap: int,
+    ) -> Answer:
+        request = httpx.Request(method, url, headers=dict(headers), content=body)
+        try:
+            async with asyncio.timeout(deadline):
+                response = self._handler(request)
+                if inspect.isawaitable(response):
+                    response = await response
+                assert isinstance(response, httpx.Response)
+                raw = await read_capped(response, cap)
+        except TimeoutError as exc:
+            raise TimedOut("TimeoutError") from exc
+        return Answer(response.status_code, response.headers, raw)
+
+    async def aclose(self) -> None:
+        pass
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+_pool: HttpPool = HandlerPool(lambda request: httpx.Response(200))

@@ -13,7 +13,7 @@ from opentelemetry.trace import NoOpTracer
 from prometheus_client import CollectorRegistry
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig, _file_content
-from octosts.adapters.github_rest import GitHubRest, Response, RestConfig
+from octosts.adapters.github_rest import AiohttpPool, GitHubRest, Response, RestConfig, http_client
 from octosts.dev.github import FIRST_INSTALLATION_ID, Fault, GitHubEmulator
 from octosts.domain.errors import (
     GitHubUnavailable,
@@ -68,8 +68,8 @@ _obs: StageObserver = RecordingObserver()
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+async def http() -> AsyncIterator[AiohttpPool]:
+    async with http_client() as client:
         yield client
 
 

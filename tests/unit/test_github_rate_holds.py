@@ -27,7 +27,7 @@ from octosts.adapters.github_rest import (
     error_for,
 )
 from octosts.domain.errors import RateLimited
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, HandlerPool
 
 APP = APP_BUDGET
 INSTALLATION = Budget(7)
@@ -125,14 +125,14 @@ class Telemetry:
 
 def github_answering(
     answers: list[httpx.Response],
-) -> tuple[httpx.AsyncClient, list[str]]:
+) -> tuple[HandlerPool, list[str]]:
     sent: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request.url.path)
         return answers.pop(0) if answers else reply(200)
 
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler)), sent
+    return HandlerPool(handler), sent
 
 
 def request(budget: Budget = APP, target: str = "/app/installations/1/access_tokens") -> Request:

@@ -24,12 +24,15 @@ from octosts.adapters.github_rest import (
     ErrorMap,
     GitHubRest,
     GitHubTelemetry,
+    HttpPool,
+    NotConnected,
     RateLimits,
     Request,
     Response,
     RestConfig,
     _message,
     error_for,
+    http_client,
     rate_limit_of,
 )
 from octosts.domain.errors import (
@@ -42,7 +45,7 @@ from octosts.domain.errors import (
 from octosts.domain.ports import GitHubApp
 from octosts.settings import SettingsError, load
 from octosts.webhook.github_checks import GitHubChecks
-from tests.fakes import FakeClock, FakeGitHub
+from tests.fakes import FakeClock, FakeGitHub, HandlerPool
 
 API = "https://api.github.com"
 GHES = "https://ghe.example.com/api/v3"
@@ -63,16 +66,19 @@ def answer(data: bytes, headers: dict[str, str] | None = None) -> httpx.Response
     return httpx.Response(200, headers=headers, stream=_Body(data))
 
 
-def core(http: httpx.AsyncClient, base_url: str = API, **config: float) -> GitHubRest:
+def answer_nothing(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"no request expected: {request.url}")
+
+
+def core(http: HttpPool, base_url: str = API, **config: float) -> GitHubRest:
     return GitHubRest(RestConfig(base_url=base_url, **config), http=http, clock=FakeClock())
 
 
 def checks_over(
     handler: Callable[[httpx.Request], httpx.Response], base_url: str = API
-) -> tuple[GitHubChecks, httpx.AsyncClient]:
+) -> tuple[GitHubChecks, HandlerPool]:
     github: GitHubApp = FakeGitHub({})
-    # A plain client: httpx's default Accept-Encoding (gzip, deflate, ...) unless told otherwise.
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    http = HandlerPool(handler)
     return GitHubChecks(github, rest=core(http, base_url)), http
 
 
@@ -108,7 +114,7 @@ def test_settings_and_the_core_refuse_the_same_base_urls(url: str) -> None:
     ],
 )
 def test_link_urls_on_the_api_are_followed(base: str, url: str) -> None:
-    assert core(httpx.AsyncClient(), base).url_for(url) == url
+    assert core(HandlerPool(answer_nothing), base).url_for(url) == url
 
 
 @pytest.mark.parametrize(
@@ -136,7 +142,7 @@ def test_link_urls_on_the_api_are_followed(base: str, url: str) -> None:
 )
 def test_link_urls_off_the_api_are_refused(base: str, url: str) -> None:
     with pytest.raises(GitHubUnavailable, match="outside the API base URL"):
-        core(httpx.AsyncClient(), base).url_for(url)
+        core(HandlerPool(answer_nothing), base).url_for(url)
 
 
 async def test_a_next_link_to_another_host_never_gets_the_token() -> None:
@@ -248,7 +254,7 @@ async def test_the_whole_request_has_a_deadline_even_when_every_read_is_quick(
     trickling_server: str,
 ) -> None:
     github: GitHubApp = FakeGitHub({})
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         checks = GitHubChecks(github, rest=core(http, trickling_server, request_timeout=0.5))
         repo = await checks.for_repo(1, "octo-org", "demo")
         started = time.monotonic()
@@ -352,16 +358,16 @@ async def test_failed_transfers_are_counted_as_error_and_unwatched_budgets_not_a
 
     def github(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/down":
-            raise httpx.ConnectError("refused", request=request)
+            raise NotConnected("ConnectionRefusedError")
         return answer(b"{}", {"x-ratelimit-remaining": "41"})
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(github)) as http:
+    async with HandlerPool(github) as http:
         telemetry: GitHubTelemetry = Telemetry()
         rest = GitHubRest(RestConfig(), http=http, clock=FakeClock(), telemetry=telemetry)
         call = Request("GET", "/up", authorization="token t", endpoint="e", what="w")
         await rest.send(call)  # no budget: a token revoking itself
         await rest.send(Request("GET", "/up", "token t", "e", "w", budget=Budget(5)))
-        with pytest.raises(GitHubUnavailable, match="unreachable on w: ConnectError"):
+        with pytest.raises(GitHubUnavailable, match="unreachable on w: ConnectionRefusedError"):
             await rest.send(Request("GET", "/down", "token t", "e", "w", budget=Budget(5)))
     assert seen == [("e", 200), ("e", 200), ("e", "error"), ("e", "error")]  # tried twice
     assert gauge == [("5", 41)]

@@ -33,11 +33,13 @@ GitHub lives here, once:
 - URL checks: a path, or a ``Link`` URL from an answer, is followed only on the API's
   origin and under its base path, since the token goes with it (``url_for``).
 
-The HTTP library appears only in ``http_client`` and ``GitHubRest._transfer``.
+The HTTP library (aiohttp: its C parser and pool cost a fraction of httpx's per call,
+docs/observability.md "CPU per exchange") appears only in ``http_client``'s pool,
+``AiohttpPool``, which maps the library's failures to ``Unanswered`` once; ``_transfer``
+turns those into domain errors. Tests put a fake pool (``HttpPool``) in its place.
 
 Where planned work plugs in, one place each:
 
-- another HTTP library ([perf-2]): ``http_client`` and ``_transfer``;
 - several GitHub Apps ([fleet]): ``Budget`` carries the App id; ``RateLimits.quota``
   says how much each App (or installation) has left and whether it is held, which is
   what ``adapters.github_apps`` routes by.
@@ -57,12 +59,12 @@ import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
-import httpx
+import aiohttp
 import structlog
 
-from octosts.adapters.http_body import BodyRefused, read_capped
+from octosts.adapters.http_body import BodyRefused, read_capped_chunks
 from octosts.domain.deadline import time_left
 from octosts.domain.errors import (
     GITHUB_BUSY,
@@ -73,6 +75,9 @@ from octosts.domain.errors import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+    from types import TracebackType
+
     from octosts.domain.ports import Clock, Stage
 
 _log = structlog.get_logger("octosts.github")
@@ -163,9 +168,178 @@ def _is_loopback(host: str) -> bool:
 DEFAULT_MAX_CONNECTIONS = 100
 
 
+class Unanswered(Exception):
+    """A call that got no answer from GitHub; the subclass says what GitHub may have seen.
+
+    Raised by an ``HttpPool`` (the message names the library's exception type only:
+    its text may repeat the URL); ``GitHubRest`` turns it into GitHubUnavailable.
+    """
+
+
+class NotConnected(Unanswered):
+    """No connection was made (refused, DNS, TLS): nothing was sent."""
+
+
+class Dropped(Unanswered):
+    """The connection broke before the whole answer: GitHub may have acted."""
+
+
+class TimedOut(Unanswered):
+    """No whole answer within the attempt's deadline: GitHub may yet act."""
+
+
+class PoolBusy(Unanswered):
+    """Every pooled connection stayed busy for the pool wait: nothing was sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A transfer's raw result: status, case-insensitive headers, the body (read under the cap)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class HttpPool(Protocol):
+    """What ``GitHubRest`` needs of its connection pool (``AiohttpPool``; fakes in tests)."""
+
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        deadline: float,
+        connect_timeout: float,
+        pool_wait: float,
+        cap: int,
+    ) -> Answer:
+        """One request, its answer's body read raw under ``cap``, within ``deadline`` seconds
+        (at most ``pool_wait`` of them waiting for a free connection, ``connect_timeout`` for
+        a new one). Raises Unanswered (a subclass) or BodyRefused."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# aiohttp's failures by what GitHub may have seen; ClientConnectorError (no connection)
+# is a ClientOSError too, so it is looked at first.
+_DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)
+
+
+class AiohttpPool:
+    """The GitHub API's connection pool (``http_client``): aiohttp, created lazily.
+
+    The session is made on first use, inside the running event loop aiohttp binds it
+    to. Every rule of the old client holds: no proxies from the environment, no
+    cookies, no redirects followed, no decompression (bodies are read raw under the
+    cap), the operator's CA (``verify``). The pool wait is bounded on its own: a
+    semaphore of ``max_connections`` slots (the connector has as many connections,
+    so it never queues behind it) taken within ``pool_wait``.
+    """
+
+    def __init__(self, *, verify: ssl.SSLContext | bool, max_connections: int) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = max_connections
+        self._ssl = verify
+        self._slots = asyncio.Semaphore(max_connections)
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=0, ssl=self._ssl
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+            # Bounded per request (``fetch``); aiohttp's default would be 5 minutes.
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        return self._session
+
+    def _timeout(self, connect: float) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(connect)
+        if timeout is None:
+            if len(self._timeouts) > 64:  # deadlines cut to callers' vary: keep a few
+                self._timeouts.clear()
+            timeout = self._timeouts[connect] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect
+            )
+        return timeout
+
+    async def _slot(self, wait: float) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: taken without suspending
+            return
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            raise PoolBusy("pool wait") from exc
+
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        deadline: float,
+        connect_timeout: float,
+        pool_wait: float,
+        cap: int,
+    ) -> Answer:
+        session = self._session or self._open()
+        try:
+            async with asyncio.timeout(deadline):
+                await self._slot(min(pool_wait, deadline))
+                try:
+                    async with session.request(
+                        method,
+                        url,
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
+                        timeout=self._timeout(min(connect_timeout, deadline)),
+                    ) as resp:
+                        raw = await read_capped_chunks(resp.headers, resp.content.iter_any(), cap)
+                        return Answer(resp.status, resp.headers, raw)
+                finally:
+                    self._slots.release()
+        except TimeoutError as exc:  # ours or aiohttp's (ServerTimeoutError is one)
+            raise TimedOut(type(exc).__name__) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise NotConnected(type(exc).__name__) from exc
+        except _DROPPED as exc:
+            raise Dropped(type(exc).__name__) from exc
+        except aiohttp.ClientError as exc:  # a malformed answer, an invalid URL...
+            raise Unanswered(type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
 def http_client(
-    *, verify: Any = True, max_connections: int = DEFAULT_MAX_CONNECTIONS
-) -> httpx.AsyncClient:
+    *, verify: ssl.SSLContext | bool = True, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> AiohttpPool:
     """The connection pool for the GitHub API: no proxies from the environment, no redirects.
 
     At most ``max_connections`` calls at once, every one of them kept alive for the
@@ -173,14 +347,7 @@ def http_client(
     exactly when GitHub is busiest). Timeouts and headers are set per request by
     ``GitHubRest``.
     """
-    return httpx.AsyncClient(
-        verify=verify,
-        trust_env=False,
-        follow_redirects=False,
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
-    )
+    return AiohttpPool(verify=verify, max_connections=max_connections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,17 +671,16 @@ class RateLimits:
 
 def timed_out(exc: BaseException) -> bool:
     """Whether a GitHubUnavailable from ``send`` was a timeout (GitHub may yet have acted)."""
-    return isinstance(exc.__cause__, TimeoutError | httpx.TimeoutException)
+    return isinstance(exc.__cause__, TimedOut)
 
 
 def _retryable_failure(request: Request, exc: GitHubUnavailable) -> bool:
     """Whether a failed transfer may be tried again (see the module doc)."""
     cause = exc.__cause__
-    if isinstance(cause, httpx.ConnectError):
+    if isinstance(cause, NotConnected):
         return True  # no connection, nothing sent: safe for any method
     # Reset or closed before an answer: GitHub may have acted, so repeatable calls only.
-    dropped = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-    return request.may_repeat and isinstance(cause, dropped)
+    return request.may_repeat and isinstance(cause, Dropped)
 
 
 def _clamp(wait: float) -> float:
@@ -557,7 +723,7 @@ class GitHubRest:
         self,
         config: RestConfig,
         *,
-        http: httpx.AsyncClient,
+        http: HttpPool,
         clock: Clock,
         telemetry: GitHubTelemetry | None = None,
     ) -> None:
@@ -568,7 +734,6 @@ class GitHubRest:
         self._root = config.base_url.rstrip("/")
         self._origin = _origin(self._root)
         self._base_path = urllib.parse.urlsplit(self._root).path.rstrip("/")
-        self._timeout = self._timeouts(config.request_timeout)
         self.rate_limits = RateLimits(config.budgets_tracked)
 
     def __repr__(self) -> str:
@@ -725,11 +890,6 @@ class GitHubRest:
         if self._telemetry is not None:
             self._telemetry.github_request(endpoint, status, time.perf_counter() - started)
 
-    def _timeouts(self, deadline: float) -> httpx.Timeout:
-        """httpx's per-phase bounds for one attempt of ``deadline`` seconds."""
-        connect = min(self.config.connect_timeout, deadline)
-        return httpx.Timeout(deadline, connect=connect, pool=min(self.config.pool_wait, deadline))
-
     async def _transfer(self, request: Request, url: str, deadline: float) -> Response:
         headers = {
             "Accept": request.accept,
@@ -743,29 +903,25 @@ class GitHubRest:
         }
         if request.etag:
             headers["If-None-Match"] = request.etag
-        cap = request.max_bytes or self.config.max_response_bytes
+        body = None
+        if request.json_body is not None:
+            body = json.dumps(request.json_body).encode()
+            headers["Content-Type"] = "application/json"
         what = request.what
-        timeout = self._timeout
-        if deadline != self.config.request_timeout:
-            timeout = self._timeouts(deadline)
         try:
-            async with (
-                asyncio.timeout(deadline),
-                self._http.stream(
-                    request.method,
-                    url,
-                    headers=headers,
-                    json=request.json_body,
-                    timeout=timeout,
-                    follow_redirects=False,
-                ) as resp,
-            ):
-                try:
-                    body = await read_capped(resp, cap)
-                except BodyRefused as exc:
-                    raise GitHubUnavailable(f"GitHub answer to {what} {exc}") from exc
-                status, answer_headers = resp.status_code, resp.headers
-        except httpx.PoolTimeout as exc:
+            answer = await self._http.fetch(
+                request.method,
+                url,
+                headers,
+                body,
+                deadline=deadline,
+                connect_timeout=self.config.connect_timeout,
+                pool_wait=self.config.pool_wait,
+                cap=request.max_bytes or self.config.max_response_bytes,
+            )
+        except BodyRefused as exc:
+            raise GitHubUnavailable(f"GitHub answer to {what} {exc}") from exc
+        except PoolBusy as exc:
             # Every connection busy (GitHub slow): nothing was sent; come back in a moment.
             raise GitHubUnavailable(
                 f"no free connection to GitHub for {what} within {self.config.pool_wait:g} s"
@@ -773,13 +929,15 @@ class GitHubRest:
                 reason=GITHUB_BUSY,
                 retry_after=BUSY_RETRY_AFTER,
             ) from exc
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            timed_out = f"GitHub timed out on {what} (deadline {deadline:.3g} s)"
-            raise GitHubUnavailable(timed_out) from exc
-        except httpx.HTTPError as exc:
-            # The exception's class says enough; its text may repeat the URL only.
-            raise GitHubUnavailable(f"GitHub unreachable on {what}: {type(exc).__name__}") from exc
+        except TimedOut as exc:
+            raise GitHubUnavailable(
+                f"GitHub timed out on {what} (deadline {deadline:.3g} s)"
+            ) from exc
+        except Unanswered as exc:
+            # The library's exception class says enough; its text may repeat the URL only.
+            raise GitHubUnavailable(f"GitHub unreachable on {what}: {exc}") from exc
+        status, answer_headers = answer.status, answer.headers
         limit = None
         if status in {403, 429}:
-            limit = rate_limit_of(status, answer_headers, _message(body), self._clock.now())
-        return Response(status, answer_headers, body, limit)
+            limit = rate_limit_of(status, answer_headers, _message(answer.body), self._clock.now())
+        return Response(status, answer_headers, answer.body, limit)
