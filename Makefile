@@ -77,6 +77,7 @@ bench: install system-deps ## run the benchmarks; prints tables and writes bench
 	$(PY) bench/hostile_verify.py
 	$(PY) bench/egress.py
 	$(PY) bench/apps.py
+	$(PY) bench/perf.py
 
 FUZZ_SECONDS ?= 60
 fuzz: install ## fuzz every parser FUZZ_SECONDS each (atheris); finds in .fuzz/ (docs/fuzzing.md)
