@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig
-from octosts.adapters.github_rest import GitHubRest, RestConfig
+from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.kms import FAILURE_HOLD_SECONDS
 from octosts.adapters.signer import AppSigner, SignerConfig, app_jwt, build_signer
 from octosts.dev.github import GitHubEmulator
@@ -105,7 +104,7 @@ async def test_the_github_emulator_accepts_it_and_one_signature_serves_many_call
         clock=clock,
     )
     with emulator, structlog.testing.capture_logs() as logs:
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             github = GitHubAppClient(
                 GitHubConfig(app_id=APP_ID),
                 rest=GitHubRest(RestConfig(base_url=emulator.url), http=http, clock=clock),

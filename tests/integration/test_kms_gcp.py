@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,7 +17,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import kms_v1
 
 from octosts.adapters.github import GitHubAppClient, GitHubConfig
-from octosts.adapters.github_rest import GitHubRest, RestConfig
+from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.kms import KmsSigner
 from octosts.adapters.kms_gcp import GcpKmsBackend, crc32c
 from octosts.adapters.signer import AppSigner, app_jwt
@@ -95,7 +94,7 @@ async def test_the_github_emulator_accepts_the_kms_signed_app_jwt(
     tmp_path: Path, make_signer, kms, clock
 ) -> None:
     with make_emulator(tmp_path, clock) as emulator:
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             github = GitHubAppClient(
                 GitHubConfig(app_id=APP_ID),
                 rest=GitHubRest(RestConfig(base_url=emulator.url), http=http, clock=clock),
