@@ -250,7 +250,7 @@ def pinned(package: str) -> str:
 
 def test_dockerfile_stages() -> None:
     text = DOCKERFILE.read_text()
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text
     by_stage = stages()
     assert list(by_stage) == ["gen", "build", "envoy", "sts"]  # sts last: the default target
     gen = " ".join(by_stage["gen"])
@@ -306,9 +306,14 @@ def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
         server.stop(None).wait()
 
 
-def probe(*args: str) -> int:
+def probe(*args: str, env: dict[str, str] | None = None) -> int:
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
     return subprocess.run(
-        [sys.executable, str(HEALTHCHECK), *args], capture_output=True, timeout=30, check=False
+        [sys.executable, str(HEALTHCHECK), *args],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env=clean,
     ).returncode
 
 
@@ -321,3 +326,24 @@ def test_healthcheck_probe(health_server: tuple[int, health.HealthServicer]) -> 
     assert probe("http", f"http://127.0.0.1:{free_port()}/ready") == 1
     assert probe("http", "http://example.com/") == 1  # loopback only
     assert probe("nope") == 2
+
+
+def test_healthcheck_probe_follows_the_containers_settings(
+    health_server: tuple[int, health.HealthServicer],
+) -> None:
+    # Without a target (the images' HEALTHCHECK, docker-compose.yml) the probe reads the
+    # address the service listens on, a wildcard host probed on loopback.
+    port, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert probe("grpc", env={"OCTOSTS_GRPC_ADDR": f"0.0.0.0:{port}"}) == 0
+    assert probe("grpc", env={"OCTOSTS_GRPC_ADDR": f"0.0.0.0:{free_port()}"}) == 1
+    assert probe("grpc", env={"OCTOSTS_GRPC_ADDR": "nonsense"}) == 2
+    assert probe("http", env={"OCTOSTS_HEALTH_URL": f"http://127.0.0.1:{free_port()}/"}) == 1
+    assert probe("http") == 2  # nothing to probe: a usage error, not "unhealthy"
+    by_stage = stages()
+    assert "ENV PATH=/opt/envoy/bin:$PATH" in " ".join(by_stage["envoy"])
+    assert "OCTOSTS_HEALTH_URL=http://127.0.0.1:9901/ready" in " ".join(by_stage["envoy"])
+    for name, kind in (("sts", "grpc"), ("envoy", "http")):
+        [check] = [i for i in by_stage[name] if i.startswith("HEALTHCHECK ")]
+        assert check.endswith(f'"{kind}"]'), check
+        assert services()[name]["healthcheck"]["test"][-1] == kind
