@@ -225,6 +225,42 @@ def test_compose_envoy_config_passes_envoy_validate(tmp_path: Path) -> None:
     validate(path)
 
 
+def test_host_network_variant_passes_envoy_validate(tmp_path: Path) -> None:
+    # deploy/compose/podman-host.yml mounts this over the image's config (tests/e2e/test_image.py
+    # runs it for real); validated here too, where podman may be missing.
+    if not DESCRIPTORS.exists():
+        pytest.skip("build/octosts.pb missing: run `make proto`")
+    path = tmp_path / "envoy.host.yaml"
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "scripts" / "render_envoy_compose.py"), "--host-network",
+            "--output", str(path), "--gateway-port", "18443", "--admin-port", "19901",
+            "--sts-port", "18080",
+        ],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = path.read_text()
+    config = yaml.safe_load(text)
+    [cluster] = [c for c in config["static_resources"]["clusters"] if c["name"] == "sts"]
+    [endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 18080,
+    }
+    admin = config["admin"]["address"]["socket_address"]
+    assert admin == {"address": "127.0.0.1", "port_value": 19901}  # loopback on the host
+    [listener] = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"]["port_value"] == 18443
+    certs = ensure_dev_certs(tmp_path / "certs")
+    path.write_text(
+        text.replace("/etc/envoy/certs/server.pem", str(certs.cert))
+        .replace("/etc/envoy/certs/server-key.pem", str(certs.key))
+        .replace("/etc/envoy/octosts.pb", str(DESCRIPTORS))
+    )
+    validate(path)
+
+
 # -- Dockerfile ------------------------------------------------------------------------------
 
 
