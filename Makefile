@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := service/octosts/_gen/__init__.py
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps proto test test-py test-go test-ts client-deps clients unit lint fmt run bench fuzz clean
+.PHONY: help install system-deps proto test test-py test-go test-ts client-deps clients unit lint fmt run bench bench-image fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ proto: $(STAMP) ## regenerate Python code and the Envoy descriptor set from prot
 run: install ## start issuer + GitHub emulator + 2 STS replicas + Envoy on https://localhost:8443 and show an exchange
 	$(VENV)/bin/octo-sts dev stack --workdir .run
 
-system-deps: ## Debian packages the tests use (prometheus, docker-compose); root only
+system-deps: ## Debian packages the tests use (prometheus, docker-compose, podman, ...); root only
 	@scripts/install-system-deps.sh
 
 test: test-py test-go test-ts ## run every test: Python (unit, integration, e2e), Go and TypeScript clients
@@ -83,6 +83,9 @@ FUZZ_SECONDS ?= 60
 fuzz: install ## fuzz every parser FUZZ_SECONDS each (atheris); finds in .fuzz/ (docs/fuzzing.md)
 	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SECONDS)
 	OCTOSTS_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -p no:randomly --timeout=0 tests/fuzz/test_slash_guard_property.py
+
+bench-image: install system-deps ## build the images from a local Debian base; sizes and start-up times
+	$(PY) bench/image.py
 
 clean: ## remove the venv and generated files
 	rm -rf $(VENV) build service/octosts/_gen .pytest_cache .mypy_cache .ruff_cache
