@@ -42,7 +42,7 @@ COPY --from=gen /src/build/octosts.pb /etc/envoy/octosts.pb
 COPY envoy/envoy.compose.yaml /etc/envoy/envoy.yaml
 COPY deploy/docker/healthcheck.py /usr/local/lib/octo-sts/healthcheck.py
 USER 10002:10002
-EXPOSE 8443 9901
+EXPOSE 8443 9902
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["python", "/usr/local/lib/octo-sts/healthcheck.py", "http"]
 # No hot restart: no shared memory segment to leave behind, one Envoy per container.

@@ -10,7 +10,8 @@ chosen ports, since there is no compose network and no `sts` name to resolve.
 
     python scripts/render_envoy_compose.py [--check]
     python scripts/render_envoy_compose.py --host-network --output .run/envoy.host.yaml \
-        [--gateway-port 8443] [--admin-port 9901] [--sts-port 8080] [--listen-host 0.0.0.0]
+        [--gateway-port 8443] [--admin-port 9901] [--metrics-port 9902] [--sts-port 8080] \
+        [--listen-host 0.0.0.0]
 """
 
 from __future__ import annotations
@@ -65,15 +66,17 @@ def compose_params() -> EnvoyParams:
 
 
 def host_network_params(
-    *, listen_host: str, gateway_port: int, admin_port: int, sts_port: int
+    *, listen_host: str, gateway_port: int, admin_port: int, metrics_port: int, sts_port: int
 ) -> EnvoyParams:
     """``compose_params`` for containers sharing the host's network (one `sts` replica)."""
     return dataclasses.replace(
         compose_params(),
         listen_host=listen_host,
         listen_port=gateway_port,
-        admin_host="127.0.0.1",  # no private network to share it on: loopback only
+        admin_host="127.0.0.1",
         admin_port=admin_port,
+        metrics_host="127.0.0.1",  # no private network to share it on: loopback only
+        metrics_port=metrics_port,
         upstreams=[Upstream("127.0.0.1", sts_port)],
     )
 
@@ -87,6 +90,7 @@ def render_host_network(args: argparse.Namespace) -> int:
         listen_host=args.listen_host,
         gateway_port=args.gateway_port,
         admin_port=args.admin_port,
+        metrics_port=args.metrics_port,
         sts_port=args.sts_port,
     )
     header = (
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     host.add_argument("--listen-host", default="0.0.0.0", help="gateway address (0.0.0.0)")
     host.add_argument("--gateway-port", type=int, default=GATEWAY_PORT)
     host.add_argument("--admin-port", type=int, default=ADMIN_PORT)
+    host.add_argument("--metrics-port", type=int, default=METRICS_PORT)
     host.add_argument("--sts-port", type=int, default=STS_GRPC_PORT)
     args = parser.parse_args(argv)
     if args.host_network:

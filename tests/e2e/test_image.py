@@ -222,7 +222,8 @@ def test_image_contracts(engine: Engine, images: Images) -> None:
     envoy = engine.inspect(images.envoy)["Config"]
     assert envoy["User"] == ENVOY_USER
     assert envoy["Entrypoint"][:3] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
-    assert set(envoy["ExposedPorts"]) == {"8443/tcp", "9901/tcp"}
+    # The gateway and the internal metrics listener; the admin API is on loopback only.
+    assert set(envoy["ExposedPorts"]) == {"8443/tcp", "9902/tcp"}
     assert engine.inspect(images.envoy)["Healthcheck"]["Test"][-1] == "http"
     assert "OCTOSTS_HEALTH_URL=http://127.0.0.1:9901/ready" in envoy["Env"]
 
@@ -358,13 +359,14 @@ def compose_stack(
     issuer, github = backends
     certs = ensure_dev_certs(tmp_path / "certs")
     certs.key.chmod(0o644)  # read by Envoy's user in its container; a test key
-    sts_port, metrics_port, gateway, admin = (free_port() for _ in range(4))
+    sts_port, metrics_port, gateway, admin, envoy_metrics = (free_port() for _ in range(5))
     envoy_config = tmp_path / "envoy.host.yaml"
     subprocess.run(
         [
             sys.executable, str(RENDER), "--host-network", "--output", str(envoy_config),
             "--listen-host", "127.0.0.1", "--gateway-port", str(gateway),
-            "--admin-port", str(admin), "--sts-port", str(sts_port),
+            "--admin-port", str(admin), "--metrics-port", str(envoy_metrics),
+            "--sts-port", str(sts_port),
         ],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip

@@ -235,7 +235,7 @@ def test_host_network_variant_passes_envoy_validate(tmp_path: Path) -> None:
         [
             sys.executable, str(ROOT / "scripts" / "render_envoy_compose.py"), "--host-network",
             "--output", str(path), "--gateway-port", "18443", "--admin-port", "19901",
-            "--sts-port", "18080",
+            "--metrics-port", "19902", "--sts-port", "18080",
         ],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
@@ -250,8 +250,14 @@ def test_host_network_variant_passes_envoy_validate(tmp_path: Path) -> None:
     }
     admin = config["admin"]["address"]["socket_address"]
     assert admin == {"address": "127.0.0.1", "port_value": 19901}  # loopback on the host
-    [listener] = config["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"]["port_value"] == 18443
+    listeners = {
+        listener["name"]: listener["address"]["socket_address"]
+        for listener in config["static_resources"]["listeners"]
+    }
+    assert listeners == {
+        "sts_tls": {"address": "0.0.0.0", "port_value": 18443},
+        "envoy_metrics": {"address": "127.0.0.1", "port_value": 19902},
+    }
     certs = ensure_dev_certs(tmp_path / "certs")
     path.write_text(
         text.replace("/etc/envoy/certs/server.pem", str(certs.cert))
