@@ -10,6 +10,8 @@
 # build from a Debian bookworm base made locally with mmdebstrap, as an air-gapped site would.
 # Every stage installs into a venv with `python3 -m venv`, so neither `pip` nor `python` need
 # be on the base image's PATH.
+# EXTRAS (build stage): the package's optional extras, comma-separated, e.g. EXTRAS=aws,gcp for
+# the KMS signers of docs/kms.md; none by default. An unknown name fails the build.
 ARG BASE_IMAGE=python:3.11-slim
 
 # -- gen: protobuf/gRPC code and the descriptor set (grpcio-tools stays in this stage) ----------
@@ -28,7 +30,10 @@ RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY service service
 COPY --from=gen /src/service/octosts/_gen service/octosts/_gen
-RUN /opt/venv/bin/pip install --no-cache-dir .
+COPY deploy/docker/check_extras.py deploy/docker/check_extras.py
+ARG EXTRAS=""
+RUN /opt/venv/bin/python deploy/docker/check_extras.py pyproject.toml "$EXTRAS" \
+ && /opt/venv/bin/pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
 
 # -- envoy: the edge proxy -----------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS envoy
