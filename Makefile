@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := service/octosts/_gen/__init__.py
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps proto test test-py test-go test-ts client-deps clients unit lint fmt run bench bench-image fuzz clean
+.PHONY: help install system-deps proto test test-py test-go test-ts test-image client-deps clients unit lint fmt run bench bench-image fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ proto: $(STAMP) ## regenerate Python code and the Envoy descriptor set from prot
 run: install ## start issuer + GitHub emulator + 2 STS replicas + Envoy on https://localhost:8443 and show an exchange
 	$(VENV)/bin/octo-sts dev stack --workdir .run
 
-system-deps: ## Debian packages the tests use (prometheus, docker-compose, podman, ...); root only
+system-deps: ## Debian packages the tests use (prometheus, docker-compose, ...); root only
 	@scripts/install-system-deps.sh
 
 test: test-py test-go test-ts ## run every test: Python (unit, integration, e2e), Go and TypeScript clients
@@ -48,6 +48,11 @@ client-deps: ## Go modules and Node packages the live client tests use
 	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
 	@# The real Octokit (@octokit/rest) against the egress gateway (tests/e2e/test_egress_gateway.py).
 	cd tests/e2e/octokit && npm ci --no-audit --no-fund --loglevel=error
+
+# Not in `make test`: building the base and both images cold takes 2-5 minutes on 2 cores.
+test-image: install ## build the sts + envoy images (podman, local Debian base) and run exchanges through them
+	@scripts/install-system-deps.sh --images
+	OCTOSTS_IMAGE_TESTS=1 $(PY) -m pytest tests/e2e/test_image.py $(PYTEST_ARGS)
 
 test-go: client-deps ## Go client tests
 	cd clients/go && go test ./...
@@ -84,7 +89,8 @@ fuzz: install ## fuzz every parser FUZZ_SECONDS each (atheris); finds in .fuzz/ 
 	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SECONDS)
 	OCTOSTS_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -p no:randomly --timeout=0 tests/fuzz/test_slash_guard_property.py
 
-bench-image: install system-deps ## build the images from a local Debian base; sizes and start-up times
+bench-image: install ## build the images from a local Debian base; sizes and start-up times
+	@scripts/install-system-deps.sh --images
 	$(PY) bench/image.py
 
 clean: ## remove the venv and generated files

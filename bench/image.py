@@ -13,7 +13,7 @@ it (``octosts.dev.oci``). Then, ``--rounds`` times, in alternating order:
 Each start is timed from the command to the first healthy answer (polled every 20 ms), one
 worker, nothing else running. Prints a table (median, min, max; container / host ratio) and
 the image sizes, writes the ``"image"`` key of bench/results.json. Needs root and podman,
-buildah, mmdebstrap, runc (scripts/install-system-deps.sh); takes 3-6 minutes, mostly the build.
+buildah, mmdebstrap, runc (install-system-deps.sh --images); takes 3-6 minutes, mostly the build.
 
     .venv/bin/python bench/image.py [--rounds 5]
 """
@@ -181,7 +181,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if missing := missing_tools():
-        print(f"missing: {', '.join(missing)} (scripts/install-system-deps.sh)", file=sys.stderr)
+        print(
+            f"missing: {', '.join(missing)} (scripts/install-system-deps.sh --images)",
+            file=sys.stderr,
+        )
         return 1
     with tempfile.TemporaryDirectory(prefix="octo-sts-image-bench-") as tmp:
         workdir = Path(tmp)

@@ -4,14 +4,17 @@
 #   docker-compose  `docker-compose config -q` validates docker-compose.yml (no engine needed)
 #   nghttp2-client  h2load, the HTTP/2 load generator of `make bench` (bench/gateway.py)
 #   jq, curl        the FAQ's `curl | jq` shapes and the Terraform program (tests/e2e/test_compat.py)
+# With --images, also what `make test-image` needs (not `make test`, which stays without them):
 #   podman, buildah, mmdebstrap, runc
 #                   the container images built from a local Debian base and run for real, no
-#                   Docker engine or registry needed (tests/e2e/test_image.py, docs/deploy.md)
+#                   Docker engine or registry needed (tests/e2e/test_image.py, docs/containers.md)
 # Idempotent: installs only what is missing. Needs root (CI runs as root); elsewhere it says
 # what to install and the tests that need the tool skip with a reason (they fail when CI is set).
 set -euo pipefail
-declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client [jq]=jq [curl]=curl
-  [podman]=podman [buildah]=buildah [mmdebstrap]=mmdebstrap [runc]=runc)
+declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client [jq]=jq [curl]=curl)
+if [ "${1:-}" = "--images" ]; then
+  tool_of+=([podman]=podman [buildah]=buildah [mmdebstrap]=mmdebstrap [runc]=runc)
+fi
 missing=()
 for tool in "${!tool_of[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_of[$tool]}")

@@ -5,7 +5,7 @@ regenerates it after a template change, and ``--check`` (run by tests/integratio
 fails when the committed file is stale.
 
 ``--host-network`` writes the variant for containers on the host's network (podman-compose with
-deploy/compose/podman-host.yml, docs/deploy.md): the same config with loopback addresses and
+deploy/compose/podman-host.yml, docs/containers.md): the same config with loopback addresses and
 chosen ports, since there is no compose network and no `sts` name to resolve.
 
     python scripts/render_envoy_compose.py [--check]

@@ -10,10 +10,17 @@ buildah (``--build-arg BASE_IMAGE=...``). Then, on the host's network:
 - docker-compose.yml's ``envoy`` + ``sts`` run under podman-compose with the committed override
   deploy/compose/podman-host.yml, and real exchanges go through that Envoy over TLS.
 
+The service image is built with ``EXTRAS=aws,gcp`` (docs/kms.md), and one exchange has its App
+JWT signed by AWS KMS (moto's server on loopback): the container holds no key at all.
+
 Image sizes and start-up times are printed (figures, not assertions; bench/image.py measures
 them against a host-process baseline). Needs root and podman, buildah, mmdebstrap, runc
-(scripts/install-system-deps.sh) and podman-compose (the dev extras): without them the tests
-skip with the reason, and fail when CI is set.
+(scripts/install-system-deps.sh --images) and podman-compose (the dev extras): without them the
+tests skip with the reason, and fail when CI is set.
+
+Not part of ``make test``: the cold builds take 2-5 minutes on 2 cores, more than the whole
+suite can spare. ``make test-image`` runs them (it sets ``OCTOSTS_IMAGE_TESTS=1``); elsewhere
+they skip.
 """
 
 from __future__ import annotations
@@ -26,12 +33,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
@@ -42,15 +52,25 @@ from octosts.dev.issuer import DevIssuer
 from octosts.dev.oci import REPO_ROOT, Container, Engine, ImageError, missing_tools
 from tests.emulator import APP_ID, app_key, pem
 from tests.integration.service_harness import DOMAIN, SUBJECT, servers
+from tests.moto_kms import MotoKms, start_moto
 from tests.polling import eventually_blocking
 
-# Building the base and both images is paid by the first test (about 3-5 minutes on 2 cores).
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+# Building the base and both images is paid by the first test (about 2-5 minutes on 2 cores).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(1800),
+    pytest.mark.skipif(
+        not os.environ.get("OCTOSTS_IMAGE_TESTS"),
+        reason="container image builds: run by `make test-image` (OCTOSTS_IMAGE_TESTS=1)",
+    ),
+]
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 OVERRIDE = REPO_ROOT / "deploy" / "compose" / "podman-host.yml"
 RENDER = REPO_ROOT / "scripts" / "render_envoy_compose.py"
 APP_KEY_IN_CONTAINER = "/run/secrets/github_app_key"
+# Both KMS signers' clients in the tested image (docs/kms.md).
+EXTRAS = "aws,gcp"
 STS_USER = "10001:10001"
 ENVOY_USER = "10002:10002"
 READY_TIMEOUT = 60.0
@@ -100,7 +120,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     missing = missing_tools()
     require(
         not missing,
-        f"{', '.join(missing)} not installed (scripts/install-system-deps.sh, as root)",
+        f"{', '.join(missing)} not installed (scripts/install-system-deps.sh --images, as root)",
     )
     # Rootless podman needs subuid ranges and another storage; CI and these tests run as root.
     require(os.geteuid() == 0, "the image tests run as root (as CI does)")
@@ -129,14 +149,15 @@ def images(engine: Engine, pytestconfig: pytest.Config) -> Images:
     tar.unlink()
     base_seconds = time.monotonic() - started
     started = time.monotonic()
-    engine.build(target="sts", tag=built.sts, base_image=built.base)
+    engine.build(target="sts", tag=built.sts, base_image=built.base, build_args={"EXTRAS": EXTRAS})
     sts_seconds = time.monotonic() - started
     started = time.monotonic()
     engine.build(target="envoy", tag=built.envoy, base_image=built.base)
     envoy_seconds = time.monotonic() - started
     report(
         pytestconfig,
-        f"built: base (mmdebstrap + import) {base_seconds:.0f} s, sts {sts_seconds:.0f} s, "
+        f"built: base (mmdebstrap + import) {base_seconds:.0f} s, sts (EXTRAS={EXTRAS}) "
+        f"{sts_seconds:.0f} s, "
         f"envoy {envoy_seconds:.0f} s",
     )
     for name, tag in (("base", built.base), ("sts", built.sts), ("envoy", built.envoy)):
@@ -207,7 +228,7 @@ def wait_until_ready(
     return time.monotonic() - started
 
 
-# -- what the Helm chart and docs/deploy.md rely on ------------------------------------------
+# -- what the Helm chart and docs/containers.md rely on ------------------------------------------
 
 
 def test_image_contracts(engine: Engine, images: Images) -> None:
@@ -238,6 +259,42 @@ class Service:
     channel: grpc.Channel
 
 
+@contextmanager
+def sts_service(
+    engine: Engine,
+    image: str,
+    github: GitHubEmulator,
+    issuer: DevIssuer,
+    env: dict[str, str],
+    mounts: dict[Path, str] | None = None,
+) -> Iterator[tuple[Service, float]]:
+    """The service image running on the host network until ready, and seconds it took."""
+    port = free_port()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    container = Container(unique("octo-sts-test"), image)
+    try:
+        container = engine.start(
+            container.name,
+            image,
+            env={
+                "STS_DOMAIN": DOMAIN,
+                "GITHUB_APP_ID": str(APP_ID),
+                "GITHUB_BASE_URL": github.url,
+                "OCTOSTS_INSECURE_ISSUERS": issuer.url,
+                "OCTOSTS_GRPC_ADDR": f"127.0.0.1:{port}",
+                "OCTOSTS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+                **env,
+            },
+            mounts=mounts,
+            user=STS_USER,
+        )
+        seconds = wait_until_ready(engine, [container], channel, None)
+        yield Service(container, port, channel), seconds
+    finally:
+        channel.close()
+        engine.remove(container)
+
+
 @pytest.fixture
 def sts_container(
     engine: Engine,
@@ -247,33 +304,11 @@ def sts_container(
     pytestconfig: pytest.Config,
 ) -> Iterator[Service]:
     issuer, github = backends
-    port = free_port()
-    env = {
-        "STS_DOMAIN": DOMAIN,
-        "GITHUB_APP_ID": str(APP_ID),
-        "GITHUB_APP_PRIVATE_KEY_FILE": APP_KEY_IN_CONTAINER,
-        "GITHUB_BASE_URL": github.url,
-        "OCTOSTS_INSECURE_ISSUERS": issuer.url,
-        "OCTOSTS_GRPC_ADDR": f"127.0.0.1:{port}",
-        "OCTOSTS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "OCTOSTS_WORKERS": "2",
-    }
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    container = Container(unique("octo-sts-test"), images.sts)
-    try:
-        container = engine.start(
-            container.name,
-            images.sts,
-            env=env,
-            mounts={app_key_file: APP_KEY_IN_CONTAINER},
-            user=STS_USER,
-        )
-        seconds = wait_until_ready(engine, [container], channel, None)
+    env = {"GITHUB_APP_PRIVATE_KEY_FILE": APP_KEY_IN_CONTAINER, "OCTOSTS_WORKERS": "2"}
+    mounts = {app_key_file: APP_KEY_IN_CONTAINER}
+    with sts_service(engine, images.sts, github, issuer, env, mounts) as (service, seconds):
         report(pytestconfig, f"sts container serving {seconds:.2f} s after `podman run`")
-        yield Service(container, port, channel)
-    finally:
-        channel.close()
-        engine.remove(container)
+        yield service
 
 
 def test_service_image_exchanges_as_non_root_on_a_read_only_root(
@@ -304,6 +339,45 @@ def test_service_image_stops_cleanly_on_sigterm(engine: Engine, sts_container: S
     # well before the SIGKILL that follows the grace period.
     code = engine.stop(sts_container.container, grace=30)
     assert code == 0, engine.logs(sts_container.container)
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[MotoKms]:
+    server = start_moto(tmp_path / "moto")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_service_image_signs_the_app_jwt_in_aws_kms(
+    engine: Engine, images: Images, moto: MotoKms, tmp_path: Path
+) -> None:
+    # EXTRAS=aws,gcp put the KMS clients in the image: the container gets no key at all, only a
+    # KMS key's ARN, and the emulator trusts that key's public half, as GitHub would after
+    # the App's key was imported into KMS (docs/kms.md).
+    arn = moto.create_key("RSA_2048", "SIGN_VERIFY")
+    kms_public = serialization.load_pem_public_key(moto.public_key_pem(arn))
+    assert isinstance(kms_public, rsa.RSAPublicKey)
+    env = {
+        **moto.service_env(tmp_path),
+        "GITHUB_APP_SIGNER": "aws-kms",
+        "GITHUB_APP_KMS_KEY": arn,
+        "OCTOSTS_WORKERS": "1",
+    }
+    with (
+        servers(tmp_path, app_public_key=kms_public) as (issuer, github),
+        sts_service(engine, images.sts, github, issuer, env) as (service, _),
+    ):
+        reply = exchange(service.channel, token(issuer))
+        grant = github.token_grant(reply.token)
+        assert grant is not None  # the emulator accepted an App JWT signed by the KMS
+        assert grant["permissions"] == {"contents": "read"}
+        # The other extra is in the image too: the settings' check finds both clients.
+        script = (
+            "from octosts.adapters.kms import missing_extra as m; print(m('gcp-kms'), m('aws-kms'))"
+        )
+        assert engine.exec(service.container, "python", "-c", script).split() == ["None", "None"]
 
 
 # -- docker-compose.yml's envoy + sts under podman-compose -----------------------------------

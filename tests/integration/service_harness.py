@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -25,6 +25,9 @@ from octosts.dev.issuer import DevIssuer
 from octosts.settings import Settings
 from tests.emulator import APP_ID, app_key, pem
 from tests.fakes import FakeClock
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 DOMAIN = "octo-sts.test"
 SUBJECT = "repo:octo-org/demo:ref:refs/heads/main"
@@ -88,12 +91,19 @@ class Stack:
 
 @contextmanager
 def servers(
-    tmp_path: Path, clock: FakeClock | None = None
+    tmp_path: Path,
+    clock: FakeClock | None = None,
+    app_public_key: rsa.RSAPublicKey | None = None,
 ) -> Iterator[tuple[DevIssuer, GitHubEmulator]]:
-    """The dev issuer and the emulator (on ``clock`` when given: share it with ``running``)."""
+    """The dev issuer and the emulator (on ``clock`` when given: share it with ``running``).
+
+    ``app_public_key``: the App key the emulator trusts (a KMS key's public half), if not the
+    test key of tests/emulator.py.
+    """
     issuer = DevIssuer().start()
     issuer.add_key("rsa")
-    github = GitHubEmulator(app_public_key=app_key().public_key(), app_id=APP_ID, clock=clock)
+    trusted = app_public_key or app_key().public_key()
+    github = GitHubEmulator(app_public_key=trusted, app_id=APP_ID, clock=clock)
     github.start()
     try:
         github.add_owner("octo-org")

@@ -1,7 +1,7 @@
 """Build and run the Octo STS images without a Docker engine: mmdebstrap, buildah, podman (runc).
 
-The image tests (``tests/e2e/test_image.py``), ``bench/image.py`` and docs/deploy.md use the same
-steps, so what the tests prove is the documented recipe:
+The image tests (``tests/e2e/test_image.py``), ``bench/image.py`` and docs/containers.md use the
+same steps, so what the tests prove is the documented recipe:
 
 1. ``make_base``: a Debian bookworm root file system with Python 3.11 (``mmdebstrap``), so no
    image is pulled from a registry (none is reachable here, and air-gapped sites have none);
@@ -9,7 +9,7 @@ steps, so what the tests prove is the documented recipe:
 3. ``build``: ``buildah bud`` of a Dockerfile target with ``--build-arg BASE_IMAGE=<that image>``;
 4. ``start``: ``podman run`` on the host network, non-root, read-only root file system.
 
-Two facts about sandboxes like CI's (docs/deploy.md): setrlimit is refused, so containers.conf
+Two facts about sandboxes like CI's (docs/containers.md): setrlimit is refused, so containers.conf
 says ``default_ulimits = []`` (``CONTAINERS_CONF`` points every podman/buildah/podman-compose call
 at this module's file), and crun fails on the cgroup layout where runc works. Builds see the
 host's CA bundle (and a pip.conf naming it) so pip reaches the package index through a
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-# Command -> the Debian package that provides it (scripts/install-system-deps.sh installs them).
+# Command -> the Debian package that provides it (install-system-deps.sh --images installs them).
 TOOLS = {"podman": "podman", "buildah": "buildah", "mmdebstrap": "mmdebstrap", "runc": "runc"}
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -171,10 +171,15 @@ class Engine:
         target: str,
         tag: str,
         base_image: str,
+        build_args: Mapping[str, str] | None = None,
         context: Path = REPO_ROOT,
         timeout: float = 1200,
     ) -> None:
-        """``buildah bud`` of one Dockerfile target. ``--layers`` keeps the stages' cache."""
+        """``buildah bud`` of one Dockerfile target. ``--layers`` keeps the stages' cache.
+
+        ``build_args``: more ``--build-arg``s than ``BASE_IMAGE`` (``EXTRAS``, say).
+        """
+        more = [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
         self._run(
             [
                 "buildah",
@@ -191,6 +196,7 @@ class Engine:
                 f"{self._pip_conf}:/etc/pip.conf:ro",
                 "--build-arg",
                 f"BASE_IMAGE={base_image}",
+                *more,
                 "--target",
                 target,
                 "--tag",
