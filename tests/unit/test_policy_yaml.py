@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from octosts.adapters.policy_yaml import MAX_POLICY_BYTES, load_document, parse_trust_policy
@@ -122,14 +120,12 @@ def test_refused_documents(text: str, fragment: str) -> None:
     assert any(fragment in message for _, _, message in found), found
 
 
-def test_billion_laughs_is_refused_quickly() -> None:
+def test_billion_laughs_is_refused_at_its_first_anchor() -> None:
     lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
-    started = time.monotonic()
     found = problems("\n".join(lines) + "\n")
-    assert time.monotonic() - started < 1
-    assert found[0][0] == 1
-    assert "anchors" in found[0][2]
+    # Refused on line 1, before any alias is read: nothing was expanded.
+    assert [(line, "anchors" in message) for line, _, message in found] == [(1, True)]
 
 
 def test_size_cap() -> None:
