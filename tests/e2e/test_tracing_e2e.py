@@ -137,13 +137,25 @@ async def test_exchange_through_envoy_is_one_trace_with_nested_spans(
         return [s for s in collector.spans if s.trace_id == CALLER_TRACE_ID]
 
     def complete() -> bool:
-        names = {s.name for s in trace()}
-        has_envoy = any(s.service == "octo-sts-gateway" for s in trace())
-        return has_envoy and "octosts.v1.SecurityTokenService/Exchange" in names
+        # Every span asserted on below: Envoy and the service export in separate batches, so
+        # one batch having arrived says nothing about the others.
+        spans = trace()
+        ids = {s.span_id for s in spans}
+        named = {s.name: s for s in spans}
+        rpc = named.get("octosts.v1.SecurityTokenService/Exchange")
+        check = named.get("envoy.service.auth.v3.Authorization/Check")
+        return (
+            any(s.service == "octo-sts-gateway" and s.parent_id == CALLER_SPAN_ID for s in spans)
+            and rpc is not None
+            and rpc.parent_id in ids
+            and check is not None
+            and check.parent_id in ids
+            and {s.name for s in spans if s.parent_id in {rpc.span_id, check.span_id}} >= STAGES
+        )
 
     await eventually(
         complete,
-        lambda: f"Envoy's and the Exchange span; so far: {[(s.service, s.name) for s in trace()]}",
+        lambda: f"the whole trace; so far: {[(s.service, s.name) for s in trace()]}",
         timeout=20,
         interval=0.05,
     )
