@@ -21,6 +21,7 @@ from octosts.observability.metrics import Metrics
 from octosts.observability.stages import TelemetryObserver
 from octosts.transport.interceptors import ObservabilityInterceptor
 from octosts.transport.request_id import current_request_id
+from tests.polling import eventually
 
 SERVICE = "octosts.test.Probe"
 CALLER_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -170,7 +171,11 @@ async def test_abort_records_final_code_and_stage_family(harness: Harness) -> No
     assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
     # Trailers-only: no initial metadata before the status (Envoy can only retry those).
     assert tuple(info.value.initial_metadata() or ()) == ()
-    assert harness.handled("Denied", "PERMISSION_DENIED") == 1.0
+    # context.abort() sends the status before the interceptor's finally block runs: the client
+    # can see it before the RPC span ends and the RPC is counted (span first, then the count).
+    await eventually(
+        lambda: harness.handled("Denied", "PERMISSION_DENIED") == 1.0, "the aborted RPC counted"
+    )
     assert harness.handled("Denied", "OK") is None
     assert harness.registry.get_sample_value(
         "octo_sts_stage_duration_seconds_count",
