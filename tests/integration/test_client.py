@@ -84,6 +84,18 @@ def _assert_minted(result: Any) -> None:
     assert MINTED_TOKEN not in repr(result)
 
 
+def _exchange(server: StandIn, **options: Any) -> Any:
+    """``exchange()`` with the stand-in's endpoint and transport and the workload's token."""
+    return exchange(
+        "org/app",
+        "deploy",
+        token=OIDC_TOKEN,
+        endpoint=server.endpoint,
+        transport=server.transport,
+        **options,
+    )
+
+
 # --- both transports --------------------------------------------------------------------------
 
 
@@ -115,14 +127,7 @@ def test_tls_rejects_unknown_ca(tls: StandIn) -> None:
 
 def test_retries_unavailable_then_succeeds(plain: StandIn) -> None:
     plain.script.unavailable = 2
-    result = exchange(
-        "org/app",
-        "deploy",
-        token=OIDC_TOKEN,
-        endpoint=plain.endpoint,
-        transport=plain.transport,
-        retry=FAST_RETRY,
-    )
+    result = _exchange(plain, retry=FAST_RETRY)
     _assert_minted(result)
     assert len(plain.script.calls) == 3
     assert plain.script.calls[0].get("audience") is None
@@ -131,14 +136,7 @@ def test_retries_unavailable_then_succeeds(plain: StandIn) -> None:
 def test_gives_up_after_max_attempts(plain: StandIn) -> None:
     plain.script.unavailable = 10
     with pytest.raises(Unavailable) as info:
-        exchange(
-            "org/app",
-            "deploy",
-            token=OIDC_TOKEN,
-            endpoint=plain.endpoint,
-            transport=plain.transport,
-            retry=FAST_RETRY,
-        )
+        _exchange(plain, retry=FAST_RETRY)
     assert info.value.code == "UNAVAILABLE"
     assert len(plain.script.calls) == 3
 
@@ -146,14 +144,7 @@ def test_gives_up_after_max_attempts(plain: StandIn) -> None:
 def test_denial_is_not_retried_and_carries_reason(plain: StandIn) -> None:
     plain.script.deny = True
     with pytest.raises(Forbidden) as info:
-        exchange(
-            "org/app",
-            "deploy",
-            token=OIDC_TOKEN,
-            endpoint=plain.endpoint,
-            transport=plain.transport,
-            retry=FAST_RETRY,
-        )
+        _exchange(plain, retry=FAST_RETRY)
     err = info.value
     assert (err.code, err.reason, err.request_id) == ("PERMISSION_DENIED", "policy_denied", "r-7")
     assert err.message == "no trust policy matched"
@@ -164,26 +155,13 @@ def test_denial_is_not_retried_and_carries_reason(plain: StandIn) -> None:
 def test_response_size_is_capped(plain: StandIn) -> None:
     plain.script.huge = True
     with pytest.raises(ServerError, match="larger than"):
-        exchange(
-            "org/app",
-            "deploy",
-            token=OIDC_TOKEN,
-            endpoint=plain.endpoint,
-            transport=plain.transport,
-        )
+        _exchange(plain)
 
 
 def test_connection_refused_is_unavailable(plain: StandIn) -> None:
     plain.stop()
     with pytest.raises(Unavailable):
-        exchange(
-            "org",
-            "deploy",
-            token=OIDC_TOKEN,
-            endpoint=plain.endpoint,
-            transport=plain.transport,
-            retry=FAST_RETRY,
-        )
+        _exchange(plain, retry=FAST_RETRY)
 
 
 async def test_async_exchange_and_retry(tls: StandIn, certs: Any) -> None:
