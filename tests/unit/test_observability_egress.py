@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 
@@ -13,6 +12,7 @@ from octosts.domain.ports import MintedToken
 from octosts.observability.audit import AuditEvent, token_sha256
 from octosts.observability.egress import EgressEvents
 from tests.fakes import FakeClock, policy, verified
+from tests.polling import eventually
 
 CALL = CallInfo("egress", "rid-1", "gh/2.0", 0.001)
 REQUEST = ExchangeRequest("the-oidc-token", "octo-org/demo", "ci")
@@ -94,9 +94,7 @@ async def test_the_periodic_flush_and_close_record_the_pending_reuses() -> None:
     events = EgressEvents(exchanges, audit, FakeClock(), interval=0.01)  # type: ignore[arg-type]
     events.start()
     events.egress_done(CALL, REQUEST, attempt_with("ghs_a"), True, None)
-    async with asyncio.timeout(5):
-        while not audit.events:
-            await asyncio.sleep(0.01)  # the flush period itself; the deadline bounds it
+    await eventually(lambda: audit.events, "the periodic flush", interval=0.01)
     events.egress_done(CALL, REQUEST, attempt_with("ghs_a"), True, None)
     await events.close()
     assert [e.requests for e in audit.events] == [1, 1]
