@@ -129,7 +129,10 @@ def settings_for(issuer: DevIssuer, github: GitHubEmulator, **overrides: Any) ->
         grpc_addr="127.0.0.1:0",
         github_base_url=github.url,
         insecure_issuers=(issuer.url,),
-        outbound_timeout_seconds=2.0,
+        # Generous: tests are not about speed, and on a loaded machine 50 concurrent exchanges
+        # (issuer, emulator and service share this process's GIL) need more than 2 s.
+        # Tests of timeouts set their own.
+        outbound_timeout_seconds=15.0,
     )
     return dataclasses.replace(base, **overrides)
 

@@ -292,7 +292,7 @@ def cli_process(tmp_path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGINT)
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -310,7 +310,8 @@ async def test_cli_serves_and_stops_on_signal(cli_process, signum, code) -> None
         assert resp.status_code == 200
         assert resp.json()["id"] == ORG_ID
     os.kill(proc.pid, signum)
-    assert proc.wait(timeout=5) == code
+    # A bound for a hang, not a speed: interpreter teardown alone took over 5 s under load.
+    assert proc.wait(timeout=30) == code
 
 
 @pytest.mark.parametrize(

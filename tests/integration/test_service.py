@@ -221,13 +221,14 @@ async def test_mint_beyond_the_installation_is_permission_denied(stack: Stack) -
     assert (await code_of(stack.exchange()))[0] == C.PERMISSION_DENIED
 
 
-async def test_github_timeout_is_unavailable(stack: Stack) -> None:
-    await stack.exchange()
-    stack.github.latency_ms = 3000  # beyond the 2 s outbound timeout
-    try:
-        assert (await code_of(stack.exchange()))[0] == C.UNAVAILABLE
-    finally:
-        stack.github.latency_ms = 0
+async def test_github_timeout_is_unavailable(backends: tuple[DevIssuer, GitHubEmulator]) -> None:
+    async with running(*backends, outbound_timeout_seconds=2.0) as stack:
+        await stack.exchange()
+        stack.github.latency_ms = 3000  # beyond the 2 s outbound timeout
+        try:
+            assert (await code_of(stack.exchange()))[0] == C.UNAVAILABLE
+        finally:
+            stack.github.latency_ms = 0
 
 
 async def test_issuer_down_is_unavailable(backends: tuple[DevIssuer, GitHubEmulator]) -> None:
