@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from octosts.dev.github import GitHubEmulator, ensure_app_key, load_app_public_key
+from octosts.dev.waiting import wait_for
 
 EXIT_USAGE = 2
 CONTROL_HELP = """\
@@ -211,5 +212,5 @@ def run(args: argparse.Namespace) -> int:
         # ends the wait; either way `with` stops the server on the way out.
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        stop.wait()
+        wait_for(stop)
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from octosts.dev.stack import DevStack, StackError, StackPorts
+from octosts.dev.waiting import wait_for
 
 DEMO_SUBJECT = "repo:octo-org/demo:ref:refs/heads/main"
 DEMO_WORKFLOW = "octo-org/demo/.github/workflows/ci.yaml@refs/heads/main"
@@ -126,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+            wait_for(stop)
         return 0
     finally:
         # A second Ctrl-C (impatient user, or a supervisor signalling the whole group) must

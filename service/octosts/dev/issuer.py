@@ -36,6 +36,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from octosts.dev.certs import CertPaths
 from octosts.dev.httpserver import DevHTTPServer
+from octosts.dev.waiting import wait_for
 
 KeyKind = Literal["rsa", "ec", "ec384", "ed25519"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -230,7 +231,7 @@ class DevIssuer:
         """Serve on the calling thread's behalf until ``stop`` is set (the CLI)."""
         self.start()
         try:
-            stop.wait()
+            wait_for(stop)
         finally:
             self.stop()
 
