@@ -301,6 +301,37 @@ def test_detail_names_pattern_and_is_bounded() -> None:
     assert len(decision.detail) < 500
 
 
+@pytest.mark.parametrize(
+    ("data", "tok", "detail"),
+    [
+        (
+            base(),
+            token(iss="https://other"),
+            f"issuer 'https://other' is not the policy's issuer '{ISS}'",
+        ),
+        (
+            base(issuer=None, issuer_pattern="https://a"),
+            token(iss="https://b"),
+            "issuer 'https://b' does not match issuer_pattern 'https://a'",
+        ),
+        (
+            base(),
+            token(sub="x"),
+            "subject 'x' is not the policy's subject 'repo:org/repo:ref:refs/heads/main'",
+        ),
+        (
+            base(subject=None, subject_pattern="main"),
+            token(sub="dev"),
+            "subject 'dev' does not match subject_pattern 'main'",
+        ),
+    ],
+)
+def test_issuer_and_subject_denials_say_which_rule_of_the_policy_failed(
+    data: dict[str, object], tok: VerifiedToken, detail: str
+) -> None:
+    assert decide(data, tok).detail == detail
+
+
 def test_policy_is_frozen() -> None:
     policy: TrustPolicy = compile_policy(base(claim_pattern={"a": "b"}), kind="repo")
     with pytest.raises(AttributeError):

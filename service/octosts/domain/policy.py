@@ -328,31 +328,28 @@ def claim_text(value: object) -> str | None:
 
 
 def _check_issuer(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> Decision | None:
-    if policy.issuer is not None and token.issuer != policy.issuer:
-        return Decision.deny(
-            ISSUER_MISMATCH,
-            f"issuer {show(token.issuer)} is not the policy's issuer {show(policy.issuer)}",
-        )
-    if policy.issuer_pattern is not None and not policy.issuer_pattern.fullmatch(token.issuer):
-        return Decision.deny(
-            ISSUER_MISMATCH,
-            f"issuer {show(token.issuer)} does not match issuer_pattern "
-            f"{show(policy.issuer_pattern.source)}",
-        )
-    return None
+    return _exact_or_pattern(
+        "issuer", token.issuer, policy.issuer, policy.issuer_pattern, ISSUER_MISMATCH
+    )
 
 
 def _check_subject(policy: TrustPolicy, token: VerifiedToken, _domain: str) -> Decision | None:
-    if policy.subject is not None and token.subject != policy.subject:
+    return _exact_or_pattern(
+        "subject", token.subject, policy.subject, policy.subject_pattern, SUBJECT_MISMATCH
+    )
+
+
+def _exact_or_pattern(
+    name: str, value: str, exact: str | None, pattern: Pattern | None, reason: str
+) -> Decision | None:
+    """The policy's ``name`` (exact) and ``name_pattern`` (RE2, full match) against ``value``."""
+    if exact is not None and value != exact:
         return Decision.deny(
-            SUBJECT_MISMATCH,
-            f"subject {show(token.subject)} is not the policy's subject {show(policy.subject)}",
+            reason, f"{name} {show(value)} is not the policy's {name} {show(exact)}"
         )
-    if policy.subject_pattern is not None and not policy.subject_pattern.fullmatch(token.subject):
+    if pattern is not None and not pattern.fullmatch(value):
         return Decision.deny(
-            SUBJECT_MISMATCH,
-            f"subject {show(token.subject)} does not match subject_pattern "
-            f"{show(policy.subject_pattern.source)}",
+            reason, f"{name} {show(value)} does not match {name}_pattern {show(pattern.source)}"
         )
     return None
 
