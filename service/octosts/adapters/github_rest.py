@@ -150,12 +150,14 @@ def base_url_problem(url: str) -> str | None:
         return "must be an absolute https URL"
     if parts.username or parts.password or parts.query or parts.fragment:
         return "no credentials, query or fragment allowed"
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         return "https is required except for loopback addresses"
     return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address: where plain http is allowed (the App manifest's
+    URLs too)."""
     if host == "localhost":
         return True
     try:

@@ -23,7 +23,6 @@ What the manifest asks for, each from its one home:
 from __future__ import annotations
 
 import html
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -33,6 +32,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from octosts.adapters.github import POLICY_READ_PERMISSIONS
+from octosts.adapters.github_rest import is_loopback_host
 from octosts.domain.names import is_owner_name
 from octosts.domain.permissions import LEVEL_RANK, READ, permission_problem
 from octosts.domain.text import show
@@ -192,18 +192,9 @@ def url_problem(value: str, *, https_only: bool) -> str | None:
         return "must not carry credentials"
     if parts.fragment:
         return "must not have a #fragment"
-    if https_only and parts.scheme != "https" and not _is_loopback(parts.hostname):
+    if https_only and parts.scheme != "https" and not is_loopback_host(parts.hostname):
         return "must be https (plain http only for localhost)"
     return None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def creation_url(github_web: str = DEFAULT_GITHUB_WEB, org: str | None = None) -> str:
