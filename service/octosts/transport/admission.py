@@ -22,7 +22,6 @@ Envoy's circuit breakers for the cluster are sized from it (``octosts.dev.envoy`
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from octosts.domain.errors import Overloaded, ShuttingDown, StsError
 from octosts.transport.errors import failure
 from octosts.transport.request_id import current_request_id
 from octosts.transport.sts import OAUTH_TOKEN_METHOD, answer_oauth
+from octosts.transport.unary import Behavior, Continuation, rewrapped, run, unary_behavior
 
 if TYPE_CHECKING:
     from octosts.observability.metrics import Metrics
@@ -92,9 +92,6 @@ class Admission:
         return len(left)
 
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any] | Any]
-
-
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Sheds calls past ``Admission.limit``; answers cut calls as ``shutting_down``."""
 
@@ -104,20 +101,17 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
+        behavior = unary_behavior(handler)
         method = str(handler_call_details.method)
-        if handler is None or handler.unary_unary is None or method.startswith(UNLIMITED_PREFIXES):
+        if behavior is None or method.startswith(UNLIMITED_PREFIXES):
             return handler
         # The OAuth token endpoint answers in RFC 6749's shape, shed calls included.
         answer = _answer_oauth if method == OAUTH_TOKEN_METHOD else _answer
-        return grpc.unary_unary_rpc_method_handler(
-            self._wrap(handler.unary_unary, answer),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rewrapped(handler, self._wrap(behavior, answer))
 
     def _wrap(
         self, behavior: Behavior, answer: Callable[[grpc.aio.ServicerContext, StsError], Any]
@@ -131,9 +125,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
                 await answer(context, Overloaded(f"more than {admission.limit} calls in progress"))
             metrics.in_flight(admission.in_flight)
             try:
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await run(behavior, request, context)
             except asyncio.CancelledError:
                 if task is None or not admission.was_cut(task):
                     raise  # the caller went away or its deadline passed: nobody to answer

@@ -12,8 +12,6 @@ Streaming methods (health Watch, reflection) keep grpc's own handling.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +23,12 @@ from octosts.domain.errors import InvalidRequest
 from octosts.transport.errors import failure
 from octosts.transport.metadata import request_id
 from octosts.transport.sts import abort
+from octosts.transport.unary import Behavior, Continuation, Decoder, rewrapped, run, unary_behavior
 
 UNDECODABLE_REQUEST = "undecodable_request"
 _MAX_METHODS = 64
 
 _log = structlog.get_logger("octosts.transport")
-
-Decoder = Callable[[bytes], Any]
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any] | Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +61,7 @@ def _refusing(behavior: Behavior) -> Behavior:
                 reason=UNDECODABLE_REQUEST,
             )
             await abort(context, failure(error, rid))
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
+        return await run(behavior, request, context)
 
     return refuse_or_run
 
@@ -80,18 +75,17 @@ class UndecodableRequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        behavior = unary_behavior(handler)
+        if behavior is None:
             return handler
         guarded = self._guarded.get(handler)
         if guarded is None:
-            guarded = grpc.unary_unary_rpc_method_handler(
-                _refusing(handler.unary_unary),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+            guarded = rewrapped(
+                handler, _refusing(behavior), _tolerant(handler.request_deserializer)
             )
             if len(self._guarded) < _MAX_METHODS:  # registered handlers are a fixed few
                 self._guarded[handler] = guarded

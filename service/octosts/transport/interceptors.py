@@ -30,7 +30,6 @@ they are not part of the exchange path.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,7 @@ from octosts.transport.request_id import (
     sanitise_request_id,
     set_current_request_id,
 )
+from octosts.transport.unary import Behavior, Continuation, rewrapped, run, unary_behavior
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
@@ -94,9 +94,6 @@ def _context_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -
     return default if raw is None else _status_code(raw)
 
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any] | Any]
-
-
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Request id, RPC span and ``grpc_server_*`` metrics for unary RPCs (see module doc)."""
 
@@ -106,17 +103,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        behavior = unary_behavior(handler)
+        if behavior is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._wrap(handler.unary_unary, handler_call_details),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rewrapped(handler, self._wrap(behavior, handler_call_details))
 
     def _wrap(
         self, behavior: Behavior, details: grpc.HandlerCallDetails
@@ -148,9 +142,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 with structlog.contextvars.bound_contextvars(
                     request_id=request_id, rpc=full_method
                 ):
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):
-                        result = await result
+                    result = await run(behavior, request, context)
                     code = _context_code(context, grpc.StatusCode.OK)
                     if echo_request_id and code is grpc.StatusCode.OK:
                         # Only now: headers sent before an error would make it non-retryable.
