@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from string import Template
@@ -1000,9 +1000,51 @@ class EnvoyProcess:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (for Envoy, which cannot bind port 0 and report it)."""
+    (port,) = free_ports(1, host)
+    return port
+
+
+# Where ports are picked: below the kernel's ephemeral range, which bind(0) and every outgoing
+# connection draw from. A port found with bind(0) and released was, on a busy machine, often
+# handed to someone's connect() or bind(0) before the child bound it ("Failed to bind"); a
+# port below that range goes only to whoever names it.
+_PICK_FROM = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_CANDIDATES_TRIED = 200
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that were free a moment ago: below the ephemeral range when
+    the machine leaves room there, else from bind(0)."""
     import socket  # noqa: PLC0415
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = _candidates()
+    held: list[socket.socket] = []  # each stays bound until all are chosen: distinct ports
+    try:
+        while len(held) < count:
+            sock = socket.socket(family)
+            held.append(sock)
+            for port in candidates:
+                with contextlib.suppress(OSError):
+                    sock.bind((host, port))
+                    break
+            else:
+                sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _candidates() -> Iterator[int]:
+    """Ports to try, at random below the ephemeral range (none if it leaves little room)."""
+    import random  # noqa: PLC0415
+
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return iter(())
+    if low - _PICK_FROM < _CANDIDATES_TRIED * 10:
+        return iter(())
+    return iter(random.sample(range(_PICK_FROM, low), _CANDIDATES_TRIED))

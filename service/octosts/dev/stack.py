@@ -33,7 +33,7 @@ from octosts.dev.envoy import (
     EnvoyParams,
     EnvoyProcess,
     Upstream,
-    free_port,
+    free_ports,
     render_config,
 )
 from octosts.dev.issuer import load_state, mint_token
@@ -84,16 +84,17 @@ class StackPorts:
 
     @classmethod
     def free(cls, replicas: int = 2) -> StackPorts:
-        """Free loopback ports (tests)."""
+        """Free loopback ports, all distinct (tests)."""
+        ports = iter(free_ports(5 + 3 * replicas))
         return cls(
-            issuer=free_port(),
-            github=free_port(),
-            grpc=tuple(free_port() for _ in range(replicas)),
-            metrics=tuple(free_port() for _ in range(replicas)),
-            gateway=free_port(),
-            envoy_admin=free_port(),
-            webhook=tuple(free_port() for _ in range(replicas)),
-            envoy_metrics=free_port(),
+            issuer=next(ports),
+            github=next(ports),
+            grpc=tuple(next(ports) for _ in range(replicas)),
+            metrics=tuple(next(ports) for _ in range(replicas)),
+            gateway=next(ports),
+            envoy_admin=next(ports),
+            webhook=tuple(next(ports) for _ in range(replicas)),
+            envoy_metrics=next(ports),
         )
 
 
