@@ -21,8 +21,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
-from octosts.dev.stack import DevStack, StackPorts
-from tests.e2e.envoy_harness import unique_base_id
+from octosts.dev.stack import DevStack
+from tests.e2e.conftest import start_stack
 from tests.e2e.test_gateway_stack import (
     EXCHANGE,
     REPO_QUERY,
@@ -203,13 +203,12 @@ def lowest_free_fd(pid: int) -> int:
 async def test_a_replica_out_of_file_descriptors_leaves_the_rotation(tmp_path: Path) -> None:
     # The replica's own fault (EMFILE on the issuer fetch), unlike an issuer that is down:
     # NOT_SERVING for OCTOSTS_LOCAL_FAULT_UNREADY_SECONDS, then SERVING again.
-    stack = DevStack(
-        workdir=tmp_path / "stack",
-        ports=StackPorts.free(1),
-        base_id=unique_base_id(),
+    stack = await asyncio.to_thread(
+        start_stack,
+        tmp_path / "stack",
+        replicas=1,
         extra_env={"OCTOSTS_LOCAL_FAULT_UNREADY_SECONDS": "5"},
     )
-    await asyncio.to_thread(stack.start)
     try:
         pid = stack._servers[0].popen.pid
         token = repo_token(stack)
@@ -270,13 +269,7 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
 def small_stack(tmp_path: Path) -> Iterator[DevStack]:
     """Two replicas taking two calls at once each, shutting down with a 1 s grace period."""
     env = {"OCTOSTS_MAX_CONCURRENT_RPCS": "2", "OCTOSTS_SHUTDOWN_GRACE_SECONDS": "1"}
-    stack = DevStack(
-        workdir=tmp_path / "stack",
-        ports=StackPorts.free(2),
-        base_id=unique_base_id(),
-        extra_env=env,
-    )
-    stack.start()
+    stack = start_stack(tmp_path / "stack", extra_env=env)
     try:
         yield stack
     finally:
@@ -415,8 +408,7 @@ async def test_a_burst_on_one_channel_is_answered_never_silently_cancelled(
     # 1,500 concurrent calls on one channel straight to a replica: gRPC core used to cancel
     # ~50 of them with no detail (its backlog of calls not yet picked up is capped at 1,000,
     # then it drops at random). Now each is answered: OK, or shed with our overload answer.
-    stack = DevStack(workdir=tmp_path / "stack", ports=StackPorts.free(1), base_id=unique_base_id())
-    await asyncio.to_thread(stack.start)
+    stack = await asyncio.to_thread(start_stack, tmp_path / "stack", replicas=1)
     try:
         token = repo_token(stack)
         metadata = tuple(bearer(token).items())

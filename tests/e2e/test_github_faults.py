@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
-from octosts.dev.stack import DevStack, StackPorts
-from tests.e2e.envoy_harness import unique_base_id
+from octosts.dev.stack import DevStack
+from tests.e2e.conftest import start_stack
 from tests.e2e.test_gateway_stack import (
     EXCHANGE,
     REPO_QUERY,
@@ -132,16 +132,15 @@ async def test_when_github_is_slow_the_excess_is_shed_at_once_with_retry_after(
     # Two connections to GitHub, each busy 3 s per mint: of six exchanges at once, two are
     # served and four shed after the 0.1 s pool wait, with 429 + Retry-After instead of
     # queueing until everything in flight times out (and not retried by Envoy).
-    stack = DevStack(
-        workdir=tmp_path / "stack",
-        ports=StackPorts.free(1),
-        base_id=unique_base_id(),
+    stack = await asyncio.to_thread(
+        start_stack,
+        tmp_path / "stack",
+        replicas=1,
         extra_env={
             "OCTOSTS_GITHUB_MAX_CONNECTIONS": "2",
             "OCTOSTS_GITHUB_POOL_WAIT_SECONDS": "0.1",
         },
     )
-    await asyncio.to_thread(stack.start)
     try:
         token = repo_token(stack)
         async with http(stack) as client:

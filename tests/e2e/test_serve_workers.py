@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.stack import DevStack, StackPorts
-from tests.e2e.envoy_harness import unique_base_id
+from tests.e2e.conftest import start_stack
 from tests.emulator import app_key, pem
 from tests.polling import eventually
 
@@ -27,13 +27,7 @@ WORKFLOW = "octo-org/demo/.github/workflows/ci.yaml@refs/heads/main"
 
 @pytest.fixture
 def workers_stack(tmp_path: Path) -> Iterator[DevStack]:
-    stack = DevStack(
-        workdir=tmp_path / "stack",
-        ports=StackPorts.free(1),
-        base_id=unique_base_id(),
-        extra_env={"OCTOSTS_WORKERS": "2"},
-    )
-    stack.start()
+    stack = start_stack(tmp_path / "stack", replicas=1, extra_env={"OCTOSTS_WORKERS": "2"})
     try:
         yield stack
     finally:

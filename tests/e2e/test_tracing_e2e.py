@@ -20,8 +20,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
-from octosts.dev.stack import DevStack, StackPorts
-from tests.e2e.envoy_harness import unique_base_id
+from octosts.dev.stack import DevStack
+from tests.e2e.conftest import start_stack
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -100,15 +100,14 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
 @pytest.fixture
 async def traced_stack(receiver: tuple[Receiver, int], tmp_path: Path) -> AsyncIterator[DevStack]:
     _, port = receiver
-    stack = DevStack(
-        workdir=tmp_path / "stack",
-        ports=StackPorts.free(1),
-        base_id=unique_base_id(),
+    # In a thread: start() polls synchronously while this loop keeps serving the receiver.
+    stack = await asyncio.to_thread(
+        start_stack,
+        tmp_path / "stack",
+        replicas=1,
         otlp_collector=f"127.0.0.1:{port}",
         extra_env={"OTEL_BSP_SCHEDULE_DELAY": "50"},  # export within ~50 ms
     )
-    # In a thread: start() polls synchronously while this loop keeps serving the receiver.
-    await asyncio.to_thread(stack.start)
     try:
         yield stack
     finally:
