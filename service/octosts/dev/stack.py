@@ -51,6 +51,11 @@ APP_ID = 1  # the first GitHub App; a stack with several Apps numbers them 1, 2,
 # fixed (a client that cannot send headers, e.g. gh's porcelain commands, uses such a route).
 FIXED_EGRESS_ROUTE = EgressRoute("/fixed/octo-org/demo/ci/", scope="octo-org/demo", identity="ci")
 EGRESS_ROUTES = (*DEFAULT_EGRESS_ROUTES, FIXED_EGRESS_ROUTE)
+# How long Envoy waits for a Check, all tries together. The production default (0.5 s) is for
+# replicas with cores of their own; this stack shares a developer's (or CI's) few cores with
+# everything else, where a replica is at times descheduled for longer than that: the Check was
+# cut (503, nothing retried: no time left), under load the first exchange of a fresh stack.
+AUTHZ_TIMEOUT_S = 2.0
 
 
 class StackError(RuntimeError):
@@ -360,6 +365,7 @@ class DevStack:
             access_log_path=str(self.workdir / "logs" / "envoy-access.log"),
             metrics_port=self.ports.envoy_metrics,
             health_check_interval_s=1.0,
+            authz_timeout_s=AUTHZ_TIMEOUT_S,
             github_api_url=self.github_url,
             egress_routes=EGRESS_ROUTES,
             otlp_collector=Upstream.parse(self.otlp_collector) if self.otlp_collector else None,
