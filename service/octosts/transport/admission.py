@@ -3,13 +3,19 @@
 ``AdmissionInterceptor`` wraps the unary RPCs of the exchange path (Exchange,
 ext_authz Check; never health) so that:
 
-- at most ``Admission.limit`` of them run at once in this worker; one more is
-  answered at once, before any work, with RESOURCE_EXHAUSTED, reason
-  ``overloaded`` and ``retry-after`` (the answer table's ``Overloaded`` row).
-  Without a bound, calls beyond the knee queued inside the process for up to
-  25 s, all of them slow, most past their callers' deadlines; shed at once they
-  cost microseconds, Envoy retries them on another replica (``resource-exhausted``)
-  and the admitted ones keep their latency.
+- at most ``Admission.limit`` of them run at once in this worker, and fewer while
+  the worker's event loop runs late: with more than ``MIN_IN_FLIGHT`` calls in
+  progress and the loop ``MAX_LOOP_LAG`` behind (the CPU cannot keep up), a new
+  call is not taken either. A call not taken is answered at once, before any
+  work, with RESOURCE_EXHAUSTED, reason ``overloaded`` and ``retry-after`` (the
+  answer table's ``Overloaded`` row). Without a bound, calls beyond the knee
+  queued inside the process for up to 25 s, all of them slow, most past their
+  callers' deadlines; shed at once they cost microseconds and the admitted ones
+  keep their latency. Why both: a count high enough for calls that wait on GitHub
+  (I/O, no CPU) lets calls that need the CPU queue for seconds (measured: at 100
+  calls, Envoy's 0.5 s Check timeout answered most of the excess); a count low
+  enough for the CPU refuses ordinary bursts. The loop's lag measures the queue
+  for the CPU directly.
 - at shutdown, ``Admission.drain(grace)`` waits for the calls in flight and, when
   the grace period ends, cancels those left; each answers UNAVAILABLE, reason
   ``shutting_down`` (the ``ShuttingDown`` row) instead of gRPC's raw
@@ -40,15 +46,23 @@ if TYPE_CHECKING:
 # comes from draining, not load), and reflection is a debugging aid.
 UNLIMITED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _CUT = "shutting_down"
+# The event loop this late (a ready call waits this long for the CPU) means "full"...
+MAX_LOOP_LAG = 0.05
+# ...unless so few calls are in progress that the lag is someone else's (a noisy neighbour):
+# a replica always makes progress.
+MIN_IN_FLIGHT = 16
+_TICK = 0.01
 
 
 class Admission:
     """The calls in flight in one worker: a bound, and their end when draining."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, max_lag: float = MAX_LOOP_LAG) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
+        self.max_lag = max_lag
+        self.lag = 0.0  # how late the loop ran its last timers, seconds (see ``watch_loop``)
         self._running: set[asyncio.Task[Any]] = set()
         self._cut: set[asyncio.Task[Any]] = set()
 
@@ -56,9 +70,31 @@ class Admission:
     def in_flight(self) -> int:
         return len(self._running)
 
+    def full(self) -> str | None:
+        """Why a new call cannot be taken now, or None."""
+        running = len(self._running)
+        if running >= self.limit:
+            return f"{running} calls in progress, the limit"
+        if running >= MIN_IN_FLIGHT and self.lag > self.max_lag:
+            return f"{running} calls in progress and the CPU {self.lag * 1000:.0f} ms behind"
+        return None
+
+    async def watch_loop(self) -> None:
+        """Measure the event loop's lag until cancelled: a 10 ms timer, how late it fires.
+
+        Smoothed (a third of each new reading), so one slow step (a collection, a large
+        response) does not shed calls; sustained lag does within a few ticks.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(_TICK)
+            late = loop.time() - start - _TICK
+            self.lag += (late - self.lag) / 3
+
     def admit(self) -> asyncio.Task[Any] | None:
-        """Count the running call in; None when the worker is at its limit (shed it)."""
-        if len(self._running) >= self.limit:
+        """Count the running call in; None when the worker is full (shed it, see ``full``)."""
+        if self.full() is not None:
             return None
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - grpc.aio runs every call in a task
@@ -122,7 +158,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
             task = admission.admit()
             if task is None:
                 metrics.shed(Overloaded.reason)
-                await answer(context, Overloaded(f"more than {admission.limit} calls in progress"))
+                await answer(context, Overloaded(admission.full() or "full"))
             metrics.in_flight(admission.in_flight)
             try:
                 result = await run(behavior, request, context)

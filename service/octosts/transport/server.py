@@ -124,6 +124,7 @@ class GrpcServer:
         self._held_until = 0.0
         self._holding: asyncio.Task[None] | None = None
         self._admission = admission
+        self._watching: asyncio.Task[None] | None = None
         if readiness is not None:
             readiness.attach(self._hold_not_serving)
 
@@ -154,6 +155,8 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self._address}")
         await self._server.start()
+        if self._admission is not None:
+            self._watching = asyncio.get_running_loop().create_task(self._admission.watch_loop())
         await self._set_all(_SERVING)
         return self.port
 
@@ -174,6 +177,8 @@ class GrpcServer:
         stopping = asyncio.ensure_future(self._server.stop(grace + _CUT_MARGIN_SECONDS))
         await self._admission.drain(grace)
         await stopping
+        if self._watching is not None:
+            self._watching.cancel()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
