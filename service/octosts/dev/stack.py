@@ -319,15 +319,7 @@ class DevStack:
 
     def _start(self, timeout: float) -> None:
         self.certs = ensure_dev_certs(self.workdir / "certs")
-        issuer = self._spawn(
-            "issuer",
-            [
-                "dev", "issuer",
-                "--listen", f"127.0.0.1:{self.ports.issuer}",
-                "--state-dir", str(self.workdir / "dev-issuer"),
-                "--issuer-url", self.issuer_url,
-            ],
-        )  # fmt: skip
+        issuer = self._spawn_issuer()
         github = self._spawn(
             "github",
             [
@@ -341,13 +333,37 @@ class DevStack:
                 *self.github_args,
             ],
         )  # fmt: skip
-        discovery = f"{self.issuer_url}/.well-known/openid-configuration"
-        _deadline_poll("dev issuer", lambda: _http_ok(discovery), timeout, issuer)
+        self._wait_issuer(issuer, timeout)
         health = f"{self.github_url}/_emulator/health"
         _deadline_poll("GitHub emulator", lambda: _http_ok(health), timeout, github)
         for index in range(len(self.ports.grpc)):
             self.start_server(index, timeout)
         self._start_envoy(timeout)
+
+    def _spawn_issuer(self) -> _Proc:
+        return self._spawn(
+            "issuer",
+            [
+                "dev", "issuer",
+                "--listen", f"127.0.0.1:{self.ports.issuer}",
+                "--state-dir", str(self.workdir / "dev-issuer"),
+                "--issuer-url", self.issuer_url,
+            ],
+        )  # fmt: skip
+
+    def _wait_issuer(self, issuer: _Proc, timeout: float) -> None:
+        discovery = f"{self.issuer_url}/.well-known/openid-configuration"
+        _deadline_poll("dev issuer", lambda: _http_ok(discovery), timeout, issuer)
+
+    def stop_issuer(self) -> None:
+        """Stop the dev issuer (the replicas keep the keys they have cached)."""
+        proc = next(p for p in self._procs if p.name == "issuer")
+        proc.stop()
+        self._procs.remove(proc)
+
+    def start_issuer(self, timeout: float = 30.0) -> None:
+        """Start the dev issuer again, with the same keys (its state directory)."""
+        self._wait_issuer(self._spawn_issuer(), timeout)
 
     def _start_envoy(self, timeout: float) -> None:
         assert self.certs is not None
