@@ -16,13 +16,19 @@ policy: 403), 10 % expired (401)). Each runs ``--before`` s clean, ``--fault`` s
 - recovery: seconds from the end of the fault until warm exchanges succeed again for good;
 - orphan tokens: live in the emulator's ledger, minted during the scenario, held by no caller.
 
+GitHub slow on one replica (the [resilience] issue's defect 3): mints take 3 s, warm exchanges
+through Envoy to a single replica at 25 and 45 rps with the default pool and admission limit,
+and at 45 rps with both sized for it: the share answered 200, how fast and with what the rest
+were refused (status, reason, ``Retry-After``), GitHub mints per second.
+
 Overload: one replica, an open-loop ramp with h2load (warm exchanges through Envoy), once with
 admission control (``OCTOSTS_MAX_CONCURRENT_RPCS``, default) and once without (the limit at
-10,000, Envoy's breakers as wide): achieved rate, latency of successes and of refusals, where
-the knee is. Workers: kill -9 of a supervisor with ``OCTOSTS_WORKERS=2``, workers left running.
+10,000, Envoy's breakers as wide), the two stacks taking turns at each rate: achieved rate,
+latency of successes and of refusals, calls in flight, Envoy's counters, where the knee is.
+Workers: kill -9 of a supervisor with ``OCTOSTS_WORKERS=2``, workers left running.
 
     .venv/bin/python bench/resilience.py [--rate 50] [--before 3] [--fault 10] [--after 8] \
-        [--only NAME ...] [--no-overload]
+        [--only NAME ...] [--no-slow] [--no-overload]
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ class Shot:
     end: float
     status: int  # 0: no HTTP answer (connection error, client timeout)
     reason: str = ""
+    retry_after: str = ""
     token_sha256: str = ""
 
 
@@ -108,6 +115,15 @@ class Tokens:
         return self.warm, QUERY
 
 
+def _ms(samples: list[float], p: float) -> float | None:
+    """The ``p``th percentile in milliseconds, None without samples (JSON has no NaN)."""
+    return round(percentile(samples, p) * 1000, 1) if samples else None
+
+
+def _show(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def _reason(text: str) -> str:
     try:
         message = str(json.loads(text).get("message", ""))
@@ -122,10 +138,11 @@ async def drive(
     rate: float,
     seconds: float,
     events: list[tuple[float, Callable[[], Awaitable[None]]]],
+    mix: tuple[tuple[str, int], ...] = MIX,
 ) -> list[Shot]:
     """Open-loop load at ``rate``/s for ``seconds``; ``events`` run at their offsets."""
     tokens = Tokens(stack)
-    kinds = [kind for kind, weight in MIX for _ in range(weight)]
+    kinds = [kind for kind, weight in mix for _ in range(weight)]
     shots: list[Shot] = []
     tasks: set[asyncio.Task[None]] = set()
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
@@ -150,6 +167,7 @@ async def drive(
                     shot.token_sha256 = hashlib.sha256(issued.encode()).hexdigest()
                 else:
                     shot.reason = _reason(resp.text)
+                    shot.retry_after = resp.headers.get("retry-after", "")
             shots.append(shot)
 
         started = time.monotonic()
@@ -199,13 +217,40 @@ def orphans(stack: DevStack, since: float, held: set[str]) -> int:
     )
 
 
+def envoy_counters(stack: DevStack, pattern: str) -> dict[str, int]:
+    """Envoy's counters whose names match ``pattern`` (a regex, Envoy's ``/stats?filter=``)."""
+    assert stack.envoy is not None
+    stats = httpx.get(f"{stack.envoy.admin_url}/stats", params={"filter": pattern})
+    found: dict[str, int] = {}
+    for line in stats.text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.isdigit():
+            found[name] = int(value)
+    return found
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The counters that moved, by their last name part (``error``, ``upstream_rq_retry``)."""
+    return {
+        name.rpartition(".")[2]: after[name] - before.get(name, 0)
+        for name in sorted(after)
+        if after[name] != before.get(name, 0)
+    }
+
+
 def envoy_retries(stack: DevStack) -> int:
     """Envoy's ``cluster.sts.upstream_rq_retry`` (Check and Exchange retries on another replica)."""
-    assert stack.envoy is not None
-    stats = httpx.get(
-        f"{stack.envoy.admin_url}/stats", params={"filter": "^cluster.sts.upstream_rq_retry$"}
+    return envoy_counters(stack, "^cluster.sts.upstream_rq_retry$").get(
+        "cluster.sts.upstream_rq_retry", 0
     )
-    return int(stats.text.partition(": ")[2] or 0)
+
+
+# Where a refusal in a ramp came from: Envoy's breakers (UO), ext_authz failing (its Check
+# shed or timed out: 503 authz_unavailable), the replica's own overload answer (429).
+_SHED_COUNTERS = (
+    "^(cluster.sts.upstream_rq_(pending|active)_overflow|cluster.sts.upstream_rq_retry"
+    "|cluster.sts.upstream_rq_timeout|http.sts_ingress.ext_authz.error)$"
+)
 
 
 def add_fault(stack: DevStack, rule: dict[str, Any]) -> None:
@@ -347,8 +392,106 @@ async def run_scenario(
         "recovery_s": round(max(recovery, 0.0), 1),
         "orphan_tokens": orphans(stack, began, held),
         "envoy_retries": envoy_retries(stack) - retries_before,
-        "warm_p50_ms_during_fault": round(percentile([s.end - s.start for s in warm], 50) * 1000),
+        "warm_p50_ms_during_fault": _ms([s.end - s.start for s in warm], 50),
     }
+
+
+# -- GitHub slow, one replica (defect 3's figure) -----------------------------------------------
+
+# (label, offered rps, extra settings): the target's 45 rps against 25 rps in the same run, and
+# 45 rps with the pool and the admission limit sized for it (45/s x 3 s = 135 calls at once).
+SLOW_CASES: tuple[tuple[str, int, dict[str, str]], ...] = (
+    ("25 rps", 25, {}),
+    ("45 rps", 45, {}),
+    (
+        "45 rps, pool 150",
+        45,
+        {"OCTOSTS_GITHUB_MAX_CONNECTIONS": "150", "OCTOSTS_MAX_CONCURRENT_RPCS": "200"},
+    ),
+)
+
+
+def warm_up(stack: DevStack) -> str:
+    """One exchange (issuer keys, installation, policy cached); returns the warm token."""
+    token = stack.token(SUB, workflow_ref=WORKFLOW, ttl=3600)
+    httpx.get(
+        f"{stack.gateway_url}{EXCHANGE}",
+        params=QUERY,
+        headers={"authorization": f"Bearer {token}"},
+        verify=stack.client_tls(),
+    ).raise_for_status()
+    return token
+
+
+def slow_github(workdir: Path, *, latency_ms: int, seconds: float) -> dict[str, dict[str, Any]]:
+    """Warm exchanges through Envoy to ONE replica while GitHub takes ``latency_ms`` per mint."""
+    results: dict[str, dict[str, Any]] = {}
+    for i, (label, rate, extra) in enumerate(SLOW_CASES):
+        stack = DevStack(
+            workdir=workdir / f"slow-{i}",
+            ports=StackPorts.free(1),
+            base_id=(os.getpid() % 40_000) * 100 + 80 + i,
+            github_args=("--rate-limit", "100000000"),
+            extra_env={"OCTOSTS_LOG_LEVEL": "warning", **extra},
+        )
+        with stack:
+            warm_up(stack)  # the policy reader's token minted before GitHub turns slow
+            fault = {"kind": "latency", "latency_ms": latency_ms, "path_prefix": MINT_PREFIX}
+            add_fault(stack, fault)
+            began = time.time()
+            before = envoy_counters(stack, _SHED_COUNTERS)
+            shots = asyncio.run(drive(stack, rate, seconds, [], mix=(("warm", 1),)))
+            _, mints = github_calls(stack, began, began + seconds)
+            envoy = _delta(before, envoy_counters(stack, _SHED_COUNTERS))
+        ok = [s.end - s.start for s in shots if s.status == 200]
+        refused = [s for s in shots if s.status != 200]
+        results[label] = {
+            "offered_rps": rate,
+            "settings": extra,
+            "requests": len(shots),
+            "ok_share": round(len(ok) / len(shots), 3),
+            "ok_p50_ms": _ms(ok, 50),
+            "refused": len(refused),
+            "refused_p50_ms": _ms([s.end - s.start for s in refused], 50),
+            "refused_p99_ms": _ms([s.end - s.start for s in refused], 99),
+            "refused_with_retry_after": sum(1 for s in refused if s.retry_after),
+            "answers": dict(
+                Counter(f"{s.status} {s.reason}".strip() for s in shots).most_common(6)
+            ),
+            "github_mints_per_s": round(mints / seconds, 1),
+            "envoy": envoy,
+        }
+    return results
+
+
+def print_slow(results: dict[str, dict[str, Any]], latency_ms: int) -> None:
+    print(f"\nGitHub mints at {latency_ms} ms, warm exchanges through Envoy to one replica")
+    head = (
+        "case",
+        "ok",
+        "ok p50 ms",
+        "refused p50 ms",
+        "refused p99 ms",
+        "with Retry-After",
+        "mints/s",
+        "answers",
+        "Envoy",
+    )
+    body = [
+        (
+            label,
+            f"{r['ok_share']:.0%}",
+            _show(r["ok_p50_ms"]),
+            _show(r["refused_p50_ms"]),
+            _show(r["refused_p99_ms"]),
+            f"{r['refused_with_retry_after']}/{r['refused']}",
+            str(r["github_mints_per_s"]),
+            " ".join(f"{k}:{v}" for k, v in r["answers"].items()),
+            " ".join(f"{k}:{v}" for k, v in r["envoy"].items()) or "-",
+        )
+        for label, r in results.items()
+    ]
+    print(table([head, *body]))
 
 
 # -- overload ramp (h2load) --------------------------------------------------------------------
@@ -370,7 +513,9 @@ def h2load_at(
         f"--log-file={log}",
         f"{stack.gateway_url}{EXCHANGE}?scope=octo-org/demo&identity=ci",
     ]
+    before = envoy_counters(stack, _SHED_COUNTERS)
     subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    after = envoy_counters(stack, _SHED_COUNTERS)
     ok: list[float] = []
     refused: list[float] = []
     statuses: Counter[str] = Counter()
@@ -382,37 +527,48 @@ def h2load_at(
     return {
         "offered_rps": rate,
         "ok_rps": round(len(ok) / seconds, 1),
-        "ok_p50_ms": round(percentile(ok, 50) * 1000, 1),
-        "ok_p99_ms": round(percentile(ok, 99) * 1000, 1),
+        "ok_p50_ms": _ms(ok, 50),
+        "ok_p99_ms": _ms(ok, 99),
+        # Little's law: requests in flight at the edge = rate x mean time in the system.
+        "in_flight": round((sum(ok) + sum(refused)) / seconds, 1),
         "refused": sum(statuses.values()) - statuses["200"],
-        "refused_p50_ms": round(percentile(refused, 50) * 1000, 1),
-        "refused_p99_ms": round(percentile(refused, 99) * 1000, 1),
+        "refused_p50_ms": _ms(refused, 50),
+        "refused_p99_ms": _ms(refused, 99),
         "statuses": dict(sorted(statuses.items())),
+        "envoy": _delta(before, after),
     }
 
 
 def ramp(
-    workdir: Path, *, limit: int | None, rates: list[int], seconds: int
-) -> list[dict[str, Any]]:
-    env = {"OCTOSTS_LOG_LEVEL": "warning"}
-    if limit is not None:
-        env["OCTOSTS_MAX_CONCURRENT_RPCS"] = str(limit)
-    stack = DevStack(
-        workdir=workdir,
-        ports=StackPorts.free(1),
-        base_id=(os.getpid() % 40_000) * 100 + 91 + (limit is not None),
-        github_args=("--rate-limit", "100000000"),
-        extra_env=env,
-    )
-    with stack:
-        token = stack.token(SUB, workflow_ref=WORKFLOW, ttl=3600)
-        httpx.get(
-            f"{stack.gateway_url}{EXCHANGE}",
-            params=QUERY,
-            headers={"authorization": f"Bearer {token}"},
-            verify=stack.client_tls(),
-        ).raise_for_status()
-        return [h2load_at(stack, token, rate, seconds, workdir) for rate in rates]
+    workdir: Path, *, rates: list[int], seconds: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows (with admission control, without), each rate run on both stacks in turn.
+
+    Both stacks stay up and the two runs of each rate follow each other, so a neighbour's
+    load on the shared machine falls on both sides of a comparison, not on one ramp.
+    """
+    stacks = [
+        DevStack(
+            workdir=workdir / name,
+            ports=StackPorts.free(1),
+            base_id=(os.getpid() % 40_000) * 100 + 91 + i,
+            github_args=("--rate-limit", "100000000"),
+            extra_env={"OCTOSTS_LOG_LEVEL": "warning", **extra},
+        )
+        for i, (name, extra) in enumerate(
+            (("limited", {}), ("unlimited", {"OCTOSTS_MAX_CONCURRENT_RPCS": "10000"}))
+        )
+    ]
+    rows: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
+    with contextlib.ExitStack() as running:
+        tokens = []
+        for stack in stacks:
+            running.enter_context(stack)
+            tokens.append(warm_up(stack))
+        for rate in rates:
+            for stack, token, out in zip(stacks, tokens, rows, strict=True):
+                out.append(h2load_at(stack, token, rate, seconds, workdir))
+    return rows
 
 
 def knee(rows: list[dict[str, Any]]) -> int:
@@ -475,7 +631,7 @@ def _alive(pid: int) -> bool:
 
 
 def print_faults(results: dict[str, dict[str, Any]]) -> None:
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             "scenario",
             "statuses (all)",
@@ -507,7 +663,8 @@ def print_faults(results: dict[str, dict[str, Any]]) -> None:
     print(table(rows))
     print("\nunexpected answers (status reason: count), warm p50 during the fault:")
     for name, r in results.items():
-        print(f"  {name:24} {r['unexpected'] or '-'}  warm p50 {r['warm_p50_ms_during_fault']} ms")
+        warm_p50 = _show(r["warm_p50_ms_during_fault"])
+        print(f"  {name:24} {r['unexpected'] or '-'}  warm p50 {warm_p50} ms")
 
 
 def print_ramp(label: str, rows: list[dict[str, Any]]) -> None:
@@ -517,21 +674,25 @@ def print_ramp(label: str, rows: list[dict[str, Any]]) -> None:
         "ok rps",
         "ok p50 ms",
         "ok p99 ms",
+        "in flight",
         "refused",
         "refused p50 ms",
         "refused p99 ms",
         "statuses",
+        "Envoy",
     )
     body = [
         (
             str(r["offered_rps"]),
             str(r["ok_rps"]),
-            str(r["ok_p50_ms"]),
-            str(r["ok_p99_ms"]),
+            _show(r["ok_p50_ms"]),
+            _show(r["ok_p99_ms"]),
+            str(r["in_flight"]),
             str(r["refused"]),
-            str(r["refused_p50_ms"]),
-            str(r["refused_p99_ms"]),
+            _show(r["refused_p50_ms"]),
+            _show(r["refused_p99_ms"]),
             " ".join(f"{k}:{v}" for k, v in r["statuses"].items()),
+            " ".join(f"{k}:{v}" for k, v in r["envoy"].items()) or "-",
         )
         for r in rows
     ]
@@ -548,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-overload", action="store_true", help="skip the ramps and workers")
     parser.add_argument("--ramp", default="100,200,300,400,600,800", help="offered rps steps")
     parser.add_argument("--ramp-seconds", type=int, default=5)
+    parser.add_argument("--no-slow", action="store_true", help="skip GitHub-slow on one replica")
+    parser.add_argument("--slow-seconds", type=float, default=12.0)
     args = parser.parse_args(argv)
     # SIGTERM (a timeout, Ctrl-C in make) unwinds the stacks: no process is left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -584,13 +747,16 @@ def main(argv: list[str] | None = None) -> int:
             + f"; fault {args.fault:g} s\n"
         )
         print_faults(faults)
+        if not args.no_slow:
+            print("\n-- GitHub slow, one replica", flush=True)
+            results["github_slow_one_replica"] = slow_github(
+                work / "slow", latency_ms=3000, seconds=args.slow_seconds
+            )
+            print_slow(results["github_slow_one_replica"], 3000)
         if not args.no_overload:
             rates = [int(r) for r in args.ramp.split(",")]
             print("\n-- overload ramp, one replica, with and without admission control", flush=True)
-            shed = ramp(work / "ramp-limited", limit=None, rates=rates, seconds=args.ramp_seconds)
-            queued = ramp(
-                work / "ramp-unlimited", limit=10_000, rates=rates, seconds=args.ramp_seconds
-            )
+            shed, queued = ramp(work / "ramp", rates=rates, seconds=args.ramp_seconds)
             results["overload"] = {"admission_control": shed, "no_admission_control": queued}
             results["knee_rps"] = {
                 "admission_control": knee(shed),
