@@ -28,7 +28,10 @@ latency of successes and of refusals, calls in flight, Envoy's counters, where t
 Workers: kill -9 of a supervisor with ``OCTOSTS_WORKERS=2``, workers left running.
 
     .venv/bin/python bench/resilience.py [--rate 50] [--before 3] [--fault 10] [--after 8] \
-        [--only NAME ...] [--no-slow] [--no-overload]
+        [--only NAME ...] [--no-faults] [--no-slow] [--no-overload]
+
+Writes the ``"resilience"`` key of bench/results.json; the parts and scenarios not run keep
+their stored figures.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import percentile, save, table
+from _common import RESULTS, percentile, save, table
 
 from octosts.dev.stack import DevStack, StackPorts
 
@@ -706,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", type=float, default=10.0)
     parser.add_argument("--after", type=float, default=8.0)
     parser.add_argument("--only", nargs="*", default=None, help="fault scenarios to run")
+    parser.add_argument("--no-faults", action="store_true", help="skip the fault scenarios")
     parser.add_argument("--no-overload", action="store_true", help="skip the ramps and workers")
     parser.add_argument("--ramp", default="100,200,300,400,600,800", help="offered rps steps")
     parser.add_argument("--ramp-seconds", type=int, default=5)
@@ -714,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM (a timeout, Ctrl-C in make) unwinds the stacks: no process is left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    results: dict[str, Any] = {"rate": args.rate, "fault_s": args.fault}
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="octosts-resilience-") as tmp:
         work = Path(tmp)
         stack = DevStack(
@@ -725,10 +729,13 @@ def main(argv: list[str] | None = None) -> int:
             extra_env={"OCTOSTS_LOG_LEVEL": "warning"},
         )
         faults: dict[str, dict[str, Any]] = {}
-        with stack:
-            for scenario in fault_scenarios(args.fault):
-                if args.only and scenario.name not in args.only:
-                    continue
+        scenarios = [
+            s
+            for s in fault_scenarios(args.fault)
+            if not args.no_faults and (not args.only or s.name in args.only)
+        ]
+        with stack if scenarios else contextlib.nullcontext(stack):
+            for scenario in scenarios:
                 print(f"-- {scenario.name}: {scenario.what}", flush=True)
                 faults[scenario.name] = asyncio.run(
                     run_scenario(
@@ -740,13 +747,14 @@ def main(argv: list[str] | None = None) -> int:
                         after=args.after,
                     )
                 )
-        results["faults"] = faults
-        print(
-            f"\nFault scenarios: {args.rate:g} exchanges/s through Envoy, 2 replicas, mix "
-            + ", ".join(f"{k} {w} %" for k, w in MIX)
-            + f"; fault {args.fault:g} s\n"
-        )
-        print_faults(faults)
+        if faults:
+            results.update(faults=faults, rate=args.rate, fault_s=args.fault)
+            print(
+                f"\nFault scenarios: {args.rate:g} exchanges/s through Envoy, 2 replicas, mix "
+                + ", ".join(f"{k} {w} %" for k, w in MIX)
+                + f"; fault {args.fault:g} s\n"
+            )
+            print_faults(faults)
         if not args.no_slow:
             print("\n-- GitHub slow, one replica", flush=True)
             results["github_slow_one_replica"] = slow_github(
@@ -770,8 +778,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"\nkill -9 of a supervisor with {s['workers']} workers: {s['left_running']} left "
                 f"running, all gone after {s['all_gone_after_s']} s"
             )
-    save("resilience", results)
+    save("resilience", _keep_unrun(results))
     return 0
+
+
+def _keep_unrun(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` over the stored figures: the parts and scenarios not run keep theirs."""
+    try:
+        stored = json.loads(RESULTS.read_text()).get("resilience", {})
+    except (OSError, ValueError):
+        stored = {}
+    faults = {**stored.get("faults", {}), **results.get("faults", {})}
+    return {**stored, **results, "faults": faults}
 
 
 if __name__ == "__main__":
