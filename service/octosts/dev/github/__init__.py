@@ -30,6 +30,9 @@ codes, so policies can be tried without a real GitHub App:
   secondary or primary rate limit (``retry-after`` / ``x-ratelimit-reset``), a
   dropped connection or added latency, per path prefix and method, for a
   fraction of requests, ``times`` times or for ``seconds``.
+* Registering an App from a manifest (``manifests``): the web form's POST to
+  ``/settings/apps/new`` (or an organization's) redirects with a code, ``POST
+  /app-manifests/{code}/conversions`` answers the new App, which is served from then on.
 * A token ledger (``/_emulator/tokens``): every mint with its id, SHA-256,
   permissions, repositories and state (live, revoked, expired, evicted).
 * ``GET /_emulator/calls``, ``POST /_emulator/reset``, ``GET /_emulator/health``:
@@ -53,6 +56,7 @@ The package, by concern:
 ``limits``         fault rules, base latency and failure rate, primary rate limits per budget
 ``routing``        the route table's matcher and dispatch (401 / rate limit / 404 order)
 ``routes/``        one module per API area: ``apps``, ``installation``, ``contents``, ``checks``
+``manifests``      Apps registered from a manifest: codes handed out, converted once
 ``control``        ``/_emulator/*`` endpoints and the call log
 ``deliveries``     signed webhook deliveries and the event payloads
 ``server``         the HTTP(S) server around ``GitHubEmulator.handle``

@@ -12,6 +12,7 @@ named), primary rate limit (its JWT's budget and each of its installations') and
 from __future__ import annotations
 
 import secrets
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -37,6 +38,7 @@ from octosts.dev.github.limits import (
     Faults,
     RateLimits,
 )
+from octosts.dev.github.manifests import ManifestFlow, NewApp, slug_of
 from octosts.dev.github.routes import ROUTES
 from octosts.dev.github.routing import Context, Router
 from octosts.dev.github.server import EmulatorServer
@@ -93,7 +95,8 @@ class GitHubEmulator:
         self._clock: Clock = clock or SystemClock()
         self.app = App(app_id, app_public_key, dict(installation_permissions))
         self.apps: dict[int, App] = {app_id: self.app}  # by id, the first one first
-        self._app_limits: dict[int, int] = {}  # an App's own rate limit, if it has one
+        self._app_limits: dict[int, int] = {}
+        self._manifest_lock = threading.Lock()  # an App's own rate limit, if it has one
         self.repos = Repos()
         self.repos.auto_install(app_id)
         self.ledger = TokenLedger(max_tokens)
@@ -107,8 +110,15 @@ class GitHubEmulator:
             self._calls, self.faults, self.ledger, self._clock, self.reset, self.describe_apps
         )
         self._router = Router(ROUTES)
+        self.manifests = ManifestFlow(self._app_from_manifest, self._clock, lambda: self.url)
         self._context = Context(
-            self.apps, self.repos, self.ledger, self.limits, self._clock, lambda: self.url
+            self.apps,
+            self.repos,
+            self.ledger,
+            self.limits,
+            self._clock,
+            lambda: self.url,
+            self.manifests,
         )
         self._host, self._port, self._tls_dir = host, port, tls_dir
         self._server: EmulatorServer | None = None
@@ -160,6 +170,7 @@ class GitHubEmulator:
         rate_limit: int | None = None,
         owners: Iterable[str] | None = None,
         permissions: Mapping[str, str] = DEFAULT_INSTALLATION_PERMISSIONS,
+        slug: str | None = None,
     ) -> App:
         """Serve another App: installed on every owner (``owners`` None, also those added
         later) or on the ``owners`` named (created if new); ``rate_limit`` requests per window
@@ -167,7 +178,7 @@ class GitHubEmulator:
         Raises ValueError for an id already served or a limit below 1."""
         if app_id in self.apps or app_id < 1:
             raise ValueError(f"app id {app_id} is taken or not positive")
-        app = App(app_id, public_key, dict(permissions), f"{APP_SLUG}-{app_id}")
+        app = App(app_id, public_key, dict(permissions), slug or f"{APP_SLUG}-{app_id}")
         self.apps[app_id] = app
         self.set_app_rate_limit(app_id, rate_limit)
         self._app_webhooks[app_id] = WebhookSender(app_id)
@@ -177,6 +188,28 @@ class GitHubEmulator:
             for login in owners:
                 self.repos.install(login, app_id)
         return app
+
+    def _app_from_manifest(
+        self, new: NewApp, public_key: rsa.RSAPublicKey
+    ) -> tuple[App, str | None]:
+        """Serve the App a manifest conversion creates (``manifests``): the next free id, on
+        every owner, with the manifest's permissions and webhook. Returns it and its webhook
+        secret."""
+        with self._manifest_lock:
+            app_id = max(self.apps) + 1
+            taken = {app.slug for app in self.apps.values()}
+            slug = slug_of(new.name)
+            app = self.add_app(
+                app_id,
+                public_key,
+                permissions=new.permissions,
+                slug=slug if slug not in taken else f"{slug}-{app_id}",
+            )
+        if new.webhook_url is None:
+            return app, None
+        secret = secrets.token_hex(20)
+        self.configure_webhook(new.webhook_url, secret, app_id=app_id)
+        return app, secret
 
     def set_app_rate_limit(self, app_id: int, rate_limit: int | None) -> None:
         """Give an App a primary rate limit of its own (None: the emulator's). Raises ValueError."""

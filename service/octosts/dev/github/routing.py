@@ -16,6 +16,7 @@ from octosts.dev.github.answers import Answer, HttpError, not_found
 from octosts.dev.github.auth import App, Principal
 from octosts.dev.github.ledger import TokenLedger
 from octosts.dev.github.limits import RateLimits
+from octosts.dev.github.manifests import ManifestFlow
 from octosts.dev.github.state import Repos
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class Context:
     limits: RateLimits
     clock: Clock
     base_url: Callable[[], str]  # the server's URL, for absolute links (raises before start)
+    manifests: ManifestFlow  # Apps registered from a manifest (docs/self-hosting.md)
 
     def app_of(self, principal: Principal) -> App:
         """The App calling (an App JWT) or whose installation the token is of."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from octosts.dev.github.routes import apps, checks, contents, installation, issues
+from octosts.dev.github.routes import apps, checks, contents, installation, issues, manifests
 from octosts.dev.github.routing import Route
 
 ROUTES: tuple[Route, ...] = (
@@ -11,4 +11,5 @@ ROUTES: tuple[Route, ...] = (
     *contents.ROUTES,
     *checks.ROUTES,
     *issues.ROUTES,
+    *manifests.ROUTES,
 )
