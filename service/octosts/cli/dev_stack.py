@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shlex
 import signal
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from octosts.cli._inputs import InputError, decode_utf8, read_limited
 from octosts.dev.stack import DevStack, StackError, StackPorts
 from octosts.dev.waiting import wait_for
 
@@ -38,7 +40,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--no-wait", action="store_true", help="exit after the demo exchange (smoke test)"
     )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="FILE",
+        help="run as the GitHub App in FILE (`octo-sts setup convert`'s octo-sts.env) against "
+        "its GITHUB_BASE_URL, instead of starting an emulator (docs/self-hosting.md)",
+    )
+    parser.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="move every port by N (a second stack on the same machine)",
+    )
     parser.set_defaults(func=_run)
+
+
+MAX_ENV_FILE = 64 * 1024
+_ENV_LINE = re.compile(r"([A-Z][A-Z0-9_]*)=(.*)")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments and blank lines skipped), as ``docker-compose
+    --env-file`` and ``set -a; . FILE`` read the file ``setup convert`` writes. Raises
+    ValueError, InputError."""
+    settings: dict[str, str] = {}
+    text = decode_utf8(read_limited(str(path), MAX_ENV_FILE, what="env file"), where=str(path))
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        found = _ENV_LINE.fullmatch(line.strip())
+        if found is None:
+            raise ValueError(f"{path}:{number}: expected NAME=VALUE")
+        settings[found.group(1)] = found.group(2)
+    if "GITHUB_BASE_URL" not in settings or "GITHUB_APP_ID" not in settings:
+        raise ValueError(f"{path}: needs GITHUB_APP_ID and GITHUB_BASE_URL (setup convert's file)")
+    return settings
 
 
 def _demo(stack: DevStack) -> int:
@@ -110,10 +148,24 @@ def egress_demo(stack: DevStack, token: str, token_cmd: str) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.env_file is not None and args.apps != 1:
+        print("octo-sts dev stack: --env-file names one App, not --apps N", file=sys.stderr)
+        return 2
+    try:
+        app = read_env_file(args.env_file) if args.env_file is not None else {}
+        ports = StackPorts.fixed(args.replicas, args.port_offset)
+    except (ValueError, InputError) as exc:
+        print(f"octo-sts dev stack: {exc}", file=sys.stderr)
+        return 2
     stack = DevStack(
-        workdir=args.workdir.resolve(), ports=StackPorts.fixed(args.replicas), apps=args.apps
+        workdir=args.workdir.resolve(),
+        ports=ports,
+        apps=args.apps,
+        github=app.get("GITHUB_BASE_URL"),
+        extra_env=app,
     )
-    print("starting dev issuer, GitHub emulator, STS replicas and Envoy ...", flush=True)
+    github = f"GitHub at {stack.github}" if stack.github else "GitHub emulator"
+    print(f"starting dev issuer, {github}, STS replicas and Envoy ...", flush=True)
     try:
         stack.start()
     except (StackError, OSError) as exc:

@@ -56,6 +56,8 @@ EGRESS_ROUTES = (*DEFAULT_EGRESS_ROUTES, FIXED_EGRESS_ROUTE)
 # everything else, where a replica is at times descheduled for longer than that: the Check was
 # cut (503, nothing retried: no time left), under load the first exchange of a fresh stack.
 AUTHZ_TIMEOUT_S = 2.0
+# The highest fixed port (9902, and 9464 + 8 replicas) stays below 65536.
+MAX_PORT_OFFSET = 55_000
 
 
 class StackError(RuntimeError):
@@ -74,17 +76,20 @@ class StackPorts:
     envoy_metrics: int | None = None  # Envoy's internal /metrics listener
 
     @classmethod
-    def fixed(cls, replicas: int = 2) -> StackPorts:
-        """The documented ports of ``make run``."""
+    def fixed(cls, replicas: int = 2, offset: int = 0) -> StackPorts:
+        """The documented ports of ``make run``, each moved by ``offset`` (several stacks on
+        one machine). Raises ValueError when that leaves the port range."""
+        if not 0 <= offset <= MAX_PORT_OFFSET:
+            raise ValueError(f"port offset must be 0..{MAX_PORT_OFFSET}")
         return cls(
-            issuer=8780,
-            github=8781,
-            grpc=tuple(8080 + 2 * i for i in range(replicas)),
-            metrics=tuple(9464 + i for i in range(replicas)),
-            gateway=8443,
-            envoy_admin=9901,
-            webhook=tuple(8090 + i for i in range(replicas)),
-            envoy_metrics=9902,
+            issuer=8780 + offset,
+            github=8781 + offset,
+            grpc=tuple(8080 + offset + 2 * i for i in range(replicas)),
+            metrics=tuple(9464 + offset + i for i in range(replicas)),
+            gateway=8443 + offset,
+            envoy_admin=9901 + offset,
+            webhook=tuple(8090 + offset + i for i in range(replicas)),
+            envoy_metrics=9902 + offset,
         )
 
     @classmethod
@@ -167,6 +172,9 @@ class DevStack:
     otlp_collector: str = ""
     # GitHub Apps the emulator serves and the replicas mint with (docs/github-apps.md).
     apps: int = 1
+    # The GitHub API of an emulator already running (docs/self-hosting.md): none is started,
+    # and the App the replicas run as comes from ``extra_env`` (GITHUB_APP_ID, ...).
+    github: str | None = None
     _procs: list[_Proc] = field(default_factory=list)
     _servers: dict[int, _Proc] = field(default_factory=dict)
     envoy: EnvoyProcess | None = None
@@ -180,7 +188,7 @@ class DevStack:
 
     @property
     def github_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.github}"
+        return self.github or f"http://127.0.0.1:{self.ports.github}"
 
     @property
     def gateway_url(self) -> str:
@@ -201,6 +209,8 @@ class DevStack:
         return {APP_ID: self.app_key, **others}
 
     def _apps_env(self) -> dict[str, str]:
+        if self.github is not None:
+            return {}  # the App of the GitHub given comes with extra_env
         if self.apps == 1:
             return {"GITHUB_APP_ID": str(APP_ID), "GITHUB_APP_PRIVATE_KEY_FILE": str(self.app_key)}
         listed = ", ".join(
@@ -320,6 +330,14 @@ class DevStack:
     def _start(self, timeout: float) -> None:
         self.certs = ensure_dev_certs(self.workdir / "certs")
         issuer = self._spawn_issuer()
+        if self.github is None:
+            self._start_github(timeout)
+        self._wait_issuer(issuer, timeout)
+        for index in range(len(self.ports.grpc)):
+            self.start_server(index, timeout)
+        self._start_envoy(timeout)
+
+    def _start_github(self, timeout: float) -> None:
         github = self._spawn(
             "github",
             [
@@ -333,12 +351,8 @@ class DevStack:
                 *self.github_args,
             ],
         )  # fmt: skip
-        self._wait_issuer(issuer, timeout)
         health = f"{self.github_url}/_emulator/health"
         _deadline_poll("GitHub emulator", lambda: _http_ok(health), timeout, github)
-        for index in range(len(self.ports.grpc)):
-            self.start_server(index, timeout)
-        self._start_envoy(timeout)
 
     def _spawn_issuer(self) -> _Proc:
         return self._spawn(
