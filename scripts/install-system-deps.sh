@@ -4,6 +4,7 @@
 #   docker-compose  `docker-compose config -q` validates docker-compose.yml (no engine needed)
 #   nghttp2-client  h2load, the HTTP/2 load generator of `make bench` (bench/gateway.py)
 #   jq, curl        the FAQ's `curl | jq` shapes and the Terraform program (tests/e2e/test_compat.py)
+#   openssl         signs the webhook ping of docs/self-hosting.md (tests/e2e/test_self_hosting_doc.py)
 # With --images, also what `make test-image` needs (not `make test`, which stays without them):
 #   podman, buildah, mmdebstrap, runc
 #                   the container images built from a local Debian base and run for real, no
@@ -11,7 +12,7 @@
 # Idempotent: installs only what is missing. Needs root (CI runs as root); elsewhere it says
 # what to install and the tests that need the tool skip with a reason (they fail when CI is set).
 set -euo pipefail
-declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client [jq]=jq [curl]=curl)
+declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client [jq]=jq [curl]=curl [openssl]=openssl)
 if [ "${1:-}" = "--images" ]; then
   tool_of+=([podman]=podman [buildah]=buildah [mmdebstrap]=mmdebstrap [runc]=runc)
 fi
