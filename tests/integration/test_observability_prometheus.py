@@ -269,7 +269,7 @@ def test_dashboard_covers_the_issue_and_uses_only_our_metrics() -> None:
         "octo_sts_ext_authz_decisions_total",
     ):
         assert needed in used
-    assert len(alert_exprs()) == 8
+    assert len(alert_exprs()) == 10  # 2 on the prober's metrics (docs/probers.md)
 
 
 def test_promtool_checks_rules_alert_tests_and_config() -> None:
