@@ -30,6 +30,7 @@ OUTPUT = ROOT / "envoy" / "envoy.compose.yaml"
 CERT_DIR = Path("/etc/envoy/certs")
 DESCRIPTOR = Path("/etc/envoy/octosts.pb")
 STS_GRPC_PORT = 8080
+STS_WEBHOOK_PORT = 8090  # docker-compose.yml's OCTOSTS_WEBHOOK_ADDR, as setup convert writes it
 # docker-compose.yml's `sts` service: its replicas and workers (tests/integration/test_compose.py
 # holds them equal): Envoy's circuit breakers are sized from them.
 STS_REPLICAS = 2
@@ -56,6 +57,9 @@ def compose_params() -> EnvoyParams:
         key_path=CERT_DIR / "server-key.pem",
         descriptor_path=DESCRIPTOR,
         upstreams=[Upstream("sts", STS_GRPC_PORT)],
+        # The replicas' webhook listener, when their OCTOSTS_WEBHOOK_ADDR is set (setup convert's
+        # env file sets it); without one, /webhook answers 503.
+        webhook_upstreams=[Upstream("sts", STS_WEBHOOK_PORT)],
         access_log_path="/dev/stdout",
         # The egress gateway's upstream: the replicas' GITHUB_BASE_URL default. For GHES (or the
         # dev profile's emulator) render with another URL; Envoy reads no environment.

@@ -27,8 +27,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from octosts.dev.stack import EXAMPLE_ISSUER, EXAMPLE_REPOS, REPO_ROOT, StackPorts
+from octosts.ops.conversion import ConvertedApp, app_files, check_writable, write_app_files
 from tests.polling import eventually_blocking
 
 pytestmark = pytest.mark.e2e
@@ -208,15 +211,19 @@ def test_compose_accepts_the_env_file_convert_writes(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail("docker-compose is required in CI (Debian package docker-compose)")
         pytest.skip("docker-compose not installed (apt-get install docker-compose)")
-    key = tmp_path / "app.pem"
-    key.write_text("not read by `config`\n")
-    env_file = tmp_path / "octo-sts.env"
-    env_file.write_text(
-        "# as `octo-sts setup convert` writes it\n"
-        f"GITHUB_APP_ID=123\nGITHUB_APP_PRIVATE_KEY_FILE={key}\n"
-        f"GITHUB_APP_PRIVATE_KEY_PATH={key}\nGITHUB_BASE_URL=https://api.github.com\n"
-        "OCTOSTS_WEBHOOK_SECRETS=0123abcd\n"
-    )
+    app = ConvertedApp(
+        app_id=123, slug="my-octo-sts", name="my-octo-sts", owner="acme",
+        html_url="https://github.com/apps/my-octo-sts", permissions={}, events=(),
+        pem=rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ).decode(),
+        webhook_secret="0123abcd",
+    )  # fmt: skip
+    files = app_files(tmp_path / "app")
+    check_writable(files, force=False)
+    write_app_files(app, files, "https://api.github.com")
+    env_file, key = files.env, files.key
     done = subprocess.run(
         [compose, "-f", str(REPO_ROOT / "docker-compose.yml"), "--env-file", str(env_file),
          "config"],
@@ -229,3 +236,8 @@ def test_compose_accepts_the_env_file_convert_writes(tmp_path: Path) -> None:
     assert sts["GITHUB_APP_ID"] == "123"
     assert sts["STS_DOMAIN"] == "sts.example.com"
     assert config["secrets"]["github_app_key"]["file"] == str(key)
+    # The webhook listener Envoy's /webhook route goes to (envoy/envoy.compose.yaml: sts:8090).
+    assert sts["OCTOSTS_WEBHOOK_ADDR"] == "0.0.0.0:8090"
+    assert sts["OCTOSTS_WEBHOOK_SECRETS"] == "0123abcd"
+    envoy = (REPO_ROOT / "envoy" / "envoy.compose.yaml").read_text()
+    assert '"socket_address": {"address": "sts", "port_value": 8090}' in envoy

@@ -133,6 +133,7 @@ def test_files_are_private_and_the_env_file_is_what_the_service_loads(
     loaded = settings.load({**env, "STS_DOMAIN": "sts.example.com"})
     assert loaded.github_app_id == 42
     assert loaded.webhook_secrets == (SECRET,)
+    assert loaded.webhook_addr == "0.0.0.0:8090"  # docker-compose.yml's, Envoy's /webhook
     assert list(tmp_path.glob("app/.*")) == []  # no temporary file left
 
 
@@ -140,6 +141,7 @@ def test_an_app_without_webhook_has_no_secret_line(rsa_pem: str, tmp_path: Path)
     files = app_files(tmp_path)
     written = write_app_files(parse_app(answer(rsa_pem, webhook_secret=None)), files, "http://x")
     assert "OCTOSTS_WEBHOOK_SECRETS" not in written
+    assert "OCTOSTS_WEBHOOK_ADDR" not in written
 
 
 def test_nothing_is_overwritten_without_force(rsa_pem: str, tmp_path: Path) -> None:

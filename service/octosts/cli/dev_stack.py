@@ -153,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         app = read_env_file(args.env_file) if args.env_file is not None else {}
+        app.pop("OCTOSTS_WEBHOOK_ADDR", None)  # the stack gives each replica its own
         ports = StackPorts.fixed(args.replicas, args.port_offset)
     except (ValueError, InputError) as exc:
         print(f"octo-sts dev stack: {exc}", file=sys.stderr)

@@ -41,6 +41,7 @@ _SECRET = re.compile(r"[A-Za-z0-9_.-]+")
 KEY_FILE = "app.pem"
 ENV_FILE = "octo-sts.env"
 APP_FILE = "app.json"
+WEBHOOK_ADDR = "0.0.0.0:8090"  # Envoy, in another container, reaches it
 _HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 
 
@@ -241,6 +242,8 @@ def env_settings(app: ConvertedApp, files: AppFiles, github_api: str) -> dict[st
         "GITHUB_BASE_URL": github_api.rstrip("/"),
     }
     if app.webhook_secret is not None:
+        # The webhook listener Envoy's /webhook route goes to (docker-compose.yml: sts:8090).
+        settings["OCTOSTS_WEBHOOK_ADDR"] = WEBHOOK_ADDR
         settings["OCTOSTS_WEBHOOK_SECRETS"] = app.webhook_secret
     bad = [k for k, v in settings.items() if _ENV_SAFE.fullmatch(v) is None]
     if bad:
