@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -204,3 +206,23 @@ def test_an_invalid_manifest_is_refused_with_the_reason(
     assert answer.status_code == 422
     assert reason in answer.json()["message"]
     assert len(emulator.apps) == 1
+
+
+def test_the_html_page_posts_where_the_emulator_answers(
+    emulator: GitHubEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`setup manifest --html --github-web EMULATOR`: the form a browser submits (its action and
+    hidden field, as parsed from the page) is answered with the redirect and a working code."""
+    page = manifest(capsys, "--html", "--org", "octo-org", "--state", "xyz",
+                    "--github-web", emulator.url)  # fmt: skip
+    action = re.search(r'<form action="([^"]+)" method="post">', page)
+    field = re.search(r'<input type="hidden" name="manifest" value="([^"]+)">', page)
+    assert action is not None
+    assert field is not None
+    target = html.unescape(action.group(1))
+    assert target == f"{emulator.url}/organizations/octo-org/settings/apps/new?state=xyz"
+    answer = httpx.post(target, data={"manifest": html.unescape(field.group(1))}, timeout=5)
+    code, query = code_of(answer)
+    assert query["state"] == "xyz"
+    assert convert(emulator, code, tmp_path / "app") == 0
+    assert json.loads((tmp_path / "app" / "app.json").read_text())["owner"] == "octo-org"
