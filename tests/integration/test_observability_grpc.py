@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -13,12 +14,13 @@ import structlog
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NoOpTracer, SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from octosts.domain.errors import PolicyDenied
 from octosts.observability.metrics import Metrics
 from octosts.observability.stages import TelemetryObserver
+from octosts.observability.tracing import current_trace_id
 from octosts.transport.interceptors import ObservabilityInterceptor
 from octosts.transport.request_id import current_request_id
 from tests.polling import eventually
@@ -218,3 +220,42 @@ async def test_unknown_method_is_not_counted(harness: Harness) -> None:
         await harness.call("Nope")
     assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
     assert harness.handled("Nope", "UNIMPLEMENTED") is None
+
+
+async def test_tracing_off_a_callers_trace_context_still_reaches_audit_and_logs() -> None:
+    seen: list[str] = []
+
+    async def ok(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        seen.append(current_trace_id())
+        return b"ok"
+
+    interceptor = ObservabilityInterceptor(Metrics(CollectorRegistry()), NoOpTracer())
+    handlers = {"Ok": grpc.unary_unary_rpc_method_handler(ok)}
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            rpc = channel.unary_unary(f"/{SERVICE}/Ok")
+            await rpc(b"", metadata=(("traceparent", TRACEPARENT),), timeout=10)
+            await rpc(b"", timeout=10)
+    finally:
+        await server.stop(None)
+    assert seen == [CALLER_TRACE_ID, ""]
+
+
+async def test_each_methods_observed_handler_is_built_once() -> None:
+    async def ok(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"ok"
+
+    interceptor = ObservabilityInterceptor(Metrics(CollectorRegistry()), NoOpTracer())
+    registered = grpc.unary_unary_rpc_method_handler(ok)
+
+    async def continuation(_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return registered
+
+    details = SimpleNamespace(method=f"/{SERVICE}/Ok", invocation_metadata=())
+    first = await interceptor.intercept_service(continuation, details)
+    assert first is not registered
+    assert await interceptor.intercept_service(continuation, details) is first

@@ -52,6 +52,7 @@ MAX_LOOP_LAG = 0.05
 # a replica always makes progress.
 MIN_IN_FLIGHT = 16
 _TICK = 0.01
+_MAX_METHODS = 64
 
 
 class Admission:
@@ -134,6 +135,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
     def __init__(self, admission: Admission, metrics: Metrics) -> None:
         self._admission = admission
         self._metrics = metrics
+        # Registered handler -> its admitted twin, built once per method, not per call.
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -145,9 +148,14 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
         method = str(handler_call_details.method)
         if behavior is None or method.startswith(UNLIMITED_PREFIXES):
             return handler
-        # The OAuth token endpoint answers in RFC 6749's shape, shed calls included.
-        answer = _answer_oauth if method == OAUTH_TOKEN_METHOD else _answer
-        return rewrapped(handler, self._wrap(behavior, answer))
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            # The OAuth token endpoint answers in RFC 6749's shape, shed calls included.
+            answer = _answer_oauth if method == OAUTH_TOKEN_METHOD else _answer
+            wrapped = rewrapped(handler, self._wrap(behavior, answer))
+            if len(self._wrapped) < _MAX_METHODS:  # registered handlers are a fixed few
+                self._wrapped[handler] = wrapped
+        return wrapped
 
     def _wrap(
         self, behavior: Behavior, answer: Callable[[grpc.aio.ServicerContext, StsError], Any]

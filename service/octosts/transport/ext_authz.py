@@ -251,9 +251,10 @@ class AuthorizationServicer:
             request_id = ""
         extensions = request.attributes.context_extensions
         mode = extensions.get("mode", "")
-        log = _log.bind(request_id=request_id, authz_mode=mode)
+        # Not bound up front: a bound logger per Check costs even when nothing is logged.
+        ids = {"request_id": request_id, "authz_mode": mode}
         try:
-            handler = self._handler(mode, log)
+            handler = self._handler(mode, ids)
             response = await handler(_Checked(headers, http.path, extensions, request_id))
         except StsError as exc:
             refused = denial(exc, verbose=self._options.verbose)
@@ -262,29 +263,29 @@ class AuthorizationServicer:
                 # another replica when it is UNAVAILABLE (one without the issuer's keys here
                 # may well have them there).
                 failed = failure(exc, request_id)
-                level = log.warning if failed.code is grpc.StatusCode.UNAVAILABLE else log.error
-                level("ext_authz.fault", error=type(exc).__name__, reason=exc.reason)
+                level = _log.warning if failed.code is grpc.StatusCode.UNAVAILABLE else _log.error
+                level("ext_authz.fault", **ids, error=type(exc).__name__, reason=exc.reason)
                 await context.abort(failed.code, failed.message)
                 raise  # abort raises; this keeps type checkers and readers sure
             # debug, not info: a denial is counted (octo_sts_ext_authz_decisions_total{reason})
             # and in Envoy's access log; a line per junk request is log volume attackers control.
-            log.debug("ext_authz.denied", reason=exc.reason, status=refused.http_status)
+            _log.debug("ext_authz.denied", **ids, reason=exc.reason, status=refused.http_status)
             self._on_decision("deny", exc.reason)
             return _denied(refused, request_id)
         except Exception as exc:
             # Only the type: a buggy verifier's message could quote the token.
             # No traceback either (TRY400): its frames' locals and messages are not ours to log.
-            log.error("ext_authz.fault", error=type(exc).__name__)  # noqa: TRY400
+            _log.error("ext_authz.fault", **ids, error=type(exc).__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             raise
         self._on_decision("allow", "ok")
         return response
 
-    def _handler(self, mode: str, log: Any) -> _Check:
+    def _handler(self, mode: str, ids: Mapping[str, str]) -> _Check:
         """The check for ``mode``; raises PermissionDenied for none (an Envoy config error)."""
         handler = self._modes.get(mode)
         if handler is None:
-            log.warning("ext_authz.unknown_mode")
+            _log.warning("ext_authz.unknown_mode", **ids)
             raise PermissionDenied("no check for this mode", reason=UNKNOWN_AUTHZ_MODE)
         return handler
 

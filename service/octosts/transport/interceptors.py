@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
 from opentelemetry.context import attach, detach
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, set_span_in_context
 
 from octosts.observability.tracing import extract_trace_context
 from octosts.transport.request_id import (
@@ -49,7 +49,10 @@ from octosts.transport.request_id import (
 from octosts.transport.unary import Behavior, Continuation, rewrapped, run, unary_behavior
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer
+    from contextvars import Token
+
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, Tracer
 
     from octosts.observability.metrics import Metrics
 
@@ -70,6 +73,9 @@ _SERVER_FAULTS = frozenset(
     }
 )
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+# W3C trace context headers (gRPC metadata keys arrive lower-cased).
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+_MAX_METHODS = 64
 
 
 def split_method(full: str) -> tuple[str, str]:
@@ -94,12 +100,52 @@ def _context_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -
     return default if raw is None else _status_code(raw)
 
 
+def _read_metadata(metadata: Iterable[tuple[str, Any]], tracing: bool) -> tuple[Any, bool]:  # noqa: FBT001
+    """(the caller's first ``x-request-id``, whether the call gets a span: tracing is on, or
+    the caller sent a trace context, which audit events and logs carry even untraced)."""
+    given = None
+    traced = tracing
+    for key, value in metadata:
+        if key == REQUEST_ID_HEADER:
+            given = value if given is None else given
+        elif key in _TRACE_HEADERS:
+            traced = True
+    return given, traced
+
+
+def _open_span(
+    tracer: Tracer, name: str, metadata: Iterable[tuple[str, Any]], attributes: dict[str, Any]
+) -> tuple[Span, Token[Context]]:
+    # start_span + attach, not start_as_current_span: the SDK's context-manager
+    # layers cost about as much as the span (see observability/stages.py).
+    span = tracer.start_span(
+        name, context=extract_trace_context(metadata), kind=SpanKind.SERVER, attributes=attributes
+    )
+    return span, attach(set_span_in_context(span))
+
+
+def _close_span(span: Span, token: Token[Context], code: grpc.StatusCode) -> None:
+    detach(token)
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in _SERVER_FAULTS:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Request id, RPC span and ``grpc_server_*`` metrics for unary RPCs (see module doc)."""
+    """Request id, RPC span and ``grpc_server_*`` metrics for unary RPCs (see module doc).
+
+    The wrapped handler is built once per method (not per call: it reads the call's
+    metadata from its context), and the span work is skipped when there is nothing to
+    record or pass on: tracing off and no ``traceparent`` from the caller.
+    """
 
     def __init__(self, metrics: Metrics, tracer: Tracer) -> None:
         self._metrics = metrics
         self._tracer = tracer
+        self._tracing = not isinstance(tracer, NoOpTracer)
+        # (method, registered handler) -> its observed twin (registered handlers are a few).
+        self._wrapped: dict[tuple[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -110,44 +156,42 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         behavior = unary_behavior(handler)
         if behavior is None:
             return handler
-        return rewrapped(handler, self._wrap(behavior, handler_call_details))
+        key = (str(handler_call_details.method), handler)
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = rewrapped(handler, self._wrap(behavior, key[0]))
+            if len(self._wrapped) < _MAX_METHODS:
+                self._wrapped[key] = wrapped
+        return wrapped
 
     def _wrap(
-        self, behavior: Behavior, details: grpc.HandlerCallDetails
+        self, behavior: Behavior, full_method: str
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-        full_method = str(details.method)
         service, method = split_method(full_method)
-        metadata = tuple(details.invocation_metadata or ())
         name = f"{service}/{method}"
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
         echo_request_id = full_method not in NO_REQUEST_ID_ECHO
+        tracer, tracing, record = self._tracer, self._tracing, self._metrics.grpc
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            request_id = sanitise_request_id(
-                next((v for k, v in metadata if k.lower() == REQUEST_ID_HEADER), None)
-            )
+            metadata = context.invocation_metadata() or ()
+            given, traced = _read_metadata(metadata, tracing)
+            request_id = sanitise_request_id(given)
             token = set_current_request_id(request_id)
+            bound = structlog.contextvars.bind_contextvars(request_id=request_id, rpc=full_method)
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            # start_span + attach, not start_as_current_span: the SDK's context-manager
-            # layers cost about as much as the span (see observability/stages.py).
-            span = self._tracer.start_span(
-                name,
-                context=extract_trace_context(metadata),
-                kind=SpanKind.SERVER,
-                attributes={**attributes, "octosts.request_id": request_id},
+            opened = (
+                _open_span(tracer, name, metadata, {**attributes, "octosts.request_id": request_id})
+                if traced
+                else None
             )
-            span_token = attach(set_span_in_context(span))
             try:
-                with structlog.contextvars.bound_contextvars(
-                    request_id=request_id, rpc=full_method
-                ):
-                    result = await run(behavior, request, context)
-                    code = _context_code(context, grpc.StatusCode.OK)
-                    if echo_request_id and code is grpc.StatusCode.OK:
-                        # Only now: headers sent before an error would make it non-retryable.
-                        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
-                    return result
+                result = await run(behavior, request, context)
+                code = _context_code(context, grpc.StatusCode.OK)
+                if echo_request_id and code is grpc.StatusCode.OK:
+                    # Only now: headers sent before an error would make it non-retryable.
+                    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
             except grpc.aio.AbortError:
                 code = _context_code(context, grpc.StatusCode.UNKNOWN)
                 raise
@@ -156,16 +200,18 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 raise
             except Exception as exc:
                 code = grpc.StatusCode.UNKNOWN
-                # Type only: the message of an unexpected exception may quote input.
-                span.set_attribute("error.type", f"{type(exc).__module__}.{type(exc).__qualname__}")
+                if opened is not None:
+                    # Type only: the message of an unexpected exception may quote input.
+                    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+                    opened[0].set_attribute("error.type", kind)
                 raise
+            else:
+                return result
             finally:
-                detach(span_token)
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
-                if code in _SERVER_FAULTS:
-                    span.set_status(Status(StatusCode.ERROR, code.name))
-                span.end()
-                self._metrics.grpc(service, method, code.name, time.perf_counter() - start)
+                if opened is not None:
+                    _close_span(*opened, code)
+                record(service, method, code.name, time.perf_counter() - start)
+                structlog.contextvars.reset_contextvars(**bound)
                 reset_current_request_id(token)
 
         return observed
