@@ -52,6 +52,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
 )
 
+# A substring every pattern above needs: text without any of them is returned as it is
+# after one scan (most log values: ids, hashes, names), instead of one per pattern.
+_MAY_HOLD_SECRET = re.compile(
+    r"-----BEGIN|eyJ|gh[pousr]_|github_pat_|(?i:authorization|bearer|basic)"
+)
+
 # Keys whose values are secrets whatever they look like ("-" and "_" ignored).
 _SECRET_KEYS = frozenset(
     {
@@ -73,6 +79,8 @@ _MAX_DEPTH = 8
 
 def scrub(text: str) -> str:
     """``text`` with anything that looks like a secret replaced."""
+    if _MAY_HOLD_SECRET.search(text) is None:
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
