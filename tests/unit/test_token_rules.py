@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import string
 from typing import Any
 
@@ -157,6 +158,21 @@ def test_token_from_claims_happy_path() -> None:
         token.claims["ref"] = "x"  # type: ignore[index]
     source["nested"]["x"].append(2)  # the verified copy does not change with the input
     assert token.claims["nested"] == {"x": [1]}
+
+
+def test_tokens_share_one_copy_of_each_repeated_claim_string() -> None:
+    # Decoded JSON gives each token its own strings; a replica caches thousands of tokens.
+    def decoded(jti: str) -> dict[str, Any]:
+        return json.loads(json.dumps(_claims(jti=jti, nested={"env": ["prod"]})))
+
+    first, second = token_from_claims(decoded("1")), token_from_claims(decoded("2"))
+    assert first.issuer is second.issuer
+    assert first.subject is second.subject
+    assert first.claims["ref"] is second.claims["ref"]
+    assert first.claims["nested"]["env"][0] is second.claims["nested"]["env"][0]  # type: ignore[index]
+    names = {id(key) for token in (first, second) for key in token.claims}
+    assert len(names) == len(first.claims)
+    assert (first.claims["jti"], second.claims["jti"]) == ("1", "2")
 
 
 def test_missing_audience_is_empty() -> None:

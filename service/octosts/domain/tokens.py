@@ -8,6 +8,7 @@ runs them after the signature check; ``octo-sts policy check`` runs
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -264,14 +265,28 @@ def json_too_deep(raw: bytes, *, limit: int = MAX_CLAIM_DEPTH) -> bool:
 
 
 def _copy_claim(value: object, parent_level: int) -> object:
-    """A copy of one JSON value; recursion stops at ``MAX_CLAIM_DEPTH`` levels."""
+    """A copy of one JSON value; recursion stops at ``MAX_CLAIM_DEPTH`` levels.
+
+    Strings (names and values) are interned: a replica keeps up to its cache bound of
+    verified tokens, whose claim names and most values (iss, aud, sub, workflow_ref...)
+    repeat from token to token; one copy of each is about half a cached token's memory.
+    Interned strings are freed with their last user, so this keeps nothing alive.
+    """
+    if isinstance(value, str):
+        return _interned(value)
     if isinstance(value, dict | list | tuple):
         if parent_level >= MAX_CLAIM_DEPTH:
             raise TokenClaimsInvalid(f"claims nest deeper than {MAX_CLAIM_DEPTH} levels")
         if isinstance(value, dict):
-            return {key: _copy_claim(item, parent_level + 1) for key, item in value.items()}
+            return {
+                _interned(key): _copy_claim(item, parent_level + 1) for key, item in value.items()
+            }
         return [_copy_claim(item, parent_level + 1) for item in value]
     return value
+
+
+def _interned(text: str) -> str:
+    return sys.intern(text) if type(text) is str else text  # a subclass cannot be interned
 
 
 def _required_number(claims: Mapping[str, object], name: str) -> float:
@@ -321,10 +336,14 @@ def token_from_claims(
     exp = _required_number(claims, "exp")
     _numeric_claim(claims, "nbf")
     _numeric_claim(claims, "iat")
-    copied = {key: _copy_claim(value, 1) for key, value in claims.items()}
+    copied = {_interned(key): _copy_claim(value, 1) for key, value in claims.items()}
     frozen: Mapping[str, object] = MappingProxyType(copied)
     return VerifiedToken(
-        issuer=issuer, subject=subject, audience=audience, expires_at=exp, claims=frozen
+        issuer=_interned(issuer),
+        subject=_interned(subject),
+        audience=tuple(_interned(entry) for entry in audience),
+        expires_at=exp,
+        claims=frozen,
     )
 
 
