@@ -55,6 +55,7 @@ from octosts.observability.metrics import (
 from octosts.observability.stages import TelemetryObserver
 from octosts.observability.tracing import (
     build_tracer_provider,
+    follows_parent,
     make_tracer,
     settings_from_env,
 )
@@ -155,7 +156,7 @@ def build_app(
         )
     metrics = Metrics(registry)
     tracer = make_tracer(tracer_provider)
-    observer = TelemetryObserver(metrics, tracer)
+    observer = TelemetryObserver(metrics, tracer, follows_parent=follows_parent(tracer_provider))
     tls = outbound_tls(settings)
 
     insecure_issuers = frozenset(settings.insecure_issuers)

@@ -249,6 +249,12 @@ def build_tracer_provider(
     return provider
 
 
+def follows_parent(provider: TracerProvider | None) -> bool:
+    """Whether ``provider`` never records a span whose parent was not sampled: its sampler
+    is parent-based (``_sampler`` makes those with ALWAYS_OFF for unsampled parents)."""
+    return provider is not None and isinstance(provider.sampler, ParentBased)
+
+
 def make_tracer(provider: trace.TracerProvider | None) -> trace.Tracer:
     """The service's tracer from ``provider``; a no-op tracer when tracing is off."""
     if provider is None:
