@@ -78,6 +78,24 @@ TARGETS = {
     "deny_p99_ms_at_rate": TARGET_P99_MS,
     "deny_rps_over_jwt_authn": 0.5,
 }
+# What [perf-2] (issue 14) measured before any change, for reference beside this run's own
+# "before" (the baseline tree, measured in the same run, is what the ratios use).
+ISSUE_BEFORE = {
+    "replica_cpu_ms_metrics": "~2.2",
+    "replica_cpu_ms_sampled": "",
+    "box_cpu_ms_via_envoy": "~3.1",
+    "rss_mb": "75-96",
+    "deny_p99_ms_at_rate": "6.47",
+    "deny_rps_over_jwt_authn": "0.19",
+}
+FIGURE_NAMES = {
+    "replica_cpu_ms_metrics": "replica CPU ms / warm exchange (metrics, no tracing)",
+    "replica_cpu_ms_sampled": "replica CPU ms / warm exchange (tracing 10 %)",
+    "box_cpu_ms_via_envoy": "Envoy + replica CPU ms / HTTP exchange",
+    "rss_mb": "replica RSS MB after --rss-exchanges",
+    "deny_p99_ms_at_rate": "ext_authz deny p99 ms at --rate rps, 8 conns",
+    "deny_rps_over_jwt_authn": "closed-loop deny rps / Envoy jwt_authn",
+}
 
 
 # -- the trees -------------------------------------------------------------------------------
@@ -699,28 +717,79 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def verdicts(result: dict[str, Any]) -> dict[str, tuple[float, float, bool]]:
-    """target name -> (figure, target, met)."""
+def verdicts(result: dict[str, Any]) -> dict[str, tuple[float, float, float, bool]]:
+    """target name -> (before, after, target, met): this run's baseline tree and this tree."""
     rep, stacks = result["replica"], result["stacks"]
     cpu = rep["cpu_ms_per_exchange"]
+    box = stacks["box_cpu_ms_per_http_exchange"]
     found = {
-        "replica_cpu_ms_metrics": cpu["after/metrics"]["median"],
-        "replica_cpu_ms_sampled": cpu["after/sampled"]["median"],
-        "box_cpu_ms_via_envoy": stacks["box_cpu_ms_per_http_exchange"]["after"]["median"],
-        "rss_mb": rep["rss"]["after/metrics"]["rss_mb"],
+        "replica_cpu_ms_metrics": (
+            cpu["before/metrics"]["median"],
+            cpu["after/metrics"]["median"],
+        ),
+        "replica_cpu_ms_sampled": (
+            cpu["before/sampled"]["median"],
+            cpu["after/sampled"]["median"],
+        ),
+        "box_cpu_ms_via_envoy": (box["before"]["median"], box["after"]["median"]),
+        "rss_mb": (rep["rss"]["before/metrics"]["rss_mb"], rep["rss"]["after/metrics"]["rss_mb"]),
     }
     if "edge_deny" in stacks:
         edge_figures = stacks["edge_deny"]
-        found["deny_p99_ms_at_rate"] = edge_figures["at_rate"]["after"]["p99_ms"]
-        found["deny_rps_over_jwt_authn"] = edge_figures["deny_rps_over_jwt_authn"]["after"]
+        rate, over = edge_figures["at_rate"], edge_figures["deny_rps_over_jwt_authn"]
+        found["deny_p99_ms_at_rate"] = (rate["before"]["p99_ms"], rate["after"]["p99_ms"])
+        found["deny_rps_over_jwt_authn"] = (over["before"], over["after"])
     out = {}
-    for name, value in found.items():
+    for name, (before, after) in found.items():
         target = TARGETS[name]
-        met = value >= target if name == "deny_rps_over_jwt_authn" else value <= target
-        if name == "deny_p99_ms_at_rate":
-            met = value < target
-        out[name] = (value, target, met)
+        if name == "deny_rps_over_jwt_authn":
+            met = after >= target
+        elif name == "deny_p99_ms_at_rate":
+            met = after < target
+        else:
+            met = after <= target
+        out[name] = (before, after, target, met)
     return out
+
+
+_COMPARISON = {"deny_rps_over_jwt_authn": ">=", "deny_p99_ms_at_rate": "<"}
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The one table to read: each [perf-2] figure before and after, its target, met or not."""
+    rows = [("figure", "before", "issue", "after", "after/before", "target", "met?")]
+    for name, (before, after, target, met) in verdicts(result).items():
+        rows.append(
+            (
+                FIGURE_NAMES[name],
+                f"{before:g}",
+                ISSUE_BEFORE[name] or "-",
+                f"{after:g}",
+                f"{after / before:.2f}" if before else "-",
+                f"{_COMPARISON.get(name, '<=')} {target:g}",
+                "MET" if met else "NOT MET",
+            )
+        )
+    calls = result["replica"]["github_calls"]
+    before_calls, after_calls = calls["before/metrics"], calls["after/metrics"]
+    rows.append(
+        (
+            "GitHub calls first / warm exchange",
+            f"{before_calls['first']}/{before_calls['warm']}",
+            "-",
+            f"{after_calls['first']}/{after_calls['warm']}",
+            "-",
+            "unchanged",
+            "MET" if before_calls == after_calls else "NOT MET",
+        )
+    )
+    setup = result["setup"]
+    return (
+        f"[perf-2] summary: before = {result['before']['commit']} (this run), issue = issue 14's "
+        "figures\n" + table(rows) + f"\nload average (1, 5, 15 min) at start / mid / end: "
+        f"{setup['load_average_1_5_15_at_start_mid_end']} on {setup['cpus']} CPUs "
+        "(latency figures need a quiet machine)"
+    )
 
 
 def report(result: dict[str, Any]) -> str:
@@ -776,12 +845,7 @@ def report(result: dict[str, Any]) -> str:
             f"after {e['deny_rps_over_jwt_authn']['after']}; offered {e['offered_rate_rps']:g} rps "
             f"over {e['connections']} connections"
         )
-    lines.append("")
-    for name, (value, target, met) in verdicts(result).items():
-        lines.append(f"{name}: {value} (target {target}) -> {'MET' if met else 'NOT MET'}")
-    lines.append(
-        f"load average during the run: {result['setup']['load_average_1_5_15_at_start_mid_end']}"
-    )
+    lines += ["", summary(result)]
     return "\n".join(lines)
 
 
@@ -812,7 +876,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="octosts-bench-perf-") as tmp:
         result = run(args, Path(tmp))
     result["verdicts"] = {
-        k: {"figure": v, "target": t, "met": m} for k, (v, t, m) in verdicts(result).items()
+        k: {"before": b, "after": a, "target": t, "met": m}
+        for k, (b, a, t, m) in verdicts(result).items()
     }
     save("perf", result)
     print(report(result))
