@@ -25,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +96,7 @@ def send(port: int, ca: Path, head: str, body: bytes = b"") -> Raw:
 
 
 def workload_token(stack: DevStack, **claims: Any) -> str:
-    """A token of its own: with the same claims in the same second, RS256 signs the same bytes,
-    and the replicas would hold a token minted for an earlier test's (identical) token."""
-    return stack.token(SUB, **{"workflow_ref": WORKFLOW, "jti": uuid.uuid4().hex, **claims})
+    return stack.token(SUB, **{"workflow_ref": WORKFLOW, **claims})
 
 
 def request_head(method: str, path: str, token: str | None, **headers: str) -> str:

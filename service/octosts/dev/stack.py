@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Self
@@ -228,11 +229,16 @@ class DevStack:
         return ssl.create_default_context(cafile=str(self.ca_cert))
 
     def token(self, sub: str, aud: str | None = None, ttl: int = 600, **claims: Any) -> str:
-        """A token signed by the running dev issuer (like ``octo-sts dev token``)."""
+        """A token signed by the running dev issuer (like ``octo-sts dev token``).
+
+        Each has its own ``jti``, as a CI provider's tokens do: with the same claims in the same
+        second RS256 signs the same bytes, and caches keyed by the token (verified tokens, held
+        GitHub tokens) would take a new token for one seen before.
+        """
         state = load_state(self.workdir / "dev-issuer")
         if state is None:
             raise StackError("dev issuer state missing")
-        body = {"sub": sub, "aud": aud or self.domain, **claims}
+        body = {"sub": sub, "aud": aud or self.domain, "jti": uuid.uuid4().hex, **claims}
         return mint_token(state.key, state.issuer_url, body, ttl=ttl)
 
     def pids(self) -> dict[str, int]:
