@@ -3,6 +3,7 @@
 #   prometheus      real Prometheus scraping the service + promtool for alert rules
 #   docker-compose  `docker-compose config -q` validates docker-compose.yml (no engine needed)
 #   nghttp2-client  h2load, the HTTP/2 load generator of `make bench` (bench/gateway.py)
+#   redis-server    the fleet's shared Redis (tests/integration/test_shared_redis.py, the fleet test)
 #   jq, curl        the FAQ's `curl | jq` shapes and the Terraform program (tests/e2e/test_compat.py)
 #   openssl         signs the webhook ping of docs/self-hosting.md (tests/e2e/test_self_hosting_doc.py)
 # With --images, also what `make test-image` needs (not `make test`, which stays without them):
@@ -12,7 +13,7 @@
 # Idempotent: installs only what is missing. Needs root (CI runs as root); elsewhere it says
 # what to install and the tests that need the tool skip with a reason (they fail when CI is set).
 set -euo pipefail
-declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client [jq]=jq [curl]=curl [openssl]=openssl)
+declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client [jq]=jq [curl]=curl [openssl]=openssl [redis-server]=redis-server)
 if [ "${1:-}" = "--images" ]; then
   tool_of+=([podman]=podman [buildah]=buildah [mmdebstrap]=mmdebstrap [runc]=runc)
 fi
@@ -31,3 +32,5 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 # The package may start a system Prometheus; tests run their own on free ports.
 if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+# Likewise a system redis-server: tests start their own on free ports.
+if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi

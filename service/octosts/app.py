@@ -34,6 +34,8 @@ from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.held_tokens import HeldTokenCache
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
+from octosts.adapters.redis_state import RedisConfig, RedisState
+from octosts.adapters.shared_cache import Fleet, SharedCache, SharedDeliveries
 from octosts.adapters.signer import build_signer
 from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuersStore
 from octosts.adapters.verified_cache import CachingVerifier
@@ -64,7 +66,12 @@ from octosts.transport.admission import Admission, AdmissionInterceptor
 from octosts.transport.interceptors import ObservabilityInterceptor
 from octosts.transport.server import GrpcServer, Readiness
 from octosts.webhook.github_checks import GitHubChecks
-from octosts.webhook.handler import WebhookConfig, WebhookHandler
+from octosts.webhook.handler import (
+    LocalDeliveries,
+    WebhookConfig,
+    WebhookHandler,
+    delivery_cache,
+)
 from octosts.webhook.server import WebhookServer
 
 if TYPE_CHECKING:
@@ -79,6 +86,8 @@ _log = structlog.get_logger("octosts")
 EXT_AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 # Health detail (docs/observability.md): NOT_SERVING while GitHub rate-limits the App.
 GITHUB_HEALTH = "octosts.github"
+# NOT_SERVING while the Redis circuit breaker is open (only with OCTOSTS_REDIS_URL).
+REDIS_HEALTH = "octosts.redis"
 
 
 def outbound_tls(settings: Settings) -> ssl.SSLContext | bool:
@@ -104,8 +113,11 @@ class App:
     webhook: WebhookServer | None = None
     webhook_port: int | None = None
     egress_events: EgressEvents | None = None
+    fleet: Fleet | None = None
 
     async def start(self) -> int:
+        if self.fleet is not None:
+            self.fleet.start()  # subscribes in the background: Redis may be down
         if self.audit is not None:
             self.audit.start()  # the sink's senders live in this event loop
         if self.egress_events is not None:
@@ -125,6 +137,8 @@ class App:
         if self.webhook is not None:
             await self.webhook.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds)
+        if self.fleet is not None:
+            await self.fleet.close()
         for close in reversed(self.closers):
             with contextlib.suppress(Exception):
                 await close()
@@ -158,6 +172,14 @@ def build_app(
     tracer = make_tracer(tracer_provider)
     observer = TelemetryObserver(metrics, tracer, follows_parent=follows_parent(tracer_provider))
     tls = outbound_tls(settings)
+    redis = _redis(settings, metrics)
+
+    def shared(name: str) -> SharedCache | None:
+        if redis is None:
+            return None
+        # A waiter waits as long as the fetch it waits for may take (two GitHub calls).
+        wait = redis.config.lock_ttl
+        return SharedCache(redis, name, clock=clock, telemetry=metrics, lock_wait=wait)
 
     insecure_issuers = frozenset(settings.insecure_issuers)
     oidc_config = OidcConfig(
@@ -173,7 +195,12 @@ def build_app(
     readiness = Readiness(settings.local_fault_unready_seconds)
     verifier = CachingVerifier(
         OidcVerifier(
-            oidc_config, http=issuer_http, clock=clock, observer=observer, replica=readiness
+            oidc_config,
+            http=issuer_http,
+            clock=clock,
+            observer=observer,
+            replica=readiness,
+            shared=shared("issuer_keys"),
         ),
         clock=clock,
         maxsize=settings.cache_max_entries,
@@ -222,6 +249,7 @@ def build_app(
                 clock=clock,
                 observer=observer,
                 orphans=events,
+                shared=shared("installations"),
             )
             for entry, signer in zip(apps, signers, strict=True)
         ],
@@ -241,6 +269,7 @@ def build_app(
             missing_seconds=settings.policy_missing_seconds,
             max_entries=settings.cache_max_entries,
         ),
+        shared=shared("policy"),
     )
     trusted_issuers = TrustedIssuersStore(
         github,
@@ -253,7 +282,10 @@ def build_app(
             stale_seconds=settings.issuers_stale_seconds,
             max_entries=settings.cache_max_entries,
         ),
+        shared=shared("trusted_issuers"),
     )
+    # With Redis, a push invalidates every process's entries (adapters.shared_cache.Fleet).
+    fleet = Fleet(redis, policies=policies, issuers=trusted_issuers) if redis is not None else None
     exchanger = Exchanger(
         verifier=verifier,
         github=github,
@@ -274,9 +306,10 @@ def build_app(
             ),
             # Check runs stay on the App whose webhook delivers the events.
             checks=GitHubChecks(github.checks_app, rest=github_rest),
-            policies=policies,
-            issuers=trusted_issuers,
+            policies=policies if fleet is None else fleet.policies,
+            issuers=trusted_issuers if fleet is None else fleet.issuers,
             clock=clock,
+            deliveries=_deliveries(redis, clock),
         )
         webhook = WebhookServer(
             settings.webhook_addr,
@@ -308,7 +341,10 @@ def build_app(
         ],
         reuse_port=settings.workers > 1,
         readiness=readiness,
-        health_details={GITHUB_HEALTH: lambda: not github.app_rate_limited()},
+        health_details={
+            GITHUB_HEALTH: lambda: not github.app_rate_limited(),
+            **({REDIS_HEALTH: redis.healthy} if redis is not None else {}),
+        },
         admission=admission,
     )
     return App(
@@ -318,6 +354,7 @@ def build_app(
         tracer_provider=tracer_provider,
         # Closed last to first: orphan tokens are settled while the pool is still open.
         closers=[
+            *([redis.close] if redis is not None else []),
             issuer_http.aclose,
             github_http.aclose,
             *(signer.aclose for signer in signers),
@@ -329,7 +366,33 @@ def build_app(
         audit=audit,
         webhook=webhook,
         egress_events=egress_events,
+        fleet=fleet,
     )
+
+
+def _redis(settings: Settings, metrics: Metrics) -> RedisState | None:
+    """The fleet's Redis client (``OCTOSTS_REDIS_URL``), or None: every process on its own."""
+    if not settings.redis_url:
+        return None
+    config = RedisConfig(
+        url=settings.redis_url,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout_seconds,
+        hmac_key=settings.redis_hmac_key.encode() or None,
+        # Held while one process makes the fetch (two GitHub calls at most) for the fleet.
+        lock_ttl=2 * settings.outbound_timeout_seconds + 1.0,
+    )
+    if config.hmac_key is None:
+        _log.warning(
+            "redis_unsigned",
+            effect="values in Redis are trusted as written: set OCTOSTS_REDIS_HMAC_KEY",
+        )
+    return RedisState(config, telemetry=metrics)
+
+
+def _deliveries(redis: RedisState | None, clock: Clock) -> LocalDeliveries | SharedDeliveries:
+    local = LocalDeliveries(delivery_cache(clock))
+    return local if redis is None else SharedDeliveries(redis, local)
 
 
 async def _settled(github: GitHubApps, within: float) -> None:

@@ -30,6 +30,7 @@ import yaml
 
 from octosts.adapters.github_rest import DEFAULT_MAX_CONNECTIONS, base_url_problem
 from octosts.adapters.kms import SIGNER_KINDS, SignerKind, kms_key_problem, missing_extra
+from octosts.adapters.redis_state import MIN_HMAC_KEY_BYTES, url_problem
 from octosts.adapters.signer import SignerConfig
 from octosts.domain.issuers import AllowlistInvalid, compile_allowlist, issuer_entry_problem
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO
@@ -341,6 +342,22 @@ def _github_url(value: str) -> Iterator[str]:
         yield problem
 
 
+def _redis_url(value: str) -> Iterator[str]:
+    problem = url_problem(value) if value else None  # the adapter's own rule
+    if problem is not None:
+        yield problem  # never the value: it may hold a password
+
+
+def _redis_hmac_key(value: str) -> Iterator[str]:
+    if value and len(value.encode()) < MIN_HMAC_KEY_BYTES:
+        yield f"must be at least {MIN_HMAC_KEY_BYTES} bytes"
+
+
+def _word(value: str) -> Iterator[str]:
+    if not value or not all(c.isalnum() or c in "-_." for c in value):
+        yield "must be a non-empty word of letters, digits, '-', '_' or '.'"
+
+
 def _repo_name(value: str) -> Iterator[str]:
     if not is_repo_name(value):
         yield "must be a repository name"
@@ -476,6 +493,15 @@ class Settings:
     webhook_max_body_bytes: int = setting(
         "OCTOSTS_WEBHOOK_MAX_BODY_BYTES", _int, DEFAULT_MAX_BODY, check=_between(1024, 25 << 20)
     )
+    # [fleet]: Redis shared by every replica and worker (docs/deploy.md); off when empty.
+    redis_url: str = setting("OCTOSTS_REDIS_URL", _str, "", check=_redis_url, secret=True)
+    redis_timeout_seconds: float = setting(
+        "OCTOSTS_REDIS_TIMEOUT_SECONDS", _float, 0.5, check=_positive
+    )
+    redis_hmac_key: str = setting(
+        "OCTOSTS_REDIS_HMAC_KEY", _str, "", check=_redis_hmac_key, secret=True
+    )
+    redis_prefix: str = setting("OCTOSTS_REDIS_PREFIX", _str, "octosts", check=_word)
 
     def apps(self) -> tuple[GitHubAppEntry, ...]:
         """The GitHub Apps to mint with: ``GITHUB_APPS``, or the one App of ``GITHUB_APP_ID``
@@ -548,11 +574,17 @@ def _webhook_needs_secrets(values: Mapping[str, Any]) -> Iterator[str]:
         yield "OCTOSTS_WEBHOOK_SECRETS: required when OCTOSTS_WEBHOOK_ADDR is set"
 
 
+def _redis_key_needs_url(values: Mapping[str, Any]) -> Iterator[str]:
+    if values["redis_hmac_key"] and not values["redis_url"]:
+        yield "OCTOSTS_REDIS_HMAC_KEY: set without OCTOSTS_REDIS_URL"
+
+
 _RULES: tuple[Callable[[Mapping[str, Any]], Iterable[str]], ...] = (
     _issuer_trust,
     _app_key_source,
     _app_id_required,
     _webhook_needs_secrets,
+    _redis_key_needs_url,
 )
 
 

@@ -17,9 +17,11 @@ import pytest
 from octosts.dev.certs import CertPaths, ensure_dev_certs
 from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
+from octosts.dev.redis import RedisServer
 from tests.emulator import make_emulator, real_time_clock
 from tests.fakes import FakeClock
 from tests.integration.service_harness import Stack, running, servers
+from tests.redis_harness import start_redis
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +52,13 @@ def backends(tmp_path: Path) -> Iterator[tuple[DevIssuer, GitHubEmulator]]:
 async def stack(backends: tuple[DevIssuer, GitHubEmulator]) -> AsyncIterator[Stack]:
     async with running(*backends) as s:
         yield s
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port, stopped by its PID afterwards."""
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -41,6 +41,9 @@ EXPECTED_FAMILIES = {
     "octo_sts_issuer_audit": "counter",
     "octo_sts_shed": "counter",
     "octo_sts_rpcs_in_flight": "gauge",
+    "octo_sts_redis_requests": "counter",
+    "octo_sts_redis_breaker_open": "gauge",
+    "octo_sts_shared_cache": "counter",
     "grpc_server_handled": "counter",
     "grpc_server_handling_seconds": "histogram",
 }

@@ -83,6 +83,10 @@ class TtlCache(Generic[K, V]):
             del self._data[k]
         return len(doomed)
 
+    def keys_where(self, predicate: Callable[[V], bool]) -> list[K]:
+        """Keys of the kept entries whose value matches."""
+        return [k for k, entry in self._data.items() if predicate(entry.value)]
+
     def delete_values(self, predicate: Callable[[V], bool]) -> int:
         doomed = [k for k, entry in self._data.items() if predicate(entry.value)]
         for k in doomed:

@@ -17,6 +17,10 @@ The guard checks the addresses the resolver returns; the HTTP client resolves
 again when it connects, so a DNS server answering differently within
 milliseconds (rebinding) is not covered. Deployments that need that should
 route issuer traffic through an egress proxy that enforces the same rule.
+
+With a fleet's Redis (``shared``), an issuer's discovery result and keys are shared
+(``adapters.shared_cache``): a cold issuer costs the fleet one discovery and one JWKS fetch,
+and keys read back pass the same URL rules and key caps as fetched ones.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from jwt.api_jwk import PyJWK
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
 from octosts.adapters.local_fault import local_fault_cause
+from octosts.adapters.shared_cache import Filled, SharedCache, SharedEntry
 from octosts.domain.errors import (
     UNKNOWN_KEY_ID,
     IssuerRejected,
@@ -392,9 +397,11 @@ class OidcVerifier:
         observer: StageObserver | None = None,
         resolver: Resolver = system_resolver,
         replica: ReplicaHealth | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
         """``replica`` hears of fetches that failed through this replica's own fault."""
         self._config = config
+        self._shared = shared
         self._replica: ReplicaHealth = replica or NullReplicaHealth()
         self._http = http
         self._clock = clock or SystemClock()
@@ -544,7 +551,7 @@ class OidcVerifier:
         refetch: bool = False,
     ) -> IssuerKeys:
         try:
-            keys = await self._discover_and_fetch(issuer, insecure, refetch=refetch)
+            keys, ttl = await self._shared_keys(issuer, insecure, refetch=refetch)
         except (IssuerUnavailable, IssuerRejected) as exc:
             self._failures.set(issuer, exc, ttl=self._config.negative_ttl)
             stale = self._stale(issuer)
@@ -552,10 +559,58 @@ class OidcVerifier:
                 return stale  # last-known keys beat an outage
             raise
         self._failures.delete(issuer)
-        self._keys.set(
-            issuer, keys, ttl=self._config.cache_ttl, stale_for=self._config.cache_stale_for
-        )
+        self._keys.set(issuer, keys, ttl=ttl, stale_for=self._config.cache_stale_for)
         return keys
+
+    async def _shared_keys(
+        self,
+        issuer: str,
+        insecure: bool,  # noqa: FBT001
+        *,
+        refetch: bool,
+    ) -> tuple[IssuerKeys, float]:
+        """Keys and how long they stay fresh: fetched, or another process's through Redis."""
+        ttl = self._config.cache_ttl
+        if self._shared is None:
+            return await self._discover_and_fetch(issuer, insecure, refetch=refetch), ttl
+
+        async def fetch(_entry: SharedEntry | None) -> Filled[tuple[IssuerKeys, float]]:
+            keys = await self._discover_and_fetch(issuer, insecure, refetch=refetch)
+            share = {"jwks_uri": keys.jwks_uri, "keys": [dict(k.jwk) for k in keys.keys]}
+            return Filled((keys, ttl), share, ttl)
+
+        def decode(entry: SharedEntry) -> tuple[IssuerKeys, float] | None:
+            keys = self._keys_from_shared(issuer, insecure, entry.value)
+            return (keys, entry.fresh_until - self._clock.now()) if keys is not None else None
+
+        # A refetch (a kid we do not know) takes only keys newer than ours: another
+        # process may have fetched the rotated set already.
+        held = self._keys.get_entry(issuer) if refetch else None
+        return await self._shared.read_through(
+            (issuer,),
+            decode=decode,
+            fetch=fetch,
+            newer_than=held.stored_at if held is not None else None,
+        )
+
+    def _keys_from_shared(
+        self,
+        issuer: str,
+        insecure: bool,  # noqa: FBT001
+        value: Mapping[str, Any],
+    ) -> IssuerKeys | None:
+        """Shared keys, held to the rules fetched ones pass (URL rules, key caps).
+
+        Raises IssuerRejected (unusable: fetched again) or returns None.
+        """
+        jwks_uri, raw_keys = value.get("jwks_uri"), value.get("keys")
+        if not isinstance(jwks_uri, str) or not isinstance(raw_keys, list):
+            return None
+        self._check_url(jwks_uri, insecure=insecure, what="jwks_uri")
+        parsed = parse_jwks({"keys": raw_keys})
+        if parsed.refused:
+            return None  # never written by us: only usable keys are shared
+        return IssuerKeys(issuer=issuer, jwks_uri=jwks_uri, keys=parsed.usable())
 
     async def _discover_and_fetch(
         self,

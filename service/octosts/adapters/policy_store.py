@@ -10,7 +10,10 @@ Freshness model (see docs/architecture.md, "Caches"):
 * when GitHub rate-limits us or is down, the last good copy is served for up
   to ``stale_seconds`` (default 1 h) — a deleted policy is never resurrected
   this way, because a 404 is an answer, not a failure;
-* concurrent requests for one policy share one read (single-flight).
+* concurrent requests for one policy share one read (single-flight);
+* with a fleet's Redis (``shared``), a miss here reads the second level first and a cold
+  read takes the fleet-wide lock (``adapters.shared_cache``): entries read back are parsed
+  again, as if just fetched, and their freshness is what is left of the writer's.
 
 Invalid policies are cached like valid ones (the same bytes will not become
 valid by reading them again) and surface as PolicyInvalid each time.
@@ -18,14 +21,21 @@ valid by reading them again) and surface as PolicyInvalid each time.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.policy_yaml import parse_trust_policy
+from octosts.adapters.shared_cache import Filled
 from octosts.domain.errors import PolicyInvalid, PolicyNotFound, RateLimited, UpstreamUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from octosts.adapters.shared_cache import SharedCache, SharedEntry
     from octosts.domain.policy import TrustPolicy
     from octosts.domain.ports import Clock, GitHubApp, PolicyLocation, Stage, StageObserver
 
@@ -39,6 +49,7 @@ class _Cached:
     policy: TrustPolicy | None
     error: PolicyInvalid | PolicyNotFound | None
     etag: str | None
+    content: bytes | None = None  # the file as read (None: missing), for the second level
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +70,11 @@ class PolicyStore:
         clock: Clock,
         observer: StageObserver,
         config: PolicyCacheConfig | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
         self._github = github
+        self._clock = clock
+        self._shared = shared
         self._observer = observer
         self._config = config or PolicyCacheConfig()
         self._cache: TtlCache[Key, _Cached] = TtlCache(
@@ -95,41 +109,100 @@ class PolicyStore:
             lambda k: k[0] == owner_l and k[1] == repo.lower() and (path is None or k[2] == path)
         )
 
+    def invalidate_all(self) -> int:
+        """Forget every cached policy (after missing the fleet's invalidations)."""
+        count = len(self._cache)
+        self._cache.clear()
+        return count
+
     async def _refresh(
         self, installation_id: int, location: PolicyLocation, key: Key, stage: Stage
     ) -> _Cached:
-        previous = self._cache.get_entry(key)
-        etag = previous.value.etag if previous is not None else None
+        if self._shared is None:
+            return (await self._fetch(installation_id, location, key, stage, None)).value
+        stage.annotate("shared", value=True)
+        return await self._shared.read_through(
+            key,
+            scope=key[:2],  # a push to the repository invalidates its policies
+            decode=lambda entry: self._adopt(key, location, entry),
+            fetch=lambda entry: self._fetch(installation_id, location, key, stage, entry),
+        )
+
+    async def _fetch(
+        self,
+        installation_id: int,
+        location: PolicyLocation,
+        key: Key,
+        stage: Stage,
+        shared: SharedEntry | None,
+    ) -> Filled[_Cached]:
+        previous_entry = self._cache.get_entry(key)
+        previous = previous_entry.value if previous_entry is not None else None
+        if previous is None and shared is not None and shared.current:
+            previous = self._from_shared(location, shared.value)
+        etag = previous.etag if previous is not None else None
+        config = self._config
         try:
             read = await self._github.read_file(
                 installation_id, location.owner, location.repo, location.path, etag
             )
         except PolicyNotFound:
-            missing = _Cached(None, PolicyNotFound(f"no policy at {_describe(location)}"), None)
-            self._cache.set(key, missing, ttl=self._config.missing_seconds)
-            return missing
+            missing = _missing(location)
+            self._cache.set(key, missing, ttl=config.missing_seconds)
+            return Filled(missing, {"missing": True}, config.missing_seconds)
         except (RateLimited, UpstreamUnavailable):
             # Serve the last good copy while GitHub cannot answer.
-            if previous is not None and previous.value.policy is not None:
+            if previous is not None and previous.policy is not None:
                 stage.annotate("stale", value=True)
-                return previous.value
+                return Filled(previous)
             raise
         if read.content is None and previous is not None:  # 304: unchanged
             stage.annotate("revalidated", value=True)
-            fresh = previous.value
+            fresh = previous
         else:
             fresh = self._parse(read.content or b"", read.etag, location)
-        self._cache.set(
-            key, fresh, ttl=self._config.fresh_seconds, stale_for=self._config.stale_seconds
-        )
-        return fresh
+        self._cache.set(key, fresh, ttl=config.fresh_seconds, stale_for=config.stale_seconds)
+        return Filled(fresh, _share(fresh), config.fresh_seconds, config.stale_seconds)
+
+    def _adopt(self, key: Key, location: PolicyLocation, entry: SharedEntry) -> _Cached | None:
+        """A fresh second-level entry, re-checked, in this process's cache too."""
+        cached = self._from_shared(location, entry.value)
+        if cached is not None:
+            stale_for = self._config.stale_seconds if cached.content is not None else 0.0
+            ttl = entry.fresh_until - self._clock.now()
+            self._cache.set(key, cached, ttl=ttl, stale_for=stale_for)
+        return cached
+
+    def _from_shared(self, location: PolicyLocation, value: Mapping[str, Any]) -> _Cached | None:
+        """What a second-level entry says, parsed again like a fetched file; None: unusable."""
+        if value.get("missing") is True:
+            return _missing(location)
+        content, etag = value.get("content"), value.get("etag")
+        if not isinstance(content, str) or not (etag is None or isinstance(etag, str)):
+            return None
+        try:
+            raw = base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        return self._parse(raw, etag, location)
 
     @staticmethod
     def _parse(content: bytes, etag: str | None, location: PolicyLocation) -> _Cached:
         try:
-            return _Cached(parse_trust_policy(content, kind=location.kind), None, etag)
+            return _Cached(parse_trust_policy(content, kind=location.kind), None, etag, content)
         except PolicyInvalid as exc:
-            return _Cached(None, exc, etag)
+            return _Cached(None, exc, etag, content)
+
+
+def _missing(location: PolicyLocation) -> _Cached:
+    return _Cached(None, PolicyNotFound(f"no policy at {_describe(location)}"), None)
+
+
+def _share(cached: _Cached) -> dict[str, Any] | None:
+    """The second-level form of an answer: the file's bytes (parsed again when read)."""
+    if cached.content is None:
+        return None
+    return {"content": base64.b64encode(cached.content).decode(), "etag": cached.etag}
 
 
 def _key(location: PolicyLocation) -> Key:

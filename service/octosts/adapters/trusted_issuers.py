@@ -22,21 +22,28 @@ The previous answer is revalidated with its ETag (a 304 costs no rate limit).
 Concurrent lookups for one org share one GitHub read (single-flight). A push
 to the org policy repository (``invalidate``) makes the next lookup read
 GitHub again while keeping the last known good copy for the fallbacks above.
+
+With a fleet's Redis (``shared``), answers are shared (``adapters.shared_cache``) as the
+file's bytes and the last valid file's, parsed again by each process that reads them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from octosts.adapters.cache import SingleFlight, TtlCache
 from octosts.adapters.policy_yaml import parse_trusted_issuers
+from octosts.adapters.shared_cache import Filled
 from octosts.domain.errors import PolicyInvalid, PolicyNotFound, RateLimited, UpstreamUnavailable
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, ISSUERS_FILE
 
 if TYPE_CHECKING:
+    from octosts.adapters.shared_cache import SharedCache, SharedEntry
     from octosts.domain.issuers import TrustedIssuers
     from octosts.domain.ports import Clock, GitHubApp, Stage, StageObserver
 
@@ -67,6 +74,9 @@ class _Answer:
     last_good_at: float | None
     # The current file's problems when it is invalid (even while last_good is served).
     invalid: PolicyInvalid | None = None
+    # The bytes behind ``invalid``/``trusted`` and ``last_good``, for the second level.
+    content: bytes | None = None
+    last_good_content: bytes | None = None
 
 
 class TrustedIssuersStore:
@@ -81,8 +91,10 @@ class TrustedIssuersStore:
         org_policy_repo: str = DEFAULT_ORG_POLICY_REPO,
         insecure_issuers: frozenset[str] = frozenset(),
         config: TrustedIssuersConfig | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
         self._github = github
+        self._shared = shared
         self._clock = clock
         self._observer = observer
         self._repo = org_policy_repo
@@ -127,9 +139,58 @@ class TrustedIssuersStore:
         self._cache.set(key, entry.value, ttl=0.0, stale_for=remaining)
         return True
 
+    def invalidate_all(self) -> int:
+        """``invalidate`` every organization (after missing the fleet's invalidations)."""
+        owners = self._cache.keys_where(lambda _answer: True)
+        return sum(self.invalidate(owner) for owner in owners)
+
     async def _refresh(self, installation_id: int, owner: str, key: str, stage: Stage) -> _Answer:
+        if self._shared is None:
+            return (await self._fetch(installation_id, owner, key, stage, None)).value
+        stage.annotate("shared", value=True)
+        return await self._shared.read_through(
+            (key,),
+            scope=(key,),  # a push to the org policy repository invalidates it
+            decode=lambda entry: self._adopt(owner, key, entry, stage),
+            fetch=lambda entry: self._fetch(installation_id, owner, key, stage, entry),
+        )
+
+    def _adopt(self, owner: str, key: str, entry: SharedEntry, stage: Stage) -> _Answer | None:
+        """A fresh second-level answer, parsed again, in this process's cache too."""
+        answer = self._from_shared(owner, entry, stage)
+        if answer is not None:
+            ttl = entry.fresh_until - self._clock.now()
+            self._cache.set(key, answer, ttl=ttl, stale_for=self._config.stale_seconds)
+        return answer
+
+    def _from_shared(self, owner: str, entry: SharedEntry, stage: Stage) -> _Answer | None:
+        value = entry.value
+        etag, file = value.get("etag"), value.get("file")
+        if "file" not in value or not (etag is None or isinstance(etag, str)):
+            return None
+        if file is None:
+            return _Answer(None, None, None, None, None)
+        content = _unb64(file)
+        if content is None:
+            return None
+        previous = None
+        last_good, last_good_at = _unb64(value.get("last_good")), value.get("last_good_at")
+        if last_good is not None and isinstance(last_good_at, int | float):
+            try:
+                trusted = parse_trusted_issuers(last_good, insecure_issuers=self._insecure)
+            except PolicyInvalid:
+                return None  # never written by us: the last good file was valid
+            previous = _Answer(trusted, None, None, trusted, float(last_good_at), None, last_good)
+        return self._parse(owner, content, etag, previous, stage, read_at=entry.stored_at)
+
+    async def _fetch(
+        self, installation_id: int, owner: str, key: str, stage: Stage, shared: SharedEntry | None
+    ) -> Filled[_Answer]:
         previous_entry = self._cache.get_entry(key)
         previous = previous_entry.value if previous_entry is not None else None
+        if previous is None and shared is not None:
+            # Of an old generation too: a push makes it stale, it stays the last known good.
+            previous = self._from_shared(owner, shared, stage)
         try:
             read = await self._github.read_file(
                 installation_id,
@@ -155,7 +216,7 @@ class TrustedIssuersStore:
         except (RateLimited, UpstreamUnavailable):
             if previous is not None:
                 stage.annotate("stale", value=True)
-                return previous  # not re-cached: the next exchange tries GitHub again
+                return Filled(previous)  # not re-cached: the next exchange tries GitHub again
             raise
         else:
             if read.content is None and previous is not None:  # 304: unchanged
@@ -165,10 +226,9 @@ class TrustedIssuersStore:
                     answer = self._fallback(owner, previous.invalid, previous.etag, previous, stage)
             else:
                 answer = self._parse(owner, read.content or b"", read.etag, previous, stage)
-        self._cache.set(
-            key, answer, ttl=self._config.fresh_seconds, stale_for=self._config.stale_seconds
-        )
-        return answer
+        config = self._config
+        self._cache.set(key, answer, ttl=config.fresh_seconds, stale_for=config.stale_seconds)
+        return Filled(answer, _share(answer), config.fresh_seconds, config.stale_seconds)
 
     def _last_good(self, previous: _Answer | None) -> tuple[TrustedIssuers | None, float | None]:
         if previous is None or previous.last_good is None or previous.last_good_at is None:
@@ -178,14 +238,22 @@ class TrustedIssuersStore:
         return previous.last_good, previous.last_good_at
 
     def _parse(
-        self, owner: str, content: bytes, etag: str | None, previous: _Answer | None, stage: Stage
+        self,
+        owner: str,
+        content: bytes,
+        etag: str | None,
+        previous: _Answer | None,
+        stage: Stage,
+        *,
+        read_at: float | None = None,
     ) -> _Answer:
         try:
             trusted = parse_trusted_issuers(content, insecure_issuers=self._insecure)
         except PolicyInvalid as exc:
-            return self._fallback(owner, exc, etag, previous, stage)
+            return self._fallback(owner, exc, etag, previous, stage, content)
         stage.annotate("outcome", "valid")
-        return _Answer(trusted, None, etag, trusted, self._clock.now())
+        at = self._clock.now() if read_at is None else read_at
+        return _Answer(trusted, None, etag, trusted, at, None, content, content)
 
     def _fallback(
         self,
@@ -194,6 +262,7 @@ class TrustedIssuersStore:
         etag: str | None,
         previous: _Answer | None,
         stage: Stage,
+        content: bytes | None = None,
     ) -> _Answer:
         """The answer for an invalid file: last known good while it lasts, else reject.
 
@@ -214,6 +283,32 @@ class TrustedIssuersStore:
         )
         if last_good is not None:
             stage.annotate("stale", value=True)
-            return _Answer(last_good, None, etag, last_good, last_good_at, invalid)
+            good = previous.last_good_content if previous is not None else None
+            return _Answer(last_good, None, etag, last_good, last_good_at, invalid, content, good)
         error = PolicyInvalid(invalid.problems, reason=INVALID_REASON)
-        return _Answer(None, error, etag, None, None, invalid)
+        return _Answer(None, error, etag, None, None, invalid, content)
+
+
+def _share(answer: _Answer) -> dict[str, Any] | None:
+    """The second-level form of an answer: the file's bytes and the last valid file's."""
+    if answer.content is None:
+        if answer.trusted is None and answer.error is None:  # absent or unreadable
+            return {"file": None}
+        return None  # an answer whose bytes this process no longer has
+    return {
+        "file": base64.b64encode(answer.content).decode(),
+        "etag": answer.etag,
+        "last_good": base64.b64encode(answer.last_good_content).decode()
+        if answer.last_good_content is not None and answer.last_good_at is not None
+        else None,
+        "last_good_at": answer.last_good_at if answer.last_good_content is not None else None,
+    }
+
+
+def _unb64(value: object) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None

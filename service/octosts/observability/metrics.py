@@ -176,6 +176,7 @@ class Metrics:
         self._installation = _BoundedLabel(1000)
         self._app = _BoundedLabel(64)  # configured GitHub App ids: a few
         self._rpc = _BoundedLabel(64)
+        self._redis_op = _BoundedLabel(32)
         # Label children by (metric, *labels), one cache per metric type (see _child).
         self._c: dict[tuple[object, ...], Counter] = {}
         self._h: dict[tuple[object, ...], Histogram] = {}
@@ -280,6 +281,28 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.redis_requests = Counter(
+            "octo_sts_redis_requests",
+            "Calls to the fleet's Redis by operation and result (ok, error, timeout,"
+            " breaker_open: not made; refused: a value or message failing its check).",
+            ["op", "result"],
+            registry=registry,
+        )
+        self.redis_breaker_open = Gauge(
+            "octo_sts_redis_breaker_open",
+            "1 while the Redis circuit breaker is open (calls are not made; local caches"
+            " and upstreams serve).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.shared_cache = Counter(
+            "octo_sts_shared_cache",
+            "Second-level (Redis) cache reads after a local miss, by cache and result (hit;"
+            " waited: another process fetched it; miss: fetched here; lock_timeout; unusable:"
+            " a value failing its checks; unavailable: Redis did not answer).",
+            ["cache", "result"],
+            registry=registry,
+        )
         self.grpc_handled = Counter(
             "grpc_server_handled",
             "RPCs completed on the server, regardless of success or failure.",
@@ -346,6 +369,15 @@ class Metrics:
 
     def in_flight(self, calls: int) -> None:
         self.rpcs_in_flight.set(calls)
+
+    def redis_request(self, op: str, result: str, /) -> None:
+        _child(self._c, self.redis_requests, self._redis_op(op), self._redis_op(result)).inc()
+
+    def redis_breaker(self, *, is_open: bool) -> None:
+        self.redis_breaker_open.set(1 if is_open else 0)
+
+    def shared_cache_request(self, cache: str, result: str, /) -> None:
+        _child(self._c, self.shared_cache, self._cache(cache), self._cache(result)).inc()
 
     def grpc(self, service: str, method: str, code: str, seconds: float) -> None:
         service, method = self._rpc(service), self._rpc(method)

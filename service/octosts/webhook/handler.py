@@ -45,10 +45,50 @@ _SHA_RE = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 _MAX_ID = (1 << 63) - 1
 # Replays: a signed delivery is processed once. GitHub's signature covers the body only, so a
 # delivery is known by its X-GitHub-Delivery id and by its body's digest (the same bytes under
-# a new id are a replay too). Remembered per process for a day, at most this many; only the
-# deliveries answered 2xx (a refused one may come again: GitHub redelivers failures).
+# a new id are a replay too). Remembered per process (and fleet-wide with Redis) for a day, at
+# most this many; only the deliveries answered 2xx (a refused one may come again: GitHub
+# redelivers failures).
 REPLAY_WINDOW_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_DELIVERIES = 20_000  # ~4 MB; the oldest go first
+
+
+class DeliveryMemory(Protocol):
+    """Which signed deliveries were accepted already (``LocalDeliveries``, or the fleet's
+    ``adapters.shared_cache.SharedDeliveries`` with Redis)."""
+
+    async def remember(self, keys: Sequence[tuple[str, str]], ttl: float) -> bool:
+        """Remember a delivery by its keys; False when one of them was remembered already.
+        The check and the remembering in this process happen before any await."""
+        ...
+
+    async def forget(self, keys: Sequence[tuple[str, str]]) -> None: ...
+
+
+class LocalDeliveries:
+    """This process's memory of deliveries (``DeliveryMemory``)."""
+
+    def __init__(self, seen: TtlCache[tuple[str, str], bool]) -> None:
+        self._seen = seen
+
+    async def remember(self, keys: Sequence[tuple[str, str]], ttl: float) -> bool:
+        if any(self._seen.get(key) for key in keys):
+            return False
+        for key in keys:
+            self._seen.set(key, value=True, ttl=ttl)
+        return True
+
+    async def forget(self, keys: Sequence[tuple[str, str]]) -> None:
+        for key in keys:
+            self._seen.delete(key)
+
+
+def delivery_cache(clock: Clock | None = None) -> TtlCache[tuple[str, str], bool]:
+    """The bounded per-process memory of deliveries."""
+    return TtlCache(
+        name="webhook_deliveries",
+        maxsize=2 * MAX_REMEMBERED_DELIVERIES,  # an id and a digest each
+        clock=clock or SystemClock(),
+    )
 
 
 class PolicyInvalidator(Protocol):
@@ -88,17 +128,14 @@ class WebhookHandler:
         policies: PolicyInvalidator | None,
         issuers: IssuersInvalidator | None,
         clock: Clock | None = None,
+        deliveries: DeliveryMemory | None = None,
     ) -> None:
         self._config = config
         self._checks = checks
         self._policies = policies
         self._issuers = issuers
         self._tasks: set[asyncio.Task[None]] = set()
-        self._seen: TtlCache[tuple[str, str], bool] = TtlCache(
-            name="webhook_deliveries",
-            maxsize=2 * MAX_REMEMBERED_DELIVERIES,  # an id and a digest each
-            clock=clock or SystemClock(),
-        )
+        self._deliveries = deliveries or LocalDeliveries(delivery_cache(clock))
 
     def __repr__(self) -> str:
         return f"WebhookHandler(secrets={len(self._config.secrets)})"
@@ -109,17 +146,14 @@ class WebhookHandler:
             return WebhookReply(401, {"error": "invalid or missing X-Hub-Signature-256"})
         delivery = headers.get("x-github-delivery", "")
         keys = _delivery_keys(delivery, body)
-        if any(self._seen.get(key) for key in keys):
+        # Remembered before dispatching, forgotten again unless accepted, so the same
+        # delivery arriving twice at once is handled once.
+        if not await self._deliveries.remember(keys, REPLAY_WINDOW_SECONDS):
             _log.info("webhook_replay", delivery=_printable(delivery[:64]))
             return WebhookReply(200, {"ignored": "delivery already processed"})
-        # Remembered before dispatching (nothing else runs until the first await), forgotten
-        # again unless accepted, so the same delivery arriving twice at once is handled once.
-        for key in keys:
-            self._seen.set(key, value=True, ttl=REPLAY_WINDOW_SECONDS)
         reply = await self._verified(headers, body)
         if not 200 <= reply.status < 300:
-            for key in keys:
-                self._seen.delete(key)
+            await self._deliveries.forget(keys)
         return reply
 
     async def _verified(self, headers: Mapping[str, str], body: bytes) -> WebhookReply:
