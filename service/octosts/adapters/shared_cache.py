@@ -33,6 +33,8 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import os
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -317,6 +319,8 @@ class Fleet:
         self._pending: collections.deque[tuple[tuple[str, ...], bytes]] = collections.deque(
             maxlen=MAX_PENDING_INVALIDATIONS
         )
+        # This process's own messages come back on the channel: it acted on them already.
+        self._origin = secrets.token_hex(8)
         self._stop = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed_once = False
@@ -341,7 +345,8 @@ class Fleet:
             await asyncio.wait(set(self._tasks))
 
     def _publish(self, counters: tuple[str, ...], message: Mapping[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(counters, dumps(message)))
+        body = dumps({**message, "from": self._origin})
+        task = asyncio.get_running_loop().create_task(self._send(counters, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -368,20 +373,29 @@ class Fleet:
 
     def _received(self, body: bytes) -> None:
         message = loads(body)
-        if message is None:
+        if message is None or message.get("from") == self._origin:
             return
         owner = message.get("owner")
         if not isinstance(owner, str) or not is_owner_name(owner):
             return
         if message.get("cache") == ISSUERS:
-            self._local_issuers.invalidate(owner)
+            had = self._local_issuers.invalidate(owner)
+            _logged(ISSUERS, "channel", int(had), owner=owner)
             return
         repo, path = message.get("repo"), message.get("path")
         if message.get("cache") != POLICY or not isinstance(repo, str) or not is_repo_name(repo):
             return
         if path is not None and not isinstance(path, str):
             return
-        self._local_policies.invalidate(owner, repo, path)
+        dropped = self._local_policies.invalidate(owner, repo, path)
+        _logged(POLICY, "channel", dropped, owner=owner, repo=repo)
+
+
+def _logged(cache: str, via: str, dropped: int, **names: str) -> None:
+    # With the pid: the workers of a replica share one log.
+    _log.info(
+        "shared_invalidation", cache=cache, via=via, dropped=dropped, pid=os.getpid(), **names
+    )
 
 
 class _FleetPolicies:
@@ -393,6 +407,7 @@ class _FleetPolicies:
     def invalidate(self, owner: str, repo: str, path: str | None = None) -> int:
         fleet = self._fleet
         dropped = fleet._local_policies.invalidate(owner, repo, path)  # noqa: SLF001
+        _logged(POLICY, "webhook", dropped, owner=owner, repo=repo)
         counter = counter_name(fleet._redis, POLICY, (owner.lower(), repo.lower()))  # noqa: SLF001
         message = {"cache": POLICY, "owner": owner, "repo": repo, "path": path}
         fleet._publish((counter,), message)  # noqa: SLF001
@@ -408,6 +423,7 @@ class _FleetIssuers:
     def invalidate(self, owner: str) -> bool:
         fleet = self._fleet
         had = fleet._local_issuers.invalidate(owner)  # noqa: SLF001
+        _logged(ISSUERS, "webhook", int(had), owner=owner)
         counter = counter_name(fleet._redis, ISSUERS, (owner.lower(),))  # noqa: SLF001
         fleet._publish((counter,), {"cache": ISSUERS, "owner": owner})  # noqa: SLF001
         return had

@@ -5,7 +5,8 @@ more signing keys (RSA, EC P-256/P-384, Ed25519) and mints tokens signed
 with them: a stand-in for GitHub Actions or Kubernetes service-account
 tokens. Tests run it in-process on a background thread (optionally over TLS
 with ``octosts.dev.certs.ensure_dev_certs``) and use its hooks to misbehave:
-per-path request counts, an injectable delay, canned responses (oversized,
+per-path request counts (also served at ``GET /_issuer/requests``, for an issuer running as
+a process), an injectable delay, canned responses (oversized,
 garbage, 500), a wrong ``issuer`` in discovery, redirects, key rotation.
 ``octo-sts dev issuer`` runs the same server from a state directory that
 ``octo-sts dev token`` reads to sign with the key being served.
@@ -39,6 +40,8 @@ from octosts.dev.httpserver import DevHTTPServer
 from octosts.dev.waiting import wait_for
 
 KeyKind = Literal["rsa", "ec", "ec384", "ed25519"]
+# Per-path request counts so far (not counting itself): tests of stacks of processes.
+REQUEST_COUNTS_PATH = "/_issuer/requests"
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -284,6 +287,10 @@ class DevIssuer:
     # -- serving -------------------------------------------------------------
 
     def handle(self, path: str) -> CannedResponse | None:
+        if path == REQUEST_COUNTS_PATH:
+            with self._lock:
+                counts = dict(self.requests)
+            return CannedResponse(body=json.dumps(counts).encode())
         with self._lock:
             self.requests[path] += 1
         if self.delay and self._stopping.wait(self.delay):
