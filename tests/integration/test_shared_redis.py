@@ -323,3 +323,35 @@ async def test_github_and_oidc_tokens_never_reach_redis(
         assert secret.encode() not in everything
     assert b"ghs_" not in everything
     assert b"-----BEGIN" not in everything
+
+
+async def test_forged_invalidations_are_not_acted_on(
+    backends: tuple[DevIssuer, GitHubEmulator], redis_server: RedisServer
+) -> None:
+    _issuer, github = backends
+    async with replicas(backends, redis_server, 1, policy_fresh_seconds=600.0) as (a,):
+        assert (await a.exchange()).token.startswith("ghs_")
+        message = json.dumps({"cache": "policy", "owner": "octo-org", "repo": "demo", "path": None})
+        redis_of(redis_server).publish("octosts:invalidate", b"p" + message.encode())
+        await eventually(
+            lambda: sample(a, "octo_sts_redis_requests_total", op="message", result="refused"),
+            "the forged message to be refused",
+        )
+        assert (await a.exchange()).token.startswith("ghs_")
+        assert contents_reads(github) == 1  # the policy was not dropped
+
+
+async def test_a_replica_back_on_redis_forgets_what_it_may_have_missed(
+    backends: tuple[DevIssuer, GitHubEmulator], redis_server: RedisServer
+) -> None:
+    _issuer, github = backends
+    async with replicas(backends, redis_server, 1, policy_fresh_seconds=600.0) as (a,):
+        assert (await a.exchange()).token.startswith("ghs_")
+        redis_server.kill()  # pushes published meanwhile would not reach this replica
+        redis_server.restart()
+
+        async def read_again() -> bool:
+            await a.exchange()
+            return contents_reads(github) == 2
+
+        await eventually(read_again, "the policy to be read again", timeout=15, interval=0.2)

@@ -177,6 +177,7 @@ class Metrics:
         self._app = _BoundedLabel(64)  # configured GitHub App ids: a few
         self._rpc = _BoundedLabel(64)
         self._redis_op = _BoundedLabel(32)
+        self._shared = _BoundedLabel(24)  # second-level cache names and results
         # Label children by (metric, *labels), one cache per metric type (see _child).
         self._c: dict[tuple[object, ...], Counter] = {}
         self._h: dict[tuple[object, ...], Histogram] = {}
@@ -377,7 +378,7 @@ class Metrics:
         self.redis_breaker_open.set(1 if is_open else 0)
 
     def shared_cache_request(self, cache: str, result: str, /) -> None:
-        _child(self._c, self.shared_cache, self._cache(cache), self._cache(result)).inc()
+        _child(self._c, self.shared_cache, self._shared(cache), self._shared(result)).inc()
 
     def grpc(self, service: str, method: str, code: str, seconds: float) -> None:
         service, method = self._rpc(service), self._rpc(method)
