@@ -159,7 +159,7 @@ class SharedCache:
                 return value
         lock = await self._redis.lock(self._lock_name(key))
         try:
-            if lock.state is LockState.ACQUIRED and entry is None:
+            if lock.state is LockState.ACQUIRED:
                 # Its last holder may have written it between our read and our lock.
                 value = await self._reread(name, counter, decode, newer_than)
                 if value is not None:
