@@ -84,6 +84,7 @@ bench: install system-deps ## run the benchmarks; prints tables and writes bench
 	$(PY) bench/apps.py
 	$(PY) bench/perf.py
 	$(PY) bench/resilience.py
+	$(PY) bench/fleet.py
 
 FUZZ_SECONDS ?= 60
 fuzz: install ## fuzz every parser FUZZ_SECONDS each (atheris); finds in .fuzz/ (docs/fuzzing.md)
