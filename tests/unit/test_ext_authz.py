@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -113,6 +114,25 @@ async def test_allow_sets_identity_headers_and_removes_spoofed_ones() -> None:
     # Removing the injected names would undo them (Envoy removes after it sets).
     assert list(resp.ok_response.headers_to_remove) == ["x-octo-sts-admin"]
     assert verifier.calls == [GOOD]
+
+
+async def test_allow_names_the_tenant_for_the_rate_limits_by_digests() -> None:
+    resp = await check(FakeVerifier(), check_request({"authorization": f"Bearer {GOOD}"}))
+    tenant = dict(resp.dynamic_metadata)
+    # ``printf '%s' "$ISSUER" | sha256sum | cut -c1-32``, as docs/deploy.md tells operators.
+    assert tenant["issuer"] == "dd9c65dd99f49e3d0ff1d11acfec9a12"
+    assert (
+        tenant["subject"]
+        == hashlib.sha256(
+            b"https://token.actions.githubusercontent.com\nrepo:o/r:ref:refs/heads/main"
+        ).hexdigest()[:32]
+    )
+    other = await check(
+        FakeVerifier(verified("repo:o/r:ref:refs/heads/dev")),
+        check_request({"authorization": f"Bearer {GOOD}"}),
+    )
+    assert dict(other.dynamic_metadata)["subject"] != tenant["subject"]
+    assert dict(other.dynamic_metadata)["issuer"] == tenant["issuer"]
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])

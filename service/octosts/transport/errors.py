@@ -269,6 +269,11 @@ EDGE_HEADERS_TOO_LARGE = EdgeAnswer(
 EDGE_BODY_TOO_LARGE = EdgeAnswer(
     413, _C.INVALID_ARGUMENT, "body_too_large", "request body too large"
 )
+# One workload (or issuer) past its per-tenant limit at the edge (octosts.dev.tenant_limits);
+# Retry-After is the rate limiter's own figure for when the window or bucket refills.
+EDGE_RATE_LIMITED = EdgeAnswer(
+    429, _C.RESOURCE_EXHAUSTED, "tenant_rate_limited", "too many requests from this workload"
+)
 
 
 # Answers Envoy gives itself on the OAuth token endpoint (a method other than POST, a body over

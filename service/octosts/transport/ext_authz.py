@@ -9,7 +9,8 @@ this service without code changes:
     verified by the TokenVerifier (signature, expiry, issuer rules; not the trust
     policy, which needs the scope). Allowed requests get ``x-octo-sts-issuer`` /
     ``x-octo-sts-subject`` set and every other client-supplied ``x-octo-sts-*``
-    header removed.
+    header removed, and carry the tenant's digests in Envoy's dynamic metadata
+    (``tenant_metadata``: the per-tenant rate limits' descriptors, octosts.dev.tenant_limits).
 
 ``mode: egress`` (the GitHub egress gateway, docs/egress.md)
     The workload's OIDC token (``authorization: Bearer <jwt>``, or ``token <jwt>`` as the gh
@@ -43,6 +44,7 @@ JSON gateway's error bodies plus the request id. They never contain the token.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import time
@@ -55,6 +57,7 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from octosts.domain.egress import Egress, EgressReporter
@@ -74,6 +77,7 @@ from octosts.transport.metadata import bearer_from_values
 from octosts.transport.request_id import REQUEST_ID_HEADER, is_request_id
 
 HEADER_PREFIX = "x-octo-sts-"
+TENANT_DIGEST_CHARS = 32  # of a SHA-256 hex digest: 128 bits
 ISSUER_HEADER = "x-octo-sts-issuer"
 SUBJECT_HEADER = "x-octo-sts-subject"
 SCOPE_HEADER = "x-octo-sts-scope"
@@ -158,12 +162,32 @@ def _denied(refused: Denial, request_id: str) -> Any:
     )
 
 
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:TENANT_DIGEST_CHARS]
+
+
+def tenant_metadata(verified: VerifiedToken) -> dict[str, str]:
+    """The tenant of a verified token, as the per-tenant rate limits' descriptors see it.
+
+    ``subject``: one workload identity (issuer and subject); ``issuer``: every workload the
+    issuer vouches for. Digests: the values end up in the rate-limit service's Redis keys,
+    which a caller owning an issuer must not be able to shape (octosts.dev.tenant_limits).
+    """
+    return {
+        "subject": _digest(verified.issuer, verified.subject),
+        "issuer": _digest(verified.issuer),
+    }
+
+
 def _allowed(verified: VerifiedToken, headers: Mapping[str, list[str]]) -> Any:
     injected = (ISSUER_HEADER, SUBJECT_HEADER)
     # The injected names are overwritten, not removed: Envoy removes after it sets.
     spoofed = sorted(k for k in headers if k.startswith(HEADER_PREFIX) and k not in injected)
+    tenant = struct_pb2.Struct()
+    tenant.update(tenant_metadata(verified))
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
+        dynamic_metadata=tenant,
         ok_response=external_auth_pb2.OkHttpResponse(
             headers=[
                 _header(ISSUER_HEADER, verified.issuer),
