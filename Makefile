@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := service/octosts/_gen/__init__.py
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps proto test test-py test-go test-ts test-image client-deps clients unit lint fmt run bench bench-image fuzz clean
+.PHONY: help install system-deps proto test test-py test-go test-ts test-image client-deps ratelimit clients unit lint fmt run bench bench-image fuzz clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,8 +38,11 @@ system-deps: ## Debian packages the tests use (prometheus, docker-compose, ...);
 
 test: test-py test-go test-ts ## run every test: Python (unit, integration, e2e), Go and TypeScript clients
 
-test-py: install system-deps client-deps ## Python tests (unit, integration with real sockets, e2e with real Envoy)
+test-py: install system-deps client-deps ratelimit ## Python tests (unit, integration with real sockets, e2e with real Envoy)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+ratelimit: ## build the Envoy rate-limit service (Go, pinned) into .tools/bin (per-tenant limits)
+	@scripts/install-ratelimit.sh
 
 client-deps: ## Go modules and Node packages the live client tests use
 	cd clients/go && go mod download

@@ -31,12 +31,19 @@ from typing import IO, Any, Self, cast
 import httpx
 
 from octosts.adapters.github_rest import base_url_problem
+from octosts.dev.tenant_limits import (
+    RETRY_AFTER_LUA,
+    TenantLimits,
+    rate_limit_cluster,
+    rate_limit_filter,
+)
 from octosts.settings import Settings
 from octosts.transport.errors import (
     EDGE_BODY_TOO_LARGE,
     EDGE_HEADERS_TOO_LARGE,
     EDGE_OAUTH_ERRORS,
     EDGE_OVERLOADED,
+    EDGE_RATE_LIMITED,
     EDGE_UNAVAILABLE,
     EdgeAnswer,
 )
@@ -251,6 +258,9 @@ class EnvoyParams:
     # one per upstream address; a DNS name may stand for several).
     replica_capacity: int = DEFAULT_MAX_CONCURRENT_RPCS
     replicas: int | None = None
+    # Per-tenant rate limits (octosts.dev.tenant_limits): the limits file, with the ratelimit
+    # service's address (global) or without (Envoy's local fallback). None: no such limits.
+    tenant_limits: TenantLimits | None = None
 
     def __post_init__(self) -> None:
         _check_port("listen port", self.listen_port)
@@ -343,7 +353,7 @@ def render_config(params: EnvoyParams) -> str:
         **_edge_answer("edge_unavailable", EDGE_UNAVAILABLE),
         **_edge_answer("edge_overloaded", EDGE_OVERLOADED),
         **_circuit_breakers(params),
-        "headers_guard_filter": _headers_guard_filter(),
+        "headers_guard_filter": _headers_guard_filter(params),
         "edge_limit_mappers": _lines(
             [_edge_answer_mapper(EDGE_HEADERS_TOO_LARGE), _edge_answer_mapper(EDGE_BODY_TOO_LARGE)],
             indent=12,
@@ -355,6 +365,7 @@ def render_config(params: EnvoyParams) -> str:
         **_tracing_values(params),
         **_webhook_values(params),
         **_egress_values(params),
+        **_tenant_limit_values(params),
     }
     return Template(params.template_path.read_text()).substitute(values)
 
@@ -453,14 +464,17 @@ end
 """
 
 
-def _headers_guard_filter() -> str:
-    """The first HTTP filter: refuses requests over MAX_REQUEST_HEADERS / _BYTES."""
+def _headers_guard_filter(params: EnvoyParams) -> str:
+    """The first HTTP filter: refuses requests over MAX_REQUEST_HEADERS / _BYTES; with
+    per-tenant limits it also gives their 429s a Retry-After (it sees every answer last)."""
     code = Template(_HEADERS_GUARD_LUA).substitute(
         max_count=MAX_REQUEST_HEADERS,
         max_bytes=MAX_REQUEST_HEADER_BYTES,
         status=EDGE_HEADERS_TOO_LARGE.http_status,
         grpc_status=EDGE_HEADERS_TOO_LARGE.code.value[0],
     )
+    if params.tenant_limits is not None:
+        code += RETRY_AFTER_LUA
     guard = {
         "name": "envoy.filters.http.lua",
         "typed_config": {
@@ -469,6 +483,24 @@ def _headers_guard_filter() -> str:
         },
     }
     return _lines([guard], indent=10)
+
+
+def _tenant_limit_values(params: EnvoyParams) -> dict[str, str]:
+    """The per-tenant rate-limit filter, its service's cluster and its 429's body mapper."""
+    limits = params.tenant_limits
+    if limits is None:
+        off = "# no per-tenant rate limits"
+        return {
+            "tenant_rate_limit_filter": off,
+            "tenant_rate_limit_cluster": off,
+            "rate_limited_mapper": off,
+        }
+    cluster = rate_limit_cluster(limits, _duration(params.connect_timeout_s))
+    return {
+        "tenant_rate_limit_filter": _lines([rate_limit_filter(limits)], indent=10),
+        "tenant_rate_limit_cluster": _lines([cluster], indent=2) if cluster else "# local limits",
+        "rate_limited_mapper": _lines([_edge_answer_mapper(EDGE_RATE_LIMITED)], indent=12),
+    }
 
 
 def _webhook_buffer_filter(params: EnvoyParams) -> dict[str, Any]:

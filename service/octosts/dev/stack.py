@@ -38,6 +38,7 @@ from octosts.dev.envoy import (
     render_config,
 )
 from octosts.dev.issuer import load_state, mint_token
+from octosts.dev.tenant_limits import TenantLimits
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_REPOS = REPO_ROOT / "examples" / "repos"
@@ -176,6 +177,8 @@ class DevStack:
     # The GitHub API of an emulator already running (docs/self-hosting.md): none is started,
     # and the App the replicas run as comes from ``extra_env`` (GITHUB_APP_ID, ...).
     github: str | None = None
+    # Per-tenant rate limits at the edge (octosts.dev.tenant_limits); None: none.
+    tenant_limits: TenantLimits | None = None
     _procs: list[_Proc] = field(default_factory=list)
     _servers: dict[int, _Proc] = field(default_factory=dict)
     envoy: EnvoyProcess | None = None
@@ -406,6 +409,7 @@ class DevStack:
             egress_routes=EGRESS_ROUTES,
             otlp_collector=Upstream.parse(self.otlp_collector) if self.otlp_collector else None,
             replica_capacity=self._replica_capacity(),
+            tenant_limits=self.tenant_limits,
         )
         config = self.workdir / "envoy.yaml"
         config.write_text(render_config(params))
