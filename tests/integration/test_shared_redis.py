@@ -27,6 +27,7 @@ from octosts.app import REDIS_HEALTH
 from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from octosts.dev.redis import RedisServer
+from tests.emulator import APP_ID
 from tests.integration.service_harness import Stack, running
 from tests.polling import eventually
 
@@ -251,7 +252,7 @@ async def test_forged_or_unusable_values_are_never_used(
             "content": base64.b64encode(evil_policy.encode()).decode(),
             "etag": None,
         },
-        ("installations", ("octo-org",)): {"id": 999_999},
+        ("installations", (str(APP_ID), "octo-org")): {"id": 999_999},
         ("issuer_keys", (issuer.url,)): {"jwks_uri": issuer.url + "/jwks", "keys": []},
     }
     for (cache, key), value in planted.items():
@@ -284,7 +285,7 @@ async def test_unsigned_values_are_still_checked_like_fetched_ones(
         ("policy", ("octo-org", "demo", POLICY, "repo")): {
             "content": "%% not base64 %%",
         },
-        ("installations", ("octo-org",)): {"id": True},
+        ("installations", (str(APP_ID), "octo-org")): {"id": True},
     }
     for (cache, key), value in planted.items():
         body = json.dumps({"gen": 0, "at": 1.0, "fresh": 4e9, "v": value}).encode()
