@@ -24,6 +24,7 @@ def start_stack(
     *,
     replicas: int = 2,
     prepare: Callable[[DevStack], None] | None = None,
+    timeout: float = 30.0,
     **options: Any,
 ) -> DevStack:
     """A started stack (two replicas unless told); the caller stops it.
@@ -44,7 +45,7 @@ def start_stack(
             prepare(stack)
         try:
             # DevStack.start() stops whatever it started when start-up fails.
-            return stack.start()
+            return stack.start(timeout)
         except (StackError, EnvoyError):
             if attempt == attempts:
                 raise

@@ -31,9 +31,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.issuer import REQUEST_COUNTS_PATH
 from octosts.dev.redis import RedisServer
-from octosts.dev.stack import DEV_WEBHOOK_SECRET, DevStack, StackPorts
+from octosts.dev.stack import DEV_WEBHOOK_SECRET, DevStack
 from octosts.domain.layout import ISSUERS_FILE
-from tests.e2e.envoy_harness import unique_base_id
+from tests.e2e.conftest import start_stack
 from tests.polling import eventually
 from tests.redis_harness import start_redis
 
@@ -53,21 +53,24 @@ _deliveries = itertools.count()
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[tuple[DevStack, RedisServer]]:
     redis = start_redis(tmp_path / "redis")
-    stack = DevStack(
-        workdir=tmp_path / "stack",
-        ports=StackPorts.free(REPLICAS),
-        base_id=unique_base_id(),
-        extra_env={
-            "OCTOSTS_WORKERS": str(WORKERS),
-            "OCTOSTS_REDIS_URL": redis.url,
-            "OCTOSTS_REDIS_HMAC_KEY": HMAC_KEY,
-            # Nothing expires on its own during the test: only invalidation makes a refetch.
-            "OCTOSTS_POLICY_FRESH_SECONDS": "600",
-            "OCTOSTS_ISSUERS_FRESH_SECONDS": "600",
-        },
-    )
     try:
-        stack.start(timeout=60)
+        stack = start_stack(
+            tmp_path / "stack",
+            replicas=REPLICAS,
+            timeout=60,
+            extra_env={
+                "OCTOSTS_WORKERS": str(WORKERS),
+                "OCTOSTS_REDIS_URL": redis.url,
+                "OCTOSTS_REDIS_HMAC_KEY": HMAC_KEY,
+                # Nothing expires on its own during the test: only invalidation makes a refetch.
+                "OCTOSTS_POLICY_FRESH_SECONDS": "600",
+                "OCTOSTS_ISSUERS_FRESH_SECONDS": "600",
+            },
+        )
+    except BaseException:
+        redis.stop()
+        raise
+    try:
         yield stack, redis
     finally:
         stack.stop()
