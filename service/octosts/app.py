@@ -285,7 +285,11 @@ def build_app(
         shared=shared("trusted_issuers"),
     )
     # With Redis, a push invalidates every process's entries (adapters.shared_cache.Fleet).
-    fleet = Fleet(redis, policies=policies, issuers=trusted_issuers) if redis is not None else None
+    fleet = (
+        Fleet(redis, policies=policies, issuers=trusted_issuers, holds=github_rest)
+        if redis is not None
+        else None
+    )
     exchanger = Exchanger(
         verifier=verifier,
         github=github,

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -356,3 +357,26 @@ async def test_a_replica_back_on_redis_forgets_what_it_may_have_missed(
             return contents_reads(github) == 2
 
         await eventually(read_again, "the policy to be read again", timeout=15, interval=0.2)
+
+
+async def test_a_github_rate_limit_met_by_one_replica_holds_every_replica(
+    backends: tuple[DevIssuer, GitHubEmulator], redis_server: RedisServer
+) -> None:
+    _issuer, github = backends
+    async with replicas(backends, redis_server, 2) as (a, b):
+        await a.exchange()
+        await b.exchange()  # both warm: an exchange now costs one mint
+        github.force_secondary_limit(status=429, retry_after=60)
+        with pytest.raises(grpc.aio.AioRpcError) as limited:
+            await a.exchange()
+        assert limited.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        await eventually(
+            lambda: sample(b, "octo_sts_github_rate_limited_until", installation="app") > 0,
+            "replica b to hear of the limit",
+        )
+        mints = github.count("POST", "/app/installations/")
+        with pytest.raises(grpc.aio.AioRpcError) as held:
+            await b.exchange()
+        # Refused by b itself, with Retry-After, and GitHub never asked.
+        assert held.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert github.count("POST", "/app/installations/") == mints

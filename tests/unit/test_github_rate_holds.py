@@ -20,6 +20,7 @@ from octosts.adapters.github_rest import (
     Budget,
     GitHubRest,
     GitHubTelemetry,
+    Hold,
     RateLimit,
     RateLimits,
     Request,
@@ -206,3 +207,16 @@ async def test_a_held_call_is_counted_nowhere_as_a_github_request() -> None:
     assert calls == [("token_mint", 429)]
     assert sent == ["/app/installations/1/access_tokens"]
     await http.aclose()
+
+
+def test_a_hold_heard_from_the_fleet_is_kept_unless_ours_lasts_longer() -> None:
+    limits = RateLimits(maxsize=10)
+    heard = limits.adopt(APP, Hold("secondary", NOW + 60, 2), NOW)
+    assert heard == Hold("secondary", NOW + 60, 2)
+    assert limits.hold_of(APP, NOW + 59) == heard
+    assert limits.adopt(APP, Hold("secondary", NOW + 30), NOW) is None  # ours lasts longer
+    assert limits.adopt(APP, Hold("primary", NOW - 1), NOW) is None  # already over
+    # Whatever a message says, a hold lasts at most MAX_HOLD (a forged one included).
+    capped = limits.adopt(INSTALLATION, Hold("primary", NOW + 10 * MAX_HOLD), NOW)
+    assert capped is not None
+    assert capped.until == NOW + MAX_HOLD

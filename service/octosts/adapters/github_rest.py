@@ -587,7 +587,8 @@ class RateLimits:
     """Per budget: the last ``x-ratelimit-remaining`` (with its reset) and the limit in force.
 
     Bounded (``maxsize`` budgets each, least recently updated dropped). A limit is
-    remembered per process: each worker learns it from its own first refused call.
+    remembered per process; with the fleet's Redis every process hears of it at once
+    (``GitHubRest.share_holds``, ``adopt``), else each learns it from its own refused call.
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -657,6 +658,19 @@ class RateLimits:
         hold = Hold("primary", float(reset))
         self._hold(budget, hold)
         return hold
+
+    def adopt(self, budget: Budget, hold: Hold, now: float) -> Hold | None:
+        """A limit another process of the fleet met (``adapters.shared_cache``): held here
+        too, unless a hold of ours lasts longer. Capped at ``MAX_HOLD`` from ``now``.
+        Returns the hold adopted, None when it changes nothing."""
+        until = min(hold.until, now + MAX_HOLD)
+        current = self.hold_of(budget, now)
+        if until <= now or (current is not None and current.until >= until):
+            return None
+        strikes = max(hold.strikes, current.strikes if current is not None else 1)
+        adopted = Hold(hold.kind, until, strikes)
+        self._hold(budget, adopted)
+        return adopted
 
     def answered(self, budget: Budget, now: float) -> None:
         """A good answer: a limit that has run out is forgotten (no more strikes)."""
@@ -737,6 +751,7 @@ class GitHubRest:
         self._origin = _origin(self._root)
         self._base_path = urllib.parse.urlsplit(self._root).path.rstrip("/")
         self.rate_limits = RateLimits(config.budgets_tracked)
+        self._share_hold: Callable[[Budget, Hold], None] | None = None
 
     def __repr__(self) -> str:
         return f"GitHubRest(base_url={self._root!r})"
@@ -862,9 +877,30 @@ class GitHubRest:
             retry_after=wait,
         )
 
+    def share_holds(self, publish: Callable[[Budget, Hold], None]) -> None:
+        """Tell ``publish`` of each limit this process meets (the fleet's Redis)."""
+        self._share_hold = publish
+
+    def adopt_hold(self, budget: Budget, hold: Hold) -> None:
+        """A limit another process of the fleet met: calls on ``budget`` are refused here
+        too, without asking GitHub, until it ends."""
+        now = self._clock.now()
+        adopted = self.rate_limits.adopt(budget, hold, now)
+        if adopted is None:
+            return
+        _log.info(
+            "github_rate_limited_shared",
+            budget=budget.label,
+            kind=adopted.kind,
+            retry_after=math.ceil(adopted.seconds_left(now)),
+        )
+        if self._telemetry is not None:
+            self._telemetry.rate_limited_until(budget.label, adopted.until)
+
     def _note_limits(self, budget: Budget, resp: Response) -> Response:
         """Remaining quota, and the limit the answer reports (or lifts) for ``budget``."""
         now = self._clock.now()
+        before = self.rate_limits.hold_of(budget, now)
         remaining = self.rate_limits.record(budget, resp.headers)
         if remaining is not None and self._telemetry is not None:
             self._telemetry.rate_limit_remaining(budget.label, remaining)
@@ -884,6 +920,8 @@ class GitHubRest:
                 self.rate_limits.answered(budget, now)
         if hold is not None and self._telemetry is not None:
             self._telemetry.rate_limited_until(budget.label, hold.until)
+        if hold is not None and hold != before and self._share_hold is not None:
+            self._share_hold(budget, hold)
         if resp.rate_limit is None or hold is None:
             return resp
         return dataclasses.replace(resp, rate_limit=RateLimit(hold.kind, hold.seconds_left(now)))

@@ -23,8 +23,14 @@ write a stale answer back as fresh), and every process subscribed drops its own 
 the message arrives. A process whose subscription was lost drops all of them once it is back
 (it may have missed messages); a push that could not be published is published again then.
 
+GitHub rate limits (``Fleet``, ``holds``): a limit one process meets (a refused call, or an
+answer spending a budget's last request) is published on the same channel; every other
+process holds that budget too until it ends, refusing calls with ``Retry-After`` without
+asking GitHub, instead of each worker spending a refused call of its own to learn it.
+
 Short-lived GitHub tokens (installation tokens, contents tokens, the App JWT) never reach
-this module: only policies, installation ids, issuer keys and trusted-issuers files do.
+this module: only policies, installation ids, issuer keys, trusted-issuers files and
+rate-limit holds do.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import structlog
 
+from octosts.adapters.github_rest import Budget, Hold
 from octosts.adapters.redis_state import LockState, RedisState, Unavailable, dumps, ident, loads
 from octosts.domain.deadline import time_left
 from octosts.domain.errors import StsError
@@ -55,6 +62,9 @@ _log = structlog.get_logger("octosts.shared")
 CHANNEL = "invalidate"
 POLICY = "policy"
 ISSUERS = "issuers"
+HOLD = "github_hold"
+_HOLD_KINDS = ("primary", "secondary")
+_MAX_STRIKES = 32
 MAX_PENDING_INVALIDATIONS = 256
 
 
@@ -294,6 +304,14 @@ class LocalIssuers(Protocol):
     def invalidate_all(self) -> int: ...
 
 
+class SharedHolds(Protocol):
+    """Where a process's GitHub rate-limit holds live (``github_rest.GitHubRest``)."""
+
+    def share_holds(self, publish: Callable[[Budget, Hold], None]) -> None: ...
+
+    def adopt_hold(self, budget: Budget, hold: Hold) -> None: ...
+
+
 class Fleet:
     """Invalidation for every process of the fleet (see the module docstring).
 
@@ -308,10 +326,14 @@ class Fleet:
         *,
         policies: LocalPolicies,
         issuers: LocalIssuers,
+        holds: SharedHolds | None = None,
     ) -> None:
         self._redis = redis
         self._local_policies = policies
         self._local_issuers = issuers
+        self._holds = holds
+        if holds is not None:
+            holds.share_holds(self._publish_hold)
         self.policies = _FleetPolicies(self)
         self.issuers = _FleetIssuers(self)
         self._channel = redis.key(CHANNEL)
@@ -371,9 +393,23 @@ class Fleet:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _publish_hold(self, budget: Budget, hold: Hold) -> None:
+        message = {
+            "cache": HOLD,
+            "installation": budget.installation,
+            "app": budget.app_id,
+            "kind": hold.kind,
+            "until": hold.until,
+            "strikes": hold.strikes,
+        }
+        self._publish((), message)
+
     def _received(self, body: bytes) -> None:
         message = loads(body)
         if message is None or message.get("from") == self._origin:
+            return
+        if message.get("cache") == HOLD:
+            self._adopt_hold(message)
             return
         owner = message.get("owner")
         if not isinstance(owner, str) or not is_owner_name(owner):
@@ -389,6 +425,30 @@ class Fleet:
             return
         dropped = self._local_policies.invalidate(owner, repo, path)
         _logged(POLICY, "channel", dropped, owner=owner, repo=repo)
+
+    def _adopt_hold(self, message: Mapping[str, Any]) -> None:
+        """Another process's GitHub rate limit, checked (``RateLimits.adopt`` caps its length)."""
+        installation, app = message.get("installation"), message.get("app")
+        kind, until, strikes = message.get("kind"), message.get("until"), message.get("strikes")
+        if (
+            self._holds is None
+            or not all(_id_or_none(v) for v in (installation, app))
+            or kind not in _HOLD_KINDS
+            or not isinstance(until, int | float)
+            or isinstance(until, bool)
+            or not isinstance(strikes, int)
+            or isinstance(strikes, bool)
+            or not 1 <= strikes <= _MAX_STRIKES
+        ):
+            return
+        hold = Hold(kind, float(until), strikes)
+        self._holds.adopt_hold(Budget(installation, app), hold)
+
+
+def _id_or_none(value: object) -> bool:
+    return value is None or (
+        isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 63
+    )
 
 
 def _logged(cache: str, via: str, dropped: int, **names: str) -> None:
