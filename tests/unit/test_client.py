@@ -8,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
@@ -33,7 +34,9 @@ from octosts.client import (
     parse_token_source,
 )
 from octosts.client import models as client_models
+from octosts.client._wire import retry_after_seconds
 from octosts.client.core import SyncTransport
+from octosts.client.grpc_transport import map_rpc_error
 from octosts.client.http_transport import to_result
 from octosts.domain import tokens as domain_tokens
 
@@ -154,6 +157,97 @@ def test_other_errors_are_not_retried(error: Exception) -> None:
     with pytest.raises(type(error)):
         _client(transport, FakeTime(), RetryPolicy()).exchange("o", "i", token="t")
     assert len(transport.timeouts) == 1
+
+
+def test_a_rate_limit_with_retry_after_is_retried_once_after_it() -> None:
+    # The service's fast refusals (a replica or GitHub busy: 429 + Retry-After: 1) are worth
+    # one more try after the wait it asked for, within the deadline.
+    transport = ScriptedTransport(RateLimited("busy", retry_after=1))
+    clock = FakeTime()
+    policy = RetryPolicy(initial_backoff=0.2, deadline=30)
+    assert _client(transport, clock, policy).exchange("o", "i", token="t") is RESULT
+    assert clock.sleeps == [1.0]  # the server's wait, not the shorter backoff
+    assert len(transport.timeouts) == 2
+
+
+def test_a_rate_limit_is_waited_for_only_once() -> None:
+    transport = ScriptedTransport(*[RateLimited("busy", retry_after=1)] * 3)
+    clock = FakeTime()
+    with pytest.raises(RateLimited) as info:
+        _client(transport, clock, RetryPolicy(deadline=30)).exchange("o", "i", token="t")
+    assert len(transport.timeouts) == 2
+    assert clock.sleeps == [1.0]
+    assert info.value.retry_after == 1
+
+
+def test_a_rate_limit_past_the_deadline_is_raised_at_once_with_its_wait() -> None:
+    # GitHub's primary limit for another 40 minutes: no sleeping, the caller is told when.
+    transport = ScriptedTransport(RateLimited("limited", retry_after=2400))
+    clock = FakeTime()
+    with pytest.raises(RateLimited) as info:
+        _client(transport, clock, RetryPolicy(deadline=30)).exchange("o", "i", token="t")
+    assert clock.sleeps == []
+    assert info.value.retry_after == 2400
+    assert "retry_after=2400s" in str(info.value)
+
+
+def test_unavailable_waits_at_least_the_servers_retry_after() -> None:
+    transport = ScriptedTransport(Unavailable("draining", retry_after=2), Unavailable("x"))
+    clock = FakeTime()
+    policy = RetryPolicy(initial_backoff=0.2, max_backoff=5, deadline=30)
+    assert _client(transport, clock, policy, rnd=0.5).exchange("o", "i", token="t") is RESULT
+    assert clock.sleeps == [2.0, pytest.approx(0.3)]  # then the backoff again (cap 0.4)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1", 1.0),
+        (" 30 ", 30.0),
+        ("0", 0.0),
+        ("99999", 3600.0),
+        ("-1", None),
+        ("1.5", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_read_as_whole_seconds_and_capped(
+    value: str | None, seconds: float | None
+) -> None:
+    assert retry_after_seconds(value) == seconds
+
+
+@pytest.mark.parametrize(("status", "cls"), [(429, RateLimited), (503, Unavailable)])
+def test_http_errors_carry_retry_after(status: int, cls: type[Exception]) -> None:
+    body = json.dumps({"code": 8, "message": "shed (overloaded)"}).encode()
+    with pytest.raises(cls) as info:
+        to_result(status, httpx.Headers({"retry-after": "1"}), body)
+    assert info.value.retry_after == 1  # type: ignore[attr-defined]
+
+
+class _RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...]) -> None:
+        self._code, self._trailers = code, trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "shed (overloaded)"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailers
+
+
+def test_grpc_errors_carry_retry_after_from_the_trailers() -> None:
+    shed = map_rpc_error(_RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, (("retry-after", "1"),)))
+    assert isinstance(shed, RateLimited)
+    assert shed.retry_after == 1
+    plain = map_rpc_error(_RpcError(grpc.StatusCode.UNAVAILABLE, ()))
+    assert isinstance(plain, Unavailable)
+    assert plain.retry_after is None
 
 
 def test_token_source_is_called_with_audience() -> None:

@@ -38,6 +38,10 @@ GRPC_CODE_NAMES: dict[int, str] = {
 
 REQUEST_ID_KEYS = ("x-request-id", "request-id", "x-octo-sts-request-id")
 REASON_KEY = "x-octo-sts-reason"
+# Sent with 429 and 503 answers (HTTP header, gRPC trailer): seconds to wait before retrying.
+RETRY_AFTER_KEY = "retry-after"
+# A longer wait than this is read as this: no caller should sleep for hours on our word.
+MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
 def short(text: str) -> str:
@@ -102,3 +106,13 @@ def build_result(
         token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
         request_id=request_id,
     )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``retry-after`` value in seconds (RFC 9110 delay-seconds), or None.
+
+    The service sends whole seconds; an HTTP date or anything else is ignored (None).
+    """
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER_SECONDS)

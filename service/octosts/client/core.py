@@ -9,7 +9,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol, Self
 
-from octosts.client.errors import ConfigError, DeadlineExceeded, Unavailable
+from octosts.client.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    ExchangeError,
+    RateLimited,
+    Unavailable,
+)
 from octosts.client.models import Endpoint, ExchangeResult, RetryPolicy, check_token
 from octosts.client.sources import StaticTokenSource, TokenSource
 
@@ -83,6 +89,7 @@ class _Attempts:
         self.policy = policy
         self._monotonic = monotonic
         self._deadline = monotonic() + policy.deadline
+        self._waited_for_limit = False
 
     def timeout(self) -> float:
         remaining = self._deadline - self._monotonic()
@@ -90,11 +97,20 @@ class _Attempts:
             raise DeadlineExceeded("the exchange deadline passed")
         return min(self.policy.attempt_timeout, remaining)
 
-    def delay_or_raise(self, attempt: int, error: Unavailable, rnd: float) -> float:
-        """The pause before the next attempt, or re-raise ``error`` when the budget is spent."""
+    def delay_or_raise(self, attempt: int, error: ExchangeError, rnd: float) -> float:
+        """The pause before the next attempt, or re-raise ``error`` when the budget is spent.
+
+        Retried: UNAVAILABLE, after the backoff or the server's ``retry_after`` if longer;
+        RESOURCE_EXHAUSTED once, and only when the server said when (``retry_after``: a
+        replica or GitHub busy for a second, not a rate limit lasting past the deadline).
+        """
+        if isinstance(error, RateLimited):
+            if error.retry_after is None or self._waited_for_limit:
+                raise error
+            self._waited_for_limit = True
         if attempt + 1 >= self.policy.max_attempts:
             raise error
-        delay = self.policy.backoff(attempt, rnd)
+        delay = max(self.policy.backoff(attempt, rnd), error.retry_after or 0.0)
         if self._monotonic() + delay >= self._deadline:
             raise error
         return delay
@@ -145,7 +161,8 @@ class Client:
         with the permissions they all grant (docs/clients.md).
 
         Raises ``ExchangeError`` subclasses (``Forbidden``, ``Unauthenticated``,
-        ``Unavailable`` after the retries...), ``TokenSourceError``, ``ConfigError``,
+        ``Unavailable`` after the retries, ``RateLimited`` with ``retry_after`` when the wait
+        does not fit in the deadline or came twice...), ``TokenSourceError``, ``ConfigError``,
         ``ValueError`` (an empty scope or identity).
         """
         scopes = _check_request(scope, identity)
@@ -157,7 +174,7 @@ class Client:
                 return self._transport.exchange(
                     scopes, identity, audience, bearer, attempts.timeout()
                 )
-            except Unavailable as exc:
+            except (Unavailable, RateLimited) as exc:
                 self._sleep(attempts.delay_or_raise(attempt, exc, self._rng()))
                 attempt += 1
 
@@ -220,7 +237,7 @@ class AsyncClient:
                 return await self._transport.exchange(
                     scopes, identity, audience, bearer, attempts.timeout()
                 )
-            except Unavailable as exc:
+            except (Unavailable, RateLimited) as exc:
                 await self._sleep(attempts.delay_or_raise(attempt, exc, self._rng()))
                 attempt += 1
 

@@ -9,7 +9,8 @@ One root, so callers can catch everything with one ``except``::
     │   ├── BadRequest            INVALID_ARGUMENT      / HTTP 400
     │   ├── Unauthenticated       UNAUTHENTICATED       / HTTP 401
     │   ├── Forbidden             PERMISSION_DENIED     / HTTP 403 (and 404 from the gateway)
-    │   ├── RateLimited           RESOURCE_EXHAUSTED    / HTTP 429
+    │   ├── RateLimited           RESOURCE_EXHAUSTED    / HTTP 429 (retried once, after
+    │   │                                                  ``retry_after``, within the deadline)
     │   ├── Unavailable           UNAVAILABLE           / HTTP 503, connection refused (retried)
     │   ├── DeadlineExceeded      DEADLINE_EXCEEDED     / HTTP 504, client timeout (not retried)
     │   └── ServerError           anything else, including a malformed response
@@ -40,7 +41,8 @@ class ExchangeError(ClientError):
     ``code`` is the gRPC status name (``"PERMISSION_DENIED"``), ``status``
     the HTTP status when the HTTP gateway was used, ``reason`` the service's
     machine-readable reason when it sent one (``"policy_denied"``), and
-    ``request_id`` the id to quote to the operator.
+    ``request_id`` the id to quote to the operator, ``retry_after`` the seconds
+    the service asked the caller to wait before trying again (``Retry-After``).
     """
 
     default_code = "UNKNOWN"
@@ -53,12 +55,14 @@ class ExchangeError(ClientError):
         reason: str | None = None,
         request_id: str | None = None,
         status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.message = message
         self.code = code or self.default_code
         self.reason = reason
         self.request_id = request_id
         self.status = status
+        self.retry_after = retry_after
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -67,6 +71,8 @@ class ExchangeError(ClientError):
             parts.append(f"reason={self.reason}")
         if self.request_id:
             parts.append(f"request_id={self.request_id}")
+        if self.retry_after is not None:
+            parts.append(f"retry_after={self.retry_after:g}s")
         return " ".join(parts)
 
 
@@ -140,11 +146,16 @@ _HTTP_STATUS_CODE_NAMES: dict[int, str] = {
 
 
 def error_for_code(
-    code: str, message: str, *, reason: str | None = None, request_id: str | None = None
+    code: str,
+    message: str,
+    *,
+    reason: str | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
 ) -> ExchangeError:
     """Build the error for a gRPC status name."""
     cls = _BY_CODE.get(code, ServerError)
-    return cls(message, code=code, reason=reason, request_id=request_id)
+    return cls(message, code=code, reason=reason, request_id=request_id, retry_after=retry_after)
 
 
 def error_for_http_status(
@@ -154,6 +165,7 @@ def error_for_http_status(
     code: str | None = None,
     reason: str | None = None,
     request_id: str | None = None,
+    retry_after: float | None = None,
 ) -> ExchangeError:
     """Build the error for an HTTP status; the HTTP status decides the class."""
     cls = _BY_HTTP_STATUS.get(status, ServerError)
@@ -164,4 +176,5 @@ def error_for_http_status(
         reason=reason,
         request_id=request_id,
         status=status,
+        retry_after=retry_after,
     )

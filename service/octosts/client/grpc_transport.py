@@ -18,8 +18,10 @@ from octosts.client._wire import (
     MAX_RESPONSE_BYTES,
     REASON_KEY,
     REQUEST_ID_KEYS,
+    RETRY_AFTER_KEY,
     build_result,
     first_header,
+    retry_after_seconds,
     short,
 )
 from octosts.client.errors import (
@@ -106,7 +108,13 @@ def map_rpc_error(exc: grpc.RpcError, initial: Iterable[Any] | None = None) -> E
         return ServerError(
             f"the response is larger than {MAX_RESPONSE_BYTES} bytes", request_id=request_id
         )
-    return error_for_code(name, message, reason=reason and short(reason), request_id=request_id)
+    return error_for_code(
+        name,
+        message,
+        reason=reason and short(reason),
+        request_id=request_id,
+        retry_after=retry_after_seconds(text_md.get(RETRY_AFTER_KEY)),
+    )
 
 
 def _to_result(response: sts_pb2.ExchangeResponse, initial: Iterable[Any] | None) -> ExchangeResult:

@@ -16,9 +16,11 @@ from octosts.client._wire import (
     MAX_RESPONSE_BYTES,
     REASON_KEY,
     REQUEST_ID_KEYS,
+    RETRY_AFTER_KEY,
     build_result,
     code_name,
     first_header,
+    retry_after_seconds,
     short,
 )
 from octosts.client.errors import (
@@ -150,6 +152,7 @@ def _error(
         code=code,
         reason=short(reason) if reason else None,
         request_id=short(request_id) if request_id else None,
+        retry_after=retry_after_seconds(headers.get(RETRY_AFTER_KEY)),
     )
 
 
