@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Literal
 
 import grpc
 import httpx
 import pytest
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
+from octosts.client import AsyncClient, RateLimited, RetryPolicy
 from octosts.dev.stack import DevStack
 from tests.e2e.conftest import start_stack
 from tests.e2e.test_gateway_stack import (
@@ -161,3 +163,50 @@ async def test_when_github_is_slow_the_excess_is_shed_at_once_with_retry_after(
         assert answer.headers["retry-after"] == "1"
         assert "github_busy" in answer.json()["message"]
     assert mints == 2  # the shed calls never reached GitHub
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+async def test_the_python_client_waits_out_a_short_limit_and_reports_a_long_one(
+    own_stack: DevStack, transport: Literal["http", "grpc"]
+) -> None:
+    # A 1 s secondary limit: the service answers 429 + Retry-After: 1 at once; the client
+    # waits that second (not its 0.2 s backoff) and gets the token on its one retry. A 60 s
+    # limit does not fit the client's 20 s deadline: raised at once, with retry_after set.
+    stack = own_stack
+    token = repo_token(stack)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(seconds)
+
+    policy = RetryPolicy(max_attempts=3, deadline=20.0)
+    async with AsyncClient(
+        stack.gateway_url, transport=transport, ca_file=stack.ca_cert, retry=policy, sleep=sleep
+    ) as client:
+        await client.exchange("octo-org/demo", "ci", token=token)  # warm: installation, policy
+        add_fault(
+            stack,
+            kind="secondary_rate_limit",
+            status=429,
+            retry_after=1,
+            path_prefix=MINT_PREFIX,
+            times=1,
+        )
+        result = await client.exchange("octo-org/demo", "ci", token=token)
+        assert result.token
+        assert sleeps == [1.0]
+        # GitHub did refuse once (the rule is used up) and the retry was minted.
+        faults = httpx.get(f"{stack.github_url}/_emulator/faults", timeout=5).json()["faults"]
+        assert faults == []
+        sleeps.clear()
+        add_fault(
+            stack, kind="secondary_rate_limit", status=429, retry_after=60, path_prefix=MINT_PREFIX
+        )
+        with pytest.raises(RateLimited) as limited:
+            await client.exchange("octo-org/demo", "ci", token=token)
+    assert sleeps == []
+    # 60 s, or 120 s on a replica whose 1 s limit above had no good answer after it (repeats
+    # back off exponentially, GitHub's rule): past the deadline either way.
+    assert limited.value.retry_after in (60, 120)
+    assert "retry_after=" in str(limited.value)
