@@ -7,6 +7,7 @@ from tests/hostile.py; what is asserted is what a client of the edge sees.
 from __future__ import annotations
 
 import json
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -17,6 +18,8 @@ import pytest
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.envoy import MAX_REQUEST_HEADER_BYTES, MAX_REQUEST_HEADERS
 from octosts.dev.stack import DevStack
+from octosts.transport import compat
+from octosts.transport.server import MAX_MESSAGE_BYTES
 from octosts.webhook.server import DEFAULT_MAX_BODY
 from tests.e2e.test_gateway_stack import (
     EXCHANGE,
@@ -232,3 +235,59 @@ async def test_a_replayed_push_acts_once_per_replica(stack: DevStack) -> None:
         )
 
     await eventually(lambda: seen() == expected, lambda: f"{expected} (push, replay), saw {seen()}")
+
+
+# -- exchange bodies over the edge's limit --------------------------------------------------------
+
+
+def json_body_of(size: int) -> bytes:
+    """The demo exchange as JSON, padded with whitespace to ``size`` bytes."""
+    body = json.dumps(REPO_QUERY).encode()
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+def form_body_of(size: int) -> bytes:
+    """The demo exchange as a form, padded with a field the service ignores to ``size`` bytes."""
+    body = urllib.parse.urlencode({**REPO_QUERY, "pad": ""}).encode()
+    return body + b"a" * (size - len(body))
+
+
+def exchange_bodies(size: int) -> list[tuple[bytes, dict[str, str]]]:
+    """(body, content type) for the JSON route and the compat form route."""
+    return [
+        (json_body_of(size), {"content-type": "application/json"}),
+        (form_body_of(size), {"content-type": compat.FORM_CONTENT_TYPE}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        *exchange_bodies(MAX_MESSAGE_BYTES + 1)[:1],
+        *exchange_bodies(compat.MAX_FORM_BYTES + 1)[1:],
+        *exchange_bodies(3 * 1024 * 1024),
+    ],
+    ids=["json-over-by-one", "form-over-by-one", "json-3mb", "form-3mb"],
+)
+async def test_an_oversized_exchange_body_is_413_json_from_the_edge(
+    stack: DevStack, body: bytes, kind: dict[str, str]
+) -> None:
+    headers = {**bearer(repo_token(stack)), **kind}
+    async with http(stack) as client:
+        reply = await client.post(EXCHANGE, content=body, headers=headers)
+    assert_json_error(reply, 413, 3, "(body_too_large)")
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [*exchange_bodies(MAX_MESSAGE_BYTES)[:1], *exchange_bodies(compat.MAX_FORM_BYTES)[1:]],
+    ids=["json", "form"],
+)
+async def test_an_exchange_body_at_the_limit_is_exchanged(
+    stack: DevStack, body: bytes, kind: dict[str, str]
+) -> None:
+    headers = {**bearer(repo_token(stack)), **kind}
+    async with http(stack) as client:
+        reply = await client.post(EXCHANGE, content=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["token"]

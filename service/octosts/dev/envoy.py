@@ -38,6 +38,7 @@ from octosts.dev.tenant_limits import (
     rate_limit_filter,
 )
 from octosts.settings import Settings
+from octosts.transport import compat
 from octosts.transport.errors import (
     EDGE_BODY_TOO_LARGE,
     EDGE_HEADERS_TOO_LARGE,
@@ -56,6 +57,7 @@ from octosts.transport.ext_authz import (
     SUBJECT_HEADER,
 )
 from octosts.transport.oauth import MAX_FORM_BYTES, TOKEN_PATH
+from octosts.transport.server import MAX_MESSAGE_BYTES
 from octosts.webhook.server import DEFAULT_MAX_BODY
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "envoy" / "envoy.yaml.tmpl"
@@ -361,6 +363,10 @@ def render_config(params: EnvoyParams) -> str:
         "webhook_buffer_filter": _lines([_webhook_buffer_filter(params)], indent=10),
         "oauth_mappers": _lines(_oauth_mappers(), indent=12),
         "oauth_max_body_bytes": str(MAX_FORM_BYTES),
+        # What a replica reads: one gRPC message (a JSON body is never smaller than the
+        # message it becomes), a form of the compat route; over it, EDGE_BODY_TOO_LARGE.
+        "exchange_max_body_bytes": str(MAX_MESSAGE_BYTES),
+        "form_max_body_bytes": str(compat.MAX_FORM_BYTES),
         "metrics_listener": _metrics_listener(params),
         **_tracing_values(params),
         **_webhook_values(params),

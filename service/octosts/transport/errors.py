@@ -265,7 +265,8 @@ EDGE_UNAVAILABLE = EdgeAnswer(
 EDGE_HEADERS_TOO_LARGE = EdgeAnswer(
     431, _C.INVALID_ARGUMENT, "request_headers_too_large", "too many or too large request headers"
 )
-# A body over the route's limit (the webhook's, enforced by Envoy before any replica reads it).
+# A body over the route's limit (/sts/exchange's, the webhook's), enforced by Envoy before any
+# replica reads it.
 EDGE_BODY_TOO_LARGE = EdgeAnswer(
     413, _C.INVALID_ARGUMENT, "body_too_large", "request body too large"
 )
