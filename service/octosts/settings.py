@@ -40,6 +40,7 @@ from octosts.webhook.server import DEFAULT_MAX_BODY
 T = TypeVar("T")
 LogFormat = Literal["json", "console"]
 CONFIG_FILE_VARIABLE = "OCTOSTS_CONFIG"
+MAX_OIDC_LEEWAY_SECONDS = 300
 
 
 class SettingsError(ValueError):
@@ -449,7 +450,10 @@ class Settings:
     issuer_allowlist: tuple[str, ...] = setting("OCTOSTS_ISSUER_ALLOWLIST", _list, ())
     issuer_patterns: tuple[str, ...] = setting("OCTOSTS_ISSUER_PATTERNS", _pattern_list, ())
     outbound_ca_file: str = setting("OCTOSTS_OUTBOUND_CA_FILE", _str, "", check=_existing_file)
-    oidc_leeway_seconds: int = setting("OCTOSTS_OIDC_LEEWAY_SECONDS", _int, 30)
+    # Negative would refuse fresh tokens; past a few minutes, expired tokens stay usable.
+    oidc_leeway_seconds: int = setting(
+        "OCTOSTS_OIDC_LEEWAY_SECONDS", _int, 30, check=_between(0, MAX_OIDC_LEEWAY_SECONDS)
+    )
     outbound_timeout_seconds: float = setting("OCTOSTS_OUTBOUND_TIMEOUT_SECONDS", _float, 5.0)
     # [resilience]: the GitHub connection pool per worker, and how long a call waits for it.
     github_max_connections: int = setting(

@@ -50,6 +50,7 @@ def test_all_problems_are_reported_at_once() -> None:
                 "OCTOSTS_ISSUER_PATTERNS": "(unclosed",
                 "OCTOSTS_INSECURE_ISSUERS": "not a url",
                 "OCTOSTS_ISSUER_ALLOWLIST": "http://issuer.example",
+                "OCTOSTS_OIDC_LEEWAY_SECONDS": "-5",
             }
         )
     text = str(info.value)
@@ -64,6 +65,7 @@ def test_all_problems_are_reported_at_once() -> None:
         'OCTOSTS_ISSUER_PATTERNS: pattern "(unclosed": invalid RE2 pattern',
         "OCTOSTS_INSECURE_ISSUERS: 'not a url': issuer URL rejected",
         "OCTOSTS_ISSUER_ALLOWLIST: 'http://issuer.example': issuer URL rejected",
+        "OCTOSTS_OIDC_LEEWAY_SECONDS: must be between 0 and 300",
     ):
         assert expected in text
 
