@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -280,7 +281,17 @@ async def test_oversized_documents(issuer: DevIssuer, make: Make, *, send_length
     big = b'{"keys": [], "pad": "' + b"x" * 200_000 + b'"}'
     issuer.responses[issuer.jwks_path] = CannedResponse(body=big, send_length=send_length)
     verifier, _ = make()
-    with pytest.raises(IssuerUnavailable, match="larger than"):
+    with pytest.raises(IssuerUnavailable, match="JWKS response exceeds 102400 bytes"):
+        await verifier.verify(issuer.mint(CLAIMS))
+
+
+async def test_compressed_documents(issuer: DevIssuer, make: Make) -> None:
+    gzipped = gzip.compress(b'{"keys": []}')
+    issuer.responses[issuer.jwks_path] = CannedResponse(
+        body=gzipped, headers={"content-encoding": "gzip"}
+    )
+    verifier, _ = make()
+    with pytest.raises(IssuerUnavailable, match="JWKS response is compressed"):
         await verifier.verify(issuer.mint(CLAIMS))
 
 

@@ -42,7 +42,7 @@ import jwt
 from jwt.api_jwk import PyJWK
 
 from octosts.adapters.cache import SingleFlight, TtlCache
-from octosts.adapters.http_body import BodyCompressed, BodyTooLarge, read_capped
+from octosts.adapters.http_body import BodyRefused, read_capped
 from octosts.adapters.local_fault import local_fault_cause
 from octosts.adapters.shared_cache import Filled, SharedCache, SharedEntry
 from octosts.domain.errors import (
@@ -670,10 +670,8 @@ class OidcVerifier:
                     return response.status_code, response.headers.get("location"), b""
                 try:
                     body = await read_capped(response, cap)
-                except BodyTooLarge as exc:
-                    raise IssuerUnavailable(f"{what} response larger than {cap} bytes") from exc
-                except BodyCompressed as exc:
-                    raise IssuerUnavailable(f"{what} response is compressed") from exc
+                except BodyRefused as exc:  # too large, or compressed: the message says which
+                    raise IssuerUnavailable(f"{what} response {exc}") from exc
                 return response.status_code, None, body
         except httpx.TimeoutException as exc:
             raise IssuerUnavailable(f"{what} fetch timed out") from exc
