@@ -6,6 +6,7 @@ these hold the rendered config to the constants and the constants to each other.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from octosts.dev.envoy import (
+    DEFAULT_TEMPLATE,
     MAX_REQUEST_HEADER_BYTES,
     MAX_REQUEST_HEADERS,
     EnvoyParams,
@@ -20,8 +22,12 @@ from octosts.dev.envoy import (
     render_config,
 )
 from octosts.domain.tokens import MAX_ISSUER_LENGTH, MAX_SUBJECT_LENGTH
+from octosts.transport.compat import FORM_CONTENT_TYPE
+from octosts.transport.compat import MAX_FORM_BYTES as COMPAT_MAX_FORM_BYTES
 from octosts.transport.errors import EDGE_BODY_TOO_LARGE, EDGE_HEADERS_TOO_LARGE
-from octosts.transport.server import MAX_METADATA_BYTES
+from octosts.transport.oauth import MAX_FORM_BYTES as OAUTH_MAX_FORM_BYTES
+from octosts.transport.oauth import TOKEN_PATH
+from octosts.transport.server import MAX_MESSAGE_BYTES, MAX_METADATA_BYTES
 from octosts.webhook.server import DEFAULT_MAX_BODY
 
 # The headers Envoy may add after the guard has counted (ext_authz's identity headers, the
@@ -133,3 +139,37 @@ def test_metrics_listener_only_when_asked_and_only_metrics() -> None:
     assert rest["direct_response"]["status"] == 404
     with pytest.raises(ValueError, match="metrics_host"):
         params(metrics_port=9902, metrics_host="metrics.local")
+
+
+def test_exchange_routes_buffer_up_to_what_a_replica_reads() -> None:
+    routes = public_hcm(rendered())["route_config"]["virtual_hosts"][0]["routes"]
+    limits = {}
+    for route in routes:
+        if route["match"].get("path") in {"/sts/exchange", TOKEN_PATH} and "route" in route:
+            per_route = route["typed_per_filter_config"]["envoy.filters.http.buffer"]
+            is_form = FORM_CONTENT_TYPE in json.dumps(route["match"]) and not any(
+                h.get("invert_match") for h in route["match"].get("headers", [])
+            )
+            limits[route["match"]["path"], is_form] = per_route["buffer"]["max_request_bytes"]
+    assert limits == {
+        ("/sts/exchange", False): MAX_MESSAGE_BYTES,
+        ("/sts/exchange", True): COMPAT_MAX_FORM_BYTES,
+        (TOKEN_PATH, False): OAUTH_MAX_FORM_BYTES,
+    }
+
+
+def test_every_transcoder_prints_json_the_same_way_from_one_spelling() -> None:
+    hcm = public_hcm(rendered())
+    kind = "envoy.filters.http.grpc_json_transcoder"
+    configs = [f["typed_config"] for f in hcm["http_filters"] if f["name"] == kind]
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        per_route = route.get("typed_per_filter_config", {}).get(kind, {})
+        if "services" in per_route and "print_options" in per_route:
+            configs.append(per_route)
+    assert len(configs) == 2  # the filter's own and the form route's
+    assert all(
+        c["print_options"]
+        == {"preserve_proto_field_names": True, "always_print_primitive_fields": True}
+        for c in configs
+    )
+    assert DEFAULT_TEMPLATE.read_text().count("always_print_primitive_fields") == 1
