@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -24,6 +24,7 @@ from octosts.domain.ports import (
     TokenVerifier,
 )
 from octosts.domain.tokens import VerifiedToken
+from octosts.webhook.handler import IssuersInvalidator, PolicyInvalidator
 
 
 class FakeClock:
@@ -129,6 +130,18 @@ def policy(kind: str = "repo", **fields: object) -> TrustPolicy:
     return compile_policy(data, kind=kind)  # type: ignore[arg-type]
 
 
+class FakeInvalidator:
+    """The webhook's cache invalidators (policies by owner, repo, path; issuers by owner):
+    records each call and reports one entry dropped."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None, str | None]] = []
+
+    def invalidate(self, owner: str, repo: str | None = None, path: str | None = None) -> Any:
+        self.calls.append((owner, repo, path))
+        return 1
+
+
 _v: TokenVerifier = FakeVerifier({})
 _g: GitHubApp = FakeGitHub({})
 _p: PolicySource = FakePolicies({})
@@ -182,3 +195,5 @@ class HandlerPool:
 
 
 _pool: HttpPool = HandlerPool(lambda request: httpx.Response(200))
+_policies: PolicyInvalidator = FakeInvalidator()
+_issuers: IssuersInvalidator = FakeInvalidator()

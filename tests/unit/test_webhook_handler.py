@@ -17,12 +17,8 @@ import structlog
 
 from octosts.domain.errors import GitHubUnavailable
 from octosts.webhook.github_checks import ChangedFile, ChecksFactory, RepoChecks
-from octosts.webhook.handler import (
-    IssuersInvalidator,
-    PolicyInvalidator,
-    WebhookConfig,
-    WebhookHandler,
-)
+from octosts.webhook.handler import WebhookConfig, WebhookHandler
+from tests.fakes import FakeInvalidator
 
 SECRET = b"unit-secret-0123456789"
 SECRET_TEXT = "ghs_SECRETSECRETSECRET"  # stands for anything an exception message could quote
@@ -103,18 +99,7 @@ class FakeChecks:
         return self.repo
 
 
-class FakeInvalidator:
-    def __init__(self) -> None:
-        self.calls: list[tuple[object, ...]] = []
-
-    def invalidate(self, owner: str, repo: str | None = None, path: str | None = None) -> Any:
-        self.calls.append((owner, repo, path))
-        return 1
-
-
 _checks: ChecksFactory = FakeChecks()
-_policies: PolicyInvalidator = FakeInvalidator()
-_issuers: IssuersInvalidator = FakeInvalidator()
 
 
 def make_handler(checks: FakeChecks) -> tuple[WebhookHandler, FakeInvalidator]:

@@ -18,12 +18,11 @@ from octosts.domain.layout import ISSUERS_FILE
 from octosts.domain.names import is_owner_name, is_repo_name
 from octosts.webhook.github_checks import ChangedFile, ChecksFactory, RepoChecks
 from octosts.webhook.handler import (
-    IssuersInvalidator,
-    PolicyInvalidator,
     WebhookConfig,
     WebhookHandler,
     WebhookReply,
 )
+from tests.fakes import FakeInvalidator
 from tests.fuzz.targets._support import WEBHOOK_SECRET
 
 POLICY = ".github/chainguard/ci.sts.yaml"
@@ -67,18 +66,7 @@ class FakeChecks:
         return self.repo
 
 
-class FakeInvalidator:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str | None, str | None]] = []
-
-    def invalidate(self, owner: str, repo: str | None = None, path: str | None = None) -> Any:
-        self.calls.append((owner, repo, path))
-        return 1
-
-
 _checks: ChecksFactory = FakeChecks()
-_policies: PolicyInvalidator = FakeInvalidator()
-_issuers: IssuersInvalidator = FakeInvalidator()
 
 
 class Wired:
@@ -113,9 +101,9 @@ def check_effects(wired: Wired, replies: list[Mapping[str, Any]]) -> None:
         assert 0 < installation < 1 << 63
         assert is_owner_name(owner), owner
         assert is_repo_name(repo), repo
-    for owner, repo, _path in (*wired.policies.calls, *wired.issuers.calls):
+    for owner, dropped_repo, _path in (*wired.policies.calls, *wired.issuers.calls):
         assert is_owner_name(owner), owner
-        assert repo is None or is_repo_name(repo), repo
+        assert dropped_repo is None or is_repo_name(dropped_repo), dropped_repo
     scheduled = [body["checking"] for body in replies if "checking" in body]
     runs = wired.checks.repo.check_runs
     assert [sha for sha, _ in runs] == scheduled, (runs, scheduled)
