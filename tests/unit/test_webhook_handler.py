@@ -8,6 +8,7 @@ import gc
 import hashlib
 import hmac
 import json
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -16,8 +17,10 @@ import pytest
 import structlog
 
 from octosts.domain.errors import GitHubUnavailable
+from octosts.webhook import handler as handler_module
 from octosts.webhook.github_checks import ChangedFile, ChecksFactory, RepoChecks
 from octosts.webhook.handler import WebhookConfig, WebhookHandler
+from octosts.webhook.validate import FileProblem
 from tests.fakes import FakeInvalidator
 
 SECRET = b"unit-secret-0123456789"
@@ -349,3 +352,64 @@ async def test_when_github_cannot_be_reached_the_failure_is_logged_not_raised(
     assert failed["error"] == type(error).__name__
     assert failed["step"] == {"for_repo": "token", "create_check_run": "check_run"}[step]
     assert SECRET_TEXT not in repr(logs)
+
+
+# -- policy parsing off the event loop, bounded per check ------------------------------------
+
+
+async def test_policy_parsing_leaves_the_event_loop_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Exchanges share the loop with the webhook's checks. The parse is held until a probe
+    # coroutine on the loop has run: parsed on the loop, it would hold the probe instead,
+    # and only its deadline would end the wait.
+    parsing, released = threading.Event(), threading.Event()
+    held: list[bool] = []
+    real = handler_module.validate_file
+
+    def held_parse(*args: Any, **kwargs: Any) -> list[FileProblem]:
+        parsing.set()
+        held.append(released.wait(timeout=10))
+        return real(*args, **kwargs)
+
+    async def probe() -> None:
+        while not parsing.is_set():
+            await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        released.set()
+
+    monkeypatch.setattr(handler_module, "validate_file", held_parse)
+    checks = FakeChecks()
+    handler, _ = make_handler(checks)
+    status, _reply = await deliver(handler, "pull_request", json.dumps(PULL_REQUEST).encode())
+    assert status == 202
+    await asyncio.wait_for(probe(), timeout=30)
+    await handler.drain(grace_seconds=30)
+    assert held == [True]  # the loop ran the probe while the policy was being parsed
+    [run] = checks.repo.check_runs
+    assert run["conclusion"] == "success"
+
+
+async def test_policy_bytes_past_a_checks_budget_are_reported_not_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handler_module, "MAX_BYTES_CHECKED", 2 * len(GOOD))
+    parsed: list[str] = []
+    real = handler_module.validate_file
+
+    def counted(path: str, *args: Any, **kwargs: Any) -> list[FileProblem]:
+        parsed.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(handler_module, "validate_file", counted)
+    checks = FakeChecks()
+    names = [f".github/chainguard/p{i}.sts.yaml" for i in range(4)]
+    checks.repo.files = dict.fromkeys(names, GOOD)
+    handler, _ = make_handler(checks)
+    status, _reply = await deliver(handler, "pull_request", json.dumps(PULL_REQUEST).encode())
+    assert status == 202
+    await handler.drain(grace_seconds=30)
+    assert parsed == names[:2]
+    [run] = checks.repo.check_runs
+    assert run["conclusion"] == "failure"
+    refused = {(a["path"], a["message"]) for a in run["output"]["annotations"]}
+    assert refused == {(name, handler_module.NOT_VALIDATED) for name in names[2:]}

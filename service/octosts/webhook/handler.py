@@ -41,8 +41,16 @@ SUITE_ACTIONS = frozenset({"requested", "rerequested"})
 CHECK_EVENTS = frozenset({"pull_request", "check_suite"})  # the events that get a check run
 MAX_PENDING = 64
 MAX_FILES_CHECKED = 200
+# The policy bytes one check parses (a policy is at most 64 KiB; a typical one under 1 KiB).
+# Parsing is pure Python, ~10 ms of CPU per 64 KiB file at best; past this budget, the rest
+# of the change is reported as not validated rather than parsed.
+MAX_BYTES_CHECKED = 1024 * 1024
 _SHA_RE = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 _MAX_ID = (1 << 63) - 1
+NOT_VALIDATED = (
+    f"not validated: this change has more than {MAX_BYTES_CHECKED // 1024} KiB of policy files"
+    " to check; split it"
+)
 # Replays: a signed delivery is processed once. GitHub's signature covers the body only, so a
 # delivery is known by its X-GitHub-Delivery id and by its body's digest (the same bytes under
 # a new id are a replay too). Remembered per process (and fleet-wide with Redis) for a day, at
@@ -136,6 +144,10 @@ class WebhookHandler:
         self._issuers = issuers
         self._tasks: set[asyncio.Task[None]] = set()
         self._deliveries = deliveries or LocalDeliveries(delivery_cache(clock))
+        # Policy files are parsed in a worker thread, one file at a time across all checks:
+        # on the event loop a pull request of 200 large policies held every exchange served
+        # by this process for seconds.
+        self._parsing = asyncio.Semaphore(1)
 
     def __repr__(self) -> str:
         return f"WebhookHandler(secrets={len(self._config.secrets)})"
@@ -304,22 +316,31 @@ class WebhookHandler:
         checked: list[str] = []
         problems: list[FileProblem] = []
         org_repo = self._config.org_policy_repo
+        budget = MAX_BYTES_CHECKED
         for file in changed[:MAX_FILES_CHECKED]:
             if file.status == "removed" or not is_policy_path(
                 file.path, repo=repo, org_policy_repo=org_repo
             ):
                 continue
-            content = await client.read_at(file.path, head_sha)
-            if content is None:
+            # Once the budget is spent, the rest is neither read nor parsed.
+            content = await client.read_at(file.path, head_sha) if budget else None
+            if content is None and budget:
                 continue
             checked.append(file.path)
-            problems += validate_file(
-                file.path,
-                content,
-                repo=repo,
-                org_policy_repo=org_repo,
-                insecure_issuers=self._config.insecure_issuers,
-            )
+            if content is None or len(content) > budget:
+                budget = 0
+                problems.append(FileProblem(file.path, None, NOT_VALIDATED))
+                continue
+            budget -= len(content)
+            async with self._parsing:
+                problems += await asyncio.to_thread(
+                    validate_file,
+                    file.path,
+                    content,
+                    repo=repo,
+                    org_policy_repo=org_repo,
+                    insecure_issuers=self._config.insecure_issuers,
+                )
         return checked, problems
 
     async def drain(self, grace_seconds: float = 5.0) -> None:
