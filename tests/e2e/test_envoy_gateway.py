@@ -14,6 +14,7 @@ import pytest
 from octosts._gen.chainguard.platform.oidc import oidc_pb2, oidc_pb2_grpc
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.envoy import EnvoyError, free_port, validate
+from octosts.transport.errors import EDGE_NOT_FOUND
 from tests.e2e.envoy_harness import (
     GITHUB_TOKEN,
     GOOD_TOKEN,
@@ -199,7 +200,7 @@ async def test_health_bypasses_ext_authz_and_metrics_are_not_public(
     assert health.status_code == 200
     # Envoy's stats are on an internal listener only (EnvoyParams.metrics_port).
     assert metrics.status_code == 404
-    assert metrics.json()["message"] == "not_found"
+    assert metrics.json()["message"] == EDGE_NOT_FOUND.message
     assert "envoy_" not in metrics.text
     assert upstream.verifier.calls == 0
 

@@ -244,6 +244,8 @@ async def test_malformed_json_body_is_400(stack: DevStack) -> None:
         )
     body = assert_error_json(resp, 400, 3)
     assert body["request_id"] == resp.headers["x-request-id"]
+    assert body["message"].endswith(" (invalid_request)"), body
+    assert len(body["message"]) > len(" (invalid_request)")  # Envoy's own text comes first
     assert exchanges(stack) == before
 
 

@@ -7,6 +7,7 @@ these hold the rendered config to the constants and the constants to each other.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,16 @@ from octosts.dev.envoy import (
     Upstream,
     render_config,
 )
+from octosts.dev.tenant_limits import TenantLimits
 from octosts.domain.tokens import MAX_ISSUER_LENGTH, MAX_SUBJECT_LENGTH
 from octosts.transport.compat import FORM_CONTENT_TYPE
 from octosts.transport.compat import MAX_FORM_BYTES as COMPAT_MAX_FORM_BYTES
-from octosts.transport.errors import EDGE_BODY_TOO_LARGE, EDGE_HEADERS_TOO_LARGE
+from octosts.transport.errors import (
+    EDGE_ANSWERS,
+    EDGE_BODY_TOO_LARGE,
+    EDGE_HEADERS_TOO_LARGE,
+    EDGE_RATE_LIMITED,
+)
 from octosts.transport.oauth import MAX_FORM_BYTES as OAUTH_MAX_FORM_BYTES
 from octosts.transport.oauth import TOKEN_PATH
 from octosts.transport.server import MAX_MESSAGE_BYTES, MAX_METADATA_BYTES
@@ -173,3 +180,37 @@ def test_every_transcoder_prints_json_the_same_way_from_one_spelling() -> None:
         for c in configs
     )
     assert DEFAULT_TEMPLATE.read_text().count("always_print_primitive_fields") == 1
+
+
+def json_answers(node: Any) -> Iterator[dict[str, Any]]:
+    """Every {code, message} body in a rendered config: local reply formats, direct responses."""
+    if isinstance(node, dict):
+        body = node.get("json_format")
+        if isinstance(body, dict) and "code" in body:
+            yield body
+        inline = node.get("body", {}).get("inline_string") if "status" in node else None
+        if isinstance(inline, str) and inline.startswith("{"):
+            yield json.loads(inline)
+        for value in node.values():
+            yield from json_answers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from json_answers(value)
+
+
+def test_every_json_answer_envoy_gives_itself_is_in_the_edge_table() -> None:
+    limits = TenantLimits(Path(DEFAULT_TEMPLATE).parent / "ratelimits.yaml")
+    config = rendered(metrics_port=9902, tenant_limits=limits)
+    table = {(a.code.value[0], a.message) for a in EDGE_ANSWERS}
+    given = {(body["code"], body["message"]) for body in json_answers(config)}
+    assert given == table  # no answer outside the table, and each of the table's is given
+    mappers = public_hcm(config)["local_reply_config"]["mappers"]
+    statuses = {
+        m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]
+        for m in mappers
+        if "status_code_filter" in m["filter"]
+    }
+    # The 503s are told apart by response flag (UAEX, UO), the others by status.
+    assert {a.http_status for a in EDGE_ANSWERS} - statuses == {503}
+    without = {(b["code"], b["message"]) for b in json_answers(rendered())}
+    assert given - without == {(EDGE_RATE_LIMITED.code.value[0], EDGE_RATE_LIMITED.message)}

@@ -8,7 +8,14 @@ import pytest
 
 from octosts.domain import errors
 from octosts.domain.tokens import MAX_TOKEN_BYTES
-from octosts.transport.errors import TABLE, UNKNOWN_AUTHZ_MODE, denial, failure, status_code
+from octosts.transport.errors import (
+    EDGE_ANSWERS,
+    TABLE,
+    UNKNOWN_AUTHZ_MODE,
+    denial,
+    failure,
+    status_code,
+)
 from octosts.transport.ext_authz import ExtAuthzOptions
 from octosts.transport.metadata import bearer_token, request_id, user_agent
 from octosts.transport.request_id import is_request_id, sanitise_request_id
@@ -165,20 +172,30 @@ TRANSCODER_HTTP = {
 }
 
 
-def readme_error_rows() -> set[tuple[str, int, str | None, bool]]:
-    """(gRPC code, HTTP status, www-authenticate, Retry-After?) of each row of the README's
-    "## Errors" table."""
+def readme_error_tables() -> list[list[list[str]]]:
+    """The tables of the README's "## Errors" section: rows of cells, header first."""
     lines = README.read_text(encoding="utf-8").splitlines()
     start = lines.index("## Errors")
-    table = []
+    tables: list[list[list[str]]] = []
+    previous = ""
     for line in lines[start + 1 :]:
         if line.startswith("## "):
             break
         if line.startswith("|"):
-            table.append([cell.strip().strip("`") for cell in line.strip().strip("|").split("|")])
-    header, separator, *body = table
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append([c.strip().strip("`") for c in line.strip().strip("|").split("|")])
+        previous = line
+    for _header, separator, *_ in tables:
+        assert set("".join(separator)) <= {"-", ":"}
+    return tables
+
+
+def readme_error_rows() -> set[tuple[str, int, str | None, bool]]:
+    """(gRPC code, HTTP status, www-authenticate, Retry-After?) of each row of the README's
+    first "## Errors" table, the transport table's."""
+    header, _separator, *body = readme_error_tables()[0]
     assert header == ["Condition", "gRPC", "HTTP", "www-authenticate", "Retry-After"]
-    assert set("".join(separator)) <= {"-", ":"}
     rows = set()
     for _, code, http, www, retry_after in body:
         status = re.match(r"\d{3}\b", http)
@@ -194,6 +211,26 @@ def test_readme_errors_table_is_the_transport_table() -> None:
     documented = readme_error_rows()
     assert ours - documented == set(), "rows of transport/errors.py missing from the README"
     assert documented - ours == set(), "README rows that transport/errors.py does not have"
+
+
+def test_readme_edge_table_is_the_edge_answers() -> None:
+    tables = readme_error_tables()
+    assert len(tables) == 2
+    header, _separator, *body = tables[1]
+    assert header == ["Answered by the edge when", "Reason", "code", "HTTP", "Retry-After"]
+    documented = {(reason, code, int(http), retry or None) for _, reason, code, http, retry in body}
+    ours = {
+        (
+            a.reason,
+            a.code.name,
+            a.http_status,
+            None if a.retry_after_seconds is None else str(a.retry_after_seconds),
+        )
+        for a in EDGE_ANSWERS
+    }
+    assert ours - documented == set(), "EDGE_ANSWERS missing from the README"
+    assert documented - ours == set(), "README edge rows that EDGE_ANSWERS does not have"
+    assert len(body) == len(EDGE_ANSWERS)
 
 
 def test_http_status_column_is_what_the_gateway_answers() -> None:

@@ -42,6 +42,8 @@ from octosts.transport import compat
 from octosts.transport.errors import (
     EDGE_BODY_TOO_LARGE,
     EDGE_HEADERS_TOO_LARGE,
+    EDGE_MALFORMED,
+    EDGE_NOT_FOUND,
     EDGE_OAUTH_ERRORS,
     EDGE_OVERLOADED,
     EDGE_RATE_LIMITED,
@@ -360,6 +362,11 @@ def render_config(params: EnvoyParams) -> str:
             [_edge_answer_mapper(EDGE_HEADERS_TOO_LARGE), _edge_answer_mapper(EDGE_BODY_TOO_LARGE)],
             indent=12,
         ),
+        "edge_not_found_mapper": _lines([_edge_answer_mapper(EDGE_NOT_FOUND)], indent=12),
+        "edge_not_found_body": _q(
+            json.dumps({"code": EDGE_NOT_FOUND.code.value[0], "message": EDGE_NOT_FOUND.message})
+        ),
+        "edge_malformed_mapper": _lines([_edge_answer_mapper(EDGE_MALFORMED)], indent=12),
         "webhook_buffer_filter": _lines([_webhook_buffer_filter(params)], indent=10),
         "oauth_mappers": _lines(_oauth_mappers(), indent=12),
         "oauth_max_body_bytes": str(MAX_FORM_BYTES),

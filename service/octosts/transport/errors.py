@@ -277,6 +277,13 @@ EDGE_RATE_LIMITED = EdgeAnswer(
 )
 
 
+# A path that is no API method (the catch-all route; the transcoder's unknown methods).
+EDGE_NOT_FOUND = EdgeAnswer(404, _C.NOT_FOUND, "not_found", "no such API method")
+# A request the transcoder cannot turn into a call (malformed JSON, a wrong field type): the
+# text is Envoy's own description, filled in by Envoy (a local_reply_config operator).
+EDGE_MALFORMED = EdgeAnswer(400, _C.INVALID_ARGUMENT, "invalid_request", "%LOCAL_REPLY_BODY%")
+
+
 # Answers Envoy gives itself on the OAuth token endpoint (a method other than POST, a body over
 # the route's limit, no replica reachable): (lowest HTTP status, RFC 6749 error code), first
 # match wins; octosts.dev.envoy renders them, with Envoy's text as the error_description.
@@ -400,6 +407,19 @@ EDGE_OVERLOADED = EdgeAnswer(
     Overloaded.reason,
     row_for(Overloaded()).message,
     DEFAULT_RETRY_AFTER,
+)
+
+
+# Every {code, message} answer Envoy gives itself (the README's "Answers from the edge" table;
+# a unit test holds the rendered Envoy config to it).
+EDGE_ANSWERS: tuple[EdgeAnswer, ...] = (
+    EDGE_UNAVAILABLE,
+    EDGE_OVERLOADED,
+    EDGE_HEADERS_TOO_LARGE,
+    EDGE_BODY_TOO_LARGE,
+    EDGE_RATE_LIMITED,
+    EDGE_NOT_FOUND,
+    EDGE_MALFORMED,
 )
 
 
