@@ -36,6 +36,7 @@ from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
 from octosts.adapters.redis_state import RedisConfig, RedisState
 from octosts.adapters.shared_cache import Fleet, SharedCache, SharedDeliveries
+from octosts.adapters.shared_quota import SharedQuota
 from octosts.adapters.signer import build_signer
 from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuersStore
 from octosts.adapters.verified_cache import CachingVerifier
@@ -114,10 +115,13 @@ class App:
     webhook_port: int | None = None
     egress_events: EgressEvents | None = None
     fleet: Fleet | None = None
+    shared_quota: SharedQuota | None = None
 
     async def start(self) -> int:
         if self.fleet is not None:
             self.fleet.start()  # subscribes in the background: Redis may be down
+        if self.shared_quota is not None:
+            self.shared_quota.start()
         if self.audit is not None:
             self.audit.start()  # the sink's senders live in this event loop
         if self.egress_events is not None:
@@ -139,6 +143,8 @@ class App:
         await self.server.stop(self.settings.shutdown_grace_seconds)
         if self.fleet is not None:
             await self.fleet.close()
+        if self.shared_quota is not None:
+            await self.shared_quota.close()
         for close in reversed(self.closers):
             with contextlib.suppress(Exception):
                 await close()
@@ -259,6 +265,14 @@ def build_app(
         telemetry=metrics,
         max_installations=settings.cache_max_entries,
     )
+    # With Redis, every process routes on each App's quota as the fleet knows it.
+    shared_quota = (
+        SharedQuota(
+            redis, github_rest.rate_limits, github.budgets(), clock=clock, telemetry=metrics
+        )
+        if redis is not None
+        else None
+    )
     policies = PolicyStore(
         github,
         clock=clock,
@@ -371,6 +385,7 @@ def build_app(
         webhook=webhook,
         egress_events=egress_events,
         fleet=fleet,
+        shared_quota=shared_quota,
     )
 
 

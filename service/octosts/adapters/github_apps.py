@@ -176,6 +176,10 @@ class GitHubApps:
     def app_ids(self) -> tuple[int, ...]:
         return tuple(self._clients)
 
+    def budgets(self) -> tuple[tuple[int, Budget], ...]:
+        """Each App's id and its own budget (what ``adapters.shared_quota`` shares)."""
+        return tuple((c.app_id, c.app_budget) for c in self._clients.values())
+
     @property
     def checks_app(self) -> GitHubAppClient:
         """The App whose webhook delivers events: its check runs are made with it alone."""

@@ -589,6 +589,7 @@ class RateLimits:
     Bounded (``maxsize`` budgets each, least recently updated dropped). A limit is
     remembered per process; with the fleet's Redis every process hears of it at once
     (``GitHubRest.share_holds``, ``adopt``), else each learns it from its own refused call.
+    Remaining counts too are the fleet's with Redis (``adopt_count``; ``adapters.shared_quota``).
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -604,10 +605,7 @@ class RateLimits:
             return None
         remaining = int(raw)
         reset = headers.get("x-ratelimit-reset", "")
-        self._remaining[budget] = (remaining, float(reset) if reset.isdigit() else None)
-        self._remaining.move_to_end(budget)
-        while len(self._remaining) > self._maxsize:
-            self._remaining.popitem(last=False)
+        self._count(budget, remaining, float(reset) if reset.isdigit() else None)
         return remaining
 
     def remaining(self) -> dict[str, int]:
@@ -672,17 +670,44 @@ class RateLimits:
         self._hold(budget, adopted)
         return adopted
 
+    def last_count(self, budget: Budget) -> tuple[int, float | None] | None:
+        """GitHub's last remaining count for ``budget`` and its window's reset, or None."""
+        return self._remaining.get(budget)
+
+    def adopt_count(self, budget: Budget, remaining: int, reset: float) -> bool:
+        """Another process's remaining count for ``budget`` (``adapters.shared_quota``): taken
+        when ours is unknown, from an earlier window, or higher in the same one (the fresher
+        answer: a window's count only goes down). Returns whether it was taken."""
+        known = self._remaining.get(budget)
+        if known is not None and not _fresher(remaining, reset, *known):
+            return False
+        self._count(budget, remaining, reset)
+        return True
+
     def answered(self, budget: Budget, now: float) -> None:
         """A good answer: a limit that has run out is forgotten (no more strikes)."""
         hold = self._holds.get(budget)
         if hold is not None and hold.until <= now:
             del self._holds[budget]
 
+    def _count(self, budget: Budget, remaining: int, reset: float | None) -> None:
+        self._remaining[budget] = (remaining, reset)
+        self._remaining.move_to_end(budget)
+        while len(self._remaining) > self._maxsize:
+            self._remaining.popitem(last=False)
+
     def _hold(self, budget: Budget, hold: Hold) -> None:
         self._holds[budget] = hold
         self._holds.move_to_end(budget)
         while len(self._holds) > self._maxsize:
             self._holds.popitem(last=False)
+
+
+def _fresher(left: int, reset: float, our_left: int, our_reset: float | None) -> bool:
+    """Whether a remaining count (with its window's reset) is fresher than ours."""
+    if our_reset is None:
+        return False  # not comparable: keep our own
+    return reset > our_reset or (reset == our_reset and left < our_left)
 
 
 def timed_out(exc: BaseException) -> bool:
