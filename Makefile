@@ -52,6 +52,12 @@ client-deps: ## Go modules and Node packages the live client tests use
 	@# The real Octokit (@octokit/rest) against the egress gateway (tests/e2e/test_egress_gateway.py).
 	cd tests/e2e/octokit && npm ci --no-audit --no-fund --loglevel=error
 
+# The Helm chart's tests (tests/integration/test_helm_chart.py) run the pinned Helm.
+.PHONY: helm
+test-py: helm
+helm: ## build Helm (pinned) into .tools/bin once (a no-op afterwards)
+	@scripts/install-helm.sh >/dev/null
+
 # Not in `make test`: building the base and both images cold takes 2-5 minutes on 2 cores.
 test-image: install ## build the sts + envoy images (podman, local Debian base) and run exchanges through them
 	@scripts/install-system-deps.sh --images
