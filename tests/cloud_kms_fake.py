@@ -11,7 +11,8 @@ resource. Its answers carry what the real one's do: ``signature_crc32c``,
 and the algorithm. What it does not check: credentials (the channel is insecure and
 unauthenticated; IAM is the real service's business).
 
-Faults for tests: ``fail`` (answer a status once per entry), ``hang`` (never answer),
+Faults for tests: ``fail`` (answer a status once per entry), ``down`` (answer UNAVAILABLE for
+as long as the method is in the set, as an outage does), ``hang`` (never answer),
 ``corrupt`` (flip a signature bit after its CRC32C was computed, as a bad link would).
 """
 
@@ -86,6 +87,7 @@ class FakeCloudKms:
     versions: dict[str, FakeVersion] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # method names, in order
     fail: dict[str, list[grpc.StatusCode]] = field(default_factory=dict)  # method -> statuses
+    down: set[str] = field(default_factory=set)
     hang: set[str] = field(default_factory=set)
     corrupt: bool = False
     port: int = 0
@@ -133,6 +135,8 @@ class FakeCloudKms:
             self.calls.append(method)
             if method in self.hang:
                 await self._released.wait()
+            if method in self.down:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"injected {method} outage")
             queued = self.fail.get(method)
             if queued:
                 await context.abort(queued.pop(0), f"injected {method} failure")
