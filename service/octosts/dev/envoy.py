@@ -16,7 +16,6 @@ import ipaddress
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import IO, Any, Self, cast
 import httpx
 
 from octosts.adapters.github_rest import base_url_problem
+from octosts.dev.processes import stop_process
 from octosts.dev.tenant_limits import (
     RETRY_AFTER_LUA,
     TenantLimits,
@@ -1014,13 +1014,8 @@ class EnvoyProcess:
     def stop(self, *, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; removes its shared memory. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        if proc is not None:
+            stop_process(proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -23,6 +23,7 @@ from typing import IO, Self
 import httpx
 
 from octosts.dev.envoy import free_port
+from octosts.dev.processes import kill_process, stop_process
 from octosts.dev.tenant_limits import DOMAIN
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -114,18 +115,12 @@ class RateLimitService:
 
     def kill(self) -> None:
         """SIGKILL: the service gone at once."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
+        if self._proc is not None:
+            kill_process(self._proc)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        if self._proc is not None:
+            stop_process(self._proc, 10)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Self
 
 from octosts.dev.envoy import free_port
+from octosts.dev.processes import kill_process, stop_process
 
 BINARY = "redis-server"
 
@@ -86,18 +87,12 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL: Redis gone at once, mid-request."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
+        if self._proc is not None:
+            kill_process(self._proc)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
+        if self._proc is not None:
+            stop_process(self._proc, 10)
         if self._log is not None:
             self._log.close()
             self._log = None

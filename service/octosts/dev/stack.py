@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from octosts.dev.envoy import (
     render_config,
 )
 from octosts.dev.issuer import load_state, mint_token
+from octosts.dev.processes import stop_process
 from octosts.dev.tenant_limits import TenantLimits
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -123,13 +123,7 @@ class _Proc:
         return ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout)
+        stop_process(self.popen, timeout)
         self.log.close()
 
 
