@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from octosts._gen.octosts.v1 import sts_pb2
 from octosts.dev.github import Fault, GitHubEmulator
 from octosts.dev.issuer import DevIssuer
+from octosts.transport.admission import MIN_IN_FLIGHT
 from tests.integration.service_harness import DOMAIN, Stack, repo_policy, running
 from tests.polling import eventually
 
@@ -293,8 +294,11 @@ async def test_fifty_concurrent_cold_exchanges_share_one_policy_read_and_one_dis
 async def test_concurrent_cold_verifications_share_one_discovery(
     backends: tuple[DevIssuer, GitHubEmulator],
 ) -> None:
+    # As many at once as admission control always takes: beyond MIN_IN_FLIGHT, a loaded CPU
+    # (the event loop running late) rightly sheds the excess as `overloaded`, which is
+    # test_admission's subject, not this one's.
     async with running(*backends) as stack:
-        tokens = [stack.token(jti=str(i)) for i in range(50)]
+        tokens = [stack.token(jti=str(i)) for i in range(MIN_IN_FLIGHT)]
         await asyncio.gather(*(stack.exchange(token=t) for t in tokens))
         assert stack.issuer.requests[stack.issuer.discovery_path] == 1
         assert stack.issuer.requests[stack.issuer.jwks_path] == 1
