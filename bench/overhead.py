@@ -55,7 +55,6 @@ import argparse
 import contextlib
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -77,6 +76,7 @@ from _common import save, table
 
 from octosts._gen.octosts.v1 import sts_pb2
 from octosts.dev.envoy import free_port
+from octosts.dev.processes import stop_process
 from octosts.dev.stack import APP_ID, DevStack, StackPorts
 
 SUB = "repo:octo-org/demo:ref:refs/heads/main"
@@ -209,13 +209,7 @@ class Replica:
         return last
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
+        stop_process(self.popen, 10)
         self.log.close()
 
 

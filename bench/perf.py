@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import ssl
 import statistics
 import subprocess
@@ -60,6 +59,7 @@ from gateway import TARGET_P99_MS, Run, expect, h2load, jwt_authn_config
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
 from octosts.dev.envoy import EnvoyProcess, free_port
 from octosts.dev.issuer import generate_key, load_state, mint_token
+from octosts.dev.processes import stop_process
 from octosts.dev.stack import APP_ID, DevStack, StackPorts
 
 HERE = Path(__file__).resolve().parent
@@ -218,13 +218,7 @@ class Replica:
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-20:])
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
+        stop_process(self.popen, 10)
         self.log.close()
 
 
