@@ -72,12 +72,17 @@ func (t Token) String() string {
 func (t Token) GoString() string { return t.String() }
 
 // Error is a failed exchange: the gRPC code, the server's message and, when the server
-// sent a google.rpc.ErrorInfo, its reason and request id.
+// sent a google.rpc.ErrorInfo, its reason and request id. RetryAfter is how long the service
+// asked the caller to wait before trying again (its retry-after trailer, sent with
+// RESOURCE_EXHAUSTED and UNAVAILABLE); 0 when it did not say.
 type Error struct {
-	Code      codes.Code
-	Message   string
-	Reason    string
-	RequestID string
+	Code       codes.Code
+	Message    string
+	Reason     string
+	RequestID  string
+	RetryAfter time.Duration
+
+	retryAfterSent bool // "retry-after: 0" is an answer too
 }
 
 func (e *Error) Error() string {
@@ -87,6 +92,9 @@ func (e *Error) Error() string {
 	}
 	if e.RequestID != "" {
 		s += " request_id=" + e.RequestID
+	}
+	if e.retryAfterSent || e.RetryAfter > 0 {
+		s += fmt.Sprintf(" retry_after=%gs", e.RetryAfter.Seconds())
 	}
 	return s
 }
@@ -98,6 +106,9 @@ type options struct {
 	source   TokenSource
 	audience *string
 	dialOpts []grpc.DialOption
+	retry    RetryPolicy
+	sleep    func(context.Context, time.Duration) error // tests record the waits instead
+	rand     func() float64
 }
 
 // Option configures a Client.
@@ -125,6 +136,9 @@ type Client struct {
 	conn     *grpc.ClientConn
 	sts      octostsv1.SecurityTokenServiceClient
 	audience *string
+	retry    RetryPolicy
+	sleep    func(context.Context, time.Duration) error
+	rand     func() float64
 }
 
 // bearer sends "authorization: Bearer <token>" on every RPC.
@@ -149,12 +163,16 @@ func (b bearer) RequireTransportSecurity() bool { return !b.insecure }
 
 // New connects lazily to target ("host:port").
 func New(target string, opts ...Option) (*Client, error) {
-	o := options{}
+	o := options{sleep: sleepCtx, rand: defaultRand}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.source == nil {
 		return nil, errors.New("octosts: a token source is required (WithTokenSource)")
+	}
+	retry, err := o.retry.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	dial := []grpc.DialOption{
 		grpc.WithPerRPCCredentials(bearer{source: o.source, insecure: o.insecure}),
@@ -181,7 +199,10 @@ func New(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("octosts: %w", err)
 	}
-	return &Client{conn: conn, sts: octostsv1.NewSecurityTokenServiceClient(conn), audience: o.audience}, nil
+	return &Client{
+		conn: conn, sts: octostsv1.NewSecurityTokenServiceClient(conn), audience: o.audience,
+		retry: retry, sleep: o.sleep, rand: o.rand,
+	}, nil
 }
 
 // Close releases the connection.
@@ -189,6 +210,8 @@ func (c *Client) Close() error { return c.conn.Close() }
 
 // Exchange trades the OIDC token for a GitHub token for scope ("owner" or "owner/repo")
 // under the trust policy identity. Failures are *Error values; callers set deadlines on ctx.
+// UNAVAILABLE is retried, and RESOURCE_EXHAUSTED once when the service's retry-after fits
+// in the deadline (WithRetry, retry.go); otherwise the *Error carries RetryAfter.
 func (c *Client) Exchange(ctx context.Context, scope, identity string) (*Token, error) {
 	return c.ExchangeScopes(ctx, []string{scope}, identity)
 }
@@ -207,10 +230,36 @@ func (c *Client) ExchangeScopes(ctx context.Context, scopes []string, identity s
 	} else {
 		req.Scopes = scopes
 	}
-	var header metadata.MD
-	resp, err := c.sts.Exchange(ctx, req, grpc.Header(&header))
+	budget := newAttempts(ctx, c.retry)
+	for attempt := 0; ; attempt++ {
+		timeout, err := budget.timeout()
+		if err != nil {
+			return nil, err
+		}
+		tok, e := c.exchangeOnce(ctx, req, timeout)
+		if e == nil {
+			return tok, nil
+		}
+		delay, again := budget.delay(attempt, e, c.rand())
+		if !again {
+			return nil, e
+		}
+		if err := c.sleep(ctx, delay); err != nil {
+			return nil, contextError(err)
+		}
+	}
+}
+
+// exchangeOnce is one call, within timeout.
+func (c *Client) exchangeOnce(ctx context.Context, req *octostsv1.ExchangeRequest, timeout time.Duration) (*Token, *Error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var header, trailer metadata.MD
+	resp, err := c.sts.Exchange(ctx, req, grpc.Header(&header), grpc.Trailer(&trailer))
 	if err != nil {
-		return nil, toError(err)
+		e := toError(err)
+		e.RetryAfter, e.retryAfterSent = retryAfterIn(trailer, header)
+		return nil, e
 	}
 	tok := resp.GetToken()
 	if tok == "" {
@@ -230,11 +279,8 @@ func (c *Client) ExchangeScopes(ctx context.Context, scopes []string, identity s
 	return t, nil
 }
 
-func toError(err error) error {
-	st, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
+func toError(err error) *Error {
+	st := status.Convert(err)
 	e := &Error{Code: st.Code(), Message: st.Message()}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
