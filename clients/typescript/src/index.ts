@@ -13,6 +13,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { SecurityTokenService } from "./gen/octosts/v1/sts_pb.js";
 import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+import { Attempts, DEFAULT_RETRY, parseRetryAfter, sleep } from "./retry.js";
 
 export * as octostsv1 from "./gen/octosts/v1/sts_pb.js";
 export * as chainguardoidc from "./gen/chainguard/platform/oidc/oidc_pb.js";
@@ -38,12 +39,24 @@ export interface ExchangeOptions {
   transport?: "grpc" | "http";
   /** Per-attempt timeout (default 10 s). */
   timeoutMs?: number;
-  /** Attempts on UNAVAILABLE / HTTP 503 (default 4). */
+  /**
+   * Calls in all (default 4): UNAVAILABLE / HTTP 502, 503 / connection refused are retried, after
+   * the backoff or the service's Retry-After if longer; RESOURCE_EXHAUSTED / HTTP 429 once, only
+   * when its Retry-After fits in the deadline. Nothing else is retried.
+   */
   maxAttempts?: number;
-  /** Overall deadline including retries (default 30 s). */
+  /** Overall deadline including retries and their waits (default 30 s). */
   deadlineMs?: number;
-  /** First backoff (default 200 ms), doubled each retry up to 5 s, with equal jitter. */
+  /** First backoff (default 200 ms), doubled each retry up to `maxBackoffMs`, with equal jitter. */
   initialBackoffMs?: number;
+  /** Backoff cap (default 5 s). */
+  maxBackoffMs?: number;
+  /** Aborts the call in flight or the wait before the next one: rejects with code CANCELLED. */
+  signal?: AbortSignal;
+  /** How the client waits between attempts (default: a timer that `signal` cuts short); tests record the waits. */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /** Jitter source in [0, 1) (default Math.random). */
+  random?: () => number;
 }
 
 /** A minted GitHub token; the token itself is hidden from inspect/JSON. */
@@ -69,7 +82,12 @@ export class GitHubToken {
   }
 }
 
-/** A failed exchange: gRPC code name, HTTP status (gateway), the server's reason and request id. */
+/**
+ * A failed exchange: gRPC code name, HTTP status (gateway), the server's reason and request id,
+ * and `retryAfterMs`: how long the service asked the caller to wait before trying again (its
+ * Retry-After header or retry-after trailer, sent with RESOURCE_EXHAUSTED / 429 and
+ * UNAVAILABLE / 503), undefined when it did not say.
+ */
 export class OctoStsError extends Error {
   constructor(
     message: string,
@@ -77,8 +95,12 @@ export class OctoStsError extends Error {
     readonly reason?: string,
     readonly requestId?: string,
     readonly status?: number,
+    readonly retryAfterMs?: number,
   ) {
-    super(`${code}: ${message}${reason ? ` reason=${reason}` : ""}${requestId ? ` request_id=${requestId}` : ""}`);
+    super(
+      `${code}: ${message}${reason ? ` reason=${reason}` : ""}${requestId ? ` request_id=${requestId}` : ""}` +
+        (retryAfterMs === undefined ? "" : ` retry_after=${retryAfterMs / 1000}s`),
+    );
     this.name = "OctoStsError";
   }
 }
@@ -89,6 +111,7 @@ const HTTP_CODES: Record<number, string> = {
 };
 
 function codeName(code: Code): string {
+  if (code === Code.Canceled) return "CANCELLED"; // gRPC's spelling, as the other clients say it
   return Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
 }
 
@@ -107,28 +130,40 @@ function scopesOf(opts: ExchangeOptions): string[] {
   return scopes;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+function aborted(): OctoStsError {
+  return new OctoStsError("the exchange was aborted", "CANCELLED");
 }
 
-/** Exchange with retries on UNAVAILABLE only (bounded attempts, overall deadline). */
+/** Exchange, retrying as src/retry.ts says (bounded attempts, overall deadline, Retry-After). */
 export async function exchange(opts: ExchangeOptions): Promise<GitHubToken> {
   checkToken(opts.token);
   scopesOf(opts);
-  const maxAttempts = opts.maxAttempts ?? 4;
-  const deadline = Date.now() + (opts.deadlineMs ?? 30_000);
+  const attempts = new Attempts({
+    maxAttempts: opts.maxAttempts ?? DEFAULT_RETRY.maxAttempts,
+    initialBackoffMs: opts.initialBackoffMs ?? DEFAULT_RETRY.initialBackoffMs,
+    maxBackoffMs: opts.maxBackoffMs ?? DEFAULT_RETRY.maxBackoffMs,
+    multiplier: DEFAULT_RETRY.multiplier,
+    deadlineMs: opts.deadlineMs ?? DEFAULT_RETRY.deadlineMs,
+    timeoutMs: opts.timeoutMs ?? DEFAULT_RETRY.timeoutMs,
+  });
   const once = opts.transport === "http" ? exchangeHttpOnce : exchangeGrpcOnce;
+  const wait = opts.sleep ?? sleep;
+  const random = opts.random ?? Math.random;
   for (let attempt = 0; ; attempt++) {
-    const remaining = deadline - Date.now();
-    if (remaining <= 0) throw new OctoStsError("the exchange deadline passed", "DEADLINE_EXCEEDED");
+    if (opts.signal?.aborted) throw aborted();
+    const timeoutMs = attempts.timeout();
+    if (timeoutMs === undefined) throw new OctoStsError("the exchange deadline passed", "DEADLINE_EXCEEDED");
     try {
-      return await once(opts, Math.min(opts.timeoutMs ?? 10_000, remaining));
+      return await once(opts, timeoutMs);
     } catch (err) {
-      if (!(err instanceof OctoStsError) || err.code !== "UNAVAILABLE" || attempt + 1 >= maxAttempts) throw err;
-      const cap = Math.min(5_000, (opts.initialBackoffMs ?? 200) * 2 ** attempt);
-      const delay = cap / 2 + (Math.random() * cap) / 2;
-      if (Date.now() + delay >= deadline) throw err;
-      await sleep(delay);
+      if (!(err instanceof OctoStsError)) throw err;
+      const delay = attempts.delay(attempt, err.code, err.retryAfterMs, random());
+      if (delay === undefined) throw err;
+      try {
+        await wait(delay, opts.signal);
+      } catch (waitErr) {
+        throw opts.signal?.aborted ? aborted() : waitErr;
+      }
     }
   }
 }
@@ -154,6 +189,7 @@ async function exchangeGrpcOnce(opts: ExchangeOptions, timeoutMs: number): Promi
       {
         headers: { authorization: `Bearer ${opts.token}` },
         timeoutMs,
+        signal: opts.signal,
         onHeader: (h) => {
           requestId = h.get("x-request-id") ?? undefined;
         },
@@ -172,16 +208,25 @@ async function exchangeGrpcOnce(opts: ExchangeOptions, timeoutMs: number): Promi
       codeName(ce.code),
       info?.reason || undefined,
       info?.metadata["request_id"] || ce.metadata.get("x-request-id") || undefined,
+      undefined,
+      // Trailers and headers alike: Connect merges both into the error's metadata.
+      parseRetryAfter(ce.metadata.get("retry-after")),
     );
   } finally {
     sessionManager.abort();
   }
 }
 
-function get(url: URL, headers: Record<string, string>, ca: Buffer | undefined, timeoutMs: number) {
+function get(
+  url: URL,
+  headers: Record<string, string>,
+  ca: Buffer | undefined,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+) {
   return new Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
     const mod = url.protocol === "https:" ? https : http;
-    const req = mod.request(url, { method: "GET", headers, ca, timeout: timeoutMs }, (res) => {
+    const req = mod.request(url, { method: "GET", headers, ca, timeout: timeoutMs, signal }, (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on("data", (c: Buffer) => {
@@ -193,12 +238,15 @@ function get(url: URL, headers: Record<string, string>, ca: Buffer | undefined, 
         chunks.push(c);
       });
       res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on("error", reject);
+      res.on("error", (e) => reject(signal?.aborted ? aborted() : e));
     });
     req.on("timeout", () => req.destroy(new OctoStsError("the request timed out", "DEADLINE_EXCEEDED")));
-    req.on("error", (e) =>
-      reject(e instanceof OctoStsError ? e : new OctoStsError(`cannot reach the service: ${e.message}`, "UNAVAILABLE")),
-    );
+    req.on("error", (e) => {
+      if (e instanceof OctoStsError) return reject(e);
+      // An abort is the caller's, not the service being unreachable: never retried.
+      if (signal?.aborted) return reject(aborted());
+      reject(new OctoStsError(`cannot reach the service: ${e.message}`, "UNAVAILABLE"));
+    });
     req.end();
   });
 }
@@ -210,7 +258,7 @@ async function exchangeHttpOnce(opts: ExchangeOptions, timeoutMs: number): Promi
   url.searchParams.set("identity", opts.identity);
   if (opts.audience !== undefined) url.searchParams.set("audience", opts.audience);
   const ca = opts.caFile ? readFileSync(opts.caFile) : undefined;
-  const res = await get(url, { authorization: `Bearer ${opts.token}`, accept: "application/json" }, ca, timeoutMs);
+  const res = await get(url, { authorization: `Bearer ${opts.token}`, accept: "application/json" }, ca, timeoutMs, opts.signal);
   const headerId = res.headers["x-request-id"];
   let requestId = typeof headerId === "string" ? headerId : undefined;
   let data: any;
@@ -237,7 +285,7 @@ async function exchangeHttpOnce(opts: ExchangeOptions, timeoutMs: number): Promi
     } else {
       message = res.body.toString("utf8").split("\n")[0].slice(0, 300) || message;
     }
-    throw new OctoStsError(message, code, reason, requestId, res.status);
+    throw new OctoStsError(message, code, reason, requestId, res.status, parseRetryAfter(res.headers["retry-after"]));
   }
   const token = data?.token || data?.access_token;
   if (typeof token !== "string" || !token) throw new OctoStsError("the response carries no token", "INTERNAL", undefined, requestId);

@@ -12,12 +12,15 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ExchangeResponseSchema, SecurityTokenService } from "../src/gen/octosts/v1/sts_pb.js";
 import { ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
 import { exchange, OctoStsError } from "../src/index.js";
+import { parseRetryAfter, sleep } from "../src/retry.js";
 
 const OIDC = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
 const MINTED = "ghs_tsStandInToken";
 const EXPIRES = new Date("2031-01-02T03:04:05Z");
 
-const script = { unavailable: 0, deny: false, calls: [] as Record<string, unknown>[] };
+// A refusal as the service sheds load or GitHub rate-limits: the code and its retry-after ("" sends none).
+type Refusal = { code: "UNAVAILABLE" | "RESOURCE_EXHAUSTED"; retryAfter: string };
+const script = { unavailable: 0, deny: false, refusals: [] as Refusal[], calls: [] as Record<string, unknown>[] };
 let grpcServer: http2.Http2Server;
 let httpServer: http.Server;
 let grpcEndpoint = "";
@@ -31,6 +34,13 @@ function routes(router: ConnectRouter) {
       if (script.unavailable > 0) {
         script.unavailable--;
         throw new ConnectError("replica restarting", Code.Unavailable);
+      }
+      const refusal = script.refusals.shift();
+      if (refusal) {
+        // Error metadata goes out as trailers (trailers-only, as the service answers).
+        const trailer: Record<string, string> = refusal.retryAfter ? { "retry-after": refusal.retryAfter } : {};
+        const code = refusal.code === "UNAVAILABLE" ? Code.Unavailable : Code.ResourceExhausted;
+        throw new ConnectError("overloaded", code, trailer);
       }
       if (auth !== `Bearer ${OIDC}`) throw new ConnectError("token expired", Code.Unauthenticated);
       if (script.deny) {
@@ -60,6 +70,11 @@ function gateway(req: http.IncomingMessage, res: http.ServerResponse) {
   if (script.unavailable > 0) {
     script.unavailable--;
     return send(503, "upstream connect error", { "content-type": "text/plain" });
+  }
+  const refusal = script.refusals.shift();
+  if (refusal) {
+    const [status, code] = refusal.code === "UNAVAILABLE" ? [503, 14] : [429, 8];
+    return send(status, { code, message: "overloaded" }, refusal.retryAfter ? { "retry-after": refusal.retryAfter } : {});
   }
   if (req.headers.authorization !== `Bearer ${OIDC}`) {
     return send(401, { code: "token_expired", message: "token expired", request_id: "edge-1" });
@@ -96,10 +111,23 @@ after(async () => {
 function reset() {
   script.unavailable = 0;
   script.deny = false;
+  script.refusals = [];
   script.calls = [];
 }
 
 const base = { scope: "org/app", identity: "deploy", token: OIDC, initialBackoffMs: 5 };
+
+/** Records the waits asked for instead of waiting; `before` runs first (a test aborts there). */
+function recorder(before?: () => void) {
+  const waits: number[] = [];
+  const sleep = async (ms: number, signal?: AbortSignal) => {
+    waits.push(ms);
+    before?.();
+    if (signal?.aborted) throw signal.reason;
+  };
+  // Fixed jitter: backoffs are exactly 3/4 of their cap.
+  return { waits, sleep, random: () => 0.5 };
+}
 
 for (const transport of ["grpc", "http"] as const) {
   const endpoint = () => (transport === "grpc" ? grpcEndpoint : httpEndpoint);
@@ -165,4 +193,130 @@ test("a token with a newline is refused before any request", async () => {
   reset();
   await assert.rejects(exchange({ ...base, token: "a\nb", endpoint: httpEndpoint, transport: "http" }), OctoStsError);
   assert.equal(script.calls.length, 0);
+});
+
+for (const transport of ["grpc", "http"] as const) {
+  const endpoint = () => (transport === "grpc" ? grpcEndpoint : httpEndpoint);
+  const rejectsWith = (code: string, retryAfterMs: number | undefined) => (e: unknown) => {
+    assert.ok(e instanceof OctoStsError, String(e));
+    assert.equal(e.code, code);
+    assert.equal(e.retryAfterMs, retryAfterMs);
+    assert.equal(e.message.includes("retry_after="), retryAfterMs !== undefined);
+    assert.ok(!e.message.includes(OIDC));
+    return true;
+  };
+
+  test(`${transport}: UNAVAILABLE waits at least Retry-After`, async () => {
+    reset();
+    script.refusals = [{ code: "UNAVAILABLE", retryAfter: "1" }, { code: "UNAVAILABLE", retryAfter: "" }];
+    const rec = recorder();
+    const tok = await exchange({ ...base, initialBackoffMs: 200, endpoint: endpoint(), transport, ...rec });
+    assert.equal(tok.token, MINTED);
+    assert.equal(script.calls.length, 3);
+    // The service's second, not the 150 ms backoff; then the second backoff (cap 400 ms).
+    assert.deepEqual(rec.waits, [1000, 300]);
+  });
+
+  test(`${transport}: RESOURCE_EXHAUSTED with Retry-After is retried once`, async () => {
+    reset();
+    script.refusals = [{ code: "RESOURCE_EXHAUSTED", retryAfter: "1" }];
+    let rec = recorder();
+    assert.equal((await exchange({ ...base, endpoint: endpoint(), transport, ...rec })).token, MINTED);
+    assert.deepEqual(rec.waits, [1000]);
+    assert.equal(script.calls.length, 2);
+
+    reset();
+    script.refusals = [{ code: "RESOURCE_EXHAUSTED", retryAfter: "1" }, { code: "RESOURCE_EXHAUSTED", retryAfter: "2" }];
+    rec = recorder();
+    await assert.rejects(exchange({ ...base, endpoint: endpoint(), transport, ...rec }), rejectsWith("RESOURCE_EXHAUSTED", 2000));
+    assert.deepEqual(rec.waits, [1000]);
+    assert.equal(script.calls.length, 2);
+  });
+
+  test(`${transport}: RESOURCE_EXHAUSTED without a usable Retry-After is not retried`, async () => {
+    for (const retryAfter of ["", "Wed, 21 Oct 2026 07:28:00 GMT", "1.5", "-1"]) {
+      reset();
+      script.refusals = [{ code: "RESOURCE_EXHAUSTED", retryAfter }];
+      const rec = recorder();
+      await assert.rejects(exchange({ ...base, endpoint: endpoint(), transport, ...rec }), rejectsWith("RESOURCE_EXHAUSTED", undefined));
+      assert.deepEqual(rec.waits, []);
+      assert.equal(script.calls.length, 1);
+    }
+  });
+
+  test(`${transport}: a wait past the deadline is thrown at once with retryAfterMs`, async () => {
+    reset();
+    // A GitHub rate limit for a minute does not fit a 20 s deadline.
+    script.refusals = [{ code: "RESOURCE_EXHAUSTED", retryAfter: "60" }];
+    let rec = recorder();
+    await assert.rejects(
+      exchange({ ...base, endpoint: endpoint(), transport, deadlineMs: 20_000, ...rec }),
+      rejectsWith("RESOURCE_EXHAUSTED", 60_000),
+    );
+    reset();
+    script.refusals = [{ code: "UNAVAILABLE", retryAfter: "99999" }]; // read as an hour
+    rec = recorder();
+    await assert.rejects(exchange({ ...base, endpoint: endpoint(), transport, ...rec }), rejectsWith("UNAVAILABLE", 3_600_000));
+    assert.deepEqual(rec.waits, []);
+    assert.equal(script.calls.length, 1);
+  });
+
+  test(`${transport}: an abort ends the wait and is never retried`, { timeout: 10_000 }, async () => {
+    reset();
+    script.refusals = [{ code: "UNAVAILABLE", retryAfter: "20" }];
+    const controller = new AbortController();
+    const rec = recorder(() => controller.abort());
+    await assert.rejects(
+      exchange({ ...base, endpoint: endpoint(), transport, signal: controller.signal, ...rec }),
+      (e: OctoStsError) => e.code === "CANCELLED",
+    );
+    assert.equal(script.calls.length, 1);
+    reset();
+    await assert.rejects(
+      exchange({ ...base, endpoint: endpoint(), transport, signal: controller.signal }),
+      (e: OctoStsError) => e.code === "CANCELLED",
+    );
+    assert.equal(script.calls.length, 0);
+  });
+}
+
+test("the default wait ends when the signal aborts", { timeout: 10_000 }, async () => {
+  const controller = new AbortController();
+  const waiting = sleep(3_600_000, controller.signal);
+  controller.abort(new Error("stop"));
+  await assert.rejects(waiting, /stop/);
+});
+
+test("an abort during the call is CANCELLED, not retried as UNAVAILABLE", { timeout: 10_000 }, async () => {
+  // A gateway that never answers: the abort is the only way out.
+  const silent = http.createServer(() => {
+    script.calls.push({});
+    controller.abort();
+  });
+  const controller = new AbortController();
+  await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+  try {
+    reset();
+    const endpoint = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    await assert.rejects(
+      // One attempt: the abort must not be reported as the service being unreachable.
+      exchange({ ...base, endpoint, transport: "http", signal: controller.signal, maxAttempts: 1 }),
+      (e: OctoStsError) => e.code === "CANCELLED",
+    );
+    assert.equal(script.calls.length, 1);
+  } finally {
+    silent.closeAllConnections();
+    await new Promise((r) => silent.close(r));
+  }
+});
+
+test("Retry-After is read as whole seconds, capped at an hour", () => {
+  assert.equal(parseRetryAfter("1"), 1000);
+  assert.equal(parseRetryAfter(" 30 "), 30_000);
+  assert.equal(parseRetryAfter("0"), 0);
+  assert.equal(parseRetryAfter(["2", "3"]), 2000);
+  assert.equal(parseRetryAfter("86400"), 3_600_000);
+  for (const v of [undefined, null, "", "1.5", "-1", "+1", "1s", "Wed, 21 Oct 2026 07:28:00 GMT"]) {
+    assert.equal(parseRetryAfter(v), undefined, String(v));
+  }
 });
