@@ -6,6 +6,7 @@ one JSON line (ports, PIDs, URLs, workdir) once the stack serves, then waits for
 close and stops it.
 
     PYTHONPATH=<tree>/service python bench/_stack.py WORKDIR [--replicas N] [--env K=V ...]
+        [--edge-jwt]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> int:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--env", action="append", default=[], help="K=V for the replicas")
+    parser.add_argument("--edge-jwt", action="store_true", help="edge JWT verification on")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
     stack = DevStack(
@@ -31,6 +33,7 @@ def main() -> int:
         # Every exchange mints a token: lift the emulator's hourly budget for the run.
         github_args=("--rate-limit", "10000000"),
         extra_env={"OCTOSTS_LOG_LEVEL": "warning", **extra},
+        **({"edge_jwt": True} if args.edge_jwt else {}),  # a baseline tree has no such field
     )
     stack.start()
     try:

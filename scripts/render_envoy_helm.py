@@ -22,7 +22,11 @@ tests/integration/test_helm_chart.py) fails when they are stale after a template
 
     python scripts/render_envoy_helm.py [--check]
     python scripts/render_envoy_helm.py --output envoy.ghes.yaml \
-        --github-api-url https://ghes.example.com/api/v3 [--webhook]
+        --github-api-url https://ghes.example.com/api/v3 [--webhook] \
+        [--edge-issuer ISSUER=JWKS_URL ...]
+
+``--edge-issuer`` turns on edge JWT verification (octosts.dev.edge_jwt) for the release's exact
+OCTOSTS_ISSUER_ALLOWLIST entries, each with its discovery document's jwks_uri.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from octosts.dev.edge_jwt import EdgeJwt, edge_jwt_option
 from octosts.dev.envoy import EnvoyParams, Upstream, render_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +92,11 @@ def _tenant_limits() -> dict[str, Any]:
 
 
 def helm_params(
-    *, webhook: bool, ratelimit: bool = False, github_api_url: str = GITHUB_API_URL
+    *,
+    webhook: bool,
+    ratelimit: bool = False,
+    github_api_url: str = GITHUB_API_URL,
+    edge_jwt: EdgeJwt | None = None,
 ) -> EnvoyParams:
     sts = Upstream(SENTINEL_HOST, STS_GRPC_PORT)
     return EnvoyParams(
@@ -105,12 +114,21 @@ def helm_params(
         github_api_url=github_api_url,
         replicas=1,
         replica_capacity=SENTINEL_CAPACITY,
+        edge_jwt=edge_jwt,
         **(_tenant_limits() if ratelimit else {}),
     )
 
 
-def render(*, webhook: bool, ratelimit: bool = False, github_api_url: str = GITHUB_API_URL) -> str:
-    params = helm_params(webhook=webhook, ratelimit=ratelimit, github_api_url=github_api_url)
+def render(
+    *,
+    webhook: bool,
+    ratelimit: bool = False,
+    github_api_url: str = GITHUB_API_URL,
+    edge_jwt: EdgeJwt | None = None,
+) -> str:
+    params = helm_params(
+        webhook=webhook, ratelimit=ratelimit, github_api_url=github_api_url, edge_jwt=edge_jwt
+    )
     text = HEADER + render_config(params)
     # The chart's replace() must find every sentinel, and only where it belongs.
     for sentinel, least in (
@@ -142,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     custom.add_argument("--github-api-url", default=GITHUB_API_URL)
     custom.add_argument("--webhook", action="store_true", help="with the /webhook route")
     custom.add_argument("--ratelimit", action="store_true", help="with the ratelimit service")
+    custom.add_argument(
+        "--edge-issuer", action="append", default=[], metavar="ISSUER=JWKS_URL",
+        help="edge JWT verification for this exact allowlisted issuer (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.output is not None:
         if args.check:
@@ -149,11 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.ratelimit and not ratelimit_supported():
             parser.error("--ratelimit: this checkout renders no per-tenant rate limits")
         text = render(
-            webhook=args.webhook, ratelimit=args.ratelimit, github_api_url=args.github_api_url
+            webhook=args.webhook,
+            ratelimit=args.ratelimit,
+            github_api_url=args.github_api_url,
+            edge_jwt=edge_jwt_option(args.edge_issuer),
         )
         args.output.write_text(text)
         print(f"wrote {args.output}")
         return 0
+    if args.edge_issuer:
+        parser.error("--edge-issuer renders one release's config: give --output")
     stale = [p for p, text in expected().items() if not p.exists() or p.read_text() != text]
     if args.check:
         for path in stale:

@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="move every port by N (a second stack on the same machine)",
     )
+    parser.add_argument(
+        "--edge-jwt",
+        action="store_true",
+        help="Envoy's jwt_authn refuses bad tokens of the exact allowlisted issuers before any "
+        "Check (docs/gateway.md); the dev issuer is then the allowlist",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -164,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         apps=args.apps,
         github=app.get("GITHUB_BASE_URL"),
         extra_env=app,
+        edge_jwt=args.edge_jwt,
     )
     github = f"GitHub at {stack.github}" if stack.github else "GitHub emulator"
     print(f"starting dev issuer, {github}, STS replicas and Envoy ...", flush=True)

@@ -30,6 +30,7 @@ from typing import IO, Any, Self, cast
 import httpx
 
 from octosts.adapters.github_rest import base_url_problem
+from octosts.dev import edge_jwt
 from octosts.dev.processes import stop_process
 from octosts.dev.tenant_limits import (
     RETRY_AFTER_LUA,
@@ -265,6 +266,10 @@ class EnvoyParams:
     # Per-tenant rate limits (octosts.dev.tenant_limits): the limits file, with the ratelimit
     # service's address (global) or without (Envoy's local fallback). None: no such limits.
     tenant_limits: TenantLimits | None = None
+    # Edge JWT verification (octosts.dev.edge_jwt): Envoy's jwt_authn refuses a token of one
+    # of these exact issuers that fails its signature or time check, before any Check. None:
+    # off, every token goes to ext_authz (the path before; bench/perf.py measures both).
+    edge_jwt: edge_jwt.EdgeJwt | None = None
 
     def __post_init__(self) -> None:
         _check_port("listen port", self.listen_port)
@@ -379,6 +384,7 @@ def render_config(params: EnvoyParams) -> str:
         **_webhook_values(params),
         **_egress_values(params),
         **_tenant_limit_values(params),
+        **_edge_jwt_values(params),
     }
     return Template(params.template_path.read_text()).substitute(values)
 
@@ -513,6 +519,28 @@ def _tenant_limit_values(params: EnvoyParams) -> dict[str, str]:
         "tenant_rate_limit_filter": _lines([rate_limit_filter(limits)], indent=10),
         "tenant_rate_limit_cluster": _lines([cluster], indent=2) if cluster else "# local limits",
         "rate_limited_mapper": _lines([_edge_answer_mapper(EDGE_RATE_LIMITED)], indent=12),
+    }
+
+
+def _edge_jwt_values(params: EnvoyParams) -> dict[str, str]:
+    """The jwt_authn + RBAC filters, their per-route switch on the exchange routes, the
+    401 mappers and a cluster per JWKS host (YAML comments when off)."""
+    edge = params.edge_jwt
+    if edge is None:
+        off = "# no edge JWT verification"
+        keys = ("edge_jwt_filters", "edge_jwt_route", "edge_jwt_mappers", "edge_jwt_clusters")
+        return dict.fromkeys(keys, off)
+    timeout = _duration(params.connect_timeout_s)
+    ca_path = edge.ca_path or SYSTEM_CA_BUNDLE
+    clusters = [
+        _url_cluster(name, i.scheme, Upstream(i.host, i.port), timeout, ca_path)
+        for name, i in edge.clusters
+    ]
+    return {
+        "edge_jwt_filters": _lines(edge_jwt.filters(edge), indent=10),
+        "edge_jwt_route": f"{edge_jwt.FILTER}: {json.dumps(edge_jwt.route_config())}",
+        "edge_jwt_mappers": _lines(edge_jwt.mappers(), indent=12),
+        "edge_jwt_clusters": _lines(clusters, indent=2),
     }
 
 
@@ -777,50 +805,58 @@ def _egress_values(params: EnvoyParams) -> dict[str, str]:
                 **scrub,
             }
         )
+    upstream = Upstream(github.host, github.port)
+    cluster = _url_cluster(
+        GITHUB_CLUSTER,
+        github.scheme,
+        upstream,
+        _duration(params.connect_timeout_s),
+        params.github_ca_path,
+    )
+    return {
+        "egress_routes": "\n              ".join(f"- {json.dumps(r)}" for r in routes),
+        "egress_cluster": f"- {json.dumps(cluster)}",
+    }
+
+
+def _url_cluster(
+    name: str, scheme: str, upstream: Upstream, connect_timeout: str, ca_path: Path
+) -> dict[str, Any]:
+    """A cluster of the one host of an http(s) URL; for https, its certificate is checked
+    against ``ca_path`` and must name that host."""
     cluster: dict[str, Any] = {
-        "name": GITHUB_CLUSTER,
-        "type": "STATIC" if Upstream(github.host, github.port).is_ip else "STRICT_DNS",
+        "name": name,
+        "type": "STATIC" if upstream.is_ip else "STRICT_DNS",
         "dns_lookup_family": "V4_PREFERRED",
-        "connect_timeout": _duration(params.connect_timeout_s),
+        "connect_timeout": connect_timeout,
         "load_assignment": {
-            "cluster_name": GITHUB_CLUSTER,
+            "cluster_name": name,
             "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": _socket(Upstream(github.host, github.port))
-                                }
-                            }
-                        }
-                    ]
-                }
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": _socket(upstream)}}}]}
             ],
         },
     }
-    if github.scheme == "https":
-        san_type = "IP_ADDRESS" if Upstream(github.host, github.port).is_ip else "DNS"
+    if scheme == "https":
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": github.host,
+                "sni": upstream.host,
                 "common_tls_context": {
                     "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
                     "validation_context": {
-                        "trusted_ca": {"filename": str(params.github_ca_path)},
+                        "trusted_ca": {"filename": str(ca_path)},
                         "match_typed_subject_alt_names": [
-                            {"san_type": san_type, "matcher": {"exact": github.host}}
+                            {
+                                "san_type": "IP_ADDRESS" if upstream.is_ip else "DNS",
+                                "matcher": {"exact": upstream.host},
+                            }
                         ],
                     },
                 },
             },
         }
-    return {
-        "egress_routes": "\n              ".join(f"- {json.dumps(r)}" for r in routes),
-        "egress_cluster": f"- {json.dumps(cluster)}",
-    }
+    return cluster
 
 
 def _tracing_values(params: EnvoyParams) -> dict[str, str]:

@@ -26,6 +26,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from octosts.dev.certs import CertPaths, ensure_dev_certs
+from octosts.dev.edge_jwt import DEFAULT_CLOCK_SKEW_S, EdgeJwt, discover
 from octosts.dev.envoy import (
     DEFAULT_EGRESS_ROUTES,
     DEFAULT_MAX_CONCURRENT_RPCS,
@@ -173,6 +174,9 @@ class DevStack:
     github: str | None = None
     # Per-tenant rate limits at the edge (octosts.dev.tenant_limits); None: none.
     tenant_limits: TenantLimits | None = None
+    # Edge JWT verification (octosts.dev.edge_jwt) for the replicas' exact allowlisted
+    # issuers (the dev issuer unless ``extra_env`` sets OCTOSTS_ISSUER_ALLOWLIST).
+    edge_jwt: bool = False
     _procs: list[_Proc] = field(default_factory=list)
     _servers: dict[int, _Proc] = field(default_factory=dict)
     envoy: EnvoyProcess | None = None
@@ -282,6 +286,7 @@ class DevStack:
             "OCTOSTS_GRPC_ADDR": f"127.0.0.1:{self.ports.grpc[index]}",
             "OCTOSTS_METRICS_ADDR": f"127.0.0.1:{self.ports.metrics[index]}",
             "OCTOSTS_INSECURE_ISSUERS": self.issuer_url,
+            **({"OCTOSTS_ISSUER_ALLOWLIST": self.issuer_url} if self.edge_jwt else {}),
             "OCTOSTS_LOG_FORMAT": "json",
             "OCTOSTS_SHUTDOWN_GRACE_SECONDS": "2",
             **self._otel_env(),
@@ -404,6 +409,7 @@ class DevStack:
             otlp_collector=Upstream.parse(self.otlp_collector) if self.otlp_collector else None,
             replica_capacity=self._replica_capacity(),
             tenant_limits=self.tenant_limits,
+            edge_jwt=self._edge_jwt(),
         )
         config = self.workdir / "envoy.yaml"
         config.write_text(render_config(params))
@@ -419,6 +425,21 @@ class DevStack:
         _deadline_poll(
             "gateway", lambda: _http_ok(f"{self.gateway_url}/healthz", verify=ca), timeout
         )
+
+    def _edge_jwt(self) -> EdgeJwt | None:
+        """Providers for the replicas' exact allowlisted issuers, their JWKS URLs discovered
+        now, and the replicas' leeway as Envoy's clock skew."""
+        if not self.edge_jwt:
+            return None
+        env = {**os.environ, **self.server_env(0)}
+        issuers = [i.strip() for i in env.get("OCTOSTS_ISSUER_ALLOWLIST", "").split(",")]
+        try:
+            return EdgeJwt(
+                discover(i for i in issuers if i),
+                clock_skew_s=int(env.get("OCTOSTS_OIDC_LEEWAY_SECONDS", DEFAULT_CLOCK_SKEW_S)),
+            )
+        except ValueError as exc:
+            raise StackError(f"edge JWT verification: {exc}") from exc
 
     def _replica_capacity(self) -> int:
         """Calls one replica takes at once, as its settings say (Envoy's circuit breakers)."""
