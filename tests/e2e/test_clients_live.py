@@ -344,7 +344,8 @@ def test_go_client_live(stack: DevStack) -> None:
     assert "--- SKIP" not in out, out
 
 
-def test_typescript_client_live(stack: DevStack) -> None:
+def build_typescript() -> tuple[str, Path]:
+    """``node`` and the TypeScript package, compiled to ``dist/`` (tests included)."""
     node = toolchain("node")
     package = CLIENTS / "typescript"
     tsc = package / "node_modules" / "typescript" / "bin" / "tsc"
@@ -362,6 +363,11 @@ def test_typescript_client_live(stack: DevStack) -> None:
         check=False,
     )
     assert built.returncode == 0, built.stdout + built.stderr
+    return node, package
+
+
+def test_typescript_client_live(stack: DevStack) -> None:
+    node, package = build_typescript()
     proc = subprocess.run(
         [node, "--test", "--test-reporter=tap", "dist/test/live.test.js"],
         cwd=package,

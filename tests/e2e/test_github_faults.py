@@ -8,6 +8,8 @@ API, as an operator or the bench would), two ``octo-sts serve`` replicas and Env
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Literal
@@ -17,9 +19,10 @@ import httpx
 import pytest
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
-from octosts.client import AsyncClient, RateLimited, RetryPolicy
+from octosts.client import AsyncClient, Client, RateLimited, RetryPolicy
 from octosts.dev.stack import DevStack
 from tests.e2e.conftest import start_stack
+from tests.e2e.test_clients_live import CLIENTS, build_typescript, live_env, toolchain
 from tests.e2e.test_gateway_stack import (
     EXCHANGE,
     REPO_QUERY,
@@ -210,3 +213,57 @@ async def test_the_python_client_waits_out_a_short_limit_and_reports_a_long_one(
     # back off exponentially, GitHub's rule): past the deadline either way.
     assert limited.value.retry_after in (60, 120)
     assert "retry_after=" in str(limited.value)
+
+
+def test_the_go_and_typescript_clients_wait_out_a_short_limit_and_report_a_long_one(
+    own_stack: DevStack,
+) -> None:
+    # The Python test above, for the Go client (gRPC: the retry-after trailer) and the
+    # TypeScript client (gRPC trailer and HTTP header): their own tests
+    # (clients/go/limits_live_test.go, clients/typescript/test/limits.test.ts) make the calls
+    # and check the waits; this one sets GitHub's limits in between.
+    stack = own_stack
+    go = toolchain("go")
+    node, _ = build_typescript()
+    env = {**os.environ, **live_env(stack)}
+    runs = {
+        "go grpc": ([go, "test", "-count=1", "-run", "^TestStackRateLimit$", "-v", "."], "go"),
+        "ts grpc": ([node, "--test", "dist/test/limits.test.js"], "typescript"),
+        "ts http": ([node, "--test", "dist/test/limits.test.js"], "typescript"),
+    }
+
+    def run(name: str, limit: str) -> None:
+        argv, where = runs[name]
+        proc = subprocess.run(
+            argv,
+            cwd=CLIENTS / where,
+            env={**env, "OCTO_STS_LIVE_LIMIT": limit, "OCTO_STS_LIVE_TRANSPORT": name[3:]},
+            capture_output=True,
+            text=True,
+            timeout=55,
+            check=False,
+        )
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"{name} {limit}: {out}"
+        passed = "--- PASS: TestStackRateLimit" if where == "go" else "# pass 1"
+        assert passed in out, out
+
+    with Client(stack.gateway_url, ca_file=stack.ca_cert) as client:  # warm: installation, policy
+        client.exchange("octo-org/demo", "ci", token=repo_token(stack))
+    for name in runs:
+        add_fault(
+            stack,
+            kind="secondary_rate_limit",
+            status=429,
+            retry_after=1,
+            path_prefix=MINT_PREFIX,
+            times=1,
+        )
+        run(name, "short")
+        # GitHub refused once (the rule is used up) and the retry was minted.
+        assert httpx.get(f"{stack.github_url}/_emulator/faults", timeout=5).json()["faults"] == []
+    add_fault(
+        stack, kind="secondary_rate_limit", status=429, retry_after=60, path_prefix=MINT_PREFIX
+    )
+    for name in runs:
+        run(name, "long")
