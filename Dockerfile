@@ -24,16 +24,21 @@ COPY scripts/gen_protos.py scripts/gen_protos.py
 RUN /opt/gen/bin/python scripts/gen_protos.py
 
 # -- build: install the package into a venv copied whole into the runtime image -------------------
+# Dependencies first, in a layer of their own (they change with pyproject.toml only); the code
+# after them, installed without its dependencies: a change to the code reuses the layer cache.
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 RUN python3 -m venv /opt/venv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+COPY deploy/docker/requirements.py deploy/docker/requirements.py
+ARG EXTRAS=""
+RUN /opt/venv/bin/python deploy/docker/requirements.py pyproject.toml "$EXTRAS" > requirements.txt \
+ && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+COPY README.md ./
 COPY service service
 COPY --from=gen /src/service/octosts/_gen service/octosts/_gen
-COPY deploy/docker/check_extras.py deploy/docker/check_extras.py
-ARG EXTRAS=""
-RUN /opt/venv/bin/python deploy/docker/check_extras.py pyproject.toml "$EXTRAS" \
- && /opt/venv/bin/pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+ && /opt/venv/bin/pip check
 
 # -- envoy: the edge proxy -----------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS envoy

