@@ -9,6 +9,13 @@ same steps, so what the tests prove is the documented recipe:
 3. ``build``: ``buildah bud`` of a Dockerfile target with ``--build-arg BASE_IMAGE=<that image>``;
 4. ``start``: ``podman run`` on the host network, non-root, read-only root file system.
 
+``session`` gives the tests and the bench their engine. Its storage persists in ``.cache/oci``
+(gitignored) with the base tarball (``ensure_base``: made again after a week, or when the recipe
+changes), so a second run reuses buildah's layer cache: the cold cost (mmdebstrap, every pip
+install) is paid once per checkout, then only for what changed. One session at a time holds the
+cache (a file lock); a concurrent one builds cold in a private storage of its own, removed at the
+end, as does every session with ``cache=None``.
+
 Two facts about sandboxes like CI's (docs/containers.md): setrlimit is refused, so containers.conf
 says ``default_ulimits = []`` (``CONTAINERS_CONF`` points every podman/buildah/podman-compose call
 at this module's file), and crun fails on the cgroup layout where runc works. Builds see the
@@ -19,14 +26,18 @@ TLS-inspecting proxy; neither file ends up in an image.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Command -> the Debian package that provides it (install-system-deps.sh --images installs them).
@@ -50,6 +61,23 @@ DPKG_EXCLUDES = (
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n'
 _TAIL = 4000
+# Where ``session`` keeps the base tarball and the image storage between runs (gitignored).
+CACHE_DIR = REPO_ROOT / ".cache" / "oci"
+BASE_REPOSITORY = "localhost/octo-sts-base"
+# Tags that keep the build's helper stages (gen, build) in a persistent storage's cache.
+STAGE_REPOSITORY = "localhost/octo-sts-stage"
+# The cached base is made again after this long: Debian's security updates reach the images.
+BASE_MAX_AGE_SECONDS = 7 * 24 * 3600
+_STORAGE_DIRS = ("storage", "storage-run", "libpod-tmp")
+# A race in the kernel, not a failure of the command: buildah's chroot isolation re-executes
+# itself from a sealed memfd copy of its binary (containers/storage pkg/unshare), and sealing
+# answers EBUSY while a page of the copy is still held elsewhere (seen under load on 2 cores:
+# a whole build failed at a RUN step). runc's cloned binary is sealed the same way.
+_TRANSIENT = (
+    "sealing memfd copy: Device or resource busy",
+    "could not ensure we are a cloned binary",
+)
+_ATTEMPTS = 3
 
 
 class ImageError(RuntimeError):
@@ -59,6 +87,30 @@ class ImageError(RuntimeError):
 def missing_tools() -> list[str]:
     """The commands of ``TOOLS`` not on PATH."""
     return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def helper_stages(dockerfile: str, target: str) -> list[str]:
+    """The stages ``target`` copies from (``COPY --from=``), theirs first, each once."""
+    copies: dict[str, list[str]] = {}
+    stage = ""
+    for line in dockerfile.splitlines():
+        if found := re.match(r"\s*FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE):
+            stage = found.group(1)
+            copies[stage] = []
+        elif stage:
+            copies[stage] += re.findall(r"--from=(\S+)", line)
+    if target not in copies:
+        raise ImageError(f"the Dockerfile has no stage {target!r}: {', '.join(copies)}")
+    result: list[str] = []
+
+    def visit(name: str) -> None:
+        for source in copies.get(name, []):
+            if source not in result:
+                visit(source)
+                result.append(source)
+
+    visit(target)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +133,7 @@ class Engine:
     workdir: Path
     runtime: str = "runc"
     private_storage: bool = False
+    keep_stages: bool = False
     _conf: Path = field(init=False)
     _storage_conf: Path | None = field(init=False, default=None)
     _pip_conf: Path = field(init=False)
@@ -123,11 +176,53 @@ class Engine:
         ):
             with contextlib.suppress(ImageError):
                 self._run(args, timeout=300)
-        for path in ("storage", "storage-run", "libpod-tmp"):
+        self.wipe()
+
+    def wipe(self) -> None:
+        """Delete the private storage's directories, whatever their state."""
+        for path in _STORAGE_DIRS:
             shutil.rmtree(self.workdir / path, ignore_errors=True)
 
+    def clear_containers(self) -> None:
+        """Remove every pod, container and unfinished build (a killed session's leftovers)."""
+        self._run(["podman", "pod", "rm", "--all", "--force"], timeout=300)
+        self._run(["podman", "rm", "--all", "--force", "--time", "0"], timeout=300)
+        self._run(["buildah", "rm", "--all"], timeout=300)
+
+    def prune(self) -> None:
+        """Remove the images no tag reaches: what a rebuild replaced (the cache stays)."""
+        self._run(["podman", "image", "prune", "--force"], timeout=300)
+
+    def image_exists(self, tag: str) -> bool:
+        try:
+            self._run(["podman", "image", "exists", tag], timeout=60)
+        except ImageError:
+            return False
+        return True
+
+    def tags(self, repository: str) -> list[str]:
+        """Every ``repository:tag`` of the storage's images in ``repository``."""
+        out = self._run(
+            ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", repository], timeout=60
+        )
+        return [line for line in out.split() if line.startswith(f"{repository}:")]
+
     def _run(self, args: Sequence[str], *, timeout: float, both: bool = False) -> str:
-        """stdout (with ``both``: stdout + stderr); ImageError when the command fails."""
+        """stdout (with ``both``: stdout + stderr); ImageError when the command fails.
+
+        A failure that names a ``_TRANSIENT`` race is tried again, up to ``_ATTEMPTS`` times:
+        every command run here may be repeated (``start`` replaces a half-made container,
+        ``build`` resumes from its cached steps).
+        """
+        for _ in range(_ATTEMPTS - 1):
+            try:
+                return self._run_once(args, timeout=timeout, both=both)
+            except ImageError as exc:
+                if not any(marker in str(exc) for marker in _TRANSIENT):
+                    raise
+        return self._run_once(args, timeout=timeout, both=both)
+
+    def _run_once(self, args: Sequence[str], *, timeout: float, both: bool) -> str:
         try:
             done = subprocess.run(  # noqa: S603 - fixed tools, arguments built here
                 list(args),
@@ -153,6 +248,7 @@ class Engine:
             [
                 "mmdebstrap",
                 "--variant=minbase",
+                "--format=tar",  # whatever the file's name
                 f"--include={','.join(BASE_PACKAGES)}",
                 *(f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES),
                 "bookworm",
@@ -164,6 +260,45 @@ class Engine:
 
     def import_base(self, tar: Path, tag: str, *, timeout: float = 300) -> None:
         self._run(["podman", "import", str(tar), tag], timeout=timeout)
+
+    def ensure_base(self, *, now: float | None = None) -> tuple[str, str]:
+        """The base image's tag in this storage, and what it took: made, imported or kept.
+
+        The tarball is kept in ``workdir`` and made again when older than
+        ``BASE_MAX_AGE_SECONDS`` or when the recipe (packages, sources, excludes) changes: both
+        are in its name, and the tag is its name, so an image built on the old base is not
+        taken from the layer cache. The image is imported only when the storage lacks it:
+        every import is a new image ID, which would void the cache.
+        """
+        now = time.time() if now is None else now
+        recipe = hashlib.sha256(
+            "\n".join((*BASE_PACKAGES, *DEBIAN_SOURCES, *DPKG_EXCLUDES)).encode()
+        ).hexdigest()[:12]
+        tars = sorted(self.workdir.glob(f"base-bookworm-{recipe}-*.tar"))
+        fresh = [tar for tar in tars if now - tar.stat().st_mtime < BASE_MAX_AGE_SECONDS]
+        what = "kept"
+        if fresh:
+            tar = fresh[-1]
+        else:
+            stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+            tar = self.workdir / f"base-bookworm-{recipe}-{stamp}.tar"
+            for killed in self.workdir.glob("base-*.partial"):  # a killed run's half tarball
+                killed.unlink()
+            partial = tar.with_suffix(".partial")
+            self.make_base(partial)
+            partial.rename(tar)
+            what = "made"
+        for old in self.workdir.glob("base-bookworm-*.tar"):
+            if old != tar:
+                old.unlink()
+        tag = f"{BASE_REPOSITORY}:{tar.stem.removeprefix('base-')}"
+        for old_tag in self.tags(BASE_REPOSITORY):
+            if old_tag != tag:
+                self._run(["podman", "rmi", "--force", old_tag], timeout=120)
+        if not self.image_exists(tag):
+            self.import_base(tar, tag)
+            what = "imported" if what == "kept" else what
+        return tag, what
 
     def build(
         self,
@@ -177,9 +312,21 @@ class Engine:
     ) -> None:
         """``buildah bud`` of one Dockerfile target. ``--layers`` keeps the stages' cache.
 
-        ``build_args``: more ``--build-arg``s than ``BASE_IMAGE`` (``EXTRAS``, say).
+        ``build_args``: more ``--build-arg``s than ``BASE_IMAGE`` (``EXTRAS``, say). In a
+        storage that persists (``keep_stages``), the stages the target copies from are tagged
+        too (``STAGE_REPOSITORY``): ``prune`` keeps what a tag reaches, so their layers stay in
+        the cache; untagged, nothing would tell them from what a rebuild replaced.
         """
-        more = [f"--build-arg={key}={value}" for key, value in (build_args or {}).items()]
+        args = {"BASE_IMAGE": base_image, **(build_args or {})}
+        if self.keep_stages:
+            key = hashlib.sha256(json.dumps(sorted(args.items())).encode()).hexdigest()[:12]
+            for stage in helper_stages((context / "Dockerfile").read_text(), target):
+                self._bud(stage, f"{STAGE_REPOSITORY}:{stage}-{key}", args, context, timeout)
+        self._bud(target, tag, args, context, timeout)
+
+    def _bud(
+        self, target: str, tag: str, args: Mapping[str, str], context: Path, timeout: float
+    ) -> None:
         self._run(
             [
                 "buildah",
@@ -194,9 +341,7 @@ class Engine:
                 f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
                 "--volume",
                 f"{self._pip_conf}:/etc/pip.conf:ro",
-                "--build-arg",
-                f"BASE_IMAGE={base_image}",
-                *more,
+                *(f"--build-arg={key}={value}" for key, value in args.items()),
                 "--target",
                 target,
                 "--tag",
@@ -237,6 +382,7 @@ class Engine:
             "podman",
             "run",
             "--detach",
+            "--replace",  # a retried start (``_run``) takes over its half-made container
             "--name",
             name,
             "--network=host",
@@ -286,3 +432,49 @@ class Engine:
         """Stop (SIGTERM, then SIGKILL after 5 s) and delete. Idempotent."""
         with contextlib.suppress(ImageError):
             self._run(["podman", "rm", "--force", "--time", "5", container.name], timeout=60)
+
+
+@contextlib.contextmanager
+def session(scratch: Path, cache: Path | None = CACHE_DIR) -> Iterator[Engine]:
+    """An engine for one test session or bench run; every container is gone at the end.
+
+    With ``cache`` free (an exclusive, non-blocking file lock): that directory's persistent
+    storage, the layer cache of earlier runs included, and ``Engine.ensure_base`` keeps its
+    tarball there. A storage that podman cannot open (a killed run, another podman version) is
+    wiped and the run is cold. Otherwise (no ``cache``, or another session holds it): a private
+    storage under ``scratch``, destroyed at the end.
+    """
+    lock = _lock(cache) if cache is not None else None
+    if cache is None or lock is None:
+        engine = Engine(scratch, private_storage=True)
+        try:
+            yield engine
+        finally:
+            engine.destroy()
+        return
+    try:
+        engine = Engine(cache, private_storage=True, keep_stages=True)
+        try:
+            engine.clear_containers()
+        except ImageError:
+            engine.wipe()
+        try:
+            yield engine
+        finally:
+            with contextlib.suppress(ImageError):
+                engine.clear_containers()
+                engine.prune()
+    finally:
+        lock.close()
+
+
+def _lock(cache: Path) -> TextIO | None:
+    """The open lock file of ``cache``, held; None when another process holds it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    lock = (cache / "lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
