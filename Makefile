@@ -33,12 +33,12 @@ proto: $(STAMP) ## regenerate Python code and the Envoy descriptor set from prot
 run: install ## start issuer + GitHub emulator + 2 STS replicas + Envoy on https://localhost:8443 and show an exchange
 	$(VENV)/bin/octo-sts dev stack --workdir .run
 
-system-deps: ## Debian packages the tests use (prometheus, docker-compose, ...); root only
+system-deps: ## Debian packages the tests use (prometheus, docker-compose, podman, ...); root only
 	@scripts/install-system-deps.sh
 
-test: test-py test-go test-ts ## run every test: Python (unit, integration, e2e), Go and TypeScript clients
+test: test-py test-go test-ts ## run every test: Python (unit, integration, e2e, container images), Go and TypeScript clients
 
-test-py: install system-deps client-deps ratelimit ## Python tests (unit, integration with real sockets, e2e with real Envoy)
+test-py: install system-deps client-deps ratelimit ## Python tests (unit, integration with real sockets, e2e with real Envoy and images)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ratelimit: ## build the Envoy rate-limit service (Go, pinned) into .tools/bin (per-tenant limits)
@@ -58,10 +58,9 @@ test-py: helm
 helm: ## build Helm (pinned) into .tools/bin once (a no-op afterwards)
 	@scripts/install-helm.sh >/dev/null
 
-# Not in `make test`: building the base and both images cold takes 2-5 minutes on 2 cores.
-test-image: install ## build the sts + envoy images (podman, local Debian base) and run exchanges through them
-	@scripts/install-system-deps.sh --images
-	OCTOSTS_IMAGE_TESTS=1 $(PY) -m pytest tests/e2e/test_image.py $(PYTEST_ARGS)
+# Also part of `make test` (test-py); the images' layer cache is kept in .cache/oci.
+test-image: install system-deps ## only the image tests: build the sts + envoy images (podman, local Debian base), exchange through them
+	$(PY) -m pytest tests/e2e/test_image.py $(PYTEST_ARGS)
 
 test-go: client-deps ## Go client tests
 	cd clients/go && go test ./...
@@ -100,9 +99,8 @@ fuzz: install ## fuzz every parser FUZZ_SECONDS each (atheris); finds in .fuzz/ 
 	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SECONDS)
 	OCTOSTS_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q -p no:randomly --timeout=0 tests/fuzz/test_slash_guard_property.py
 
-bench-image: install ## build the images from a local Debian base; sizes and start-up times
-	@scripts/install-system-deps.sh --images
+bench-image: install system-deps ## build the images from a local Debian base; sizes and start-up times
 	$(PY) bench/image.py
 
 clean: ## remove the venv and generated files
-	rm -rf $(VENV) build service/octosts/_gen .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build service/octosts/_gen .pytest_cache .mypy_cache .ruff_cache .cache

@@ -6,17 +6,13 @@
 #   redis-server    the fleet's shared Redis (tests/integration/test_shared_redis.py, the fleet test)
 #   jq, curl        the FAQ's `curl | jq` shapes and the Terraform program (tests/e2e/test_compat.py)
 #   openssl         signs the webhook ping of docs/self-hosting.md (tests/e2e/test_self_hosting_doc.py)
-# With --images, also what `make test-image` needs (not `make test`, which stays without them):
 #   podman, buildah, mmdebstrap, runc
 #                   the container images built from a local Debian base and run for real, no
 #                   Docker engine or registry needed (tests/e2e/test_image.py, docs/containers.md)
 # Idempotent: installs only what is missing. Needs root (CI runs as root); elsewhere it says
 # what to install and the tests that need the tool skip with a reason (they fail when CI is set).
 set -euo pipefail
-declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client [jq]=jq [curl]=curl [openssl]=openssl [redis-server]=redis-server)
-if [ "${1:-}" = "--images" ]; then
-  tool_of+=([podman]=podman [buildah]=buildah [mmdebstrap]=mmdebstrap [runc]=runc)
-fi
+declare -A tool_of=([prometheus]=prometheus [promtool]=prometheus [docker-compose]=docker-compose [h2load]=nghttp2-client [jq]=jq [curl]=curl [openssl]=openssl [redis-server]=redis-server [podman]=podman [buildah]=buildah [mmdebstrap]=mmdebstrap [runc]=runc)
 missing=()
 for tool in "${!tool_of[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${tool_of[$tool]}")

@@ -14,13 +14,14 @@ The service image is built with ``EXTRAS=aws,gcp`` (docs/kms.md), and one exchan
 JWT signed by AWS KMS (moto's server on loopback): the container holds no key at all.
 
 Image sizes and start-up times are printed (figures, not assertions; bench/image.py measures
-them against a host-process baseline). Needs root and podman, buildah, mmdebstrap, runc
-(scripts/install-system-deps.sh --images) and podman-compose (the dev extras): without them the
-tests skip with the reason, and fail when CI is set.
+them against a host-process baseline).
 
-Not part of ``make test``: the cold builds take 2-5 minutes on 2 cores, more than the whole
-suite can spare. ``make test-image`` runs them (it sets ``OCTOSTS_IMAGE_TESTS=1``); elsewhere
-they skip.
+Part of ``make test`` (``make test-image`` runs only these). Needs root and podman, buildah,
+mmdebstrap, runc (scripts/install-system-deps.sh installs them) and podman-compose (the dev
+extras): without them the tests skip with the reason, and fail when CI is set. The images are
+built in the storage ``octosts.dev.oci.session`` keeps in .cache/oci: a checkout's first run
+pays the cold build (about 1.5-4 minutes on 2 cores), later runs only what changed. Deselect
+them with ``-m "not image"``.
 """
 
 from __future__ import annotations
@@ -49,21 +50,22 @@ from octosts.dev.certs import CertPaths, ensure_dev_certs
 from octosts.dev.envoy import free_port
 from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
-from octosts.dev.oci import REPO_ROOT, Container, Engine, ImageError, missing_tools
+from octosts.dev.oci import (
+    CACHE_DIR,
+    REPO_ROOT,
+    Container,
+    Engine,
+    ImageError,
+    missing_tools,
+    session,
+)
 from tests.emulator import APP_ID, app_key, pem
 from tests.integration.service_harness import DOMAIN, SUBJECT, servers
 from tests.moto_kms import MotoKms, start_moto
 from tests.polling import eventually_blocking
 
-# Building the base and both images is paid by the first test (about 2-5 minutes on 2 cores).
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.timeout(1800),
-    pytest.mark.skipif(
-        not os.environ.get("OCTOSTS_IMAGE_TESTS"),
-        reason="container image builds: run by `make test-image` (OCTOSTS_IMAGE_TESTS=1)",
-    ),
-]
+# Building the base and both images is paid by the first test (cold: 1.5-4 minutes on 2 cores).
+pytestmark = [pytest.mark.e2e, pytest.mark.image, pytest.mark.timeout(1800)]
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 OVERRIDE = REPO_ROOT / "deploy" / "compose" / "podman-host.yml"
@@ -120,33 +122,24 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     missing = missing_tools()
     require(
         not missing,
-        f"{', '.join(missing)} not installed (scripts/install-system-deps.sh --images, as root)",
+        f"{', '.join(missing)} not installed (scripts/install-system-deps.sh, as root)",
     )
     # Rootless podman needs subuid ranges and another storage; CI and these tests run as root.
     require(os.geteuid() == 0, "the image tests run as root (as CI does)")
-    engine = Engine(tmp_path_factory.mktemp("oci"), private_storage=True)
-    try:
+    with session(tmp_path_factory.mktemp("oci")) as engine:
         yield engine
-    finally:
-        engine.destroy()
 
 
 @pytest.fixture(scope="session")
 def images(engine: Engine, pytestconfig: pytest.Config) -> Images:
-    """The base and both images, built once per session (``engine.destroy`` removes them).
+    """The base and both images, built once per session.
 
-    buildah's layer cache lets the envoy build reuse the ``gen`` stage of the sts build.
+    buildah's layer cache lets the envoy build reuse the ``gen`` stage of the sts build, and
+    (with the storage in .cache/oci) a later session reuse every layer whose inputs are unchanged.
     """
-    built = Images(
-        base="localhost/octo-sts-base:bookworm",
-        sts="localhost/octo-sts:test",
-        envoy="localhost/octo-sts-envoy:test",
-    )
-    tar = engine.workdir / "base.tar"
     started = time.monotonic()
-    engine.make_base(tar)
-    engine.import_base(tar, built.base)
-    tar.unlink()
+    base, made = engine.ensure_base()
+    built = Images(base=base, sts="localhost/octo-sts:test", envoy="localhost/octo-sts-envoy:test")
     base_seconds = time.monotonic() - started
     started = time.monotonic()
     engine.build(target="sts", tag=built.sts, base_image=built.base, build_args={"EXTRAS": EXTRAS})
@@ -154,11 +147,11 @@ def images(engine: Engine, pytestconfig: pytest.Config) -> Images:
     started = time.monotonic()
     engine.build(target="envoy", tag=built.envoy, base_image=built.base)
     envoy_seconds = time.monotonic() - started
+    storage = "cached" if engine.workdir == CACHE_DIR else "private"
     report(
         pytestconfig,
-        f"built: base (mmdebstrap + import) {base_seconds:.0f} s, sts (EXTRAS={EXTRAS}) "
-        f"{sts_seconds:.0f} s, "
-        f"envoy {envoy_seconds:.0f} s",
+        f"built in the {storage} storage {engine.workdir}: base ({made}) {base_seconds:.0f} s, "
+        f"sts (EXTRAS={EXTRAS}) {sts_seconds:.0f} s, envoy {envoy_seconds:.0f} s",
     )
     for name, tag in (("base", built.base), ("sts", built.sts), ("envoy", built.envoy)):
         report(pytestconfig, f"{name} image: {engine.inspect(tag)['Size'] / 1e6:.0f} MB")
@@ -249,6 +242,22 @@ def test_image_contracts(engine: Engine, images: Images) -> None:
     assert "OCTOSTS_HEALTH_URL=http://127.0.0.1:9901/ready" in envoy["Env"]
 
 
+def assert_confined(engine: Engine, container: Container, user: str, directory: str) -> None:
+    """The container's processes run as ``user``, and its root file system is read-only.
+
+    The write is refused with EROFS before any permission check, so a root-owned
+    ``directory`` tells a read-only mount from a writable one even for a non-root user.
+    """
+    uid, gid = user.split(":")
+    assert engine.exec(container, "id", "-u").strip() == uid
+    assert engine.exec(container, "id", "-g").strip() == gid
+    assert engine.exec(container, "cat", "/proc/1/status").count(f"Uid:\t{uid}\t") == 1
+    with pytest.raises(ImageError, match="Read-only file system"):
+        engine.exec(container, "python", "-c", f"open('{directory}/probe', 'w')")
+    # /tmp is the one writable path (a tmpfs): what the service and Envoy may need at run time.
+    engine.exec(container, "python", "-c", "open('/tmp/probe', 'w').write('ok')")
+
+
 # -- the service image ---------------------------------------------------------------------
 
 
@@ -325,11 +334,8 @@ def test_service_image_exchanges_as_non_root_on_a_read_only_root(
     with pytest.raises(grpc.RpcError) as refused:
         exchange(sts_container.channel, token(issuer, "repo:octo-org/demo:ref:refs/heads/evil"))
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    # The processes run as the image's user, and nothing outside the tmpfs mounts is writable.
     container = sts_container.container
-    assert engine.exec(container, "id", "-u").strip() == "10001"
-    with pytest.raises(ImageError, match="Read-only file system"):
-        engine.exec(container, "python", "-c", "open('/opt/venv/probe', 'w')")
+    assert_confined(engine, container, STS_USER, "/opt/venv")
     # The image's HEALTHCHECK passes (it follows OCTOSTS_GRPC_ADDR; ImageError otherwise).
     engine.healthcheck(container)
 
@@ -505,7 +511,12 @@ def test_compose_envoy_and_sts_exchange_over_tls(
     credentials = grpc.ssl_channel_credentials(compose_stack.certs.ca_cert.read_bytes())
     with grpc.secure_channel(f"localhost:{compose_stack.gateway}", credentials) as channel:
         assert exchange(channel, token(issuer)).token.startswith("ghs_")
-    # Both compose healthchecks (with the override's ports) pass inside their containers.
-    for name in ("sts", "envoy"):
+    # Both run as their images' users on read-only root file systems (docker-compose.yml's
+    # read_only, kept by the override), and both healthchecks (with the override's ports) pass.
+    for name, user, directory in (
+        ("sts", STS_USER, "/opt/venv"),
+        ("envoy", ENVOY_USER, "/etc/envoy"),
+    ):
         container = Container(f"{compose_stack.project}_{name}_1", "")
+        assert_confined(engine, container, user, directory)
         engine.healthcheck(container)

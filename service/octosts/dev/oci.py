@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-# Command -> the Debian package that provides it (install-system-deps.sh --images installs them).
+# Command -> the Debian package that provides it (scripts/install-system-deps.sh installs them).
 TOOLS = {"podman": "podman", "buildah": "buildah", "mmdebstrap": "mmdebstrap", "runc": "runc"}
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
