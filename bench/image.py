@@ -1,19 +1,23 @@
 """Container images ([operator-kit]): their sizes, and start-up time against a host process.
 
-Builds, in a podman storage of its own (removed at the end), what tests/e2e/test_image.py builds:
-the Debian bookworm base made with mmdebstrap, the Dockerfile's ``sts`` and ``envoy`` targets on
-it (``octosts.dev.oci``). Then, ``--rounds`` times, in alternating order:
+Builds what tests/e2e/test_image.py builds, in the same cached storage (``octosts.dev.oci.session``,
+.cache/oci): the Debian bookworm base made with mmdebstrap, the Dockerfile's ``sts`` target on it
+without and with ``EXTRAS=aws,gcp`` (the KMS clients), and ``envoy``. Then, ``--rounds`` times,
+in alternating order:
 
 - ``host``: ``octo-sts serve`` as a host process (the baseline), until gRPC health is SERVING;
 - ``sts container``: ``podman run`` of the sts image (host network, read-only root, non-root
-  user, no capabilities), until gRPC health is SERVING;
+  user, no capabilities), until gRPC health is SERVING; likewise the ``EXTRAS=aws,gcp`` image
+  (its KMS clients are imported only when a KMS signer is chosen, so this checks they cost
+  nothing otherwise);
 - ``envoy container``: ``podman run`` of the envoy image with a rendered config, until the
   admin ``/ready`` answers 200.
 
 Each start is timed from the command to the first healthy answer (polled every 20 ms), one
 worker, nothing else running. Prints a table (median, min, max; container / host ratio) and
 the image sizes, writes the ``"image"`` key of bench/results.json. Needs root and podman,
-buildah, mmdebstrap, runc (install-system-deps.sh --images); takes 3-6 minutes, mostly the build.
+buildah, mmdebstrap, runc (scripts/install-system-deps.sh); takes 1-2 minutes, 3-6 cold (the
+build; build seconds are those of this run, so small when the cache had the layers).
 
     .venv/bin/python bench/image.py [--rounds 5]
 """
@@ -41,11 +45,11 @@ from _common import save, table
 from octosts.dev.certs import ensure_dev_certs
 from octosts.dev.envoy import EnvoyParams, Upstream, free_port, render_config
 from octosts.dev.issuer import generate_key
-from octosts.dev.oci import Container, Engine, missing_tools
+from octosts.dev.oci import Container, Engine, missing_tools, session
 
-BASE, STS, ENVOY = (
-    "localhost/octo-sts-base:bookworm",
+STS, STS_EXTRAS, ENVOY = (
     "localhost/octo-sts:bench",
+    "localhost/octo-sts:bench-aws-gcp",
     "localhost/octo-sts-envoy:bench",
 )
 KEY_IN_CONTAINER = "/run/secrets/github_app_key"
@@ -114,13 +118,13 @@ def start_host(key: Path) -> float:
         proc.wait(10)
 
 
-def start_sts(engine: Engine, key: Path, n: int) -> float:
+def start_sts(engine: Engine, image: str, key: Path, n: int) -> float:
     port = free_port()
     env = {**_service_env(key, port), "GITHUB_APP_PRIVATE_KEY_FILE": KEY_IN_CONTAINER}
-    container = Container(f"octo-sts-bench-{os.getpid()}-{n}", STS)
+    container = Container(f"octo-sts-bench-{os.getpid()}-{n}", image)
     started = time.monotonic()
     try:
-        engine.start(container.name, STS, env=env, mounts={key: KEY_IN_CONTAINER})
+        engine.start(container.name, image, env=env, mounts={key: KEY_IN_CONTAINER})
         _wait(_serving(port), "sts container")
         return time.monotonic() - started
     finally:
@@ -161,19 +165,21 @@ def start_envoy(engine: Engine, workdir: Path, n: int) -> float:
         engine.remove(container)
 
 
-def build(engine: Engine) -> dict[str, float]:
+def build(engine: Engine) -> tuple[str, dict[str, float]]:
+    """The base image's tag, and seconds per build."""
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    tar = engine.workdir / "base.tar"
-    engine.make_base(tar)
-    engine.import_base(tar, BASE)
-    tar.unlink()
-    seconds["base"] = time.monotonic() - started
-    for target, tag in (("sts", STS), ("envoy", ENVOY)):
+    base, made = engine.ensure_base()
+    seconds[f"base ({made})"] = time.monotonic() - started
+    for target, tag, args in (
+        ("sts", STS, {}),
+        ("sts", STS_EXTRAS, {"EXTRAS": "aws,gcp"}),
+        ("envoy", ENVOY, {}),
+    ):
         started = time.monotonic()
-        engine.build(target=target, tag=tag, base_image=BASE)
-        seconds[target] = time.monotonic() - started
-    return seconds
+        engine.build(target=target, tag=tag, base_image=base, build_args=args)
+        seconds[tag.removeprefix("localhost/")] = time.monotonic() - started
+    return base, seconds
 
 
 def main() -> int:
@@ -182,34 +188,46 @@ def main() -> int:
     args = parser.parse_args()
     if missing := missing_tools():
         print(
-            f"missing: {', '.join(missing)} (scripts/install-system-deps.sh --images)",
+            f"missing: {', '.join(missing)} (scripts/install-system-deps.sh, as root)",
             file=sys.stderr,
         )
         return 1
-    with tempfile.TemporaryDirectory(prefix="octo-sts-image-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="octo-sts-image-bench-") as tmp,
+        session(Path(tmp) / "oci") as engine,
+    ):
         workdir = Path(tmp)
-        engine = Engine(workdir / "oci", private_storage=True)
-        try:
-            build_seconds = build(engine)
-            key = workdir / "app.pem"
-            key.write_bytes(generate_key("rsa").private_pem())
-            key.chmod(0o644)  # a throw-away key, read by the image's user
-            samples: dict[str, list[float]] = {
-                "host": [],
-                "sts container": [],
-                "envoy container": [],
-            }
-            for n in range(args.rounds):
-                runs = [
-                    ("host", lambda: start_host(key)),
-                    ("sts container", lambda n=n: start_sts(engine, key, n)),
-                    ("envoy container", lambda n=n: start_envoy(engine, workdir, n)),
-                ]
-                for name, run in runs if n % 2 == 0 else reversed(runs):
-                    samples[name].append(run())
-            sizes = {tag: engine.inspect(tag)["Size"] for tag in (BASE, STS, ENVOY)}
-        finally:
-            engine.destroy()
+        base, build_seconds = build(engine)
+        key = workdir / "app.pem"
+        key.write_bytes(generate_key("rsa").private_pem())
+        key.chmod(0o644)  # a throw-away key, read by the image's user
+        samples: dict[str, list[float]] = {
+            "host": [],
+            "sts container": [],
+            "sts EXTRAS=aws,gcp container": [],
+            "envoy container": [],
+        }
+        for n in range(args.rounds):
+            runs = [
+                ("host", lambda: start_host(key)),
+                ("sts container", lambda n=n: start_sts(engine, STS, key, n)),
+                (
+                    "sts EXTRAS=aws,gcp container",
+                    lambda n=n: start_sts(engine, STS_EXTRAS, key, n),
+                ),
+                ("envoy container", lambda n=n: start_envoy(engine, workdir, n)),
+            ]
+            for name, run in runs if n % 2 == 0 else reversed(runs):
+                samples[name].append(run())
+        sizes = {
+            label: engine.inspect(tag)["Size"]
+            for label, tag in (
+                ("base", base),
+                ("sts", STS),
+                ("sts EXTRAS=aws,gcp", STS_EXTRAS),
+                ("envoy", ENVOY),
+            )
+        }
     host = statistics.median(samples["host"])
     rows = [("start-up", "median s", "min s", "max s", "x host process")]
     for name, values in samples.items():
