@@ -43,6 +43,7 @@ def main() -> int:
                 {
                     "gateway": stack.ports.gateway,
                     "grpc": list(stack.ports.grpc),
+                    "metrics": list(stack.ports.metrics),
                     "issuer_url": stack.issuer_url,
                     "github_url": stack.github_url,
                     "domain": stack.domain,

@@ -22,11 +22,21 @@ bench/results.json. A report, not a test: it exits 0 whether or not the targets 
 5. **The edge's deny path**: a token with the right ``kid`` and another key, ``h2load``
    (HTTP/2 over TLS, 1 stream per connection) on each side's ``/sts/exchange``, closed loop
    and at ``--rate`` rps offered over 8 connections; beside it Envoy's own ``jwt_authn``
-   (``bench/gateway.py``'s reference Envoy) in the same run. Latency needs a quiet
-   machine: the load average during the run is printed and saved with the figures.
+   (``bench/gateway.py``'s reference Envoy) in the same run. Three stacks: the baseline
+   tree, this tree as configured by default (every token to ext_authz: the old path), and
+   this tree with edge JWT verification (``edge_jwt``, docs/gateway.md: Envoy refuses the
+   token itself). The deny targets are judged on ``edge_jwt``; with stacks measured, the box
+   figure (4) is measured for ``edge_jwt`` too (what Envoy's verification adds to an allowed
+   exchange). Latency needs a quiet machine: the load average during the run is printed and
+   saved with the figures.
+
+``--parts`` measures only some of ``replica`` (1-3), ``box`` (4), ``edge`` (5); the sections
+not measured are kept from bench/results.json's last ``perf`` (``measured`` says when each
+section was taken, with the load average then).
 
     .venv/bin/python bench/perf.py [--before REF|PATH] [--exchanges 1000] [--rounds 5]
         [--clients 8] [--rss-exchanges 10000] [--variant LABEL:K=V[,K=V]] [--skip-edge]
+        [--parts replica,box,edge]
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save, table
+from _common import RESULTS, save, table
 from gateway import TARGET_P99_MS, Run, expect, h2load, jwt_authn_config
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
@@ -93,8 +103,8 @@ FIGURE_NAMES = {
     "replica_cpu_ms_sampled": "replica CPU ms / warm exchange (tracing 10 %)",
     "box_cpu_ms_via_envoy": "Envoy + replica CPU ms / HTTP exchange",
     "rss_mb": "replica RSS MB after --rss-exchanges",
-    "deny_p99_ms_at_rate": "ext_authz deny p99 ms at --rate rps, 8 conns",
-    "deny_rps_over_jwt_authn": "closed-loop deny rps / Envoy jwt_authn",
+    "deny_p99_ms_at_rate": "deny p99 ms at --rate rps, 8 conns (edge JWT on)",
+    "deny_rps_over_jwt_authn": "closed-loop deny rps / Envoy jwt_authn (edge JWT on)",
 }
 
 
@@ -488,10 +498,15 @@ class Stack:
             self.popen.wait(10)
 
 
-def start_stack(label: str, root: Path, workdir: Path) -> Stack:
+def start_stack(label: str, root: Path, workdir: Path, *, edge_jwt: bool = False) -> Stack:
     stack_dir = workdir / f"stack-{label}"
     popen = subprocess.Popen(
-        [sys.executable, str(HERE / "_stack.py"), str(stack_dir)],
+        [
+            sys.executable,
+            str(HERE / "_stack.py"),
+            str(stack_dir),
+            *(["--edge-jwt"] if edge_jwt else []),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=(workdir / f"stack-{label}.log").open("wb"),
@@ -559,6 +574,8 @@ def edge(stacks: dict[str, Stack], args: argparse.Namespace, workdir: Path) -> d
             for label, s in stacks.items()
         }
         bad = {label: bad_token(s) for label, s in stacks.items()}
+        if "edge_jwt" in stacks:  # its Envoy refuses the token itself: no Check at all
+            refused_at_edge(stacks["edge_jwt"], bad["edge_jwt"])
         urls["jwt_authn"], bad["jwt_authn"] = f"https://127.0.0.1:{ref_port}/", bad["after"]
         c = 8
         runs: dict[str, dict[str, list[Run]]] = {
@@ -611,50 +628,93 @@ def edge(stacks: dict[str, Stack], args: argparse.Namespace, workdir: Path) -> d
         "offered_rate_rps": args.rate,
         "connections": c,
         "deny_rps_over_jwt_authn": {
-            side: round(closed[side]["rps"] / closed["jwt_authn"]["rps"], 3)
-            for side in ("before", "after")
+            side: round(closed[side]["rps"] / closed["jwt_authn"]["rps"], 3) for side in stacks
         },
         "ratio_after_over_before": {
             "p99_at_rate": round(rate["after"]["p99_ms"] / rate["before"]["p99_ms"], 3),
             "rps_closed_loop": round(closed["after"]["rps"] / closed["before"]["rps"], 3),
         },
+        **(
+            {
+                "ratio_edge_jwt_over_after": {
+                    "p99_at_rate": round(rate["edge_jwt"]["p99_ms"] / rate["after"]["p99_ms"], 3),
+                    "rps_closed_loop": round(closed["edge_jwt"]["rps"] / closed["after"]["rps"], 3),
+                }
+            }
+            if "edge_jwt" in stacks
+            else {}
+        ),
     }
+
+
+def refused_at_edge(stack: Stack, token: str) -> None:
+    """The edge_jwt stack answers ``token`` without a Check (else its figures are not the new
+    path's): its replicas' decision counters do not move."""
+
+    def checks() -> float:
+        total = 0.0
+        for port in stack.info["metrics"]:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            total += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("octo_sts_ext_authz_decisions_total{")
+            )
+        return total
+
+    before = checks()
+    reply = httpx.get(
+        f"https://127.0.0.1:{stack.info['gateway']}{EXCHANGE_QUERY}",
+        headers={"authorization": f"Bearer {token}"},
+        verify=ssl.create_default_context(cafile=stack.info["ca"]),
+        timeout=10,
+    )
+    if reply.status_code != 401 or checks() != before:
+        raise RuntimeError(f"edge_jwt: {reply.status_code}, Check reached: not the new path")
 
 
 def stacks_bench(before_root: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     stacks: dict[str, Stack] = {}
+    result: dict[str, Any] = {}
     try:
         stacks["before"] = start_stack("before", before_root, workdir)
         stacks["after"] = start_stack("after", AFTER_ROOT, workdir)
-        n = args.box_exchanges
-        tokens = {
-            label: fresh_tokens(s.workdir, s.info["domain"], 100 + n * args.box_rounds, "box")
-            for label, s in stacks.items()
-        }
-        for label, stack in stacks.items():
-            measure_box(stack, tokens[label][:100], args.clients, warm=False)
-        box: dict[str, list[float]] = {"before": [], "after": []}
-        for index in range(args.box_rounds):
-            order = ["before", "after"] if index % 2 == 0 else ["after", "before"]
-            for label in order:
-                batch = tokens[label][100 + index * n : 100 + (index + 1) * n]
-                box[label].append(measure_box(stacks[label], batch, args.clients))
-            print(
-                f"box round {index + 1}/{args.box_rounds}: before {box['before'][-1]:.3f}, "
-                f"after {box['after'][-1]:.3f} ms CPU (Envoy + replica) per HTTP exchange "
-                f"(load {load_average()[0]})",
-                flush=True,
-            )
-        result: dict[str, Any] = {
-            "box_cpu_ms_per_http_exchange": {k: spread(v) for k, v in box.items()},
-            "box_ratio_after_over_before": ratios(box["after"], box["before"]),
-        }
-        if not args.skip_edge:
+        stacks["edge_jwt"] = start_stack("edge_jwt", AFTER_ROOT, workdir, edge_jwt=True)
+        if "box" in args.parts:
+            result.update(box_bench(stacks, args))
+        if "edge" in args.parts:
             result["edge_deny"] = edge(stacks, args, workdir)
         return result
     finally:
         for stack in stacks.values():
             stack.stop()
+
+
+def box_bench(stacks: dict[str, Stack], args: argparse.Namespace) -> dict[str, Any]:
+    n = args.box_exchanges
+    tokens = {
+        label: fresh_tokens(s.workdir, s.info["domain"], 100 + n * args.box_rounds, "box")
+        for label, s in stacks.items()
+    }
+    for label, stack in stacks.items():
+        measure_box(stack, tokens[label][:100], args.clients, warm=False)
+    box: dict[str, list[float]] = {label: [] for label in stacks}
+    for index in range(args.box_rounds):
+        order = list(stacks) if index % 2 == 0 else list(reversed(stacks))
+        for label in order:
+            batch = tokens[label][100 + index * n : 100 + (index + 1) * n]
+            box[label].append(measure_box(stacks[label], batch, args.clients))
+        print(
+            f"box round {index + 1}/{args.box_rounds}: "
+            + ", ".join(f"{label} {box[label][-1]:.3f}" for label in stacks)
+            + f" ms CPU (Envoy + replica) per HTTP exchange (load {load_average()[0]})",
+            flush=True,
+        )
+    return {
+        "box_cpu_ms_per_http_exchange": {k: spread(v) for k, v in box.items()},
+        "box_ratio_after_over_before": ratios(box["after"], box["before"]),
+        "box_ratio_edge_jwt_over_after": ratios(box["edge_jwt"], box["after"]),
+    }
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -663,6 +723,8 @@ def stacks_bench(before_root: Path, workdir: Path, args: argparse.Namespace) -> 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     before_root, commit = baseline_tree(args.before, workdir)
     loads = [load_average()]
+    replicas: dict[str, Any] | None = None
+    stacks: dict[str, Any] = {}
     receiver = subprocess.Popen(
         [sys.executable, str(HERE / "overhead.py"), "--receiver"],
         stdin=subprocess.PIPE,
@@ -672,19 +734,21 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         assert receiver.stdout is not None
         sink_port = int(receiver.stdout.readline())
-        upstreams = _Upstreams(
-            workdir=workdir / "upstreams",
-            ports=StackPorts.free(replicas=0),
-            github_args=("--rate-limit", "10000000"),
-        )
-        with upstreams:
-            bench = ReplicaBench(upstreams, workdir, before_root, args)
-            try:
-                replicas = bench.run(sink_port)
-            finally:
-                bench.stop()
-        loads.append(load_average())
-        stacks = stacks_bench(before_root, workdir, args)
+        if "replica" in args.parts:
+            upstreams = _Upstreams(
+                workdir=workdir / "upstreams",
+                ports=StackPorts.free(replicas=0),
+                github_args=("--rate-limit", "10000000"),
+            )
+            with upstreams:
+                bench = ReplicaBench(upstreams, workdir, before_root, args)
+                try:
+                    replicas = bench.run(sink_port)
+                finally:
+                    bench.stop()
+            loads.append(load_average())
+        if args.parts & {"box", "edge"}:
+            stacks = stacks_bench(before_root, workdir, args)
         loads.append(load_average())
     finally:
         if receiver.stdin is not None:
@@ -695,10 +759,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             receiver.kill()
         if before_root.is_relative_to(workdir):
             remove_worktree(before_root)
+    measured = {
+        part: {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average": loads}
+        for part in sorted(args.parts)
+    }
     return {
         "before": {"ref": args.before, "commit": commit},
         "replica": replicas,
         "stacks": stacks,
+        "measured": measured,
         "targets": TARGETS,
         "setup": {
             "exchanges_per_measurement": args.exchanges,
@@ -709,6 +778,20 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "load_average_1_5_15_at_start_mid_end": loads,
         },
     }
+
+
+def merged(result: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the sections this run did not measure kept from ``previous`` (the last
+    saved ``perf``), each section's ``measured`` entry with it."""
+    out = dict(result)
+    measured = dict(previous.get("measured", {}))
+    measured.update(result["measured"])
+    if result["replica"] is None:
+        out["replica"] = previous["replica"]
+    stacks = dict(previous.get("stacks", {}))
+    stacks.update(result["stacks"])
+    out["stacks"], out["measured"] = stacks, measured
+    return out
 
 
 def verdicts(result: dict[str, Any]) -> dict[str, tuple[float, float, float, bool]]:
@@ -731,8 +814,10 @@ def verdicts(result: dict[str, Any]) -> dict[str, tuple[float, float, float, boo
     if "edge_deny" in stacks:
         edge_figures = stacks["edge_deny"]
         rate, over = edge_figures["at_rate"], edge_figures["deny_rps_over_jwt_authn"]
-        found["deny_p99_ms_at_rate"] = (rate["before"]["p99_ms"], rate["after"]["p99_ms"])
-        found["deny_rps_over_jwt_authn"] = (over["before"], over["after"])
+        # The deny path's "after": edge JWT verification when measured, else the old path.
+        new = "edge_jwt" if "edge_jwt" in over else "after"
+        found["deny_p99_ms_at_rate"] = (rate["before"]["p99_ms"], rate[new]["p99_ms"])
+        found["deny_rps_over_jwt_authn"] = (over["before"], over[new])
     out = {}
     for name, (before, after) in found.items():
         target = TARGETS[name]
@@ -821,10 +906,15 @@ def report(result: dict[str, Any]) -> str:
         f"via Envoy, Envoy + replica CPU per HTTP exchange: before {before:.3f} ms, "
         f"after {after:.3f} ms (x{ratio})"
     )
+    if "edge_jwt" in box:
+        lines.append(
+            f"  with edge JWT verification: {box['edge_jwt']['median']:.3f} ms "
+            f"(x{stacks['box_ratio_edge_jwt_over_after']['median']} after)"
+        )
     if "edge_deny" in stacks:
         e = stacks["edge_deny"]
         rows = [("deny path (bad signature)", "closed-loop rps", "p50 ms", "p99 ms @ rate")]
-        for label in ("before", "after", "jwt_authn"):
+        for label in e["closed_loop"]:
             rows.append(
                 (
                     label,
@@ -834,13 +924,24 @@ def report(result: dict[str, Any]) -> str:
                 )
             )
         lines += ["", table(rows)]
+        over = ", ".join(f"{k} {v}" for k, v in e["deny_rps_over_jwt_authn"].items())
         lines.append(
-            f"closed-loop deny rps / jwt_authn: before {e['deny_rps_over_jwt_authn']['before']}, "
-            f"after {e['deny_rps_over_jwt_authn']['after']}; offered {e['offered_rate_rps']:g} rps "
-            f"over {e['connections']} connections"
+            f"closed-loop deny rps / jwt_authn: {over}; offered {e['offered_rate_rps']:g} rps "
+            f"over {e['connections']} connections (after = every token to ext_authz, "
+            "edge_jwt = Envoy refuses it; the verdicts take edge_jwt)"
         )
     lines += ["", summary(result)]
     return "\n".join(lines)
+
+
+PARTS = ("replica", "box", "edge")
+
+
+def _parts(text: str) -> set[str]:
+    parts = {item.strip() for item in text.split(",") if item.strip()}
+    if not parts or parts - set(PARTS):
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(PARTS)}")
+    return parts
 
 
 def _variant(text: str) -> tuple[str, dict[str, str]]:
@@ -861,14 +962,25 @@ def main() -> int:
     parser.add_argument("--variant", type=_variant, action="append", default=[])
     parser.add_argument("--box-exchanges", type=int, default=600)
     parser.add_argument("--box-rounds", type=int, default=3)
-    parser.add_argument("--skip-edge", action="store_true")
+    parser.add_argument("--skip-edge", action="store_true", help="--parts replica,box")
+    parser.add_argument(
+        "--parts",
+        type=_parts,
+        default=set(PARTS),
+        help=f"comma-separated, of {','.join(PARTS)} (the others are kept from the last run)",
+    )
     parser.add_argument("--edge-rounds", type=int, default=2)
     parser.add_argument("--deny-requests", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=400.0)
     parser.add_argument("--rate-seconds", type=float, default=5.0)
     args = parser.parse_args()
+    if args.skip_edge:
+        args.parts -= {"edge"}
     with tempfile.TemporaryDirectory(prefix="octosts-bench-perf-") as tmp:
         result = run(args, Path(tmp))
+    if args.parts != set(PARTS):
+        saved = json.loads(RESULTS.read_text()).get("perf", {}) if RESULTS.exists() else {}
+        result = merged(result, saved)
     result["verdicts"] = {
         k: {"before": b, "after": a, "target": t, "met": m}
         for k, (b, a, t, m) in verdicts(result).items()
