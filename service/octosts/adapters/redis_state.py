@@ -39,14 +39,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
-from redis import asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from redis import asyncio as aioredis
 
 T = TypeVar("T")
 _log = structlog.get_logger("octosts.redis")
@@ -216,15 +215,7 @@ class RedisState:
             open_seconds=config.breaker_open_seconds,
             timer=timer,
         )
-        self._client = client or aioredis.Redis.from_url(
-            config.url,
-            socket_timeout=config.timeout,
-            socket_connect_timeout=config.timeout,
-            retry=Retry(NoBackoff(), 0),  # the breaker decides, not retries
-            health_check_interval=10,
-            max_connections=64,
-            client_name="octo-sts",
-        )
+        self._client = client or _client(config)
         self._unlock = self._client.register_script(_UNLOCK)
 
     def __repr__(self) -> str:
@@ -255,7 +246,7 @@ class RedisState:
         try:
             async with asyncio.timeout(self.config.timeout):
                 result = await fn()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _errors() as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "error"
             self._telemetry.redis_request(op, kind)
             if self._breaker.failed():
@@ -440,7 +431,7 @@ class RedisState:
             except Unavailable:
                 await _sleep_unless(stop, backoff)
                 backoff = min(backoff * 2, 2.0)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except _errors() as exc:
                 self._telemetry.redis_request("listen", "error")
                 if self._breaker.failed():
                     self._telemetry.redis_breaker(is_open=True)
@@ -449,6 +440,32 @@ class RedisState:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]  # redis-py
+
+
+# redis-py (with what it pulls in, ~8 MB per process) is imported only by a process that
+# has a Redis (OCTOSTS_REDIS_URL): a single box never loads it.
+def _client(config: RedisConfig) -> aioredis.Redis:
+    from redis import asyncio as aioredis  # noqa: PLC0415  (see above)
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+
+    return aioredis.Redis.from_url(
+        config.url,
+        socket_timeout=config.timeout,
+        socket_connect_timeout=config.timeout,
+        retry=Retry(NoBackoff(), 0),  # the breaker decides, not retries
+        health_check_interval=10,
+        max_connections=64,
+        client_name="octo-sts",
+    )
+
+
+@functools.cache
+def _errors() -> tuple[type[BaseException], ...]:
+    """What a Redis call may raise (only asked once a call failed: redis-py is loaded)."""
+    from redis.exceptions import RedisError  # noqa: PLC0415  (see _client)
+
+    return (RedisError, OSError, TimeoutError)
 
 
 def ident(*parts: str) -> str:
@@ -492,5 +509,5 @@ async def _quietly(closing: Awaitable[None]) -> None:
     try:
         async with asyncio.timeout(1.0):
             await closing
-    except (RedisError, OSError, TimeoutError):
+    except _errors():
         pass
