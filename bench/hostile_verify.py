@@ -50,9 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save, table
 
-from octosts.adapters.oidc import MAX_KEYS_TRIED, OidcConfig, OidcVerifier, make_http_client
+from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
 from octosts.dev.issuer import CannedResponse, DevIssuer
 from octosts.domain.errors import StsError
+from octosts.domain.jwks import MAX_KEYS_TRIED
 
 BUDGET_MS = 5.0
 

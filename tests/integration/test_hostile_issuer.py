@@ -17,19 +17,16 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from octosts.adapters.oidc import (
+from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client, parse_jwks
+from octosts.dev.issuer import CannedResponse, DevIssuer
+from octosts.domain.errors import IssuerRejected, TokenSignatureInvalid
+from octosts.domain.jwks import (
     MAX_KEYS_TRIED,
     MAX_RSA_EXPONENT,
     MAX_RSA_MODULUS_BITS,
     MIN_RSA_MODULUS_BITS,
-    OidcConfig,
-    OidcVerifier,
-    make_http_client,
-    parse_jwks,
     rsa_key_refusal,
 )
-from octosts.dev.issuer import CannedResponse, DevIssuer
-from octosts.domain.errors import IssuerRejected, TokenSignatureInvalid
 from octosts.observability.metrics import Metrics
 from octosts.observability.stages import TelemetryObserver
 from tests.emulator import real_time_clock

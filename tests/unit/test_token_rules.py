@@ -395,3 +395,13 @@ def test_parse_jwks_algorithms_from_key() -> None:
 def test_parse_jwks_rejects(doc: dict[str, Any]) -> None:
     with pytest.raises(IssuerRejected):
         parse_jwks(doc).usable()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [{"kty": "OKP", "crv": []}, {"kty": "EC", "crv": {}}, {"kty": [], "x": "AQAB"}],
+)
+def test_parse_jwks_skips_members_of_the_wrong_json_type(key: dict[str, Any]) -> None:
+    # Was TypeError (an unhashable list looked up in a set): an issuer publishing such a key
+    # made every verification of its tokens an internal error instead of using its good keys.
+    assert [k.kid for k in parse_jwks({"keys": [key, RSA_JWK]}).usable()] == ["r"]

@@ -30,7 +30,6 @@ import base64
 import binascii
 import ipaddress
 import json
-import re
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +55,16 @@ from octosts.domain.errors import (
     TokenSignatureInvalid,
 )
 from octosts.domain.issuers import ANY_ISSUER, IssuerAllowlist, issuer_entry_problem
+from octosts.domain.jwks import (
+    ALLOWED_ALGORITHMS,
+    B64URL,
+    MAX_KEYS,
+    MAX_KEYS_TRIED,
+    TOO_MANY_CANDIDATE_KEYS,
+    PinnedJwks,
+    key_algorithms,
+    rsa_key_refusal,
+)
 from octosts.domain.ports import (
     REFUSED_PREFIX,
     Clock,
@@ -75,33 +84,6 @@ from octosts.domain.tokens import (
     parse_issuer_url,
     token_from_claims,
 )
-
-# Asymmetric algorithms only: "none" and HMAC (whose "key" would be public
-# JWKS material) are never accepted.
-ALLOWED_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
-)
-_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-_EC_CURVE_ALGORITHM = {"P-256": "ES256", "P-384": "ES384"}
-_OKP_CURVES = frozenset({"Ed25519", "Ed448"})
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
-_MAX_KEYS = 100  # JWKS documents with more keys than this are refused
-
-# What an issuer's keys may make one token cost. Anyone can run an issuer, and an RSA
-# verification costs about bits(n)**2 * bits(e): 30 keys of 16384 bits with e = 2**64-1 cost
-# 112-281 ms of CPU per bogus token, where a real one costs ~1 ms. With these caps the worst
-# rejection is MAX_KEYS_TRIED RSA-4096 checks with e = 65537 (bench/hostile_verify.py).
-MIN_RSA_MODULUS_BITS = 2048  # below this a key is too weak to trust, whatever it costs
-MAX_RSA_MODULUS_BITS = 4096
-MAX_RSA_EXPONENT = 65537  # e must be odd and 3 <= e <= 65537 (65537 in practice)
-# Keys one token's signature is checked against when its kid does not single one out (no
-# kid, or a kid several keys share): the first ones of the JWKS whose use and alg match.
-MAX_KEYS_TRIED = 4
-# Reasons counted in octo_sts_refusals_total (via stage annotations ``refused.<reason>``).
-RSA_MODULUS_TOO_LARGE = "rsa_modulus_too_large"
-RSA_MODULUS_TOO_SMALL = "rsa_modulus_too_small"
-RSA_EXPONENT_NOT_ALLOWED = "rsa_exponent_not_allowed"
-TOO_MANY_CANDIDATE_KEYS = "too_many_candidate_keys"
 
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 
@@ -211,7 +193,7 @@ def make_http_client(config: OidcConfig, *, verify: Any = True) -> httpx.AsyncCl
 
 
 def _b64decode(part: str, what: str) -> bytes:
-    if not _B64URL.fullmatch(part):
+    if not B64URL.fullmatch(part):
         raise TokenMalformed(f"{what} is not base64url")
     try:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
@@ -266,51 +248,6 @@ def parse_unverified(bearer: str) -> _Unverified:
     return _Unverified(header=header, payload=payload, issuer=issuer, alg=alg, kid=kid)
 
 
-def _key_algorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
-    """Algorithms a JWK may verify: its ``alg`` if stated, else what its type implies."""
-    kty = jwk.get("kty")
-    if kty == "RSA":
-        implied = _RSA_ALGORITHMS
-    elif kty == "EC":
-        curve_alg = _EC_CURVE_ALGORITHM.get(str(jwk.get("crv")))
-        implied = frozenset({curve_alg}) if curve_alg else frozenset()
-    elif kty == "OKP" and jwk.get("crv") in _OKP_CURVES:
-        implied = frozenset({"EdDSA"})
-    else:
-        implied = frozenset()  # "oct" (HMAC) and anything unknown
-    stated = jwk.get("alg")
-    if stated is None:
-        return implied
-    return implied & {stated} if isinstance(stated, str) else frozenset()
-
-
-def _b64_uint(value: object) -> int | None:
-    """A JWK base64url unsigned integer (``n``, ``e``), or None when it is not one."""
-    if not isinstance(value, str) or not _B64URL.fullmatch(value):
-        return None
-    try:
-        return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
-    except (binascii.Error, ValueError):
-        return None
-
-
-def rsa_key_refusal(jwk: Mapping[str, Any]) -> str | None:
-    """Why an RSA JWK is refused for what it would cost (or its weakness), or None.
-
-    Checked on the numbers, before any key object is built from them.
-    """
-    modulus, exponent = _b64_uint(jwk.get("n")), _b64_uint(jwk.get("e"))
-    if modulus is None or exponent is None:
-        return None  # not RSA material at all: PyJWK refuses it as unusable
-    if modulus.bit_length() > MAX_RSA_MODULUS_BITS:
-        return RSA_MODULUS_TOO_LARGE
-    if modulus.bit_length() < MIN_RSA_MODULUS_BITS:
-        return RSA_MODULUS_TOO_SMALL
-    if exponent % 2 == 0 or not 3 <= exponent <= MAX_RSA_EXPONENT:
-        return RSA_EXPONENT_NOT_ALLOWED
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class ParsedJwks:
     keys: tuple[_Key, ...]
@@ -335,14 +272,14 @@ def parse_jwks(doc: Mapping[str, Any]) -> ParsedJwks:
     raw_keys = doc.get("keys")
     if not isinstance(raw_keys, list):
         raise IssuerRejected("JWKS document has no keys list")
-    if len(raw_keys) > _MAX_KEYS:
-        raise IssuerRejected(f"JWKS document has more than {_MAX_KEYS} keys")
+    if len(raw_keys) > MAX_KEYS:
+        raise IssuerRejected(f"JWKS document has more than {MAX_KEYS} keys")
     keys: list[_Key] = []
     refused: dict[str, int] = {}
     for raw in raw_keys:
         if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
             continue
-        algorithms = _key_algorithms(raw)
+        algorithms = key_algorithms(raw)
         kid = raw.get("kid")
         if not algorithms or (kid is not None and not isinstance(kid, str)):
             continue
@@ -350,12 +287,25 @@ def parse_jwks(doc: Mapping[str, Any]) -> ParsedJwks:
         if refusal is not None:
             refused[refusal] = refused.get(refusal, 0) + 1
             continue
-        try:  # unusable key material is skipped, as other verifiers do
-            PyJWK(dict(raw), algorithm=min(algorithms))
-        except (jwt.PyJWTError, ValueError, TypeError):
+        if not _usable(raw, algorithms):  # skipped, as other verifiers do
             continue
         keys.append(_Key(kid=kid, algorithms=algorithms, jwk=dict(raw)))
     return ParsedJwks(tuple(keys), refused)
+
+
+def _usable(jwk: Mapping[str, Any], algorithms: frozenset[str]) -> bool:
+    """Whether a key object can be built from ``jwk`` (an EC point on its curve, ...)."""
+    try:
+        PyJWK(dict(jwk), algorithm=min(algorithms))
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return False
+    return True
+
+
+def unusable_pinned_keys(keys: PinnedJwks) -> list[int]:
+    """Indexes of pinned keys whose material no key object can be built from (the rules of
+    ``domain.jwks`` passed; this is the part only the crypto library can judge)."""
+    return [i for i, key in enumerate(keys.keys) if not _usable(key.jwk, key.algorithms)]
 
 
 def _refuse_address(ip: str) -> bool:
@@ -421,6 +371,9 @@ class OidcVerifier:
             name="oidc_kid_refetch", maxsize=config.cache_maxsize, clock=self._clock
         )
         self._flight: SingleFlight[str, IssuerKeys] = SingleFlight()
+        self._pinned: TtlCache[str, IssuerKeys] = TtlCache(
+            name="pinned_keys", maxsize=config.cache_maxsize, clock=self._clock
+        )
 
     async def verify(self, bearer: str) -> VerifiedToken:
         """Verify a raw JWT (without the ``Bearer`` scheme).
@@ -462,7 +415,55 @@ class OidcVerifier:
             candidates = keys.candidates(token.kid, token.alg)
         with obs.stage("signature_verify") as stage:
             claims = self._verify_signature(bearer, token, keys, candidates, stage)
-        with obs.stage("claims_validate"):
+        return self._checked_claims(claims, token, insecure=insecure)
+
+    # -- keys pinned in a trust policy ----------------------------------------
+
+    def claimed_issuer(self, bearer: str) -> str:
+        """See ``domain.ports.PinnedVerifier.claimed_issuer``: the ``token_parse`` and
+        ``issuer_validate`` rules of ``verify``, without the network."""
+        with self._observer.stage("token_peek"):
+            token = parse_unverified(bearer)
+            self._validate_issuer(token.issuer)
+            return token.issuer
+
+    async def verify_pinned(self, bearer: str, keys: PinnedJwks) -> VerifiedToken:
+        """Verify with a policy's pinned ``keys`` only (``domain.ports.PinnedVerifier``).
+
+        The issuer is never resolved, fetched or guarded: its URL only has to pass the token
+        rules and the deployment's allowlist. Raises TokenMalformed, IssuerRejected,
+        TokenSignatureInvalid (no pinned key matches: ``unknown_key_id``; bad signature),
+        TokenExpired, TokenClaimsInvalid.
+        """
+        obs = self._observer
+        with obs.stage("token_parse"):
+            token = parse_unverified(bearer)
+        with obs.stage("issuer_validate") as stage:
+            insecure = self._validate_issuer(token.issuer)
+            stage.annotate("pinned", value=True)
+        issuer_keys = self._pinned.get(keys.digest)
+        if issuer_keys is None:
+            # Parsed key objects only, by the key material's digest: the keys a policy pins
+            # are looked up by the policy's own digest, never by issuer.
+            parsed = tuple(_Key(k.kid, k.algorithms, dict(k.jwk)) for k in keys.keys)
+            issuer_keys = IssuerKeys(issuer="", jwks_uri=f"pinned:{keys.source}", keys=parsed)
+            self._pinned.set(keys.digest, issuer_keys, ttl=self._config.cache_ttl)
+        candidates = issuer_keys.candidates(token.kid, token.alg)
+        with obs.stage("signature_verify") as stage:
+            stage.annotate("keys", "pinned")
+            claims = self._verify_signature(
+                bearer, token, issuer_keys, candidates, stage, whose="pinned key"
+            )
+        return self._checked_claims(claims, token, insecure=insecure)
+
+    def holds_keys(self, issuer: str) -> bool:
+        """See ``domain.ports.PinnedVerifier.holds_keys`` (fresh or kept stale)."""
+        return self._keys.get_entry(issuer) is not None
+
+    def _checked_claims(
+        self, claims: dict[str, Any], token: _Unverified, *, insecure: bool
+    ) -> VerifiedToken:
+        with self._observer.stage("claims_validate"):
             check_token_times(claims, now=self._clock.now(), leeway=self._config.leeway_seconds)
             verified = token_from_claims(claims, allow_insecure=insecure)
             if verified.issuer != token.issuer:  # cannot happen: the payload is signed
@@ -705,10 +706,12 @@ class OidcVerifier:
         keys: IssuerKeys,
         candidates: list[int],
         stage: Stage,
+        *,
+        whose: str = "issuer key",
     ) -> dict[str, Any]:
         if not candidates:
             raise TokenSignatureInvalid(
-                "no issuer key matches the token's kid and algorithm", reason=UNKNOWN_KEY_ID
+                f"no {whose} matches the token's kid and algorithm", reason=UNKNOWN_KEY_ID
             )
         if len(candidates) > MAX_KEYS_TRIED:
             stage.annotate(REFUSED_PREFIX + TOO_MANY_CANDIDATE_KEYS, 1)

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import json
 
-from octosts.adapters.oidc import (
-    ALLOWED_ALGORITHMS,
-    IssuerKeys,
-    parse_jwks,
-    rsa_key_refusal,
-)
+from octosts.adapters.oidc import IssuerKeys, parse_jwks
 from octosts.domain.errors import IssuerRejected
+from octosts.domain.jwks import ALLOWED_ALGORITHMS, rsa_key_refusal
 
 
 def one_input(data: bytes) -> None:
