@@ -12,13 +12,20 @@ import httpx
 
 from octosts.adapters.github_rest import Answer, HttpPool, TimedOut
 from octosts.adapters.http_body import read_capped
-from octosts.domain.errors import NoInstallation, PolicyNotFound, TokenSignatureInvalid
+from octosts.domain.errors import (
+    NoInstallation,
+    PolicyNotFound,
+    TokenMalformed,
+    TokenSignatureInvalid,
+)
+from octosts.domain.jwks import PinnedJwks
 from octosts.domain.policy import TrustPolicy, compile_policy
 from octosts.domain.ports import (
     Clock,
     FileRead,
     GitHubApp,
     MintedToken,
+    PinnedVerifier,
     PolicyLocation,
     PolicySource,
     TokenVerifier,
@@ -52,19 +59,57 @@ def verified(
     return VerifiedToken(iss, sub, aud, 2_000_000_000.0, payload)
 
 
-class FakeVerifier:
-    """Maps raw bearer strings to tokens; anything else raises the given error."""
+ACTIONS = "https://token.actions.githubusercontent.com"
 
-    def __init__(self, tokens: Mapping[str, VerifiedToken], error: Exception | None = None) -> None:
+
+class FakeVerifier:
+    """Maps raw bearer strings to tokens; anything else raises the given error.
+
+    As a PinnedVerifier: ``pinned`` maps a bearer to (the digest of the only key set that
+    verifies it, its token); a bearer starting with ``malformed`` cannot be read; any other
+    claims its token's issuer (``claims`` overrides, default GitHub Actions').
+    """
+
+    def __init__(
+        self,
+        tokens: Mapping[str, VerifiedToken],
+        error: Exception | None = None,
+        *,
+        pinned: Mapping[str, tuple[str, VerifiedToken]] | None = None,
+        claims: Mapping[str, str] | None = None,
+        held: frozenset[str] = frozenset(),
+    ) -> None:
         self.tokens = dict(tokens)
         self.error = error
         self.calls = 0
+        self.pinned = dict(pinned or {})
+        self.claims = dict(claims or {})
+        self.held = held
+        self.pinned_calls: list[str] = []  # digests of the key sets asked
 
     async def verify(self, bearer: str) -> VerifiedToken:
         self.calls += 1
         if bearer in self.tokens:
             return self.tokens[bearer]
         raise self.error or TokenSignatureInvalid("unknown test token")
+
+    def claimed_issuer(self, bearer: str) -> str:
+        if bearer.startswith("malformed"):
+            raise TokenMalformed("not a JWT")
+        if bearer in self.claims:
+            return self.claims[bearer]
+        known = self.tokens.get(bearer) or self.pinned.get(bearer, ("", None))[1]
+        return known.issuer if known is not None else ACTIONS
+
+    async def verify_pinned(self, bearer: str, keys: PinnedJwks) -> VerifiedToken:
+        self.pinned_calls.append(keys.digest)
+        digest, token = self.pinned.get(bearer, ("", None))
+        if token is None or digest != keys.digest:
+            raise TokenSignatureInvalid("no pinned key verifies the token")
+        return token
+
+    def holds_keys(self, issuer: str) -> bool:
+        return issuer in self.held
 
 
 class FakeGitHub:
@@ -143,6 +188,7 @@ class FakeInvalidator:
 
 
 _v: TokenVerifier = FakeVerifier({})
+_pv: PinnedVerifier = FakeVerifier({})
 _g: GitHubApp = FakeGitHub({})
 _p: PolicySource = FakePolicies({})
 

@@ -199,15 +199,16 @@ def build_app(
     )
     issuer_http = make_http_client(oidc_config, verify=tls)
     readiness = Readiness(settings.local_fault_unready_seconds)
+    oidc = OidcVerifier(
+        oidc_config,
+        http=issuer_http,
+        clock=clock,
+        observer=observer,
+        replica=readiness,
+        shared=shared("issuer_keys"),
+    )
     verifier = CachingVerifier(
-        OidcVerifier(
-            oidc_config,
-            http=issuer_http,
-            clock=clock,
-            observer=observer,
-            replica=readiness,
-            shared=shared("issuer_keys"),
-        ),
+        oidc,
         clock=clock,
         maxsize=settings.cache_max_entries,
         failure_maxsize=settings.cache_max_entries,
@@ -312,6 +313,9 @@ def build_app(
         domain=settings.sts_domain,
         org_policy_repo=settings.org_policy_repo,
         trusted_issuers=trusted_issuers,
+        # Pinned keys are checked by the verifier itself, never through the verified-token
+        # cache: a token one policy's keys verified is not verified for anything else.
+        pinned=oidc,
     )
     webhook = None
     if settings.webhook_addr:
@@ -343,6 +347,7 @@ def build_app(
         ext_authz.ExtAuthzOptions(verbose=settings.verbose_errors),
         on_decision=metrics.ext_authz_decision,
         egress=ext_authz.EgressCheck(Egress(exchanger, held), egress_events),
+        verify_for=exchanger.verify_at_edge,
     )
     admission = Admission(settings.max_concurrent_rpcs)
     server = GrpcServer(

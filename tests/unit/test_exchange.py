@@ -89,12 +89,14 @@ async def test_bad_request_fields_fail_before_the_token_is_verified(
         await exchanger.exchange(ExchangeRequest("forged", scope, identity))
 
 
-async def test_untrusted_token_is_rejected_before_github_is_asked() -> None:
+async def test_untrusted_token_is_rejected_and_nothing_minted() -> None:
+    # The policy is read first (it might pin keys: tests/unit/test_pinned_keys.py); a token
+    # that cannot be read at all is refused before that.
     exchanger, github, source = make({("octo-org", "demo", REPO_PATH): policy()})
     with pytest.raises(TokenSignatureInvalid):
         await exchanger.exchange(ExchangeRequest("forged", "octo-org/demo", "ci"))
-    assert source.asked == []
     assert github.minted == []
+    assert len(source.asked) == 1
 
 
 async def test_missing_installation_and_policy_are_permission_denied() -> None:

@@ -6,7 +6,11 @@ Known, deliberate differences (the parser is stricter; the schema cannot say):
   parser-only (the schema sees the already-loaded data);
 * JSON Schema ``pattern`` is a search in which ``$`` also matches before a final
   newline, so ``"demo\\n"`` as a repository name passes the schema and fails
-  the parser.
+  the parser;
+* pinned keys (``jwks``, key files): the schema bounds an RSA modulus by its base64
+  length, the parser by its bits; the exponent's value, duplicate ``kid``s, an ``alg``
+  that does not fit an EC key's curve, key material (an EC point off its curve) and the
+  pinned issuer's URL syntax are parser-only.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import Any
 import jsonschema
 import pytest
 
+from octosts.adapters.pinned_keys import parse_jwks_file
 from octosts.adapters.policy_yaml import load_document, parse_trust_policy
+from octosts.dev.issuer import generate_key
 from octosts.domain.errors import PolicyInvalid
 from octosts.domain.permissions import PERMISSION_LEVELS
 from octosts.domain.policy import ORG_FIELDS, REPO_FIELDS
@@ -34,6 +40,18 @@ def schema(name: str) -> dict[str, Any]:
 TRUST = schema("trust-policy")
 ORG = schema("org-trust-policy")
 ISSUERS = schema("trusted-token-issuers")
+JWKS = schema("jwks")
+
+RSA_JWK = generate_key("rsa", kid="r1").public_jwk(publish_alg=True)
+EC_JWK = generate_key("ec", kid="e1").public_jwk(publish_alg=False)
+ED_JWK = generate_key("ed25519", kid="d1").public_jwk(publish_alg=True)
+
+
+def jwks(*keys: dict[str, Any]) -> str:
+    return json.dumps({"keys": list(keys)})
+
+
+PINNED = "issuer: https://k8s.cluster.invalid\nsubject: system:serviceaccount:ci:deploy\n"
 
 HEAD = (
     "issuer: https://token.actions.githubusercontent.com\nsubject: repo:o/r:ref:refs/heads/main\n"
@@ -72,6 +90,29 @@ SAMPLES: list[tuple[str, bool, bool]] = [
     ("issuer_pattern: https://.*\nsubject_pattern: repo:.*\n" + PERMS, True, True),
     ("issuer: i\nissuer_pattern: i\nsubject: s\n" + PERMS, False, False),
     ("- a\n", False, False),
+    # Pinned keys.
+    (PINNED + PERMS + f"jwks: {jwks(RSA_JWK, EC_JWK, ED_JWK)}\n", True, True),
+    (PINNED + PERMS + "jwks_file: .github/chainguard/keys/k8s.jwks.json\n", True, True),
+    (PINNED + PERMS + "jwks_file: .github/chainguard/../k8s.jwks.json\n", False, False),
+    (PINNED + PERMS + "jwks_file: keys/k8s.jwks.json\n", False, False),
+    (PINNED + PERMS + "jwks_file: .github/chainguard/k8s.json\n", False, False),
+    (PINNED + PERMS + "jwks_file: .github/chainguard/.jwks.json\n", False, False),
+    (
+        PINNED + PERMS + f"jwks: {jwks(RSA_JWK)}\njwks_file: .github/chainguard/a.jwks.json\n",
+        False,
+        False,
+    ),
+    ("issuer_pattern: https://.*\nsubject: s\n" + PERMS + f"jwks: {jwks(RSA_JWK)}\n", False, False),
+    (PINNED + PERMS + "jwks: {keys: []}\n", False, False),
+    (PINNED + PERMS + f'jwks: {jwks(RSA_JWK)[:-1]}, "x": 1}}\n', False, False),
+    (PINNED + PERMS + f"jwks: {jwks({**RSA_JWK, 'd': 'AQAB'})}\n", False, False),
+    (PINNED + PERMS + f"jwks: {jwks({'kty': 'oct', 'k': 'c2VjcmV0'})}\n", False, False),
+    (PINNED + PERMS + f"jwks: {jwks({**RSA_JWK, 'use': 'enc'})}\n", False, False),
+    (PINNED + PERMS + f"jwks: {jwks({**RSA_JWK, 'alg': 'HS256'})}\n", False, False),
+    (PINNED + PERMS + f"jwks: {jwks({**RSA_JWK, 'n': RSA_JWK['n'][:171]})}\n", False, False),
+    (PINNED + PERMS + f"jwks: {jwks({**EC_JWK, 'crv': 'P-521'})}\n", False, False),
+    (PINNED + PERMS + f"jwks: {jwks({**ED_JWK, 'crv': 'X25519'})}\n", False, False),
+    (PINNED + PERMS + f"jwks: {jwks({**RSA_JWK, 'extra': 1})}\n", False, False),
 ]
 
 # Valid for the schema, invalid for the parser: regex validity is parser-only.
@@ -80,6 +121,11 @@ PARSER_ONLY: list[str] = [
     "issuer: i\nsubject_pattern: '(?=a)a'\n" + PERMS,
     HEAD + PERMS + "claim_pattern:\n  ref: '(unclosed'\n",
     HEAD + PERMS + 'repositories: ["demo\\n"]\n',
+    PINNED + PERMS + f"jwks: {jwks({**RSA_JWK, 'e': 'Ag'})}\n",  # an even exponent
+    PINNED + PERMS + f"jwks: {jwks(RSA_JWK, RSA_JWK)}\n",  # the kid twice
+    PINNED + PERMS + f"jwks: {jwks({**EC_JWK, 'alg': 'ES384'})}\n",  # a P-256 key
+    PINNED + PERMS + f"jwks: {jwks({**EC_JWK, 'y': EC_JWK['x']})}\n",  # off the curve
+    "issuer: not-a-url\nsubject: s\n" + PERMS + f"jwks: {jwks(RSA_JWK)}\n",
 ]
 
 
@@ -112,6 +158,8 @@ def test_known_differences(text: str) -> None:
 
 
 def test_schema_tables_match_the_code() -> None:
+    # One definition of a pinned key set, in the policies' schemas and the key file's.
+    assert TRUST["$defs"] == ORG["$defs"] == JWKS["$defs"]
     for document, fields in ((TRUST, REPO_FIELDS), (ORG, ORG_FIELDS)):
         assert set(document["properties"]) == set(fields)
         permissions = document["properties"]["permissions"]["properties"]
@@ -139,3 +187,28 @@ def test_trusted_issuers_schema(text: str, valid: bool) -> None:
     # The parser for this file arrives with [org-allowlist]; until then the
     # schema is checked on its own.
     assert schema_accepts(text, ISSUERS) is valid
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        (jwks(RSA_JWK, EC_JWK, ED_JWK), True),
+        (jwks({**RSA_JWK, "x5c": ["MIIB"], "key_ops": ["verify"]}), True),
+        ('{"keys": []}', False),
+        (jwks({**RSA_JWK, "p": "AQAB"}), False),
+        (jwks({**EC_JWK, "x": "not base64!"}), False),
+        (jwks({k: v for k, v in EC_JWK.items() if k != "y"}), False),
+        (jwks({**RSA_JWK, "kid": ""}), False),
+        (jwks({**ED_JWK, "alg": "ES256"}), False),
+        ('{"keys": [1]}', False),
+        ("[]", False),
+    ],
+)
+def test_key_file_schema_and_parser_agree(text: str, valid: bool) -> None:
+    assert bool(jsonschema.Draft202012Validator(JWKS).is_valid(json.loads(text))) is valid
+    try:
+        parse_jwks_file(text.encode(), path=".github/chainguard/k.jwks.json")
+    except PolicyInvalid:
+        assert not valid
+    else:
+        assert valid

@@ -17,31 +17,61 @@ Freshness model (see docs/architecture.md, "Caches"):
 
 Invalid policies are cached like valid ones (the same bytes will not become
 valid by reading them again) and surface as PolicyInvalid each time.
+
+A policy naming a key file (``jwks_file``) comes back with that file's keys as its
+``jwks``: the file is read from the same repository and cached as an entry of its own
+(same freshness, revalidation and stale rules), so an exchange under such a policy costs
+one more read when cold and none when warm. A missing or invalid key file makes the
+policy invalid (fail closed). In the fleet's second level a key file is an entry of its own
+kind too: its bytes are shared and parsed again by that kind (``parse_jwks_file``), so keys
+adopted from Redis pass exactly the checks of keys read from GitHub.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from octosts.adapters.cache import SingleFlight, TtlCache
+from octosts.adapters.pinned_keys import parse_jwks_file
 from octosts.adapters.policy_yaml import parse_trust_policy
 from octosts.adapters.shared_cache import Filled
-from octosts.domain.errors import PolicyInvalid, PolicyNotFound, RateLimited, UpstreamUnavailable
+from octosts.domain.errors import (
+    PolicyInvalid,
+    PolicyNotFound,
+    PolicyProblem,
+    RateLimited,
+    UpstreamUnavailable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
     from octosts.adapters.shared_cache import SharedCache, SharedEntry
-    from octosts.domain.policy import TrustPolicy
+    from octosts.domain.jwks import PinnedJwks
+    from octosts.domain.policy import PolicyKind, TrustPolicy
     from octosts.domain.ports import Clock, GitHubApp, PolicyLocation, Stage, StageObserver
 
 # (owner, repo, path, kind): names lower-cased (GitHub's are case-insensitive); the kind is part
 # of the key because the same file parses differently as a repo and as an org policy.
 Key = tuple[str, str, str, str]
+
+
+# The kind of a key file's cache entry (the others are a policy's kind, repo or org).
+KEY_FILE = "jwks"
+
+
+class _File(NamedTuple):
+    """A file the store reads: a policy (kind repo/org) or a key file (kind KEY_FILE)."""
+
+    owner: str
+    repo: str
+    path: str
+    kind: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +80,7 @@ class _Cached:
     error: PolicyInvalid | PolicyNotFound | None
     etag: str | None
     content: bytes | None = None  # the file as read (None: missing), for the second level
+    keys: PinnedJwks | None = None  # a key file's
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,24 +114,40 @@ class PolicyStore:
         self._flight: SingleFlight[Key, _Cached] = SingleFlight()
 
     async def trust_policy(self, installation_id: int, location: PolicyLocation) -> TrustPolicy:
-        """See ``PolicySource.trust_policy``."""
-        key = _key(location)
-        with self._observer.stage("policy_fetch") as stage:
+        """See ``PolicySource.trust_policy``; a ``jwks_file`` policy comes with its keys."""
+        file = _File(location.owner, location.repo, location.path, location.kind)
+        policy = (await self._read(installation_id, file, "policy_fetch")).policy
+        if policy is None:  # pragma: no cover - _Cached always holds one of the two
+            raise PolicyNotFound("policy not found")
+        if policy.jwks_file is None:
+            return policy
+        keys_file = _File(location.owner, location.repo, policy.jwks_file, KEY_FILE)
+        try:
+            keys = (await self._read(installation_id, keys_file, "policy_keys_fetch")).keys
+        except PolicyNotFound:
+            where = f"{location.owner}/{location.repo}"
+            raise PolicyInvalid(
+                [PolicyProblem("jwks_file", f"{policy.jwks_file} is not in {where}")]
+            ) from None
+        return dataclasses.replace(policy, jwks=keys)
+
+    async def _read(self, installation_id: int, file: _File, stage_name: str) -> _Cached:
+        """The cached answer for ``file``. Raises its PolicyNotFound / PolicyInvalid."""
+        key = _key(file)
+        with self._observer.stage(stage_name) as stage:
             cached = self._cache.get(key)
             if cached is not None:
                 stage.annotate("cache", "hit")
             else:
                 stage.annotate("cache", "miss")
                 cached = await self._flight.do(
-                    key, lambda: self._refresh(installation_id, location, key, stage)
+                    key, lambda: self._refresh(installation_id, file, key, stage)
                 )
         if cached.error is not None:
             # A cached exception is re-raised many times: drop the old traceback
             # so it does not grow with each raise.
             raise cached.error.with_traceback(None)
-        if cached.policy is None:  # pragma: no cover - _Cached always holds one of the two
-            raise PolicyNotFound("policy not found")
-        return cached.policy
+        return cached
 
     def invalidate(self, owner: str, repo: str, path: str | None = None) -> int:
         """Forget cached policies of a repository (all, or one path). Returns how many."""
@@ -116,7 +163,7 @@ class PolicyStore:
         return count
 
     async def _refresh(
-        self, installation_id: int, location: PolicyLocation, key: Key, stage: Stage
+        self, installation_id: int, location: _File, key: Key, stage: Stage
     ) -> _Cached:
         if self._shared is None:
             return (await self._fetch(installation_id, location, key, stage, None)).value
@@ -131,7 +178,7 @@ class PolicyStore:
     async def _fetch(
         self,
         installation_id: int,
-        location: PolicyLocation,
+        location: _File,
         key: Key,
         stage: Stage,
         shared: SharedEntry | None,
@@ -152,7 +199,7 @@ class PolicyStore:
             return Filled(missing, {"missing": True}, config.missing_seconds)
         except (RateLimited, UpstreamUnavailable):
             # Serve the last good copy while GitHub cannot answer.
-            if previous is not None and previous.policy is not None:
+            if previous is not None and (previous.policy is not None or previous.keys is not None):
                 stage.annotate("stale", value=True)
                 return Filled(previous)
             raise
@@ -164,7 +211,7 @@ class PolicyStore:
         self._cache.set(key, fresh, ttl=config.fresh_seconds, stale_for=config.stale_seconds)
         return Filled(fresh, _share(fresh), config.fresh_seconds, config.stale_seconds)
 
-    def _adopt(self, key: Key, location: PolicyLocation, entry: SharedEntry) -> _Cached | None:
+    def _adopt(self, key: Key, location: _File, entry: SharedEntry) -> _Cached | None:
         """A fresh second-level entry, re-checked, in this process's cache too."""
         cached = self._from_shared(location, entry.value)
         if cached is not None:
@@ -173,7 +220,7 @@ class PolicyStore:
             self._cache.set(key, cached, ttl=ttl, stale_for=stale_for)
         return cached
 
-    def _from_shared(self, location: PolicyLocation, value: Mapping[str, Any]) -> _Cached | None:
+    def _from_shared(self, location: _File, value: Mapping[str, Any]) -> _Cached | None:
         """What a second-level entry says, parsed again like a fetched file; None: unusable."""
         if value.get("missing") is True:
             return _missing(location)
@@ -187,27 +234,39 @@ class PolicyStore:
         return self._parse(raw, etag, location)
 
     @staticmethod
-    def _parse(content: bytes, etag: str | None, location: PolicyLocation) -> _Cached:
+    def _parse(content: bytes, etag: str | None, location: _File) -> _Cached:
         try:
-            return _Cached(parse_trust_policy(content, kind=location.kind), None, etag, content)
+            if location.kind == KEY_FILE:
+                keys = parse_jwks_file(content, path=location.path)
+                return _Cached(None, None, etag, content, keys)
+            kind: PolicyKind = "org" if location.kind == "org" else "repo"
+            return _Cached(parse_trust_policy(content, kind=kind), None, etag, content)
         except PolicyInvalid as exc:
+            if location.kind == KEY_FILE:  # named as the policy's field, with the file's path
+                exc = PolicyInvalid(
+                    [
+                        PolicyProblem("jwks_file", f"{location.path}: {p.render()}"[:300], p.line)
+                        for p in exc.problems
+                    ]
+                )
             return _Cached(None, exc, etag, content)
 
 
-def _missing(location: PolicyLocation) -> _Cached:
+def _missing(location: _File) -> _Cached:
     return _Cached(None, PolicyNotFound(f"no policy at {_describe(location)}"), None)
 
 
 def _share(cached: _Cached) -> dict[str, Any] | None:
-    """The second-level form of an answer: the file's bytes (parsed again when read)."""
+    """The second-level form of an answer: the file's bytes (parsed again when read, by the
+    entry's kind: a policy, or a key file's keys)."""
     if cached.content is None:
         return None
     return {"content": base64.b64encode(cached.content).decode(), "etag": cached.etag}
 
 
-def _key(location: PolicyLocation) -> Key:
+def _key(location: _File) -> Key:
     return (location.owner.lower(), location.repo.lower(), location.path, location.kind)
 
 
-def _describe(location: PolicyLocation) -> str:
+def _describe(location: _File) -> str:
     return f"{location.owner}/{location.repo}/{location.path}"

@@ -21,6 +21,7 @@ from types import MappingProxyType
 
 import yaml
 
+from octosts.adapters.pinned_keys import material_problems
 from octosts.domain.errors import PolicyInvalid, PolicyProblem
 from octosts.domain.issuers import TrustedIssuers, compile_trusted_issuers
 from octosts.domain.policy import PolicyKind, TrustPolicy, compile_policy
@@ -127,8 +128,11 @@ def parse_trust_policy(text: bytes | str, *, kind: PolicyKind) -> TrustPolicy:
         policy = compile_policy(document.data, kind=kind, lines=document.lines)
     except PolicyInvalid as exc:
         raise PolicyInvalid([*document.problems, *exc.problems]) from None
-    if document.problems:
-        raise PolicyInvalid(list(document.problems))
+    problems = list(document.problems)
+    if policy.jwks is not None:
+        problems += material_problems(policy.jwks, where="jwks", lines=document.lines)
+    if problems:
+        raise PolicyInvalid(problems)
     return policy
 
 

@@ -2,8 +2,15 @@
 
 One exchange, as data::
 
-    bearer -> VerifiedToken -> (Scope..., identity) -> installation -> TrustPolicy per scope
-           -> Decision per scope -> MintedToken -> ExchangeResult (+ audit event upstream)
+    (Scope..., identity) + the bearer's claimed iss -> installation -> org allowlist
+           -> TrustPolicy per scope -> VerifiedToken (each policy's pinned keys, or the
+           issuer's) -> Decision per scope -> MintedToken -> ExchangeResult
+           (+ audit event upstream)
+
+The policies are read before the token is verified because a policy may pin its issuer's
+keys (docs/policies.md, "Pinned keys"): the keys that verify the token are only known
+once the policy is. Until then the token is only *read*, for its ``iss``, and that claim
+only chooses how to verify it (docs/architecture.md, "Order of checks").
 
 A request names one scope (``owner`` or ``owner/repo``), or several repositories of
 one owner (``requested_scopes``): then the identity's policy in *each* repository must
@@ -26,22 +33,26 @@ from octosts.domain.errors import (
     INVALID_SCOPES,
     InvalidRequest,
     IssuerNotTrusted,
+    PermissionDenied,
     PolicyDenied,
+    PolicyInvalid,
+    PolicyProblem,
 )
 from octosts.domain.issuers import judge_issuer
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, is_org_policy_repo, policy_path
 from octosts.domain.names import Scope, check_identity, parse_scope
 from octosts.domain.permissions import common_permissions
-from octosts.domain.policy import claim_text, decide_trust
+from octosts.domain.policy import claim_text, decide_trust, pinned_keys_for
 from octosts.domain.ports import PolicyLocation
 from octosts.domain.tokens import audience_problem
 
 if TYPE_CHECKING:
-    from octosts.domain.decision import Decision
+    from octosts.domain.jwks import PinnedJwks
     from octosts.domain.policy import TrustPolicy
     from octosts.domain.ports import (
         GitHubApp,
         MintedToken,
+        PinnedVerifier,
         PolicySource,
         StageObserver,
         TokenVerifier,
@@ -85,6 +96,19 @@ class ScopeDecision:
     scope: str
     allowed: bool
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A caller verified as the requested scopes' trust policies require, and what reading
+    each policy gave, in request order: the policy, or the error that ended reading it."""
+
+    caller: VerifiedToken
+    scopes: tuple[Scope, ...]
+    identity: str
+    installation_id: int
+    locations: tuple[PolicyLocation, ...]
+    read: tuple[TrustPolicy | BaseException, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +167,8 @@ class ExchangeAttempt:
     # have refused the caller's issuer ("issuer_not_trusted"): the exchange
     # went on, the audit event and metrics record it.
     issuer_audit: str | None = None
+    # The pinned key sets (PinnedJwks.digest) that verified the caller, when policies pin.
+    pinned_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +284,11 @@ class Exchanger:
         domain: str,
         org_policy_repo: str = DEFAULT_ORG_POLICY_REPO,
         trusted_issuers: TrustedIssuersSource | None = None,
+        pinned: PinnedVerifier | None = None,
     ) -> None:
+        """``pinned`` verifies tokens under policies that pin keys; without it such policies
+        are refused (PolicyInvalid) and tokens are not read before the policies are."""
+        self._pinned = pinned
         self._trusted_issuers = trusted_issuers
         self._verifier = verifier
         self._github = github
@@ -292,22 +322,10 @@ class Exchanger:
         MintRejected.
         """
         attempt = attempt if attempt is not None else ExchangeAttempt()
-        targets = requested_scopes(request.scope, request.scopes, self._org_policy_repo)
-        identity = check_identity(request.identity)
-        _check_requested_audience(request.audience)
-        caller = attempt.caller = await self._verifier.verify(request.bearer)
-        if request.audience is not None and request.audience not in caller.audience:
-            raise PolicyDenied(
-                "the token's audience does not include the requested audience",
-                reason="audience_mismatch",
-            )
-        owner = targets[0].owner
-        locations = [policy_location(t, identity, self._org_policy_repo) for t in targets]
-        attempt.location = locations[0]
-        installation_id = await self._github.installation_id(owner)
-        attempt.installation_id = installation_id
-        await self._org_allowlist(installation_id, owner, caller.issuer, attempt)
-        policies = await self._judge_all(installation_id, targets, locations, caller, attempt)
+        authenticated = await self.authenticate(request, attempt)
+        caller, targets = authenticated.caller, authenticated.scopes
+        locations, installation_id = authenticated.locations, authenticated.installation_id
+        policies = self._judge_all(authenticated, attempt)
         if len(policies) == 1:
             permissions = dict(policies[0].permissions)
             repositories = token_repositories(locations[0], policies[0])
@@ -322,7 +340,7 @@ class Exchanger:
         return Authorized(
             caller=caller,
             scope=targets[0],
-            identity=identity,
+            identity=authenticated.identity,
             installation_id=installation_id,
             policy=policies[0],
             repositories=repositories,
@@ -331,6 +349,138 @@ class Exchanger:
             scopes=targets,
             policies=tuple(policies),
         )
+
+    async def authenticate(
+        self, request: ExchangeRequest, attempt: ExchangeAttempt | None = None
+    ) -> Authenticated:
+        """An exchange's checks up to a caller verified as its trust policies require.
+
+        In order (docs/architecture.md, "Order of checks"): the request's fields; the
+        token's claimed issuer, read unverified with every rule that needs no network (its
+        shape, the issuer URL rules, the deployment's allowlist); the installation; the
+        org's trusted issuers (on the claimed issuer: what a verified token carries, and
+        before any policy is read); each scope's policy; then the signature and claims,
+        with a policy's pinned keys when it pins keys for exactly that issuer, else with
+        the issuer's published keys (every policy read must accept the token). Nothing of
+        the token but ``iss`` is used before that, and ``iss`` only picks the keys.
+
+        Errors reading a policy are returned in ``read``, not raised. Raises
+        InvalidRequest, AuthenticationError, IssuerUnavailable, RateLimited,
+        GitHubUnavailable, NoInstallation / IssuerNotTrusted / PolicyInvalid (the org's
+        files) only after the token verified with its issuer's keys (a caller without a
+        valid token learns nothing about the org), PolicyDenied (``audience_mismatch``).
+        """
+        attempt = attempt if attempt is not None else ExchangeAttempt()
+        targets = requested_scopes(request.scope, request.scopes, self._org_policy_repo)
+        identity = check_identity(request.identity)
+        _check_requested_audience(request.audience)
+        issuer = self._pinned.claimed_issuer(request.bearer) if self._pinned else None
+        owner = targets[0].owner
+        locations = tuple(policy_location(t, identity, self._org_policy_repo) for t in targets)
+        attempt.location = locations[0]
+        audit = None
+        try:
+            installation_id = await self._github.installation_id(owner)
+            attempt.installation_id = installation_id
+            if issuer is not None:
+                audit = await self._org_allowlist(installation_id, owner, issuer)
+        except PermissionDenied:
+            attempt.caller = await self._verifier.verify(request.bearer)
+            raise
+        read = [
+            self._with_keys(r, issuer) for r in await self._read_all(installation_id, locations)
+        ]
+        caller = attempt.caller = await self._verify_all(request.bearer, read, attempt)
+        if issuer is None:
+            audit = await self._org_allowlist(installation_id, owner, caller.issuer)
+        attempt.issuer_audit = audit
+        if request.audience is not None and request.audience not in caller.audience:
+            raise PolicyDenied(
+                "the token's audience does not include the requested audience",
+                reason="audience_mismatch",
+            )
+        policies = tuple(r if isinstance(r, BaseException) else r[0] for r in read)
+        return Authenticated(caller, targets, identity, installation_id, locations, policies)
+
+    async def verify_at_edge(
+        self, bearer: str, scope: str, identity: str, scopes: tuple[str, ...] = ()
+    ) -> VerifiedToken:
+        """The edge's check of a token for an exchange naming ``scope``/``scopes``, ``identity``.
+
+        The edge (ext_authz, before Exchange) answers only whether the token is authentic,
+        never a policy question. A token whose issuer's published keys this replica holds
+        is verified with them, as ever, without reading a policy; otherwise the token is
+        authenticated as Exchange will do it (``authenticate``), so a policy's pinned keys
+        verify it and no issuer is fetched for it. A request naming no valid scope, or an
+        org whose files refuse it, is left to Exchange to answer once its token verified.
+
+        Raises AuthenticationError, IssuerUnavailable, RateLimited, GitHubUnavailable.
+        """
+        if self._pinned is None or self._pinned.holds_keys(self._pinned.claimed_issuer(bearer)):
+            return await self._verifier.verify(bearer)
+        attempt = ExchangeAttempt()
+        try:
+            request = ExchangeRequest(bearer, scope, identity, scopes=scopes)
+            return (await self.authenticate(request, attempt)).caller
+        except InvalidRequest:
+            return await self._verifier.verify(bearer)
+        except PermissionDenied:
+            if attempt.caller is None:  # pragma: no cover - authenticate verifies first
+                raise
+            return attempt.caller
+
+    async def _read_all(
+        self, installation_id: int, locations: Sequence[PolicyLocation]
+    ) -> Sequence[TrustPolicy | BaseException]:
+        """Every scope's policy, or the error that ended reading it (concurrently)."""
+        if len(locations) == 1:
+            return [await _settled(self._policies.trust_policy(installation_id, locations[0]))]
+        return await asyncio.gather(
+            *(self._policies.trust_policy(installation_id, loc) for loc in locations),
+            return_exceptions=True,
+        )
+
+    def _with_keys(
+        self, read: TrustPolicy | BaseException, issuer: str | None
+    ) -> tuple[TrustPolicy, PinnedJwks | None] | BaseException:
+        """A read policy with the keys it pins for ``issuer`` (see ``pinned_keys_for``), or
+        the PolicyInvalid that makes it unusable."""
+        if isinstance(read, BaseException):
+            return read
+        if self._pinned is None:
+            if read.pins_keys:
+                problem = PolicyProblem("jwks", "this service does not verify pinned keys")
+                return PolicyInvalid([problem])
+            return read, None
+        try:
+            return read, pinned_keys_for(read, issuer or "")
+        except PolicyInvalid as exc:
+            return exc
+
+    async def _verify_all(
+        self,
+        bearer: str,
+        read: Sequence[tuple[TrustPolicy, PinnedJwks | None] | BaseException],
+        attempt: ExchangeAttempt,
+    ) -> VerifiedToken:
+        """Verify ``bearer`` with every key set the read policies require: each pinned set,
+        and the issuer's published keys for policies that pin none for it (also when no
+        policy could be read: nothing is answered to a caller whose token did not verify).
+        """
+        needed: dict[str, PinnedJwks | None] = {}
+        for item in read:
+            if not isinstance(item, BaseException):
+                keys = item[1]
+                needed.setdefault(keys.digest if keys is not None else "", keys)
+        caller = None
+        for keys in needed.values() or [None]:
+            if keys is None or self._pinned is None:
+                caller = await self._verifier.verify(bearer)
+            else:
+                attempt.pinned_keys += (keys.digest,)
+                caller = await self._pinned.verify_pinned(bearer, keys)
+        assert caller is not None  # at least one key set: the issuer's
+        return caller
 
     async def mint(self, authorized: Authorized) -> MintedToken:
         """A new installation token with what ``authorized`` grants.
@@ -359,39 +509,30 @@ class Exchanger:
         )
         return attempt.result
 
-    async def _judge_all(
-        self,
-        installation_id: int,
-        targets: Sequence[Scope],
-        locations: Sequence[PolicyLocation],
-        caller: VerifiedToken,
-        attempt: ExchangeAttempt,
+    def _judge_all(
+        self, authenticated: Authenticated, attempt: ExchangeAttempt
     ) -> list[TrustPolicy]:
-        """Read and check every scope's policy (concurrently when there are several).
+        """Check every scope's policy against the verified caller.
 
         Every policy is judged and recorded in ``attempt.decisions``; then the first
         failure in request order is raised: the error that ended reading a policy
         (PolicyNotFound, PolicyInvalid, RateLimited, GitHubUnavailable...) or
         PolicyDenied for a policy the caller does not satisfy.
         """
-        judged: Sequence[tuple[TrustPolicy, Decision] | BaseException]
-        if len(locations) == 1:
-            judged = [await _settled(self._judge(installation_id, locations[0], caller))]
-        else:
-            judged = await asyncio.gather(
-                *(self._judge(installation_id, loc, caller) for loc in locations),
-                return_exceptions=True,
-            )
+        caller, targets = authenticated.caller, authenticated.scopes
         several = len(targets) > 1
         policies: list[TrustPolicy] = []
         failure: BaseException | None = None
-        for target, outcome in zip(targets, judged, strict=True):
+        for target, outcome in zip(targets, authenticated.read, strict=True):
             if isinstance(outcome, BaseException):
                 reason = getattr(outcome, "reason", type(outcome).__name__)
                 attempt.decisions.append(ScopeDecision(str(target), allowed=False, reason=reason))
                 failure = failure or outcome
                 continue
-            policy, decision = outcome
+            policy = outcome
+            with self._observer.stage("policy_match") as stage:
+                decision = decide_trust(policy, caller, domain=self._domain)
+                stage.annotate("reason", decision.reason)
             policies.append(policy)
             attempt.decisions.append(ScopeDecision(str(target), decision.allowed, decision.reason))
             attempt.matched_claims.update(_matched_claims(policy, caller))
@@ -402,26 +543,15 @@ class Exchanger:
             raise failure
         return policies
 
-    async def _judge(
-        self, installation_id: int, location: PolicyLocation, caller: VerifiedToken
-    ) -> tuple[TrustPolicy, Decision]:
-        """One scope's policy and its decision. Raises as ``PolicySource.trust_policy``."""
-        policy = await self._policies.trust_policy(installation_id, location)
-        with self._observer.stage("policy_match") as stage:
-            decision = decide_trust(policy, caller, domain=self._domain)
-            stage.annotate("reason", decision.reason)
-        return policy, decision
-
-    async def _org_allowlist(
-        self, installation_id: int, owner: str, issuer: str, attempt: ExchangeAttempt
-    ) -> None:
-        """The org's trusted-token-issuers check, before any trust policy is read.
+    async def _org_allowlist(self, installation_id: int, owner: str, issuer: str) -> str | None:
+        """The org's trusted-token-issuers check. Returns the audit verdict (an audit-mode
+        file that would have refused ``issuer``: ``issuer_not_trusted``), else None.
 
         Raises IssuerNotTrusted (enforce mode), PolicyInvalid, RateLimited,
         GitHubUnavailable (from the lookup).
         """
         if self._trusted_issuers is None:
-            return
+            return None
         trusted = await self._trusted_issuers.trusted_issuers(installation_id, owner)
         with self._observer.stage("org_allowlist") as stage:
             verdict = judge_issuer(trusted, issuer)
@@ -430,11 +560,11 @@ class Exchanger:
                 stage.annotate("mode", trusted.mode)
             if verdict.audited:
                 stage.annotate("audit", verdict.reason)
-                attempt.issuer_audit = verdict.reason
             if not verdict.allowed:
                 raise IssuerNotTrusted(
                     f"the issuer {issuer!r} is not in {owner}'s trusted-token-issuers file"
                 )
+            return verdict.reason if verdict.audited else None
 
 
 _T = TypeVar("_T")

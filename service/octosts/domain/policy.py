@@ -30,11 +30,13 @@ from octosts.domain.decision import (
     SUBJECT_MISMATCH,
     Decision,
 )
-from octosts.domain.errors import PolicyInvalid, PolicyProblem
+from octosts.domain.errors import IssuerRejected, PolicyInvalid, PolicyProblem
+from octosts.domain.jwks import PinnedJwks, compile_pinned_jwks
+from octosts.domain.layout import jwks_path_problem
 from octosts.domain.names import MAX_REPO, is_repo_name
 from octosts.domain.permissions import permission_problem
 from octosts.domain.text import clip, show
-from octosts.domain.tokens import VerifiedToken
+from octosts.domain.tokens import VerifiedToken, parse_issuer_url
 
 PolicyKind = Literal["repo", "org"]
 
@@ -59,6 +61,8 @@ REPO_FIELDS = (
     "audience_pattern",
     "claim_pattern",
     "permissions",
+    "jwks",
+    "jwks_file",
 )
 ORG_FIELDS = (*REPO_FIELDS, "repositories")
 
@@ -123,6 +127,15 @@ class TrustPolicy:
     # Org policies only: the repositories the minted token is limited to;
     # None means every repository the installation can reach.
     repositories: tuple[str, ...] | None = None
+    # Keys pinned for ``issuer`` (docs/policies.md, "Pinned keys"): inline (``jwks``), or
+    # the key file ``jwks_file`` whose keys the policy source fills in as ``jwks``. Tokens of
+    # that issuer are verified with these keys only; nothing is fetched from the issuer.
+    jwks: PinnedJwks | None = None
+    jwks_file: str | None = None
+
+    @property
+    def pins_keys(self) -> bool:
+        return self.jwks is not None or self.jwks_file is not None
 
 
 def compile_policy(
@@ -160,6 +173,7 @@ class _Compiler:
         claims = self.claim_patterns(data)
         permissions = self.permissions(data)
         repositories = self.repositories(data) if self.kind == "org" else None
+        jwks, jwks_file = self.pinned(data, issuer)
         if self.problems:
             raise PolicyInvalid(self.problems)
         return TrustPolicy(
@@ -173,6 +187,8 @@ class _Compiler:
             claim_pattern=claims,
             permissions=permissions,
             repositories=repositories,
+            jwks=jwks,
+            jwks_file=jwks_file,
         )
 
     def check_keys(self, data: Mapping[str, object]) -> None:
@@ -271,6 +287,39 @@ class _Compiler:
                 result[name] = level
         return MappingProxyType(result)
 
+    def pinned(
+        self, data: Mapping[str, object], issuer: str | None
+    ) -> tuple[PinnedJwks | None, str | None]:
+        """``jwks`` or ``jwks_file``: keys for exactly one issuer, named by ``issuer``."""
+        if "jwks" not in data and "jwks_file" not in data:
+            return None, None
+        if "jwks" in data and "jwks_file" in data:
+            self.problem("jwks_file", "set either jwks or jwks_file, not both")
+            return None, None
+        name = "jwks" if "jwks" in data else "jwks_file"
+        if "issuer_pattern" in data:
+            self.problem(
+                name,
+                "pinned keys belong to one issuer: name it with issuer, not issuer_pattern",
+            )
+        elif issuer is not None:
+            try:
+                parse_issuer_url(issuer, allow_insecure=True)
+            except IssuerRejected as exc:
+                self.problem("issuer", f"{exc.detail} (required with {name})")
+        if name == "jwks":
+            jwks, problems = compile_pinned_jwks(
+                data["jwks"], where="jwks", source="jwks", lines=self.lines
+            )
+            self.problems += problems
+            return jwks, None
+        path = self.string("jwks_file", data["jwks_file"])
+        problem = jwks_path_problem(path) if path is not None else None
+        if problem is not None:
+            self.problem("jwks_file", problem)
+            return None, None
+        return None, path
+
     def repositories(self, data: Mapping[str, object]) -> tuple[str, ...] | None:
         if "repositories" not in data:
             return None
@@ -315,6 +364,25 @@ def decide_trust(policy: TrustPolicy, token: VerifiedToken, *, domain: str) -> D
         if denial is not None:
             return denial
     return Decision.allow()
+
+
+def pinned_keys_for(policy: TrustPolicy, issuer: str) -> PinnedJwks | None:
+    """The keys that alone verify a token claiming ``issuer`` under ``policy``; None: the
+    deployment's verifier (discovery) applies.
+
+    Pinned keys apply to exactly the policy's ``issuer``. A token claiming another issuer is
+    verified the usual way and then fails the policy's issuer rule, like under any policy, so
+    an unverified token is never answered differently by a policy that pins keys. Raises
+    PolicyInvalid when the policy's key file was not read (fail closed; the policy source
+    fills ``jwks`` in).
+    """
+    if not policy.pins_keys or policy.issuer != issuer:
+        return None
+    if policy.jwks is None:
+        raise PolicyInvalid(
+            [PolicyProblem("jwks_file", f"{show(policy.jwks_file or '')} was not read")]
+        )
+    return policy.jwks
 
 
 def claim_text(value: object) -> str | None:

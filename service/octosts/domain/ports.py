@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from octosts.domain.issuers import TrustedIssuers
+    from octosts.domain.jwks import PinnedJwks
     from octosts.domain.policy import PolicyKind, TrustPolicy
     from octosts.domain.tokens import VerifiedToken
 
@@ -97,6 +98,36 @@ class TokenVerifier(Protocol):
         Raises AuthenticationError subclasses for tokens that cannot be trusted
         and IssuerUnavailable when the issuer cannot be reached.
         """
+        ...
+
+
+class PinnedVerifier(Protocol):
+    """Verification for trust policies that pin their issuer's keys (docs/policies.md).
+
+    The exchange reads a token's claimed issuer *before* it knows the policy, and only to
+    choose how to verify the token; nothing else of an unverified token is used.
+    """
+
+    def claimed_issuer(self, bearer: str) -> str:
+        """The token's ``iss``, UNVERIFIED, checked with what needs no network: the token's
+        shape and algorithm, the issuer URL rules and the deployment's issuer allowlist.
+
+        Raises AuthenticationError subclasses (TokenMalformed, TokenSignatureInvalid for an
+        algorithm not accepted, IssuerRejected).
+        """
+        ...
+
+    async def verify_pinned(self, bearer: str, keys: PinnedJwks) -> VerifiedToken:
+        """Verify a raw JWT with exactly ``keys`` (one policy's): nothing is fetched or
+        resolved, and the result is not remembered as the issuer's (no other policy and no
+        edge check sees it). The token rules are those of ``TokenVerifier.verify``.
+
+        Raises AuthenticationError subclasses.
+        """
+        ...
+
+    def holds_keys(self, issuer: str) -> bool:
+        """Whether the deployment's verifier holds ``issuer``'s published keys now (no I/O)."""
         ...
 
 

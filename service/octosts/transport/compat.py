@@ -104,17 +104,21 @@ def _fill(message: Message, pairs: Sequence[tuple[str, str]], what: str) -> None
         setattr(message, name, value)
 
 
-def check_query(path: str) -> None:
+def check_query(path: str) -> sts_pb2.ExchangeRequest | None:
     """Refuse a query string the transcoder would read ambiguously (see the module doc).
 
-    Raises InvalidRequest: ``repeated_parameter``, or ``bad_query`` for a query
-    that is not UTF-8 or has too many fields.
+    Returns the request the query describes, as the transcoder will read it (the edge
+    reads the policies it names when it must: docs/architecture.md, "Order of checks"),
+    or None without a query. Raises InvalidRequest: ``repeated_parameter``, or
+    ``bad_query`` for a query that is not UTF-8 or has too many fields.
     """
     _, _, query = path.partition("?")
     if not query:
-        return
+        return None
     pairs = _pairs(query.partition("#")[0], "query string", "bad_query")
-    _fill(sts_pb2.ExchangeRequest(), pairs, "query parameter")
+    request = sts_pb2.ExchangeRequest()
+    _fill(request, pairs, "query parameter")
+    return request
 
 
 def read_form(

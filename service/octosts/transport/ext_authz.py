@@ -7,10 +7,14 @@ this service without code changes:
 ``mode: verify``
     Exactly one ``authorization: Bearer <jwt>`` header (scheme case-insensitive),
     verified by the TokenVerifier (signature, expiry, issuer rules; not the trust
-    policy, which needs the scope). Allowed requests get ``x-octo-sts-issuer`` /
-    ``x-octo-sts-subject`` set and every other client-supplied ``x-octo-sts-*``
-    header removed, and carry the tenant's digests in Envoy's dynamic metadata
-    (``tenant_metadata``: the per-tenant rate limits' descriptors, octosts.dev.tenant_limits).
+    policy's decision, which is Exchange's). When the query names the scope and
+    identity (``GET /sts/exchange``), a token whose issuer's keys this replica does
+    not hold is checked as Exchange will check it, with the keys the policy pins
+    (``Exchanger.verify_at_edge``; docs/architecture.md, "Order of checks").
+    Allowed requests get ``x-octo-sts-issuer`` / ``x-octo-sts-subject`` set and every
+    other client-supplied ``x-octo-sts-*`` header removed, and carry the tenant's digests
+    in Envoy's dynamic metadata (``tenant_metadata``: the per-tenant rate limits'
+    descriptors, octosts.dev.tenant_limits).
 
 ``mode: egress`` (the GitHub egress gateway, docs/egress.md)
     The workload's OIDC token (``authorization: Bearer <jwt>``, or ``token <jwt>`` as the gh
@@ -257,9 +261,15 @@ class AuthorizationServicer:
         *,
         on_decision: Callable[[str, str], None] | None = None,
         egress: EgressCheck | None = None,
+        verify_for: Callable[[str, str, str, tuple[str, ...]], Awaitable[VerifiedToken]]
+        | None = None,
     ) -> None:
         """``on_decision(decision, reason)`` ("allow"/"deny", reason code) feeds metrics;
-        without ``egress`` there is no ``egress`` mode (a route asking for it gets 403)."""
+        without ``egress`` there is no ``egress`` mode (a route asking for it gets 403).
+        ``verify_for(token, scope, identity, scopes)`` (``Exchanger.verify_at_edge``) checks
+        the tokens of requests whose query names an identity, so that a policy's pinned keys
+        verify them; the others, and all without it, go to ``verifier``."""
+        self._verify_for = verify_for
         self._verifier = verifier
         self._options = options or ExtAuthzOptions()
         self._on_decision = on_decision or _ignore_decision
@@ -314,11 +324,15 @@ class AuthorizationServicer:
         return handler
 
     async def _verify(self, checked: _Checked) -> Any:
-        check_query(checked.path)
+        query = check_query(checked.path)
         token = bearer_from_values(
             checked.headers.get("authorization", []), max_bytes=self._options.max_token_bytes
         )
-        verified = await self._verifier.verify(token)
+        if query is not None and query.identity and self._verify_for is not None:
+            scopes = tuple(query.scopes)
+            verified = await self._verify_for(token, query.scope, query.identity, scopes)
+        else:
+            verified = await self._verifier.verify(token)
         for value in (verified.issuer, verified.subject):
             if not _HEADER_VALUE.fullmatch(value):
                 raise TokenClaimsInvalid(
