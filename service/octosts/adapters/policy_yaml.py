@@ -22,6 +22,7 @@ from types import MappingProxyType
 import yaml
 
 from octosts.adapters.pinned_keys import material_problems
+from octosts.domain.ceiling import PermissionCeiling, compile_ceiling
 from octosts.domain.errors import PolicyInvalid, PolicyProblem
 from octosts.domain.issuers import TrustedIssuers, compile_trusted_issuers
 from octosts.domain.policy import PolicyKind, TrustPolicy, compile_policy
@@ -153,6 +154,21 @@ def parse_trusted_issuers(
     if document.problems:
         raise PolicyInvalid(list(document.problems))
     return trusted
+
+
+def parse_permission_ceiling(text: bytes | str) -> PermissionCeiling:
+    """Parse and validate an org ``permission-ceiling.yaml`` (same strict YAML rules).
+
+    Raises PolicyInvalid listing every problem (field and line).
+    """
+    document = load_document(text)
+    try:
+        ceiling = compile_ceiling(document.data, lines=document.lines)
+    except PolicyInvalid as exc:
+        raise PolicyInvalid([*document.problems, *exc.problems]) from None
+    if document.problems:
+        raise PolicyInvalid(list(document.problems))
+    return ceiling
 
 
 def _decode(text: bytes | str) -> str:

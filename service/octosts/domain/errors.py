@@ -20,6 +20,7 @@ audit event (``observability.metrics.exchange_outcome``)::
     │   ├── PolicyInvalid        the policy file does not parse / validate
     │   ├── PolicyDenied         the token does not satisfy the policy
     │   ├── IssuerNotTrusted     the org's trusted-token-issuers file refuses the issuer
+    │   ├── PolicyExceedsCeiling the policy grants more than the org's permission ceiling
     │   └── MintRejected         GitHub refused the token request (422)
     ├── RateLimited              rate_limited          no    GitHub primary/secondary limit
     ├── UpstreamUnavailable      upstream_unavailable  no
@@ -156,6 +157,10 @@ class PolicyDenied(PermissionDenied):
 
 class IssuerNotTrusted(PermissionDenied):
     reason = "issuer_not_trusted"
+
+
+class PolicyExceedsCeiling(PermissionDenied):
+    reason = "policy_exceeds_ceiling"
 
 
 class MintRejected(PermissionDenied):

@@ -4,7 +4,7 @@ One exchange, as data::
 
     (Scope..., identity) + the bearer's claimed iss -> installation -> org allowlist
            -> TrustPolicy per scope -> VerifiedToken (each policy's pinned keys, or the
-           issuer's) -> Decision per scope -> MintedToken -> ExchangeResult
+           issuer's) -> Decision per scope -> org ceiling -> MintedToken -> ExchangeResult
            (+ audit event upstream)
 
 The policies are read before the token is verified because a policy may pin its issuer's
@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from octosts.domain.ceiling import excesses
 from octosts.domain.errors import (
     AMBIGUOUS_SCOPE,
     INVALID_SCOPES,
@@ -35,6 +36,7 @@ from octosts.domain.errors import (
     IssuerNotTrusted,
     PermissionDenied,
     PolicyDenied,
+    PolicyExceedsCeiling,
     PolicyInvalid,
     PolicyProblem,
 )
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from octosts.domain.ports import (
         GitHubApp,
         MintedToken,
+        PermissionCeilingSource,
         PinnedVerifier,
         PolicySource,
         StageObserver,
@@ -274,7 +277,7 @@ def requested_scopes(
 class Exchanger:
     """Runs exchanges against injected ports. Holds no per-request state."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one keyword per port, all injected by the wiring module
         self,
         *,
         verifier: TokenVerifier,
@@ -285,10 +288,13 @@ class Exchanger:
         org_policy_repo: str = DEFAULT_ORG_POLICY_REPO,
         trusted_issuers: TrustedIssuersSource | None = None,
         pinned: PinnedVerifier | None = None,
+        ceilings: PermissionCeilingSource | None = None,
     ) -> None:
         """``pinned`` verifies tokens under policies that pin keys; without it such policies
-        are refused (PolicyInvalid) and tokens are not read before the policies are."""
+        are refused (PolicyInvalid) and tokens are not read before the policies are.
+        ``ceilings``: the orgs' permission ceilings (none applied without it)."""
         self._pinned = pinned
+        self._ceilings = ceilings
         self._trusted_issuers = trusted_issuers
         self._verifier = verifier
         self._github = github
@@ -305,8 +311,9 @@ class Exchanger:
         Raises InvalidRequest (bad scope/scopes/identity/audience), AuthenticationError
         (token not trusted), PermissionDenied family (NoInstallation,
         PolicyNotFound, PolicyInvalid, PolicyDenied, IssuerNotTrusted,
-        MintRejected; PolicyDenied ``no_common_permissions`` when the policies of
-        several repositories share no permission), RateLimited, UpstreamUnavailable.
+        PolicyExceedsCeiling, MintRejected; PolicyDenied ``no_common_permissions`` when the
+        policies of several repositories share no permission), RateLimited,
+        UpstreamUnavailable.
         """
         attempt = attempt if attempt is not None else ExchangeAttempt()
         authorized = await self.authorize(request, attempt)
@@ -326,6 +333,7 @@ class Exchanger:
         caller, targets = authenticated.caller, authenticated.scopes
         locations, installation_id = authenticated.locations, authenticated.installation_id
         policies = self._judge_all(authenticated, attempt)
+        await self._within_ceiling(authenticated, policies)
         if len(policies) == 1:
             permissions = dict(policies[0].permissions)
             repositories = token_repositories(locations[0], policies[0])
@@ -542,6 +550,31 @@ class Exchanger:
         if failure is not None:
             raise failure
         return policies
+
+    async def _within_ceiling(
+        self, authenticated: Authenticated, policies: Sequence[TrustPolicy]
+    ) -> None:
+        """The org's permission ceiling over everything each policy grants (per repository
+        for a token of several), for a caller the policies trust: an untrusted caller never
+        costs the ceiling's read.
+
+        Raises PolicyExceedsCeiling, PolicyInvalid (``permission_ceiling_invalid``),
+        RateLimited, GitHubUnavailable (from the lookup).
+        """
+        if self._ceilings is None:
+            return
+        owner = authenticated.scopes[0].owner
+        ceiling = await self._ceilings.permission_ceiling(authenticated.installation_id, owner)
+        with self._observer.stage("permission_ceiling") as stage:
+            for location, policy in zip(authenticated.locations, policies, strict=True):
+                found = excesses(policy.permissions, authenticated.identity, ceiling)
+                if found:
+                    stage.annotate("reason", PolicyExceedsCeiling.reason)
+                    raise PolicyExceedsCeiling(
+                        f"{location.owner}/{location.repo}/{location.path}: "
+                        + "; ".join(f"permissions.{e.permission}: {e.message()}" for e in found)
+                    )
+            stage.annotate("reason", "within_ceiling")
 
     async def _org_allowlist(self, installation_id: int, owner: str, issuer: str) -> str | None:
         """The org's trusted-token-issuers check. Returns the audit verdict (an audit-mode

@@ -71,12 +71,21 @@ def check_identity(text: str) -> str:
     """
     if not isinstance(text, str) or not text:
         raise InvalidRequest("identity is empty")
-    if len(text) > MAX_IDENTITY or text in {".", ".."} or _IDENTITY.fullmatch(text) is None:
+    if not is_identity(text):
         raise InvalidRequest(
             f"identity {show(text, _SHOWN)} is not a policy name "
             f"(1-{MAX_IDENTITY} of A-Z a-z 0-9 _ . -, not '.' or '..')"
         )
     return text
+
+
+def is_identity(text: str) -> bool:
+    """Whether ``text`` is a policy name: 1-100 of ``A-Z a-z 0-9 _ . -``, not ``.``/``..``."""
+    return (
+        0 < len(text) <= MAX_IDENTITY
+        and text not in {".", ".."}
+        and _IDENTITY.fullmatch(text) is not None
+    )
 
 
 def is_owner_name(text: str) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from octosts.domain.ceiling import PermissionCeiling
     from octosts.domain.issuers import TrustedIssuers
     from octosts.domain.jwks import PinnedJwks
     from octosts.domain.policy import PolicyKind, TrustPolicy
@@ -215,5 +216,19 @@ class TrustedIssuersSource(Protocol):
         policy repository. Raises PolicyInvalid (reason
         ``trusted_issuers_invalid``: invalid file and no last known good copy),
         RateLimited, GitHubUnavailable (GitHub failing and no last known good).
+        """
+        ...
+
+
+class PermissionCeilingSource(Protocol):
+    async def permission_ceiling(
+        self, installation_id: int, owner: str
+    ) -> PermissionCeiling | None:
+        """The org's permission ceiling file; None when there is none to apply.
+
+        None means the file is absent or no installation can read the org policy
+        repository. Raises PolicyInvalid (reason ``permission_ceiling_invalid``: invalid
+        file and no last known good copy), RateLimited, GitHubUnavailable (GitHub failing
+        and no last known good).
         """
         ...
