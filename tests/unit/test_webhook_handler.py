@@ -20,7 +20,7 @@ from octosts.domain.errors import GitHubUnavailable
 from octosts.webhook import handler as handler_module
 from octosts.webhook.github_checks import ChangedFile, ChecksFactory, RepoChecks
 from octosts.webhook.handler import WebhookConfig, WebhookHandler
-from octosts.webhook.validate import FileProblem
+from octosts.webhook.validate import FileCheck
 from tests.fakes import FakeInvalidator
 
 SECRET = b"unit-secret-0123456789"
@@ -363,9 +363,9 @@ async def test_policy_parsing_leaves_the_event_loop_free(monkeypatch: pytest.Mon
     # and only its deadline would end the wait.
     parsing, released = threading.Event(), threading.Event()
     held: list[bool] = []
-    real = handler_module.validate_file
+    real = handler_module.check_file
 
-    def held_parse(*args: Any, **kwargs: Any) -> list[FileProblem]:
+    def held_parse(*args: Any, **kwargs: Any) -> FileCheck:
         parsing.set()
         held.append(released.wait(timeout=10))
         return real(*args, **kwargs)
@@ -377,7 +377,7 @@ async def test_policy_parsing_leaves_the_event_loop_free(monkeypatch: pytest.Mon
             await asyncio.sleep(0)
         released.set()
 
-    monkeypatch.setattr(handler_module, "validate_file", held_parse)
+    monkeypatch.setattr(handler_module, "check_file", held_parse)
     checks = FakeChecks()
     handler, _ = make_handler(checks)
     status, _reply = await deliver(handler, "pull_request", json.dumps(PULL_REQUEST).encode())
@@ -394,13 +394,13 @@ async def test_policy_bytes_past_a_checks_budget_are_reported_not_parsed(
 ) -> None:
     monkeypatch.setattr(handler_module, "MAX_BYTES_CHECKED", 2 * len(GOOD))
     parsed: list[str] = []
-    real = handler_module.validate_file
+    real = handler_module.check_file
 
-    def counted(path: str, *args: Any, **kwargs: Any) -> list[FileProblem]:
+    def counted(path: str, *args: Any, **kwargs: Any) -> FileCheck:
         parsed.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(handler_module, "validate_file", counted)
+    monkeypatch.setattr(handler_module, "check_file", counted)
     checks = FakeChecks()
     names = [f".github/chainguard/p{i}.sts.yaml" for i in range(4)]
     checks.repo.files = dict.fromkeys(names, GOOD)

@@ -119,6 +119,13 @@ def parse_trust_policy(text: bytes | str, *, kind: PolicyKind) -> TrustPolicy:
 
     Raises PolicyInvalid listing every problem (field and line).
     """
+    return read_trust_policy(text, kind=kind)[0]
+
+
+def read_trust_policy(
+    text: bytes | str, *, kind: PolicyKind
+) -> tuple[TrustPolicy, Mapping[str, int]]:
+    """``parse_trust_policy``, with the line of every field path (for later problems)."""
     document = load_document(text)
     if not isinstance(document.data, dict):
         line = 1 if document.data is not None else None
@@ -134,7 +141,7 @@ def parse_trust_policy(text: bytes | str, *, kind: PolicyKind) -> TrustPolicy:
         problems += material_problems(policy.jwks, where="jwks", lines=document.lines)
     if problems:
         raise PolicyInvalid(problems)
-    return policy
+    return policy, document.lines
 
 
 def parse_trusted_issuers(

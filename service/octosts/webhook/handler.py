@@ -13,26 +13,32 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from octosts.adapters.cache import TtlCache
-from octosts.domain.errors import StsError
+from octosts.domain.errors import PolicyInvalid, StsError
 from octosts.domain.layout import (
+    CEILING_FILE,
     DEFAULT_ORG_POLICY_REPO,
     ISSUERS_FILE,
     in_policy_dir,
     is_org_policy_repo,
+    is_trust_policy_path,
 )
 from octosts.domain.names import is_owner_name, is_repo_name
 from octosts.domain.ports import Clock, SystemClock
 from octosts.webhook.signature import signature_valid
 from octosts.webhook.validate import (
+    CEILING_INVALID,
     CHECK_NAME,
+    FileCheck,
     FileProblem,
+    ceiling_of,
+    check_file,
     check_outcome,
     incomplete_outcome,
     is_policy_path,
-    validate_file,
 )
 
 if TYPE_CHECKING:
+    from octosts.domain.ceiling import PermissionCeiling
     from octosts.webhook.github_checks import ChangedFile, ChecksFactory, RepoChecks
 
 _log = structlog.get_logger("octosts.webhook")
@@ -107,6 +113,17 @@ class IssuersInvalidator(Protocol):
     def invalidate(self, owner: str) -> bool: ...
 
 
+class Ceilings(Protocol):
+    """The orgs' permission ceilings as the service applies them (``PermissionCeilingSource``),
+    forgotten when the org policy repository's ceiling file is pushed."""
+
+    async def permission_ceiling(
+        self, installation_id: int, owner: str
+    ) -> PermissionCeiling | None: ...
+
+    def invalidate(self, owner: str) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookReply:
     status: int
@@ -137,8 +154,10 @@ class WebhookHandler:
         issuers: IssuersInvalidator | None,
         clock: Clock | None = None,
         deliveries: DeliveryMemory | None = None,
+        ceilings: Ceilings | None = None,
     ) -> None:
         self._config = config
+        self._ceilings = ceilings
         self._checks = checks
         self._policies = policies
         self._issuers = issuers
@@ -239,10 +258,27 @@ class WebhookHandler:
         )
         if issuers_changed and self._issuers is not None:
             self._issuers.invalidate(owner)
-        _log.info(
-            "webhook_push", owner=owner, repo=repo, invalidated=dropped, issuers=issuers_changed
+        ceiling_changed = is_org_policy_repo(repo, self._config.org_policy_repo) and (
+            whole_repo or CEILING_FILE in paths
         )
-        return WebhookReply(200, {"invalidated": dropped, "issuers_invalidated": issuers_changed})
+        if ceiling_changed and self._ceilings is not None:
+            self._ceilings.invalidate(owner)
+        _log.info(
+            "webhook_push",
+            owner=owner,
+            repo=repo,
+            invalidated=dropped,
+            issuers=issuers_changed,
+            ceiling=ceiling_changed,
+        )
+        return WebhookReply(
+            200,
+            {
+                "invalidated": dropped,
+                "issuers_invalidated": issuers_changed,
+                "ceiling_invalidated": ceiling_changed,
+            },
+        )
 
     def _schedule(
         self, payload: dict[str, Any], head_sha: str, *, pr_number: int | None, base: str = ""
@@ -280,7 +316,9 @@ class WebhookHandler:
             changed = await (
                 client.pull_files(pr) if pr is not None else client.compare(base, head_sha)
             )
-            checked, problems = await self._problems(client, repo, head_sha, changed)
+            checked, problems = await self._problems(
+                client, installation, owner, repo, head_sha, changed
+            )
             outcome = check_outcome(checked, problems)
         except Exception as exc:  # noqa: BLE001 - reported as a failed check run below
             _log_failure("webhook_check_failed", exc, owner=owner, repo=repo, step="validate")
@@ -311,37 +349,122 @@ class WebhookHandler:
         )
 
     async def _problems(
-        self, client: RepoChecks, repo: str, head_sha: str, changed: Sequence[ChangedFile]
+        self,
+        client: RepoChecks,
+        installation: int,
+        owner: str,
+        repo: str,
+        head_sha: str,
+        changed: Sequence[ChangedFile],
     ) -> tuple[list[str], list[FileProblem]]:
+        org_repo = self._config.org_policy_repo
+        files = [
+            f.path
+            for f in changed[:MAX_FILES_CHECKED]
+            if f.status != "removed" and is_policy_path(f.path, repo=repo, org_policy_repo=org_repo)
+        ]
+        ceiling, ceiling_invalid = None, False
+        if any(is_trust_policy_path(path) for path in files):
+            ceiling, ceiling_invalid = await self._ceiling(
+                client, installation, owner, repo, head_sha, changed
+            )
         checked: list[str] = []
         problems: list[FileProblem] = []
-        org_repo = self._config.org_policy_repo
         budget = MAX_BYTES_CHECKED
-        for file in changed[:MAX_FILES_CHECKED]:
-            if file.status == "removed" or not is_policy_path(
-                file.path, repo=repo, org_policy_repo=org_repo
-            ):
-                continue
+        key_files: dict[str, str] = {}  # key file -> the first policy naming it
+        for path in files:
             # Once the budget is spent, the rest is neither read nor parsed.
-            content = await client.read_at(file.path, head_sha) if budget else None
+            content = await client.read_at(path, head_sha) if budget else None
             if content is None and budget:
                 continue
-            checked.append(file.path)
+            checked.append(path)
             if content is None or len(content) > budget:
                 budget = 0
-                problems.append(FileProblem(file.path, None, NOT_VALIDATED))
+                problems.append(FileProblem(path, None, NOT_VALIDATED))
                 continue
             budget -= len(content)
-            async with self._parsing:
-                problems += await asyncio.to_thread(
-                    validate_file,
-                    file.path,
-                    content,
-                    repo=repo,
-                    org_policy_repo=org_repo,
-                    insecure_issuers=self._config.insecure_issuers,
-                )
+            result = await self._check_file(path, content, repo=repo, ceiling=ceiling)
+            problems += result.problems
+            if ceiling_invalid and is_trust_policy_path(path):
+                problems.append(FileProblem(path, None, CEILING_INVALID))
+            if result.jwks_file is not None:
+                key_files.setdefault(result.jwks_file, path)
+        problems += await self._check_key_files(client, head_sha, repo, key_files, checked, budget)
         return checked, problems
+
+    async def _check_key_files(
+        self,
+        client: RepoChecks,
+        head_sha: str,
+        repo: str,
+        key_files: Mapping[str, str],
+        checked: list[str],
+        budget: int,
+    ) -> list[FileProblem]:
+        """The key files the change's policies name (not in the change themselves), read at
+        its commit within what is left of the byte budget; appends them to ``checked``."""
+        problems: list[FileProblem] = []
+        for key_file, policy in key_files.items():
+            if key_file in checked:
+                continue
+            content = await client.read_at(key_file, head_sha) if budget else None
+            if content is None and budget:
+                message = f"jwks_file: {key_file} is not in the repository at this commit"
+                problems.append(FileProblem(policy, None, message))
+                continue
+            checked.append(key_file)
+            if content is None or len(content) > budget:
+                budget = 0
+                problems.append(FileProblem(key_file, None, NOT_VALIDATED))
+                continue
+            budget -= len(content)
+            problems += (await self._check_file(key_file, content, repo=repo)).problems
+        return problems
+
+    async def _check_file(
+        self, path: str, content: bytes, *, repo: str, ceiling: PermissionCeiling | None = None
+    ) -> FileCheck:
+        """``check_file`` in the parsing thread (one file at a time across all checks)."""
+        async with self._parsing:
+            return await asyncio.to_thread(
+                check_file,
+                path,
+                content,
+                repo=repo,
+                org_policy_repo=self._config.org_policy_repo,
+                insecure_issuers=self._config.insecure_issuers,
+                ceiling=ceiling,
+            )
+
+    async def _ceiling(
+        self,
+        client: RepoChecks,
+        installation: int,
+        owner: str,
+        repo: str,
+        head_sha: str,
+        changed: Sequence[ChangedFile],
+    ) -> tuple[PermissionCeiling | None, bool]:
+        """The ceiling this change's policies are held to, and whether it is invalid.
+
+        In the org policy repository a change to the ceiling file is checked against its
+        own new ceiling (its problems are that file's); otherwise the org's ceiling as the
+        service applies it. Raises RateLimited / GitHubUnavailable (the check then fails as
+        incomplete: not validated is never shown as valid).
+        """
+        if is_org_policy_repo(repo, self._config.org_policy_repo):
+            own = next((f for f in changed if f.path == CEILING_FILE), None)
+            if own is not None and own.status == "removed":
+                return None, False
+            if own is not None:
+                content = await client.read_at(CEILING_FILE, head_sha)
+                return (ceiling_of(content), False) if content is not None else (None, False)
+        if self._ceilings is None:
+            return None, False
+        try:
+            return await self._ceilings.permission_ceiling(installation, owner), False
+        except PolicyInvalid:
+            return None, True
 
     async def drain(self, grace_seconds: float = 5.0) -> None:
         """Wait for (then cancel) running policy checks, at shutdown."""

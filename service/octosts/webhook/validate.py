@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from octosts.adapters.policy_yaml import parse_trust_policy, parse_trusted_issuers
+from octosts.adapters.pinned_keys import parse_jwks_file
+from octosts.adapters.policy_yaml import (
+    parse_permission_ceiling,
+    parse_trusted_issuers,
+    read_trust_policy,
+)
+from octosts.domain.ceiling import PermissionCeiling, excess_problems, excesses
 from octosts.domain.errors import PolicyInvalid, PolicyProblem
-from octosts.domain.layout import ISSUERS_FILE, is_org_policy_repo, is_trust_policy_path
+from octosts.domain.layout import (
+    CEILING_FILE,
+    ISSUERS_FILE,
+    POLICY_SUFFIX,
+    is_jwks_path,
+    is_org_policy_repo,
+    is_trust_policy_path,
+)
 
 CHECK_NAME = "Trust Policy Validation"
 MAX_ANNOTATIONS = 50  # GitHub's per-request limit
 
 
 def is_policy_path(path: str, *, repo: str, org_policy_repo: str) -> bool:
-    """A trust policy, or the issuers file when ``repo`` is the org policy repository."""
-    if is_trust_policy_path(path):
+    """A trust policy, a key file policies pin (``*.jwks.json``), or, when ``repo`` is the
+    org policy repository, the issuers or the permission ceiling file."""
+    if is_trust_policy_path(path) or is_jwks_path(path):
         return True
-    return is_org_policy_repo(repo, org_policy_repo) and path == ISSUERS_FILE
+    return is_org_policy_repo(repo, org_policy_repo) and path in {ISSUERS_FILE, CEILING_FILE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +38,14 @@ class FileProblem:
     path: str
     line: int | None
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileCheck:
+    """One file's problems, and the key file a valid policy names (to be checked too)."""
+
+    problems: list[FileProblem]
+    jwks_file: str | None = None
 
 
 def validate_file(
@@ -35,15 +57,47 @@ def validate_file(
     insecure_issuers: frozenset[str] = frozenset(),
 ) -> list[FileProblem]:
     """Every problem of one policy file (empty when valid)."""
+    return check_file(
+        path, content, repo=repo, org_policy_repo=org_policy_repo, insecure_issuers=insecure_issuers
+    ).problems
+
+
+def ceiling_of(content: bytes) -> PermissionCeiling | None:
+    """A ceiling file's ceiling; None when it is invalid (its own check reports why)."""
     try:
-        if path == ISSUERS_FILE:
+        return parse_permission_ceiling(content)
+    except PolicyInvalid:
+        return None
+
+
+def check_file(
+    path: str,
+    content: bytes,
+    *,
+    repo: str,
+    org_policy_repo: str,
+    insecure_issuers: frozenset[str] = frozenset(),
+    ceiling: PermissionCeiling | None = None,
+) -> FileCheck:
+    """Every problem of one policy file: its own, and for a trust policy what it asks above
+    the org's ``ceiling`` (``domain.ceiling.excesses``, the exchange's rule)."""
+    org = is_org_policy_repo(repo, org_policy_repo)
+    try:
+        if org and path == ISSUERS_FILE:
             parse_trusted_issuers(content, insecure_issuers=insecure_issuers)
+        elif org and path == CEILING_FILE:
+            parse_permission_ceiling(content)
+        elif is_jwks_path(path):
+            parse_jwks_file(content, path=path)
         else:
-            org = is_org_policy_repo(repo, org_policy_repo)
-            parse_trust_policy(content, kind="org" if org else "repo")
+            policy, lines = read_trust_policy(content, kind="org" if org else "repo")
+            identity = path.rpartition("/")[2].removesuffix(POLICY_SUFFIX)
+            excess = excesses(policy.permissions, identity, ceiling)
+            problems = [_problem(path, p) for p in excess_problems(excess, lines)]
+            return FileCheck(problems, policy.jwks_file)
     except PolicyInvalid as exc:
-        return [_problem(path, p) for p in exc.problems]
-    return []
+        return FileCheck([_problem(path, p) for p in exc.problems])
+    return FileCheck([])
 
 
 def _problem(path: str, problem: PolicyProblem) -> FileProblem:
@@ -70,6 +124,22 @@ ISSUERS_EFFECT = (
 )
 
 
+# The same for an invalid ceiling file (``permission_ceiling_invalid``).
+CEILING_EFFECT = (
+    f"**`{CEILING_FILE}` is invalid.** Once this reaches the default branch of the "
+    "organization policy repository, every token exchange into the organization is refused "
+    "(`PERMISSION_DENIED`, reason `permission_ceiling_invalid`) as soon as the last valid copy "
+    "the service holds expires (`OCTOSTS_CEILING_STALE_SECONDS`, default one hour). "
+    "Fix the entries below; each names the field and the reason."
+)
+# A policy checked against an org ceiling that is itself invalid: said on every policy.
+CEILING_INVALID = (
+    "the organization's permission ceiling "
+    f"({CEILING_FILE} in the org policy repository) is invalid: every token exchange into "
+    "the organization is refused (permission_ceiling_invalid) until it is fixed"
+)
+
+
 def check_outcome(checked: list[str], problems: list[FileProblem]) -> CheckOutcome:
     """The check run for ``checked`` files with ``problems`` among them."""
     if not problems:
@@ -80,6 +150,8 @@ def check_outcome(checked: list[str], problems: list[FileProblem]) -> CheckOutco
     ]
     if any(p.path == ISSUERS_FILE for p in problems):
         lines = [ISSUERS_EFFECT, "", *lines]
+    if any(p.path == CEILING_FILE for p in problems):
+        lines = [CEILING_EFFECT, "", *lines]
     annotations = tuple(
         {
             "path": p.path,
@@ -99,6 +171,10 @@ def check_outcome(checked: list[str], problems: list[FileProblem]) -> CheckOutco
 def _annotation_title(path: str) -> str:
     if path == ISSUERS_FILE:
         return "Invalid trusted token issuers file: exchanges into the organization will be refused"
+    if path == CEILING_FILE:
+        return "Invalid permission ceiling: exchanges into the organization will be refused"
+    if is_jwks_path(path):
+        return "Invalid key file: the policies pinning it will be refused"
     return "Invalid trust policy"
 
 
