@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from octosts.cli import main
+from octosts.dev.issuer import generate_key
 
 ISS = "https://token.actions.githubusercontent.com"
 POLICY = f"""\
@@ -301,6 +302,66 @@ def test_lint_escapes_control_characters(
     out = capsys.readouterr().out
     assert "\x1b" not in out
     assert "evil" in out
+
+
+def test_lint_checks_policies_against_a_ceiling_given_with_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ceiling = write(
+        tmp_path / "org/.github/chainguard/permission-ceiling.yaml",
+        "default: write\nelevated:\n  identities: [release]\n",
+    )
+    writer = POLICY.replace("contents: read", "contents: write\n  issues: read")
+    ci = write(tmp_path / "demo/.github/chainguard/ci.sts.yaml", writer)
+    release = write(tmp_path / "demo/.github/chainguard/release.sts.yaml", writer)
+    assert main(["policy", "lint", str(ci), str(release)]) == 0  # no ceiling: valid
+    assert main(["policy", "lint", str(ceiling), str(ci), str(release)]) == 1
+    expected = (
+        f"{ci}:6: permissions.contents: write is above what this identity may be granted "
+        "(read): the organization's permission ceiling gives write and admin only to the "
+        "identities it lists under elevated"
+    )
+    assert capsys.readouterr().out.splitlines() == [expected]
+    assert main(["policy", "lint", "--ceiling", str(ceiling), str(release)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_lint_an_invalid_ceiling_or_two_of_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write(tmp_path / "permission-ceiling.yaml", "default: rw\n")
+    policy = write(tmp_path / "ci.sts.yaml", POLICY)
+    assert main(["policy", "lint", str(bad), str(policy)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{bad}:1: default: 'rw' is not a level: use one of none|read|write|admin"
+    ]
+    other = write(tmp_path / "x/permission-ceiling.yaml", "default: read\n")
+    assert main(["policy", "lint", "--ceiling", str(other), str(bad)]) == 2
+    assert "one permission ceiling" in capsys.readouterr().err
+
+
+def test_lint_key_files_and_the_key_file_a_policy_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jwk = generate_key("ec", kid="e1").public_jwk(publish_alg=True)
+    keys = write(tmp_path / "demo/.github/chainguard/k8s.jwks.json", json.dumps({"keys": [jwk]}))
+    assert main(["policy", "lint", str(keys)]) == 0
+    pinned = (
+        "issuer: https://k8s.cluster.invalid\nsubject: system:serviceaccount:ci:deploy\n"
+        "permissions: {contents: read}\njwks_file: .github/chainguard/k8s.jwks.json\n"
+    )
+    policy = write(tmp_path / "demo/.github/chainguard/k8s.sts.yaml", pinned)
+    assert main(["policy", "lint", str(policy)]) == 0  # found from the checkout's root
+    keys.write_text(json.dumps({"keys": [{**jwk, "d": "AQAB"}]}))
+    assert main(["policy", "lint", str(keys), str(policy)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{keys}: keys[0].d: private key material")
+    assert out[1].startswith(f"{policy}:4: jwks_file: .github/chainguard/k8s.jwks.json: keys[0].d")
+    keys.unlink()
+    assert main(["policy", "lint", str(policy)]) == 1
+    assert capsys.readouterr().out.startswith(
+        f"{policy}:4: jwks_file: .github/chainguard/k8s.jwks.json not found at "
+    )
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
