@@ -35,7 +35,7 @@ from octosts.domain.errors import (
     TokenMalformed,
     TokenSignatureInvalid,
 )
-from octosts.domain.exchange import ExchangeAttempt, Exchanger, ExchangeRequest
+from octosts.domain.exchange import CallInfo, ExchangeAttempt, Exchanger, ExchangeRequest
 from octosts.domain.issuers import compile_allowlist
 from octosts.domain.jwks import (
     MAX_KEYS,
@@ -45,6 +45,7 @@ from octosts.domain.jwks import (
 )
 from octosts.domain.policy import TrustPolicy, compile_policy, pinned_keys_for
 from octosts.domain.ports import NullObserver, PinnedVerifier, PolicyLocation
+from octosts.observability.exchanges import audit_event
 from tests.fakes import FakeClock, FakeGitHub, FakePolicies, FakeVerifier, verified
 
 K8S = "https://k8s.cluster.invalid"  # .invalid never resolves: nothing can be fetched
@@ -604,3 +605,16 @@ async def test_concurrent_cold_exchanges_share_one_key_file_read() -> None:
     store, github, _ = file_store()
     await asyncio.gather(*(store.trust_policy(7, LOC) for _ in range(20)))
     assert github.reads == 2
+
+
+async def test_the_audit_event_names_the_key_set_that_verified_the_caller() -> None:
+    policy = pinned_policy()
+    assert policy.jwks is not None
+    verifier = FakeVerifier({}, pinned={"k8s": (policy.jwks.digest, K8S_TOKEN)})
+    ex, _, _ = exchanger({("octo-org", "demo", REPO_PATH): policy}, verifier)
+    attempt = ExchangeAttempt()
+    await ex.exchange(request("k8s"), attempt)
+    call = CallInfo("octosts.v1.SecurityTokenService/Exchange", "rid", "ua", 0.01)
+    record = audit_event(call, request("k8s"), attempt, "ok", "ok", FakeClock()).to_dict()
+    assert record["pinned_keys"] == [policy.jwks.digest]
+    assert record["actor"]["iss"] == K8S

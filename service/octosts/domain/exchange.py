@@ -485,9 +485,9 @@ class Exchanger:
             if keys is None or self._pinned is None:
                 caller = await self._verifier.verify(bearer)
             else:
-                attempt.pinned_keys += (keys.digest,)
                 caller = await self._pinned.verify_pinned(bearer, keys)
         assert caller is not None  # at least one key set: the issuer's
+        attempt.pinned_keys = tuple(digest for digest in needed if digest)
         return caller
 
     async def mint(self, authorized: Authorized) -> MintedToken:

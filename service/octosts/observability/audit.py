@@ -94,6 +94,9 @@ class AuditEvent:
     requests: int = 1
     reused: bool = False
     scopes: tuple[ScopeVerdict, ...] = ()
+    # The pinned key sets (their SHA-256 digests) that verified the caller, when the trust
+    # policies pin keys: which keys a token was accepted with, for rotations and forensics.
+    pinned_keys: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +124,7 @@ class AuditEvent:
             "issuer_audit": self.issuer_audit,
             "requests": self.requests,
             "reused": self.reused,
+            "pinned_keys": list(self.pinned_keys),
         }
 
 

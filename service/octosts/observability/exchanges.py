@@ -114,6 +114,7 @@ def audit_event(
         rpc=call.rpc,
         duration_ms=round(call.duration_seconds * 1000, 3),
         issuer_audit=attempt.issuer_audit,
+        pinned_keys=attempt.pinned_keys,
     )
 
 
