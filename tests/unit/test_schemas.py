@@ -23,7 +23,11 @@ import jsonschema
 import pytest
 
 from octosts.adapters.pinned_keys import parse_jwks_file
-from octosts.adapters.policy_yaml import load_document, parse_trust_policy
+from octosts.adapters.policy_yaml import (
+    load_document,
+    parse_permission_ceiling,
+    parse_trust_policy,
+)
 from octosts.dev.issuer import generate_key
 from octosts.domain.errors import PolicyInvalid
 from octosts.domain.permissions import PERMISSION_LEVELS
@@ -41,6 +45,7 @@ TRUST = schema("trust-policy")
 ORG = schema("org-trust-policy")
 ISSUERS = schema("trusted-token-issuers")
 JWKS = schema("jwks")
+CEILING = schema("permission-ceiling")
 
 RSA_JWK = generate_key("rsa", kid="r1").public_jwk(publish_alg=True)
 EC_JWK = generate_key("ec", kid="e1").public_jwk(publish_alg=False)
@@ -212,3 +217,41 @@ def test_key_file_schema_and_parser_agree(text: str, valid: bool) -> None:
         assert not valid
     else:
         assert valid
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ("default: read\n", True),
+        ("permissions:\n  contents: write\n  workflows: none\n", True),
+        ("default:\npermissions:\n  contents: read\n", True),
+        ("default: write\nelevated:\n  identities: [release, deploy.prod]\n", True),
+        ("default: admin\nelevated:\n  identity_patterns: ['deploy-.*']\n  identities:\n", True),
+        ("{}\n", False),
+        ("default: rw\n", False),
+        ("permissions:\n  contents: admin\n", False),
+        ("permissions:\n  contnts: read\n", False),
+        ("permissions: [contents]\n", False),
+        ("default: read\nelevated: {}\n", False),
+        ("default: read\nelevated:\n  identities: ['..']\n", False),
+        ("default: read\nelevated:\n  identities: ['a/b']\n", False),
+        ("default: read\nelevated:\n  people: [x]\n", False),
+        ("default: read\nmode: enforce\n", False),
+        ("- default\n", False),
+    ],
+)
+def test_ceiling_schema_and_parser_agree(text: str, valid: bool) -> None:
+    try:
+        parse_permission_ceiling(text)
+    except PolicyInvalid:
+        assert not valid
+    else:
+        assert valid
+    assert schema_accepts(text, CEILING) is valid
+
+
+def test_ceiling_schema_names_every_permission_and_level() -> None:
+    caps = CEILING["properties"]["permissions"]["anyOf"][0]["properties"]
+    assert {name: set(p["enum"]) for name, p in caps.items()} == {
+        name: {"none", *levels} for name, levels in PERMISSION_LEVELS.items()
+    }
