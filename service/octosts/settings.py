@@ -489,6 +489,11 @@ class Settings:
         "OCTOSTS_ISSUERS_FRESH_SECONDS", _float, 300.0, check=_positive
     )
     issuers_stale_seconds: float = setting("OCTOSTS_ISSUERS_STALE_SECONDS", _float, 3600.0)
+    # [operator-kit]: the per-org permission ceiling file, cached like the issuers file.
+    ceiling_fresh_seconds: float = setting(
+        "OCTOSTS_CEILING_FRESH_SECONDS", _float, 300.0, check=_positive
+    )
+    ceiling_stale_seconds: float = setting("OCTOSTS_CEILING_STALE_SECONDS", _float, 3600.0)
     webhook_addr: str = setting("OCTOSTS_WEBHOOK_ADDR", _str, "", check=_optional_host_port)
     # Comma-separated: several secrets are accepted at once while rotating.
     webhook_secrets: tuple[str, ...] = setting(
