@@ -226,6 +226,7 @@ def build_app(
         http=github_http,
         clock=clock,
         telemetry=metrics,
+        replica=readiness,
     )
     audit = AuditLog(
         sink=CloudEventSink(settings.audit_sink_url, metrics=metrics, source=settings.sts_domain)

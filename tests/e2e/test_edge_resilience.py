@@ -201,7 +201,8 @@ def lowest_free_fd(pid: int) -> int:
 
 
 async def test_a_replica_out_of_file_descriptors_leaves_the_rotation(tmp_path: Path) -> None:
-    # The replica's own fault (EMFILE on the issuer fetch), unlike an issuer that is down:
+    # The replica's own fault (EMFILE on its first outbound call: the installation lookup,
+    # then the issuer fetch), unlike an upstream that is down:
     # NOT_SERVING for OCTOSTS_LOCAL_FAULT_UNREADY_SECONDS, then SERVING again.
     stack = await asyncio.to_thread(
         start_stack,

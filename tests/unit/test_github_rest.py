@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gzip
 import json
 from collections.abc import AsyncIterator, Callable
@@ -203,6 +204,37 @@ async def test_an_answer_that_is_not_json_is_github_unavailable() -> None:
             await repo.pull_files(1)
         with pytest.raises(GitHubUnavailable, match="not JSON"):
             await repo.compare("main", "a" * 40)
+
+
+class _Replica:
+    def __init__(self) -> None:
+        self.faults: list[str] = []
+
+    def local_fault(self, cause: str) -> None:
+        self.faults.append(cause)
+
+
+@pytest.mark.parametrize(
+    ("error", "fault"),
+    [
+        (OSError(errno.EMFILE, "Too many open files"), ["EMFILE"]),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), []),
+    ],
+)
+async def test_a_call_failing_for_the_replicas_own_fault_takes_it_out_of_rotation(
+    error: OSError, fault: list[str]
+) -> None:
+    # Out of descriptors, every call from this replica fails while the others are fine (as
+    # for the issuer fetch, adapters/local_fault.py); GitHub refusing is everyone's problem.
+    def broken(_request: httpx.Request) -> httpx.Response:
+        raise NotConnected(type(error).__name__) from error
+
+    replica = _Replica()
+    async with HandlerPool(broken) as http:
+        rest = GitHubRest(RestConfig(base_url=API), http=http, clock=FakeClock(), replica=replica)
+        with pytest.raises(GitHubUnavailable, match="unreachable on w"):
+            await rest.send(Request("GET", "/x", "token t", "e", "w"))
+    assert replica.faults == fault * 2  # the call and its one retry (nothing was sent)
 
 
 TRICKLE_BYTES = 100

@@ -65,6 +65,7 @@ import aiohttp
 import structlog
 
 from octosts.adapters.http_body import BodyRefused, read_capped_chunks
+from octosts.adapters.local_fault import local_fault_cause
 from octosts.domain.deadline import time_left
 from octosts.domain.errors import (
     GITHUB_BUSY,
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
     import ssl
     from types import TracebackType
 
-    from octosts.domain.ports import Clock, Stage
+    from octosts.domain.ports import Clock, ReplicaHealth, Stage
 
 _log = structlog.get_logger("octosts.github")
 
@@ -321,6 +322,8 @@ class AiohttpPool:
             raise Dropped(type(exc).__name__) from exc
         except aiohttp.ClientError as exc:  # a malformed answer, an invalid URL...
             raise Unanswered(type(exc).__name__) from exc
+        except OSError as exc:  # before any socket: no descriptor for an import, say
+            raise NotConnected(type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -757,7 +760,8 @@ class GitHubRest:
     """The GitHub REST core (see the module docstring).
 
     ``http`` is owned by the caller (``http_client``); ``telemetry`` receives one
-    record per call and one rate-limit reading per answer that has one.
+    record per call and one rate-limit reading per answer that has one; ``replica``
+    hears of a call that failed for this replica's own fault (out of file descriptors...).
     """
 
     def __init__(
@@ -767,8 +771,10 @@ class GitHubRest:
         http: HttpPool,
         clock: Clock,
         telemetry: GitHubTelemetry | None = None,
+        replica: ReplicaHealth | None = None,
     ) -> None:
         self.config = config
+        self._replica = replica
         self._http = http
         self._clock = clock
         self._telemetry = telemetry
@@ -999,6 +1005,9 @@ class GitHubRest:
                 f"GitHub timed out on {what} (deadline {deadline:.3g} s)"
             ) from exc
         except Unanswered as exc:
+            cause = local_fault_cause(exc)
+            if cause is not None and self._replica is not None:  # this replica's, not GitHub's
+                self._replica.local_fault(cause)
             # The library's exception class says enough; its text may repeat the URL only.
             raise GitHubUnavailable(f"GitHub unreachable on {what}: {exc}") from exc
         status, answer_headers = answer.status, answer.headers
