@@ -33,6 +33,7 @@ from octosts.adapters.github_apps import GitHubApps
 from octosts.adapters.github_rest import GitHubRest, RestConfig, http_client
 from octosts.adapters.held_tokens import HeldTokenCache
 from octosts.adapters.oidc import OidcConfig, OidcVerifier, make_http_client
+from octosts.adapters.org_files import CeilingStore, OrgFileConfig
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
 from octosts.adapters.redis_state import RedisConfig, RedisState
 from octosts.adapters.shared_cache import Fleet, SharedCache, SharedDeliveries
@@ -300,9 +301,26 @@ def build_app(
         ),
         shared=shared("trusted_issuers"),
     )
+    ceilings = CeilingStore(
+        github,
+        clock=clock,
+        observer=observer,
+        org_policy_repo=settings.org_policy_repo,
+        config=OrgFileConfig(
+            fresh_seconds=settings.ceiling_fresh_seconds,
+            stale_seconds=settings.ceiling_stale_seconds,
+            max_entries=settings.cache_max_entries,
+        ),
+        shared=shared("permission_ceiling"),
+    )
     # With Redis, a push invalidates every process's entries (adapters.shared_cache.Fleet).
     fleet = (
-        Fleet(redis, policies=policies, issuers=trusted_issuers, holds=github_rest)
+        Fleet(
+            redis,
+            policies=policies,
+            org_files=(trusted_issuers, ceilings),
+            holds=github_rest,
+        )
         if redis is not None
         else None
     )
@@ -317,6 +335,7 @@ def build_app(
         # Pinned keys are checked by the verifier itself, never through the verified-token
         # cache: a token one policy's keys verified is not verified for anything else.
         pinned=oidc,
+        ceilings=ceilings,
     )
     webhook = None
     if settings.webhook_addr:
@@ -330,9 +349,11 @@ def build_app(
             # Check runs stay on the App whose webhook delivers the events.
             checks=GitHubChecks(github.checks_app, rest=github_rest),
             policies=policies if fleet is None else fleet.policies,
-            issuers=trusted_issuers if fleet is None else fleet.issuers,
+            issuers=trusted_issuers if fleet is None else fleet.org_file(trusted_issuers.name),
             clock=clock,
             deliveries=_deliveries(redis, clock),
+            ceilings=ceilings,
+            ceiling_invalidator=None if fleet is None else fleet.org_file(ceilings.name),
         )
         webhook = WebhookServer(
             settings.webhook_addr,

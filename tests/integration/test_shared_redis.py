@@ -28,6 +28,7 @@ from octosts.app import REDIS_HEALTH
 from octosts.dev.github import GitHubEmulator
 from octosts.dev.issuer import DevIssuer
 from octosts.dev.redis import RedisServer
+from octosts.domain.layout import CEILING_FILE, ISSUERS_FILE
 from tests.emulator import APP_ID
 from tests.integration.service_harness import Stack, running
 from tests.polling import eventually
@@ -150,6 +151,46 @@ async def test_a_push_to_one_replica_invalidates_every_replica(
 
         for s in apps:
             await eventually(lambda s=s: denied(s), "the deleted policy to be refused", timeout=1)
+
+
+async def test_a_push_of_the_org_files_invalidates_them_on_every_replica(
+    backends: tuple[DevIssuer, GitHubEmulator], redis_server: RedisServer
+) -> None:
+    # The trusted-issuers file and the permission ceiling are shared per org; a push must make
+    # every replica read them again. (The issuers' entry was bumped under another name than
+    # its cache's: each replica dropped its copy, then adopted the old one back from Redis.)
+    issuer, github = backends
+    github.set_file("octo-org", ".github", CEILING_FILE, "default: read\n")
+    github.set_file("octo-org", ".github", ISSUERS_FILE, f"issuers: ['{issuer.url}']\n")
+    fresh = {"ceiling_fresh_seconds": 600.0, "issuers_fresh_seconds": 600.0}
+    async with replicas(backends, redis_server, 3, verbose_errors=True, **fresh) as apps:
+
+        async def refused(stack: Stack, reason: str) -> bool:
+            try:
+                await stack.exchange(scope="octo-org")  # the org policy asks issues: write
+            except grpc.aio.AioRpcError as exc:
+                return reason in (exc.details() or "")
+            return False
+
+        async def allowed(stack: Stack) -> bool:
+            try:
+                return (await stack.exchange(scope="octo-org")).token.startswith("ghs_")
+            except grpc.aio.AioRpcError:
+                return False
+
+        for s in apps:  # cached for 600 s everywhere
+            assert await refused(s, "policy_exceeds_ceiling")
+        github.configure_webhook(
+            f"http://127.0.0.1:{apps[0].app.webhook_port}/webhook", WEBHOOK_SECRET
+        )
+        github.commit("octo-org", ".github", {CEILING_FILE: "default: write\n"})  # to replica 0
+        for s in apps:
+            await eventually(lambda s=s: allowed(s), "the raised ceiling everywhere", timeout=2)
+        other = "issuers: [https://token.actions.githubusercontent.com]\n"
+        github.commit("octo-org", ".github", {ISSUERS_FILE: other})
+        for s in apps:
+            new_issuers = lambda s=s: refused(s, "issuer_not_trusted")  # noqa: E731
+            await eventually(new_issuers, "the new issuers everywhere", timeout=2)
 
 
 async def test_a_replayed_delivery_is_refused_by_every_replica(

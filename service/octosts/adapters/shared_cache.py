@@ -29,8 +29,8 @@ process holds that budget too until it ends, refusing calls with ``Retry-After``
 asking GitHub, instead of each worker spending a refused call of its own to learn it.
 
 Short-lived GitHub tokens (installation tokens, contents tokens, the App JWT) never reach
-this module: only policies, installation ids, issuer keys, trusted-issuers files and
-rate-limit holds do.
+this module: only policies, key files, installation ids, issuer keys, the org files (trusted
+issuers, permission ceiling) and rate-limit holds do.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ _log = structlog.get_logger("octosts.shared")
 
 CHANNEL = "invalidate"
 POLICY = "policy"
-ISSUERS = "issuers"
 HOLD = "github_hold"
 _HOLD_KINDS = ("primary", "secondary")
 _MAX_STRIKES = 32
@@ -298,7 +297,13 @@ class LocalPolicies(Protocol):
     def invalidate_all(self) -> int: ...
 
 
-class LocalIssuers(Protocol):
+class LocalOrgFile(Protocol):
+    """One org file's cache in this process (``adapters.org_files.OrgFileStore``): ``name``
+    is also its ``SharedCache``'s, so a push bumps the generation its entries are read under."""
+
+    @property
+    def name(self) -> str: ...
+
     def invalidate(self, owner: str) -> bool: ...
 
     def invalidate_all(self) -> int: ...
@@ -315,8 +320,8 @@ class SharedHolds(Protocol):
 class Fleet:
     """Invalidation for every process of the fleet (see the module docstring).
 
-    ``policies`` and ``issuers`` are what the webhook handler invalidates through: each
-    call drops this process's entries at once, then publishes (in the background; the
+    ``policies`` and ``org_file(name)`` are what the webhook handler invalidates through:
+    each call drops this process's entries at once, then publishes (in the background; the
     webhook's answer does not wait for Redis). ``start`` subscribes, ``close`` stops.
     """
 
@@ -325,17 +330,16 @@ class Fleet:
         redis: RedisState,
         *,
         policies: LocalPolicies,
-        issuers: LocalIssuers,
+        org_files: Sequence[LocalOrgFile] = (),
         holds: SharedHolds | None = None,
     ) -> None:
         self._redis = redis
         self._local_policies = policies
-        self._local_issuers = issuers
+        self._local_org_files = {store.name: store for store in org_files}
         self._holds = holds
         if holds is not None:
             holds.share_holds(self._publish_hold)
         self.policies = _FleetPolicies(self)
-        self.issuers = _FleetIssuers(self)
         self._channel = redis.key(CHANNEL)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: collections.deque[tuple[tuple[str, ...], bytes]] = collections.deque(
@@ -347,6 +351,10 @@ class Fleet:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed_once = False
         self.subscribed = asyncio.Event()
+
+    def org_file(self, name: str) -> _FleetOrgFile:
+        """The webhook's invalidator of the org file ``name`` (one given as ``org_files``)."""
+        return _FleetOrgFile(self, self._local_org_files[name])
 
     def start(self) -> None:
         self._listener = asyncio.get_running_loop().create_task(
@@ -385,7 +393,9 @@ class Fleet:
             self._subscribed_once = True
             return
         # Back after a loss: messages may have been missed, so forget what could be stale.
-        dropped = self._local_policies.invalidate_all() + self._local_issuers.invalidate_all()
+        dropped = self._local_policies.invalidate_all() + sum(
+            store.invalidate_all() for store in self._local_org_files.values()
+        )
         _log.info("shared_resync", dropped=dropped, republished=len(self._pending))
         while self._pending:
             counters, body = self._pending.popleft()
@@ -414,9 +424,10 @@ class Fleet:
         owner = message.get("owner")
         if not isinstance(owner, str) or not is_owner_name(owner):
             return
-        if message.get("cache") == ISSUERS:
-            had = self._local_issuers.invalidate(owner)
-            _logged(ISSUERS, "channel", int(had), owner=owner)
+        org_file = self._local_org_files.get(str(message.get("cache")))
+        if org_file is not None:
+            had = org_file.invalidate(owner)
+            _logged(org_file.name, "channel", int(had), owner=owner)
             return
         repo, path = message.get("repo"), message.get("path")
         if message.get("cache") != POLICY or not isinstance(repo, str) or not is_repo_name(repo):
@@ -474,18 +485,24 @@ class _FleetPolicies:
         return dropped
 
 
-class _FleetIssuers:
-    """The webhook's ``IssuersInvalidator`` with Redis."""
+class _FleetOrgFile:
+    """The webhook's invalidator of one org file (``IssuersInvalidator``...) with Redis.
 
-    def __init__(self, fleet: Fleet) -> None:
+    The generation bumped is the one its ``SharedCache`` (named as the file) reads entries
+    under: with another name the entry stayed fresh in Redis and every process adopted it
+    again right after dropping its own copy.
+    """
+
+    def __init__(self, fleet: Fleet, local: LocalOrgFile) -> None:
         self._fleet = fleet
+        self._local = local
 
     def invalidate(self, owner: str) -> bool:
-        fleet = self._fleet
-        had = fleet._local_issuers.invalidate(owner)  # noqa: SLF001
-        _logged(ISSUERS, "webhook", int(had), owner=owner)
-        counter = counter_name(fleet._redis, ISSUERS, (owner.lower(),))  # noqa: SLF001
-        fleet._publish((counter,), {"cache": ISSUERS, "owner": owner})  # noqa: SLF001
+        fleet, name = self._fleet, self._local.name
+        had = self._local.invalidate(owner)
+        _logged(name, "webhook", int(had), owner=owner)
+        counter = counter_name(fleet._redis, name, (owner.lower(),))  # noqa: SLF001
+        fleet._publish((counter,), {"cache": name, "owner": owner})  # noqa: SLF001
         return had
 
 

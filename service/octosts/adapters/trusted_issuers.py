@@ -1,85 +1,32 @@
 """Per-organization trusted-token-issuers, read from the org policy repository.
 
-``TrustedIssuersStore`` implements ``domain.ports.TrustedIssuersSource``.
-
-Lookup outcomes (``domain.layout.ISSUERS_FILE`` in ``ORG_POLICY_REPO`` of the
-scope's owner):
-
-==============================  ==========================================================
-GitHub says                     decision
-==============================  ==========================================================
-valid file                      that file (fresh ``fresh_seconds``, default 5 min)
-404 (absent)                    no restriction (cached the same way)
-unreadable (403, no contents    no restriction, logged as a warning
-read for the installation)
-invalid file                    last known good *file* (kept ``stale_seconds``, 1 h),
-                                else PolicyInvalid: every exchange into the org refused
-rate limited / GitHub down      the last answer of any kind (within ``stale_seconds``),
-                                else the error (RateLimited / GitHubUnavailable)
-==============================  ==========================================================
-
-The previous answer is revalidated with its ETag (a 304 costs no rate limit).
-Concurrent lookups for one org share one GitHub read (single-flight). A push
-to the org policy repository (``invalidate``) makes the next lookup read
-GitHub again while keeping the last known good copy for the fallbacks above.
-
-With a fleet's Redis (``shared``), answers are shared (``adapters.shared_cache``) as the
-file's bytes and the last valid file's, parsed again by each process that reads them.
+``TrustedIssuersStore`` implements ``domain.ports.TrustedIssuersSource``: the file
+``domain.layout.ISSUERS_FILE``, read, cached and falling back as every org file is
+(``adapters.org_files``, whose module doc has the table of lookup outcomes and the fleet's
+second level; an invalid file with no last known good refuses with reason
+``trusted_issuers_invalid``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
-import structlog
-
-from octosts.adapters.cache import SingleFlight, TtlCache
+from octosts.adapters.org_files import OrgFile, OrgFileConfig, OrgFileStore
 from octosts.adapters.policy_yaml import parse_trusted_issuers
-from octosts.adapters.shared_cache import Filled
-from octosts.domain.errors import PolicyInvalid, PolicyNotFound, RateLimited, UpstreamUnavailable
+from octosts.domain.issuers import TrustedIssuers
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, ISSUERS_FILE
 
 if TYPE_CHECKING:
-    from octosts.adapters.shared_cache import SharedCache, SharedEntry
-    from octosts.domain.issuers import TrustedIssuers
-    from octosts.domain.ports import Clock, GitHubApp, Stage, StageObserver
+    from octosts.adapters.shared_cache import SharedCache
+    from octosts.domain.ports import Clock, GitHubApp, StageObserver
 
-_log = structlog.get_logger("octosts.trusted_issuers")
 INVALID_REASON = "trusted_issuers_invalid"
+# The settings and tests name it so; every org file's cache has the same knobs.
+TrustedIssuersConfig = OrgFileConfig
 
 
-@dataclass(frozen=True, slots=True)
-class TrustedIssuersConfig:
-    fresh_seconds: float = 300.0
-    stale_seconds: float = 3600.0
-    max_entries: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.fresh_seconds <= 0 or self.stale_seconds < 0 or self.max_entries < 1:
-            raise ValueError("TrustedIssuersConfig: TTLs must be positive, max_entries >= 1")
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """What the last read decided for one org."""
-
-    trusted: TrustedIssuers | None  # None: no restriction (absent/unreadable) or error
-    error: PolicyInvalid | None  # invalid file with no last known good
-    etag: str | None
-    # The last valid file and when it was read, for the invalid-file fallback.
-    last_good: TrustedIssuers | None
-    last_good_at: float | None
-    # The current file's problems when it is invalid (even while last_good is served).
-    invalid: PolicyInvalid | None = None
-    # The bytes behind ``invalid``/``trusted`` and ``last_good``, for the second level.
-    content: bytes | None = None
-    last_good_content: bytes | None = None
-
-
-class TrustedIssuersStore:
+class TrustedIssuersStore(OrgFileStore[TrustedIssuers]):
     """``TrustedIssuersSource`` over ``GitHubApp.read_file``, cached per org."""
 
     def __init__(
@@ -90,225 +37,25 @@ class TrustedIssuersStore:
         observer: StageObserver,
         org_policy_repo: str = DEFAULT_ORG_POLICY_REPO,
         insecure_issuers: frozenset[str] = frozenset(),
-        config: TrustedIssuersConfig | None = None,
+        config: OrgFileConfig | None = None,
         shared: SharedCache | None = None,
     ) -> None:
-        self._github = github
-        self._shared = shared
-        self._clock = clock
-        self._observer = observer
-        self._repo = org_policy_repo
-        self._insecure = insecure_issuers
-        self._config = config or TrustedIssuersConfig()
-        self._cache: TtlCache[str, _Answer] = TtlCache(
-            name="trusted_issuers", maxsize=self._config.max_entries, clock=clock
+        file = OrgFile(
+            name="trusted_issuers",
+            path=ISSUERS_FILE,
+            parse=partial(parse_trusted_issuers, insecure_issuers=insecure_issuers),
+            unreadable_effect="no issuer restriction for this organization",
         )
-        self._flight: SingleFlight[str, _Answer] = SingleFlight()
-
-    def __repr__(self) -> str:
-        return f"TrustedIssuersStore(org_policy_repo={self._repo!r})"
+        super().__init__(
+            file,
+            github,
+            clock=clock,
+            observer=observer,
+            org_policy_repo=org_policy_repo,
+            config=config,
+            shared=shared,
+        )
 
     async def trusted_issuers(self, installation_id: int, owner: str) -> TrustedIssuers | None:
         """See ``TrustedIssuersSource.trusted_issuers``."""
-        key = owner.lower()
-        with self._observer.stage("trusted_issuers_fetch") as stage:
-            stage.annotate("cache.name", "trusted_issuers")
-            answer = self._cache.get(key)
-            if answer is not None:
-                stage.annotate("cache", "hit")
-            else:
-                stage.annotate("cache", "miss")
-                answer = await self._flight.do(
-                    key, lambda: self._refresh(installation_id, owner, key, stage)
-                )
-        if answer.error is not None:
-            raise answer.error.with_traceback(None)
-        return answer.trusted
-
-    def invalidate(self, owner: str) -> bool:
-        """Make the next lookup for ``owner`` read GitHub (push to the policy repo).
-
-        The entry stays available as last known good for the fallbacks.
-        Returns whether there was an entry.
-        """
-        key = owner.lower()
-        entry = self._cache.get_entry(key)
-        if entry is None:
-            return False
-        remaining = max(entry.keep_until - self._clock.now(), 0.0)
-        self._cache.set(key, entry.value, ttl=0.0, stale_for=remaining)
-        return True
-
-    def invalidate_all(self) -> int:
-        """``invalidate`` every organization (after missing the fleet's invalidations)."""
-        owners = self._cache.keys_where(lambda _answer: True)
-        return sum(self.invalidate(owner) for owner in owners)
-
-    async def _refresh(self, installation_id: int, owner: str, key: str, stage: Stage) -> _Answer:
-        if self._shared is None:
-            return (await self._fetch(installation_id, owner, key, stage, None)).value
-        stage.annotate("shared", value=True)
-        return await self._shared.read_through(
-            (key,),
-            scope=(key,),  # a push to the org policy repository invalidates it
-            decode=lambda entry: self._adopt(owner, key, entry, stage),
-            fetch=lambda entry: self._fetch(installation_id, owner, key, stage, entry),
-        )
-
-    def _adopt(self, owner: str, key: str, entry: SharedEntry, stage: Stage) -> _Answer | None:
-        """A fresh second-level answer, parsed again, in this process's cache too."""
-        answer = self._from_shared(owner, entry, stage)
-        if answer is not None:
-            ttl = entry.fresh_until - self._clock.now()
-            self._cache.set(key, answer, ttl=ttl, stale_for=self._config.stale_seconds)
-        return answer
-
-    def _from_shared(self, owner: str, entry: SharedEntry, stage: Stage) -> _Answer | None:
-        value = entry.value
-        etag, file = value.get("etag"), value.get("file")
-        if "file" not in value or not (etag is None or isinstance(etag, str)):
-            return None
-        if file is None:
-            return _Answer(None, None, None, None, None)
-        content = _unb64(file)
-        if content is None:
-            return None
-        previous = None
-        last_good, last_good_at = _unb64(value.get("last_good")), value.get("last_good_at")
-        if last_good is not None and isinstance(last_good_at, int | float):
-            try:
-                trusted = parse_trusted_issuers(last_good, insecure_issuers=self._insecure)
-            except PolicyInvalid:
-                return None  # never written by us: the last good file was valid
-            previous = _Answer(trusted, None, None, trusted, float(last_good_at), None, last_good)
-        return self._parse(owner, content, etag, previous, stage, read_at=entry.stored_at)
-
-    async def _fetch(
-        self, installation_id: int, owner: str, key: str, stage: Stage, shared: SharedEntry | None
-    ) -> Filled[_Answer]:
-        previous_entry = self._cache.get_entry(key)
-        previous = previous_entry.value if previous_entry is not None else None
-        if previous is None and shared is not None:
-            # Of an old generation too: a push makes it stale, it stays the last known good.
-            previous = self._from_shared(owner, shared, stage)
-        try:
-            read = await self._github.read_file(
-                installation_id,
-                owner,
-                self._repo,
-                ISSUERS_FILE,
-                previous.etag if previous else None,
-            )
-        except PolicyNotFound as exc:
-            if exc.reason == "policy_unreadable":
-                _log.warning(
-                    "trusted_issuers_unreadable",
-                    owner=owner,
-                    repo=self._repo,
-                    detail=exc.detail[:200],
-                    effect="no issuer restriction for this organization",
-                )
-                stage.annotate("outcome", "unreadable")
-            else:
-                stage.annotate("outcome", "absent")
-            # An answer, not a failure: a deleted file also ends the last known good.
-            answer = _Answer(None, None, None, None, None)
-        except (RateLimited, UpstreamUnavailable):
-            if previous is not None:
-                stage.annotate("stale", value=True)
-                return Filled(previous)  # not re-cached: the next exchange tries GitHub again
-            raise
-        else:
-            if read.content is None and previous is not None:  # 304: unchanged
-                stage.annotate("revalidated", value=True)
-                answer = previous
-                if previous.invalid is not None:  # the fallback may have run out
-                    answer = self._fallback(owner, previous.invalid, previous.etag, previous, stage)
-            else:
-                answer = self._parse(owner, read.content or b"", read.etag, previous, stage)
-        config = self._config
-        self._cache.set(key, answer, ttl=config.fresh_seconds, stale_for=config.stale_seconds)
-        return Filled(answer, _share(answer), config.fresh_seconds, config.stale_seconds)
-
-    def _last_good(self, previous: _Answer | None) -> tuple[TrustedIssuers | None, float | None]:
-        if previous is None or previous.last_good is None or previous.last_good_at is None:
-            return None, None
-        if self._clock.now() - previous.last_good_at > self._config.stale_seconds:
-            return None, None
-        return previous.last_good, previous.last_good_at
-
-    def _parse(
-        self,
-        owner: str,
-        content: bytes,
-        etag: str | None,
-        previous: _Answer | None,
-        stage: Stage,
-        *,
-        read_at: float | None = None,
-    ) -> _Answer:
-        try:
-            trusted = parse_trusted_issuers(content, insecure_issuers=self._insecure)
-        except PolicyInvalid as exc:
-            return self._fallback(owner, exc, etag, previous, stage, content)
-        stage.annotate("outcome", "valid")
-        at = self._clock.now() if read_at is None else read_at
-        return _Answer(trusted, None, etag, trusted, at, None, content, content)
-
-    def _fallback(
-        self,
-        owner: str,
-        invalid: PolicyInvalid,
-        etag: str | None,
-        previous: _Answer | None,
-        stage: Stage,
-        content: bytes | None = None,
-    ) -> _Answer:
-        """The answer for an invalid file: last known good while it lasts, else reject.
-
-        Logged on every read that finds the file invalid, with each problem (the
-        pattern or issuer and why) and what it does to the org's exchanges.
-        """
-        stage.annotate("outcome", "invalid")
-        last_good, last_good_at = self._last_good(previous)
-        _log.warning(
-            INVALID_REASON,
-            owner=owner,
-            repo=self._repo,
-            path=ISSUERS_FILE,
-            problems=[p.render()[:300] for p in invalid.problems[:10]],
-            effect="serving the last valid file"
-            if last_good is not None
-            else "refusing every exchange into this organization",
-        )
-        if last_good is not None:
-            stage.annotate("stale", value=True)
-            good = previous.last_good_content if previous is not None else None
-            return _Answer(last_good, None, etag, last_good, last_good_at, invalid, content, good)
-        error = PolicyInvalid(invalid.problems, reason=INVALID_REASON)
-        return _Answer(None, error, etag, None, None, invalid, content)
-
-
-def _share(answer: _Answer) -> dict[str, Any] | None:
-    """The second-level form of an answer: the file's bytes and the last valid file's."""
-    if answer.content is None:
-        if answer.trusted is None and answer.error is None:  # absent or unreadable
-            return {"file": None}
-        return None  # an answer whose bytes this process no longer has
-    return {
-        "file": base64.b64encode(answer.content).decode(),
-        "etag": answer.etag,
-        "last_good": base64.b64encode(answer.last_good_content).decode()
-        if answer.last_good_content is not None and answer.last_good_at is not None
-        else None,
-        "last_good_at": answer.last_good_at if answer.last_good_content is not None else None,
-    }
-
-
-def _unb64(value: object) -> bytes | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
+        return await self.lookup(installation_id, owner)

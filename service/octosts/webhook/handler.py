@@ -155,9 +155,13 @@ class WebhookHandler:
         clock: Clock | None = None,
         deliveries: DeliveryMemory | None = None,
         ceilings: Ceilings | None = None,
+        ceiling_invalidator: IssuersInvalidator | None = None,
     ) -> None:
+        """``ceiling_invalidator``: where a push of the ceiling file is forgotten when that is
+        not ``ceilings`` itself (a fleet's, ``shared_cache.Fleet.org_file``)."""
         self._config = config
         self._ceilings = ceilings
+        self._ceiling_files = ceiling_invalidator or ceilings
         self._checks = checks
         self._policies = policies
         self._issuers = issuers
@@ -261,8 +265,8 @@ class WebhookHandler:
         ceiling_changed = is_org_policy_repo(repo, self._config.org_policy_repo) and (
             whole_repo or CEILING_FILE in paths
         )
-        if ceiling_changed and self._ceilings is not None:
-            self._ceilings.invalidate(owner)
+        if ceiling_changed and self._ceiling_files is not None:
+            self._ceiling_files.invalidate(owner)
         _log.info(
             "webhook_push",
             owner=owner,
