@@ -42,6 +42,7 @@ def _target(name: str, instrument: tuple[str, ...], max_len: int, test_runs: int
 
 _TOKENS = ("octosts.transport.metadata", "octosts.adapters.oidc", "octosts.domain.tokens")
 _YAML = ("octosts.adapters.policy_yaml", "octosts.domain")
+_PINNED = ("octosts.adapters.pinned_keys", "octosts.domain.jwks", "octosts.adapters.oidc")
 _GUARD = ("octosts.domain.slash_guard", "octosts.domain.issuers")
 _HEADERS = (
     "octosts.transport.metadata",
@@ -53,9 +54,12 @@ TARGETS: dict[str, Target] = {
     for t in (
         _target("bearer", _TOKENS, 20_000),
         _target("claims", (*_TOKENS, "octosts.domain.policy"), 16_000),
-        _target("jwks", ("octosts.adapters.oidc",), 110_000, test_runs=300),
+        _target("jwks", ("octosts.adapters.oidc", "octosts.domain.jwks"), 110_000, test_runs=300),
+        # A key file: MAX_JWKS_FILE_BYTES (64 KiB) and a little more.
+        _target("pinned_jwks", _PINNED, 70_000, test_runs=300),
         _target("policy", _YAML, 70_000, test_runs=300),
         _target("issuers", _YAML, 70_000, test_runs=300),
+        _target("ceiling", _YAML, 70_000, test_runs=300),
         _target("slash_guard", _GUARD, 8_000, test_runs=600),
         _target("names", ("octosts.domain.names", "octosts.transport.compat"), 400),
         _target("metadata", _HEADERS, 70_000),

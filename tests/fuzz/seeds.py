@@ -146,7 +146,8 @@ def _claims() -> Seeds:
     return {f"payload-{name}": payload for name, payload in _payloads().items()}
 
 
-def _jwks() -> Seeds:
+def _public_jwks() -> list[dict[str, Any]]:
+    """An EC P-256, an EC P-384 and an Ed25519 public key (fixed private numbers)."""
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: PLC0415
 
     def ec_jwk(curve: ec.EllipticCurve, crv: str, size: int, secret: int) -> dict[str, Any]:
@@ -163,11 +164,15 @@ def _jwks() -> Seeds:
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
     raw = okp.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    keys = [
+    return [
         ec_jwk(ec.SECP256R1(), "P-256", 32, 12345),
         ec_jwk(ec.SECP384R1(), "P-384", 48, 67890),
         {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64url(raw)},
     ]
+
+
+def _jwks() -> Seeds:
+    keys = _public_jwks()
     return {
         "ec-and-okp": json.dumps({"keys": keys}).encode(),
         "ec-alg-mismatch": json.dumps({"keys": [{**keys[0], "alg": "ES384"}]}).encode(),
@@ -315,6 +320,146 @@ def _issuers() -> Seeds:
         quoted = "'" + pattern.replace("'", "''") + "'"
         seeds[f"pattern-{index:02d}"] = file("issuer_patterns:", f"  - {quoted}")
     return seeds
+
+
+def _pinned_jwks() -> Seeds:
+    """Key files (``jwks_file``): each rule of ``domain.jwks.compile_pinned_jwks`` broken once."""
+    from tests import hostile as h  # noqa: PLC0415
+
+    ec256, ec384, okp = _public_jwks()
+    rsa = {**h.ALLOWED_RSA_KEYS[1], "kid": "rsa", "alg": "RS256"}
+
+    def doc(*keys: object, **top: object) -> bytes:
+        return json.dumps({"keys": list(keys), **top}).encode()
+
+    seeds = {
+        "valid-all-types": doc(rsa, ec256, ec384, okp),
+        "valid-rsa-4096": doc(h.ALLOWED_RSA_KEYS[0]),
+        "valid-key-ops": doc({**ec256, "use": "sig", "key_ops": ["verify"], "alg": "ES256"}),
+        "valid-no-kid": doc({k: v for k, v in ec256.items() if k != "kid"}),
+        "valid-x5c-ignored": doc({**ec256, "x5c": ["MIIB"], "x5t": "abc"}),
+        "private-d": doc({**ec256, "d": "AAAA"}),
+        "private-rsa-members": doc({**rsa, "p": "AQAB", "q": "AQAB", "qi": "AQAB"}),
+        "oct-secret": doc({"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}),
+        "kty-unknown": doc({**ec256, "kty": "DSA"}),
+        "kty-list": doc({**ec256, "kty": ["EC"]}),
+        "unknown-member": doc({**ec256, "n": "AQAB"}),
+        "use-enc": doc({**ec256, "use": "enc"}),
+        "key-ops-sign": doc({**ec256, "key_ops": ["sign", "verify"]}),
+        "alg-mismatch": doc({**ec256, "alg": "ES384"}),
+        "alg-hs256-on-rsa": doc({**rsa, "alg": "HS256"}),
+        "alg-none": doc({**rsa, "alg": "none"}),
+        "kid-empty": doc({**ec256, "kid": ""}),
+        "kid-long": doc({**ec256, "kid": "k" * 257}),
+        "kid-control": doc({**ec256, "kid": "a\nb"}),
+        "kid-number": doc({**ec256, "kid": 7}),
+        "kid-duplicate": doc(ec256, {**ec384, "kid": ec256["kid"]}),
+        "ec-curve-p521": doc({**ec256, "crv": "P-521"}),
+        "ec-no-y": doc({k: v for k, v in ec256.items() if k != "y"}),
+        "ec-off-curve": doc({**ec256, "y": ec256["x"]}),
+        "ec-padding": doc({**ec256, "x": ec256["x"] + "="}),
+        "okp-x25519": doc({**okp, "crv": "X25519"}),
+        "okp-short": doc({**okp, "x": "AAAA"}),
+        "rsa-no-e": doc({k: v for k, v in rsa.items() if k != "e"}),
+        "unknown-top-member": doc(ec256, issuer="https://a.example"),
+        "keys-empty": doc(),
+        "keys-not-list": b'{"keys": {"kty": "EC"}}',
+        "keys-of-strings": doc("a", 1, None),
+        "too-many-keys": doc(*[{**ec256, "kid": f"k{i}"} for i in range(101)]),
+        "duplicate-member": b'{"keys": [], "keys": []}',
+        "duplicate-key-member": b'{"keys": [{"kty": "EC", "kty": "RSA"}]}',
+        "deep": b'{"keys": [{"key_ops": [[["verify"]]]}]}',
+        "deep-5000": b"[" * 5000 + b"]" * 5000,
+        "not-json": b"keys: []\n",
+        "not-utf8": b'{"keys": ["\xff"]}',
+        "bom": b"\xef\xbb\xbf" + doc(ec256),
+        "lone-surrogate-escape": b'{"keys": [{"kty": "EC", "kid": "\\ud800"}]}',
+        "huge-number": b'{"keys": [{"kty": "RSA", "e": 1' + b"0" * 5000 + b"}]}",
+        "nan": b'{"keys": [{"kty": "EC", "x": NaN}]}',
+        "oversized": doc(ec256) + b" " * (64 * 1024),
+        "top-level-list": json.dumps([ec256]).encode(),
+    }
+    for index, (jwk, _reason) in enumerate(h.REFUSED_RSA_KEYS):
+        seeds[f"rsa-refused-{index}"] = doc(jwk)
+    return seeds
+
+
+def _ceiling() -> Seeds:
+    def file(*lines: str) -> bytes:
+        return ("\n".join(lines) + "\n").encode()
+
+    return {
+        "documented": file(
+            "default: read",
+            "permissions:",
+            "  contents: write",
+            "  pull_requests: write",
+            "  issues: write",
+            "  workflows: none",
+            "  administration: none",
+            "elevated:",
+            "  identities: [release, deploy]",
+            "  identity_patterns: ['deploy-[a-z0-9-]+']",
+        ),
+        "default-only": file("default: write"),
+        "allowlist": file("permissions:", "  contents: read", "  metadata: read"),
+        "denylist": file("default: admin", "permissions: {administration: none}"),
+        "default-empty": file("default:", "permissions: {contents: read}"),
+        "default-false": file("default: no"),  # YAML 1.1: false, refused
+        "default-bad": file("default: maintain"),
+        "level-not-for-permission": file("permissions: {contents: admin}"),
+        "unknown-permission": file("permissions: {contens: read}"),
+        "permission-number": file("permissions: {1: read, contents: 2}"),
+        "permissions-list": file("permissions: [contents]"),
+        "elevated-empty": file("default: write", "elevated: {}"),
+        "elevated-not-mapping": file("default: write", "elevated: [release]"),
+        "elevated-unknown-field": file("default: write", "elevated: {users: [a]}"),
+        "elevated-bad-identity": file("default: write", "elevated: {identities: ['a b', '', 3]}"),
+        "elevated-bad-re2": file("default: write", "elevated: {identity_patterns: ['(?<=a)b']}"),
+        "elevated-too-many": file(
+            "default: write", "elevated:", "  identities:", *(f"  - i{i}" for i in range(65))
+        ),
+        "elevated-string": file("default: write", "elevated: {identities: release}"),
+        "unknown-field": file("default: read", "ceiling: write"),
+        "nothing-set": file("elevated: {identities: [a]}"),
+        "flow-style": b"{default: read, permissions: {issues: write}}",
+        "anchor-alias": file("default: &d read", "permissions: {contents: *d}"),
+        "duplicate-key": file("default: read", "default: admin"),
+        "empty": b"",
+        "null": b"~\n",
+        "list": file("- default: read"),
+        "not-utf8": b"default: \xff\n",
+        "oversized": file("default: read") + b"#" + b"x" * (64 * 1024),
+    }
+
+
+def _policy_pinned() -> Seeds:
+    """Policies pinning keys (inline ``jwks:``, a ``jwks_file``, both, neither valid)."""
+    ec256, _ec384, okp = _public_jwks()
+    head = (
+        "issuer: https://kubernetes.default.svc\n"
+        "subject: system:serviceaccount:ci:deployer\n"
+        "permissions:\n  contents: read\n"
+    )
+
+    def policy(extra: str) -> bytes:
+        return (head + extra).encode()
+
+    return {
+        "pinned-inline": policy("jwks: " + json.dumps({"keys": [ec256, okp]}) + "\n"),
+        "pinned-inline-private": policy("jwks: " + json.dumps({"keys": [{**ec256, "d": "AA"}]})),
+        "pinned-inline-oct": policy("jwks: {keys: [{kty: oct, k: c2VjcmV0}]}\n"),
+        "pinned-inline-not-object": policy("jwks: [a]\n"),
+        "pinned-file": policy("jwks_file: .github/chainguard/keys/cluster.jwks.json\n"),
+        "pinned-file-escapes": policy("jwks_file: .github/chainguard/../../x.jwks.json\n"),
+        "pinned-file-not-json-name": policy("jwks_file: .github/chainguard/keys.json\n"),
+        "pinned-both": policy(
+            "jwks_file: .github/chainguard/k.jwks.json\njwks: "
+            + json.dumps({"keys": [ec256]})
+            + "\n"
+        ),
+        "pinned-file-number": policy("jwks_file: 7\n"),
+    }
 
 
 # -- names, metadata, compat, protobuf ----------------------------------------------------------
@@ -618,8 +763,10 @@ GENERATORS: dict[str, Callable[[], Seeds]] = {
     "bearer": _bearer,
     "claims": _claims,
     "jwks": _jwks,
-    "policy": _policy,
+    "policy": lambda: _policy() | _policy_pinned(),
     "issuers": _issuers,
+    "ceiling": _ceiling,
+    "pinned_jwks": _pinned_jwks,
     "slash_guard": _slash_guard,
     "names": _names,
     "metadata": _metadata,

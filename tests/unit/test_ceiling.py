@@ -101,6 +101,9 @@ def test_what_passes_the_ceiling_never_exceeds_a_cap(perms: dict[str, str], iden
         ("default: read\nelevated:\n  people: [x]\n", "line 3: elevated.people: unknown field"),
         ("default: read\nmode: enforce\n", "line 2: mode: unknown field"),
         ("default: read\ndefault: write\n", "line 2: default: duplicate key"),
+        # YAML 1.1 reads `no` as false: refused, not taken for none (nor false for anything)
+        ("default: no\n", "line 1: default: 'False' is not a level"),
+        ("permissions:\n  contents: off\n", "line 2: permissions.contents: 'False' is not a lev"),
     ],
 )
 def test_an_invalid_file_names_every_problem_with_its_line(text: str, expected: str) -> None:

@@ -142,8 +142,10 @@ class _Compiler:
         for key in data:
             if key not in FIELDS:
                 self.problem(clip(str(key), 60), f"unknown field (allowed: {', '.join(FIELDS)})")
-        # A field left empty (``default:``) is unset, as in the trusted-issuers file.
-        default = self.level("default", data.get("default") or NONE, None)
+        # A field left empty (``default:``) is unset, as in the trusted-issuers file; YAML's
+        # ``no``/``false``/``0`` are not: a level is one of the words, never a guess.
+        raw_default = data.get("default")
+        default = self.level("default", NONE if raw_default is None else raw_default, None)
         permissions = self.permissions(data.get("permissions"))
         identities, patterns = self.elevated(data)
         if "permissions" not in data and "default" not in data:
