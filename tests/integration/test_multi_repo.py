@@ -94,8 +94,9 @@ async def test_github_call_budget_for_n_repositories(stack: Stack) -> None:
     await exchange(stack, *(f"octo-org/{r}" for r in REPOS))
     assert calls(stack.github) == {
         "GET /orgs/octo-org/installation": 1,
-        # The org's trusted-token-issuers file (absent here), then one read per repository.
-        "GET /repos/octo-org/.github": 1,
+        # The org's trusted-token-issuers and permission-ceiling files (absent here), then
+        # one read per repository.
+        "GET /repos/octo-org/.github": 2,
         "POST access_tokens": 2,  # the contents:read token for the reads, then the token
         "GET /repos/octo-org/app": 1,
         "GET /repos/octo-org/lib": 1,
