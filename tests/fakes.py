@@ -118,9 +118,11 @@ class FakeGitHub:
         self.files: dict[tuple[str, str, str], bytes] = {}
         self.minted: list[tuple[int, dict[str, str], tuple[str, ...]]] = []
         self.reads = 0
+        self.lookups = 0
         self.fail_with: Exception | None = None
 
     async def installation_id(self, owner: str) -> int:
+        self.lookups += 1
         if owner not in self.installations:
             raise NoInstallation(f"no installation for {owner}")
         return self.installations[owner]

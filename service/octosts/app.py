@@ -40,6 +40,7 @@ from octosts.adapters.shared_cache import Fleet, SharedCache, SharedDeliveries
 from octosts.adapters.shared_quota import SharedQuota
 from octosts.adapters.signer import build_signer
 from octosts.adapters.trusted_issuers import TrustedIssuersConfig, TrustedIssuersStore
+from octosts.adapters.unverified import UnverifiedBudget, UnverifiedConfig
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.domain.egress import Egress
 from octosts.domain.exchange import Exchanger
@@ -336,6 +337,13 @@ def build_app(
         # cache: a token one policy's keys verified is not verified for anything else.
         pinned=oidc,
         ceilings=ceilings,
+        unverified=UnverifiedBudget(
+            clock=clock,
+            config=UnverifiedConfig(
+                per_minute=settings.unverified_lookups_per_minute,
+                max_entries=settings.cache_max_entries,
+            ),
+        ),
     )
     webhook = None
     if settings.webhook_addr:

@@ -494,6 +494,11 @@ class Settings:
         "OCTOSTS_CEILING_FRESH_SECONDS", _float, 300.0, check=_positive
     )
     ceiling_stale_seconds: float = setting("OCTOSTS_CEILING_STALE_SECONDS", _float, 3600.0)
+    # [operator-kit]: lookups (installation, org files, policy) for tokens not verified yet,
+    # per process and minute, for names (issuer, identity, scopes) no verified token used yet.
+    unverified_lookups_per_minute: float = setting(
+        "OCTOSTS_UNVERIFIED_LOOKUPS_PER_MINUTE", _float, 30.0, check=_positive
+    )
     webhook_addr: str = setting("OCTOSTS_WEBHOOK_ADDR", _str, "", check=_optional_host_port)
     # Comma-separated: several secrets are accepted at once while rotating.
     webhook_secrets: tuple[str, ...] = setting(

@@ -150,3 +150,22 @@ async def test_the_orgs_trusted_issuers_apply_to_pinned_issuers(
     github.set_file("octo-org", ".github", ISSUERS_FILE, f"issuers: ['{issuer.url}', '{K8S}']\n")
     async with running(*pinned) as stack:
         assert (await stack.exchange(identity="k8s", token=token(stack))).token
+
+
+async def test_forged_tokens_naming_new_identities_cost_a_bounded_number_of_github_reads(
+    pinned: tuple[DevIssuer, GitHubEmulator],
+) -> None:
+    # Tokens of the pinned issuer are read before they can be verified; a forger inventing an
+    # identity per request gets OCTOSTS_UNVERIFIED_LOOKUPS_PER_MINUTE policy reads, then 429s
+    # that cost GitHub nothing. The workload that verified before is not held back.
+    async with running(*pinned, unverified_lookups_per_minute=4.0) as stack:
+        assert (await stack.exchange(identity="k8s", token=token(stack))).token  # 1 of 4
+        codes = []
+        for i in range(12):
+            forged = token(stack, FORGER, jti=str(i))
+            codes.append((await code_of(stack.exchange(identity=f"id{i}", token=forged)))[0])
+        assert codes[:3] == [C.UNAUTHENTICATED] * 3
+        assert codes[3:] == [C.RESOURCE_EXHAUSTED] * 9
+        reads = stack.github.count("GET", "/repos/octo-org/demo/contents/.github/chainguard/id")
+        assert reads == 3
+        assert (await stack.exchange(identity="k8s", token=token(stack, jti="again"))).token

@@ -21,21 +21,31 @@ from octosts.adapters.oidc import OidcConfig, OidcVerifier
 from octosts.adapters.pinned_keys import parse_jwks_file
 from octosts.adapters.policy_store import PolicyCacheConfig, PolicyStore
 from octosts.adapters.policy_yaml import parse_trust_policy
+from octosts.adapters.unverified import UnverifiedBudget, UnverifiedConfig
 from octosts.adapters.verified_cache import CachingVerifier
 from octosts.dev.issuer import SigningKey, generate_key, mint_token
 from octosts.domain.errors import (
     UNKNOWN_KEY_ID,
     InvalidRequest,
     IssuerRejected,
+    IssuerUnavailable,
     NoInstallation,
     PolicyDenied,
     PolicyInvalid,
     PolicyNotFound,
+    RateLimited,
+    TokenClaimsInvalid,
     TokenExpired,
     TokenMalformed,
     TokenSignatureInvalid,
 )
-from octosts.domain.exchange import CallInfo, ExchangeAttempt, Exchanger, ExchangeRequest
+from octosts.domain.exchange import (
+    UNVERIFIED_LOOKUPS,
+    CallInfo,
+    ExchangeAttempt,
+    Exchanger,
+    ExchangeRequest,
+)
 from octosts.domain.issuers import compile_allowlist
 from octosts.domain.jwks import (
     MAX_KEYS,
@@ -46,7 +56,7 @@ from octosts.domain.jwks import (
 from octosts.domain.policy import TrustPolicy, compile_policy, pinned_keys_for
 from octosts.domain.ports import NullObserver, PinnedVerifier, PolicyLocation
 from octosts.observability.exchanges import audit_event
-from tests.fakes import FakeClock, FakeGitHub, FakePolicies, FakeVerifier, verified
+from tests.fakes import FakeClock, FakeGitHub, FakePolicies, FakeVerifier, policy, verified
 
 K8S = "https://k8s.cluster.invalid"  # .invalid never resolves: nothing can be fetched
 ACTIONS = "https://token.actions.githubusercontent.com"
@@ -265,6 +275,7 @@ def exchanger(
     verifier: FakeVerifier,
     *,
     with_pinned: bool = True,
+    unverified: UnverifiedBudget | None = None,
 ) -> tuple[Exchanger, FakeGitHub, FakePolicies]:
     github = FakeGitHub({"octo-org": 7})
     source = FakePolicies(policies)
@@ -276,6 +287,7 @@ def exchanger(
             observer=NullObserver(),
             domain="octo-sts.dev",
             pinned=verifier if with_pinned else None,
+            unverified=unverified,
         ),
         github,
         source,
@@ -400,6 +412,136 @@ async def test_without_a_pinned_verifier_pinned_policies_are_refused() -> None:
     with pytest.raises(PolicyInvalid):
         await ex.exchange(request("k8s"))
     assert github.minted == []
+
+
+async def test_a_bad_signature_under_a_held_issuers_kid_costs_no_github_call() -> None:
+    # Keys held, the kid known to them, the signature wrong: refused before the installation
+    # lookup, at the edge and in Exchange alike, whatever policy the request names.
+    verifier = FakeVerifier({}, held=frozenset({ACTIONS}))
+    ex, github, source = exchanger({("octo-org", "demo", REPO_PATH): pinned_policy()}, verifier)
+    with pytest.raises(TokenSignatureInvalid):
+        await ex.exchange(request("forged"))
+    with pytest.raises(TokenSignatureInvalid):
+        await ex.verify_at_edge("forged", "octo-org/demo", "ci")
+    assert (github.lookups, github.reads, source.asked) == (0, 0, [])
+
+
+async def test_a_kid_the_held_keys_do_not_know_is_left_to_the_policy() -> None:
+    # A policy may pin keys of an issuer the service also reaches: a kid its published keys
+    # do not know is not refused early, the policy's keys decide.
+    policy = pinned_policy(issuer=ACTIONS)
+    assert policy.jwks is not None
+    token = verified(sub=SUB)
+    verifier = FakeVerifier(
+        {},
+        TokenSignatureInvalid("no key", reason=UNKNOWN_KEY_ID),
+        pinned={"pinned": (policy.jwks.digest, token)},
+        held=frozenset({ACTIONS}),
+    )
+    ex, _, _ = exchanger({("octo-org", "demo", REPO_PATH): policy}, verifier)
+    assert (await ex.exchange(request("pinned"))).caller is token
+
+
+def bounded(per_minute: float) -> tuple[UnverifiedBudget, FakeClock]:
+    clock = FakeClock()
+    return UnverifiedBudget(clock=clock, config=UnverifiedConfig(per_minute=per_minute)), clock
+
+
+async def test_lookups_for_unverified_tokens_naming_new_identities_are_bounded() -> None:
+    # Forged tokens of an issuer nobody can fetch (the pinned case), a new identity each:
+    # without a bound, one policy read per request, and no valid token needed.
+    budget, clock = bounded(per_minute=3)
+    verifier = FakeVerifier({}, IssuerUnavailable("unreachable"), claims={"forged": K8S})
+    ex, github, source = exchanger({}, verifier, unverified=budget)
+    refused: list[str] = []
+    for i in range(10):
+        with pytest.raises((IssuerUnavailable, RateLimited)) as info:
+            await ex.exchange(ExchangeRequest("forged", "octo-org/demo", f"id{i}"))
+        refused.append(getattr(info.value, "reason", ""))
+    assert len(source.asked) == 3  # the bucket, then no lookup at all
+    assert github.lookups == 3
+    assert refused[3:] == [UNVERIFIED_LOOKUPS] * 7
+    assert isinstance(info.value, RateLimited)
+    assert info.value.retry_after is not None
+    assert 1 <= info.value.retry_after <= 20
+    clock.advance(20)  # 3 a minute: one more
+    with pytest.raises(IssuerUnavailable):
+        await ex.exchange(ExchangeRequest("forged", "octo-org/demo", "id-later"))
+    assert len(source.asked) == 4
+
+
+async def test_workloads_that_verified_before_are_never_held_back_by_the_bound() -> None:
+    pinned_one = pinned_policy()
+    assert pinned_one.jwks is not None
+    budget, _ = bounded(per_minute=2)
+    verifier = FakeVerifier(
+        {},
+        IssuerUnavailable("unreachable"),
+        pinned={"k8s": (pinned_one.jwks.digest, K8S_TOKEN)},
+        claims={"forged": K8S},
+    )
+    ex, _, _ = exchanger({("octo-org", "demo", REPO_PATH): pinned_one}, verifier, unverified=budget)
+    assert (await ex.exchange(request("k8s"))).caller is K8S_TOKEN  # one of the two
+    for i in range(5):  # the attacker spends the rest
+        with pytest.raises((IssuerUnavailable, RateLimited)):
+            await ex.exchange(ExchangeRequest("forged", "octo-org/demo", f"id{i}"))
+    assert (await ex.exchange(request("k8s"))).caller is K8S_TOKEN
+    assert (await ex.verify_at_edge("k8s", "octo-org/demo", "ci")) is K8S_TOKEN
+    # A new pinned workload waits (429, Retry-After) until the bucket refills.
+    with pytest.raises(RateLimited):
+        await ex.exchange(request("k8s", "octo-org/other"))
+
+
+async def test_past_the_bound_tokens_of_reachable_issuers_are_verified_first_as_before() -> None:
+    # Over the bound, a token is verified with its issuer's published keys: workloads of
+    # issuers the service can fetch never see the bound, forged ones get 401 with no lookup.
+    budget, _ = bounded(per_minute=1)
+    good = verified()
+    verifier = FakeVerifier({"good": good}, claims={"forged": ACTIONS})
+    ex, github, source = exchanger(
+        {("octo-org", "demo", REPO_PATH): policy()}, verifier, unverified=budget
+    )
+    with pytest.raises(TokenSignatureInvalid):  # spends the bucket (one lookup, then 401)
+        await ex.exchange(ExchangeRequest("forged", "octo-org/demo", "id0"))
+    before = (github.lookups, len(source.asked))
+    with pytest.raises(TokenSignatureInvalid):
+        await ex.exchange(ExchangeRequest("forged", "octo-org/demo", "id1"))
+    assert (github.lookups, len(source.asked)) == before
+    assert (await ex.exchange(request("good"))).caller is good
+
+
+def test_the_budget_refills_smoothly_and_remembers_boundedly() -> None:
+    clock = FakeClock()
+    budget = UnverifiedBudget(
+        clock=clock, config=UnverifiedConfig(per_minute=60, remember_seconds=10, max_entries=2)
+    )
+    assert [budget.admit(f"n{i}") for i in range(60)] == [None] * 60
+    assert budget.admit("n60") == pytest.approx(1.0)
+    clock.advance(0.5)
+    assert budget.admit("n60") == pytest.approx(0.5)
+    budget.verified("known")
+    assert budget.admit("known") is None  # without a token
+    clock.advance(11)
+    assert budget.admit("x") is None  # 11.5 s refilled 11 tokens
+    budget.verified("a")
+    budget.verified("b")
+    budget.verified("c")  # bounded: "a" is forgotten, so it counts again
+    for _ in range(10):
+        budget.admit("y")
+    assert budget.admit("a") is not None
+    assert budget.admit("c") is None
+
+
+def test_unverified_claims_that_can_only_fail_are_checked_before_any_lookup() -> None:
+    clock = FakeClock(time.time())
+    oidc = make_verifier(clock)
+    assert oidc.claimed_issuer(k8s_token()) == K8S
+    with pytest.raises(TokenExpired):
+        oidc.claimed_issuer(k8s_token(exp=int(clock.now()) - 3600))
+    with pytest.raises(TokenExpired):
+        oidc.claimed_issuer(k8s_token(nbf=int(clock.now()) + 3600))
+    with pytest.raises(TokenClaimsInvalid):
+        oidc.claimed_issuer(k8s_token(sub="a\nb"))
 
 
 # -- the edge -------------------------------------------------------------------------------

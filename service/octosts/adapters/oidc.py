@@ -420,11 +420,18 @@ class OidcVerifier:
     # -- keys pinned in a trust policy ----------------------------------------
 
     def claimed_issuer(self, bearer: str) -> str:
-        """See ``domain.ports.PinnedVerifier.claimed_issuer``: the ``token_parse`` and
-        ``issuer_validate`` rules of ``verify``, without the network."""
+        """See ``domain.ports.PinnedVerifier.claimed_issuer``: the ``token_parse``,
+        ``issuer_validate`` and ``claims_validate`` rules of ``verify``, without the network
+        and on claims not verified yet."""
         with self._observer.stage("token_peek"):
             token = parse_unverified(bearer)
-            self._validate_issuer(token.issuer)
+            insecure = self._validate_issuer(token.issuer)
+            # Rules that only refuse, on unverified claims: an expired or malformed token
+            # costs no GitHub lookup (verification checks them again on the signed claims).
+            check_token_times(
+                token.payload, now=self._clock.now(), leeway=self._config.leeway_seconds
+            )
+            token_from_claims(token.payload, allow_insecure=insecure)
             return token.issuer
 
     async def verify_pinned(self, bearer: str, keys: PinnedJwks) -> VerifiedToken:

@@ -24,6 +24,7 @@ function, so each can be tested and observed on its own.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -32,13 +33,18 @@ from octosts.domain.ceiling import excesses
 from octosts.domain.errors import (
     AMBIGUOUS_SCOPE,
     INVALID_SCOPES,
+    UNKNOWN_KEY_ID,
     InvalidRequest,
     IssuerNotTrusted,
+    IssuerRejected,
+    IssuerUnavailable,
     PermissionDenied,
     PolicyDenied,
     PolicyExceedsCeiling,
     PolicyInvalid,
     PolicyProblem,
+    RateLimited,
+    TokenSignatureInvalid,
 )
 from octosts.domain.issuers import judge_issuer
 from octosts.domain.layout import DEFAULT_ORG_POLICY_REPO, is_org_policy_repo, policy_path
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
         StageObserver,
         TokenVerifier,
         TrustedIssuersSource,
+        UnverifiedLookups,
     )
     from octosts.domain.tokens import VerifiedToken
 
@@ -289,11 +296,14 @@ class Exchanger:
         trusted_issuers: TrustedIssuersSource | None = None,
         pinned: PinnedVerifier | None = None,
         ceilings: PermissionCeilingSource | None = None,
+        unverified: UnverifiedLookups | None = None,
     ) -> None:
         """``pinned`` verifies tokens under policies that pin keys; without it such policies
         are refused (PolicyInvalid) and tokens are not read before the policies are.
-        ``ceilings``: the orgs' permission ceilings (none applied without it)."""
+        ``ceilings``: the orgs' permission ceilings (none applied without it).
+        ``unverified``: the bound on lookups for tokens not verified yet (without it, none)."""
         self._pinned = pinned
+        self._unverified = unverified
         self._ceilings = ceilings
         self._trusted_issuers = trusted_issuers
         self._verifier = verifier
@@ -364,16 +374,21 @@ class Exchanger:
         """An exchange's checks up to a caller verified as its trust policies require.
 
         In order (docs/architecture.md, "Order of checks"): the request's fields; the
-        token's claimed issuer, read unverified with every rule that needs no network (its
-        shape, the issuer URL rules, the deployment's allowlist); the installation; the
-        org's trusted issuers (on the claimed issuer: what a verified token carries, and
-        before any policy is read); each scope's policy; then the signature and claims,
-        with a policy's pinned keys when it pins keys for exactly that issuer, else with
-        the issuer's published keys (every policy read must accept the token). Nothing of
-        the token but ``iss`` is used before that, and ``iss`` only picks the keys.
+        token read unverified with every rule that needs no network (its shape, the issuer
+        URL rules, the deployment's allowlist, its times and claim syntax: rules that only
+        refuse); the signature with the issuer's published keys when this process holds
+        them (``_verified_early``: a bad signature under a ``kid`` they know ends here);
+        else the bound on lookups for unverified tokens (``UnverifiedLookups``); the
+        installation; the org's trusted issuers (on the claimed issuer: what a verified
+        token carries, and before any policy is read); each scope's policy; then the
+        signature and claims, with a policy's pinned keys when it pins keys for exactly that
+        issuer, else with the issuer's published keys (every policy read must accept the
+        token). Of an unverified token only ``iss`` and the request's names are used, and
+        only to choose what to read and which keys verify: never to grant.
 
         Errors reading a policy are returned in ``read``, not raised. Raises
-        InvalidRequest, AuthenticationError, IssuerUnavailable, RateLimited,
+        InvalidRequest, AuthenticationError, IssuerUnavailable, RateLimited (also
+        ``unverified_lookups``),
         GitHubUnavailable, NoInstallation / IssuerNotTrusted / PolicyInvalid (the org's
         files) only after the token verified with its issuer's keys (a caller without a
         valid token learns nothing about the org), PolicyDenied (``audience_mismatch``).
@@ -383,6 +398,12 @@ class Exchanger:
         identity = check_identity(request.identity)
         _check_requested_audience(request.audience)
         issuer = self._pinned.claimed_issuer(request.bearer) if self._pinned else None
+        name = None
+        if issuer is not None:
+            attempt.caller = await self._verified_early(request.bearer, issuer)
+            if attempt.caller is None:
+                name = _unverified_name(issuer, identity, targets)
+                attempt.caller = await self._admit_unverified(request.bearer, name)
         owner = targets[0].owner
         locations = tuple(policy_location(t, identity, self._org_policy_repo) for t in targets)
         attempt.location = locations[0]
@@ -393,12 +414,16 @@ class Exchanger:
             if issuer is not None:
                 audit = await self._org_allowlist(installation_id, owner, issuer)
         except PermissionDenied:
-            attempt.caller = await self._verifier.verify(request.bearer)
+            if attempt.caller is None:
+                attempt.caller = await self._verifier.verify(request.bearer)
             raise
         read = [
             self._with_keys(r, issuer) for r in await self._read_all(installation_id, locations)
         ]
-        caller = attempt.caller = await self._verify_all(request.bearer, read, attempt)
+        early = attempt.caller  # verified with the issuer's published keys before any lookup
+        caller = attempt.caller = await self._verify_all(request.bearer, read, attempt, early)
+        if name is not None and self._unverified is not None:
+            self._unverified.verified(name)
         if issuer is None:
             audit = await self._org_allowlist(installation_id, owner, caller.issuer)
         attempt.issuer_audit = audit
@@ -417,15 +442,20 @@ class Exchanger:
 
         The edge (ext_authz, before Exchange) answers only whether the token is authentic,
         never a policy question. A token whose issuer's published keys this replica holds
-        is verified with them, as ever, without reading a policy; otherwise the token is
-        authenticated as Exchange will do it (``authenticate``), so a policy's pinned keys
-        verify it and no issuer is fetched for it. A request naming no valid scope, or an
+        is verified with them, as ever, without reading a policy (refused at once when they
+        know its ``kid``); otherwise (keys not held, or a ``kid`` they do not know) the token
+        is authenticated as Exchange will do it (``authenticate``, within its bound on
+        lookups for unverified tokens), so a policy's pinned keys verify it and no issuer is
+        fetched for it. A request naming no valid scope, or an
         org whose files refuse it, is left to Exchange to answer once its token verified.
 
         Raises AuthenticationError, IssuerUnavailable, RateLimited, GitHubUnavailable.
         """
-        if self._pinned is None or self._pinned.holds_keys(self._pinned.claimed_issuer(bearer)):
+        if self._pinned is None:
             return await self._verifier.verify(bearer)
+        early = await self._verified_early(bearer, self._pinned.claimed_issuer(bearer))
+        if early is not None:
+            return early
         attempt = ExchangeAttempt()
         try:
             request = ExchangeRequest(bearer, scope, identity, scopes=scopes)
@@ -436,6 +466,55 @@ class Exchanger:
             if attempt.caller is None:  # pragma: no cover - authenticate verifies first
                 raise
             return attempt.caller
+
+    async def _verified_early(self, bearer: str, issuer: str) -> VerifiedToken | None:
+        """The token verified with its issuer's published keys when this process holds them
+        (no I/O but an unknown ``kid``'s rate-limited refetch), before any GitHub call.
+
+        None when they are not held, or do not know the token's ``kid`` (a policy may pin the
+        key it names), or the issuer cannot be reached. Raises what verification raises
+        otherwise: a token signed under a ``kid`` the issuer publishes that does not verify
+        with that key is refused here, never costing a lookup (a policy pinning other
+        material under a published ``kid`` of a reachable issuer is not supported).
+        """
+        assert self._pinned is not None  # only called with a claimed issuer
+        if not self._pinned.holds_keys(issuer):
+            return None
+        try:
+            return await self._verifier.verify(bearer)
+        except TokenSignatureInvalid as exc:
+            if exc.reason == UNKNOWN_KEY_ID:
+                return None
+            raise
+        except IssuerUnavailable:
+            return None
+
+    async def _admit_unverified(self, bearer: str, name: str) -> VerifiedToken | None:
+        """Whether lookups may run for a token not verified yet (``UnverifiedLookups``).
+
+        None: admitted. Past the bound, the token is verified with its issuer's published
+        keys as it would be without pinned keys (the caller, then); a token they cannot
+        verify is told to come back. Raises AuthenticationError, RateLimited
+        (``unverified_lookups``).
+        """
+        if self._unverified is None:
+            return None
+        wait = self._unverified.admit(name)
+        if wait is None:
+            return None
+        try:
+            return await self._verifier.verify(bearer)
+        except (IssuerUnavailable, IssuerRejected, TokenSignatureInvalid) as exc:
+            # A bad signature under a published key is final; an issuer that cannot be
+            # fetched, or keys that do not know the kid, are what a policy's pins are for.
+            if isinstance(exc, TokenSignatureInvalid) and exc.reason != UNKNOWN_KEY_ID:
+                raise
+            raise RateLimited(
+                "too many exchanges with tokens this service cannot verify before reading"
+                " their policy; retry later",
+                retry_after=max(1.0, wait),
+                reason=UNVERIFIED_LOOKUPS,
+            ) from None
 
     async def _read_all(
         self, installation_id: int, locations: Sequence[PolicyLocation]
@@ -470,10 +549,12 @@ class Exchanger:
         bearer: str,
         read: Sequence[tuple[TrustPolicy, PinnedJwks | None] | BaseException],
         attempt: ExchangeAttempt,
+        early: VerifiedToken | None = None,
     ) -> VerifiedToken:
         """Verify ``bearer`` with every key set the read policies require: each pinned set,
         and the issuer's published keys for policies that pin none for it (also when no
         policy could be read: nothing is answered to a caller whose token did not verify).
+        ``early``: the token as the issuer's published keys already verified it.
         """
         needed: dict[str, PinnedJwks | None] = {}
         for item in read:
@@ -483,7 +564,7 @@ class Exchanger:
         caller = None
         for keys in needed.values() or [None]:
             if keys is None or self._pinned is None:
-                caller = await self._verifier.verify(bearer)
+                caller = early or await self._verifier.verify(bearer)
             else:
                 caller = await self._pinned.verify_pinned(bearer, keys)
         assert caller is not None  # at least one key set: the issuer's
@@ -601,6 +682,14 @@ class Exchanger:
 
 
 _T = TypeVar("_T")
+# RateLimited's reason when lookups for tokens not verified yet are over their bound.
+UNVERIFIED_LOOKUPS = "unverified_lookups"
+
+
+def _unverified_name(issuer: str, identity: str, targets: Sequence[Scope]) -> str:
+    """What a token not verified yet names, as ``UnverifiedLookups`` keys it."""
+    parts = [issuer, identity, *sorted(str(t).lower() for t in targets)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 async def _settled(awaitable: Awaitable[_T]) -> _T | BaseException:

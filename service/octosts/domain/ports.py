@@ -111,10 +111,12 @@ class PinnedVerifier(Protocol):
 
     def claimed_issuer(self, bearer: str) -> str:
         """The token's ``iss``, UNVERIFIED, checked with what needs no network: the token's
-        shape and algorithm, the issuer URL rules and the deployment's issuer allowlist.
+        shape and algorithm, the issuer URL rules and the deployment's issuer allowlist, its
+        times (``exp``/``nbf``/``iat`` with the verifier's leeway) and claim syntax (``sub``,
+        ``aud``). Each rule only refuses: a token passing them is still unverified.
 
         Raises AuthenticationError subclasses (TokenMalformed, TokenSignatureInvalid for an
-        algorithm not accepted, IssuerRejected).
+        algorithm not accepted, IssuerRejected, TokenExpired, TokenClaimsInvalid).
         """
         ...
 
@@ -129,6 +131,24 @@ class PinnedVerifier(Protocol):
 
     def holds_keys(self, issuer: str) -> bool:
         """Whether the deployment's verifier holds ``issuer``'s published keys now (no I/O)."""
+        ...
+
+
+class UnverifiedLookups(Protocol):
+    """The bound on GitHub lookups made for tokens not verified yet (docs/architecture.md,
+    "Order of checks"): the policy a token names is read before its signature is checked
+    when its issuer's published keys are not at hand, since that policy may pin the keys.
+
+    ``key`` is a digest of what such a token names (claimed issuer, identity, scopes).
+    """
+
+    def admit(self, key: str) -> float | None:
+        """None: look up what ``key`` names before verifying. Else the seconds until the
+        next lookup for a name not verified before is allowed."""
+        ...
+
+    def verified(self, key: str) -> None:
+        """A token naming ``key`` verified: its lookups are admitted without counting."""
         ...
 
 
