@@ -181,3 +181,31 @@ async def test_a_push_of_the_ceiling_file_forgets_the_cached_ceiling() -> None:
     assert (status, body["ceiling_invalidated"], ceilings.invalidated) == (200, True, ["octo-org"])
     status, body = await deliver(handler, "push", json.dumps(PUSH).encode())  # another repo
     assert (body["ceiling_invalidated"], ceilings.invalidated) == (False, ["octo-org"])
+
+
+async def test_the_key_files_policies_name_count_toward_the_checks_byte_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Key files are read and parsed like the change's own files: a change cannot get more
+    # than MAX_BYTES_CHECKED parsed by naming big key files from its policies.
+    from octosts.webhook import handler as handler_module  # noqa: PLC0415
+
+    policy = PINNED + f"jwks_file: {KEYS}\n"
+    monkeypatch.setattr(handler_module, "MAX_BYTES_CHECKED", len(policy) + 10)
+    checks = FakeChecks()
+    checks.repo.files = {POLICY: policy.encode()}
+    read = checks.repo.read_at
+
+    async def read_at(path: str, ref: str) -> bytes | None:
+        return json.dumps({"keys": [JWK]}).encode() if path == KEYS else await read(path, ref)
+
+    checks.repo.read_at = read_at  # type: ignore[method-assign]
+    handler = WebhookHandler(
+        WebhookConfig(secrets=(SECRET,)), checks=checks, policies=None, issuers=None
+    )
+    status, _ = await deliver(handler, "pull_request", json.dumps(PULL_REQUEST).encode())
+    assert status == 202
+    await handler.drain()
+    [run] = checks.repo.check_runs
+    assert run["conclusion"] == "failure"
+    assert messages(run) == [(KEYS, 1, handler_module.NOT_VALIDATED)]
