@@ -86,6 +86,7 @@ class FakeVerifier:
         self.claims = dict(claims or {})
         self.held = held
         self.pinned_calls: list[str] = []  # digests of the key sets asked
+        self.pinned_issuers: set[str] = set()
 
     async def verify(self, bearer: str) -> VerifiedToken:
         self.calls += 1
@@ -106,10 +107,14 @@ class FakeVerifier:
         digest, token = self.pinned.get(bearer, ("", None))
         if token is None or digest != keys.digest:
             raise TokenSignatureInvalid("no pinned key verifies the token")
+        self.pinned_issuers.add(token.issuer)
         return token
 
     def holds_keys(self, issuer: str) -> bool:
         return issuer in self.held
+
+    def pinned_lately(self, issuer: str) -> bool:
+        return issuer in self.pinned_issuers
 
 
 class FakeGitHub:

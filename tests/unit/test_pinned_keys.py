@@ -559,14 +559,33 @@ async def test_the_edge_verifies_tokens_of_issuers_it_holds_keys_for_without_a_p
 
 
 async def test_the_edge_verifies_other_tokens_as_exchange_will() -> None:
+    # An issuer the edge cannot fetch (the SSRF guard refuses a cluster's private address):
+    # its token is authenticated as Exchange does it, with the policy's keys; once pinned
+    # keys verified one, the edge no longer tries the issuer.
     policy = pinned_policy()
     assert policy.jwks is not None
-    verifier = FakeVerifier({}, pinned={"k8s": (policy.jwks.digest, K8S_TOKEN)})
+    verifier = FakeVerifier(
+        {}, IssuerRejected("private address"), pinned={"k8s": (policy.jwks.digest, K8S_TOKEN)}
+    )
     ex, _, _ = exchanger({("octo-org", "demo", REPO_PATH): policy}, verifier)
     assert await ex.verify_at_edge("k8s", "octo-org/demo", "ci") is K8S_TOKEN
-    assert verifier.calls == 0
-    with pytest.raises(TokenSignatureInvalid):  # the scope's policy pins other keys
+    assert verifier.calls == 1
+    assert await ex.verify_at_edge("k8s", "octo-org/demo", "ci") is K8S_TOKEN
+    assert verifier.calls == 1
+    with pytest.raises(IssuerRejected):  # no policy there: only the issuer's keys, unreachable
         await ex.verify_at_edge("k8s", "octo-org/other", "ci")
+
+
+async def test_a_cold_edge_judges_tokens_of_fetchable_issuers_without_github() -> None:
+    # Keys not held yet (a replica just started): the issuer's published keys are fetched,
+    # as the edge always did; neither a valid nor a forged token costs a GitHub lookup.
+    good = verified()
+    verifier = FakeVerifier({"good": good})
+    ex, github, source = exchanger({("octo-org", "demo", REPO_PATH): policy()}, verifier)
+    assert await ex.verify_at_edge("good", "octo-org/demo", "ci") is good
+    with pytest.raises(TokenSignatureInvalid):
+        await ex.verify_at_edge("forged", "octo-org/demo", "ci")
+    assert (github.lookups, github.reads, source.asked) == (0, 0, [])
 
 
 async def test_the_edge_leaves_policy_answers_to_exchange() -> None:

@@ -374,6 +374,10 @@ class OidcVerifier:
         self._pinned: TtlCache[str, IssuerKeys] = TtlCache(
             name="pinned_keys", maxsize=config.cache_maxsize, clock=self._clock
         )
+        # Issuers whose tokens pinned keys verified lately (``pinned_lately``).
+        self._pinned_issuers: TtlCache[str, float] = TtlCache(
+            name="pinned_issuers", maxsize=config.cache_maxsize, clock=self._clock
+        )
 
     async def verify(self, bearer: str) -> VerifiedToken:
         """Verify a raw JWT (without the ``Bearer`` scheme).
@@ -461,11 +465,17 @@ class OidcVerifier:
             claims = self._verify_signature(
                 bearer, token, issuer_keys, candidates, stage, whose="pinned key"
             )
-        return self._checked_claims(claims, token, insecure=insecure)
+        verified = self._checked_claims(claims, token, insecure=insecure)
+        self._pinned_issuers.set(token.issuer, self._clock.now(), ttl=self._config.cache_ttl)
+        return verified
 
     def holds_keys(self, issuer: str) -> bool:
         """See ``domain.ports.PinnedVerifier.holds_keys`` (fresh or kept stale)."""
         return self._keys.get_entry(issuer) is not None
+
+    def pinned_lately(self, issuer: str) -> bool:
+        """See ``domain.ports.PinnedVerifier.pinned_lately`` (within the keys' cache TTL)."""
+        return self._pinned_issuers.get(issuer) is not None
 
     def _checked_claims(
         self, claims: dict[str, Any], token: _Unverified, *, insecure: bool

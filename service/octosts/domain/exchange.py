@@ -443,19 +443,33 @@ class Exchanger:
         The edge (ext_authz, before Exchange) answers only whether the token is authentic,
         never a policy question. A token whose issuer's published keys this replica holds
         is verified with them, as ever, without reading a policy (refused at once when they
-        know its ``kid``); otherwise (keys not held, or a ``kid`` they do not know) the token
+        know its ``kid``). The published keys of an issuer neither held nor seen pinned
+        lately are fetched, as the edge always did. Only a token those cannot judge (an
+        issuer that cannot be fetched, one seen pinned lately, a ``kid`` they do not know)
         is authenticated as Exchange will do it (``authenticate``, within its bound on
-        lookups for unverified tokens), so a policy's pinned keys verify it and no issuer is
-        fetched for it. A request naming no valid scope, or an
-        org whose files refuse it, is left to Exchange to answer once its token verified.
+        lookups for unverified tokens), so a policy's pinned keys verify it. A request
+        naming no valid scope, or an org whose files refuse it, is left to Exchange to
+        answer once its token verified.
 
         Raises AuthenticationError, IssuerUnavailable, RateLimited, GitHubUnavailable.
         """
         if self._pinned is None:
             return await self._verifier.verify(bearer)
-        early = await self._verified_early(bearer, self._pinned.claimed_issuer(bearer))
+        issuer = self._pinned.claimed_issuer(bearer)
+        early = await self._verified_early(bearer, issuer)
         if early is not None:
             return early
+        if not (self._pinned.holds_keys(issuer) or self._pinned.pinned_lately(issuer)):
+            # An issuer this replica has not fetched yet, nor seen pinned: its published keys
+            # first, as the edge always did, so that a cold replica's edge does no GitHub
+            # lookup for the tokens of issuers in normal use, forged or not.
+            try:
+                return await self._verifier.verify(bearer)
+            except TokenSignatureInvalid as exc:
+                if exc.reason != UNKNOWN_KEY_ID:
+                    raise
+            except (IssuerUnavailable, IssuerRejected):
+                pass  # cannot be fetched: what a policy's pinned keys are for
         attempt = ExchangeAttempt()
         try:
             request = ExchangeRequest(bearer, scope, identity, scopes=scopes)

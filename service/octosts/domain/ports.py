@@ -133,6 +133,10 @@ class PinnedVerifier(Protocol):
         """Whether the deployment's verifier holds ``issuer``'s published keys now (no I/O)."""
         ...
 
+    def pinned_lately(self, issuer: str) -> bool:
+        """Whether a policy's pinned keys verified a token of ``issuer`` lately (no I/O)."""
+        ...
+
 
 class UnverifiedLookups(Protocol):
     """The bound on GitHub lookups made for tokens not verified yet (docs/architecture.md,
