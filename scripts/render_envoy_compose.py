@@ -14,7 +14,8 @@ chosen ports, since there is no compose network and no `sts` name to resolve.
         [--listen-host 0.0.0.0] [--edge-issuer ISSUER=JWKS_URL ...]
 
 ``--edge-issuer`` (with ``--output``) turns on edge JWT verification (octosts.dev.edge_jwt)
-for the replicas' exact OCTOSTS_ISSUER_ALLOWLIST entries, each with its discovery's jwks_uri.
+for the replicas' exact OCTOSTS_ISSUER_ALLOWLIST entries, each with its discovery's jwks_uri;
+never for an issuer whose keys policies pin (docs/gateway.md).
 """
 
 from __future__ import annotations

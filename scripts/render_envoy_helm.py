@@ -26,7 +26,8 @@ tests/integration/test_helm_chart.py) fails when they are stale after a template
         [--edge-issuer ISSUER=JWKS_URL ...]
 
 ``--edge-issuer`` turns on edge JWT verification (octosts.dev.edge_jwt) for the release's exact
-OCTOSTS_ISSUER_ALLOWLIST entries, each with its discovery document's jwks_uri.
+OCTOSTS_ISSUER_ALLOWLIST entries, each with its discovery document's jwks_uri; never for an
+issuer whose keys policies pin (docs/gateway.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ checks the signature and the time claims of a token whose ``iss`` is one of the 
 allowlist's *exact* issuers (``OCTOSTS_ISSUER_ALLOWLIST``; patterns and organizations'
 trusted issuers cannot be providers: a provider names one issuer and one JWKS). A token that
 fails there is answered 401 by Envoy in microseconds, with the answer table's body, before
-any Check reaches a replica: that is the deny path [perf-2] measures.
+any Check reaches a replica: that is the deny path [perf-2] measures. An issuer whose keys
+policies pin must not be a provider (docs/gateway.md: admit it with a pattern instead).
 
 Everything else goes on to ext_authz exactly as before, and the replicas still verify every
 token themselves (Check and Exchange; neither reads what jwt_authn found):
