@@ -55,7 +55,9 @@ from octosts.domain.jwks import (
 )
 from octosts.domain.policy import TrustPolicy, compile_policy, pinned_keys_for
 from octosts.domain.ports import NullObserver, PinnedVerifier, PolicyLocation
+from octosts.domain.tokens import VerifiedToken
 from octosts.observability.exchanges import audit_event
+from octosts.transport.ext_authz import tenant_metadata
 from tests.fakes import FakeClock, FakeGitHub, FakePolicies, FakeVerifier, policy, verified
 
 K8S = "https://k8s.cluster.invalid"  # .invalid never resolves: nothing can be fetched
@@ -297,6 +299,12 @@ def exchanger(
 K8S_TOKEN = verified(sub=SUB, iss=K8S)
 
 
+def pinned_caller(policy: TrustPolicy, token: VerifiedToken = K8S_TOKEN) -> VerifiedToken:
+    """``token`` as the exchange sees it once ``policy``'s pinned keys alone verified it."""
+    assert policy.jwks is not None
+    return dataclasses.replace(token, pinned_keys=(policy.jwks.digest,), pinned_by="octo-org/demo")
+
+
 def request(bearer: str, scope: str = "octo-org/demo") -> ExchangeRequest:
     return ExchangeRequest(bearer, scope, "ci")
 
@@ -308,7 +316,7 @@ async def test_the_policys_keys_verify_its_issuers_tokens_and_nothing_is_fetched
     ex, github, _ = exchanger({("octo-org", "demo", REPO_PATH): policy}, verifier)
     attempt = ExchangeAttempt()
     result = await ex.exchange(request("k8s"), attempt)
-    assert result.caller is K8S_TOKEN
+    assert result.caller == pinned_caller(policy)
     assert verifier.calls == 0  # the deployment's verifier (discovery) was never asked
     assert verifier.pinned_calls == [policy.jwks.digest]
     assert attempt.pinned_keys == (policy.jwks.digest,)
@@ -439,7 +447,7 @@ async def test_a_kid_the_held_keys_do_not_know_is_left_to_the_policy() -> None:
         held=frozenset({ACTIONS}),
     )
     ex, _, _ = exchanger({("octo-org", "demo", REPO_PATH): policy}, verifier)
-    assert (await ex.exchange(request("pinned"))).caller is token
+    assert (await ex.exchange(request("pinned"))).caller == pinned_caller(policy, token)
 
 
 def bounded(per_minute: float) -> tuple[UnverifiedBudget, FakeClock]:
@@ -481,12 +489,12 @@ async def test_workloads_that_verified_before_are_never_held_back_by_the_bound()
         claims={"forged": K8S},
     )
     ex, _, _ = exchanger({("octo-org", "demo", REPO_PATH): pinned_one}, verifier, unverified=budget)
-    assert (await ex.exchange(request("k8s"))).caller is K8S_TOKEN  # one of the two
+    assert (await ex.exchange(request("k8s"))).caller == pinned_caller(pinned_one)  # one of the two
     for i in range(5):  # the attacker spends the rest
         with pytest.raises((IssuerUnavailable, RateLimited)):
             await ex.exchange(ExchangeRequest("forged", "octo-org/demo", f"id{i}"))
-    assert (await ex.exchange(request("k8s"))).caller is K8S_TOKEN
-    assert (await ex.verify_at_edge("k8s", "octo-org/demo", "ci")) is K8S_TOKEN
+    assert (await ex.exchange(request("k8s"))).caller == pinned_caller(pinned_one)
+    assert (await ex.verify_at_edge("k8s", "octo-org/demo", "ci")) == pinned_caller(pinned_one)
     # A new pinned workload waits (429, Retry-After) until the bucket refills.
     with pytest.raises(RateLimited):
         await ex.exchange(request("k8s", "octo-org/other"))
@@ -568,12 +576,44 @@ async def test_the_edge_verifies_other_tokens_as_exchange_will() -> None:
         {}, IssuerRejected("private address"), pinned={"k8s": (policy.jwks.digest, K8S_TOKEN)}
     )
     ex, _, _ = exchanger({("octo-org", "demo", REPO_PATH): policy}, verifier)
-    assert await ex.verify_at_edge("k8s", "octo-org/demo", "ci") is K8S_TOKEN
+    assert await ex.verify_at_edge("k8s", "octo-org/demo", "ci") == pinned_caller(policy)
     assert verifier.calls == 1
-    assert await ex.verify_at_edge("k8s", "octo-org/demo", "ci") is K8S_TOKEN
+    assert await ex.verify_at_edge("k8s", "octo-org/demo", "ci") == pinned_caller(policy)
     assert verifier.calls == 1
     with pytest.raises(IssuerRejected):  # no policy there: only the issuer's keys, unreachable
         await ex.verify_at_edge("k8s", "octo-org/other", "ci")
+
+
+async def test_a_token_only_pinned_keys_verified_is_not_filed_under_the_issuer_it_claims() -> None:
+    # Whoever controls a repository can pin their own key for GitHub Actions' issuer (under
+    # a kid GitHub does not publish) and sign any sub with it, e.g. another repository's.
+    # The edge accepts such tokens for that repository's policy; the rate limits' tenant
+    # must then be the pinned key set, not GitHub Actions' issuer or the victim's subject.
+    policy = pinned_policy(issuer=ACTIONS)
+    assert policy.jwks is not None
+    victim = "repo:victim-org/prod:ref:refs/heads/main"
+    forged = verified(sub=victim)  # iss: GitHub Actions
+    verifier = FakeVerifier(
+        {"real": verified(sub=victim)},
+        TokenSignatureInvalid("no key", reason=UNKNOWN_KEY_ID),
+        pinned={"pinned": (policy.jwks.digest, forged)},
+        held=frozenset({ACTIONS}),
+    )
+    ex, _, _ = exchanger({("octo-org", "demo", REPO_PATH): policy}, verifier)
+    caller = await ex.verify_at_edge("pinned", "octo-org/demo", "ci")
+    real = await ex.verify_at_edge("real", "octo-org/demo", "ci")
+    assert (caller.issuer, caller.subject) == (real.issuer, real.subject) == (ACTIONS, victim)
+    assert (caller.pinned_keys, caller.pinned_by) == ((policy.jwks.digest,), "octo-org/demo")
+    assert (real.pinned_keys, real.pinned_by) == ((), "")
+    forged_tenant, real_tenant = tenant_metadata(caller), tenant_metadata(real)
+    assert forged_tenant["issuer"] != real_tenant["issuer"]
+    assert forged_tenant["subject"] != real_tenant["subject"]
+    # One bucket per pinned key set, whatever sub its holder signs; subjects still apart.
+    other = await ex.verify_at_edge("pinned", "octo-org/demo", "ci")
+    assert tenant_metadata(other) == forged_tenant
+    elsewhere = dataclasses.replace(caller, subject="repo:victim-org/other:ref:refs/heads/main")
+    assert tenant_metadata(elsewhere)["issuer"] == forged_tenant["issuer"]
+    assert tenant_metadata(elsewhere)["subject"] != forged_tenant["subject"]
 
 
 async def test_a_cold_edge_judges_tokens_of_fetchable_issuers_without_github() -> None:
@@ -779,3 +819,5 @@ async def test_the_audit_event_names_the_key_set_that_verified_the_caller() -> N
     record = audit_event(call, request("k8s"), attempt, "ok", "ok", FakeClock()).to_dict()
     assert record["pinned_keys"] == [policy.jwks.digest]
     assert record["actor"]["iss"] == K8S
+    # iss and sub are only what the pinned key's holder signed: the event says so.
+    assert record["actor"]["verified_by"] == "as claimed by pinned keys of octo-org/demo"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from octosts.domain.ceiling import excesses
@@ -421,7 +421,9 @@ class Exchanger:
             self._with_keys(r, issuer) for r in await self._read_all(installation_id, locations)
         ]
         early = attempt.caller  # verified with the issuer's published keys before any lookup
-        caller = attempt.caller = await self._verify_all(request.bearer, read, attempt, early)
+        caller = attempt.caller = await self._verify_all(
+            request.bearer, read, attempt, early, locations
+        )
         if name is not None and self._unverified is not None:
             self._unverified.verified(name)
         if issuer is None:
@@ -564,17 +566,24 @@ class Exchanger:
         read: Sequence[tuple[TrustPolicy, PinnedJwks | None] | BaseException],
         attempt: ExchangeAttempt,
         early: VerifiedToken | None = None,
+        locations: Sequence[PolicyLocation] = (),
     ) -> VerifiedToken:
         """Verify ``bearer`` with every key set the read policies require: each pinned set,
         and the issuer's published keys for policies that pin none for it (also when no
         policy could be read: nothing is answered to a caller whose token did not verify).
         ``early``: the token as the issuer's published keys already verified it.
+        A caller only pinned keys verified is marked (``VerifiedToken.pinned_keys``,
+        ``pinned_by``: the first ``locations`` entry pinning them): its ``iss`` and ``sub``
+        are only claimed.
         """
         needed: dict[str, PinnedJwks | None] = {}
-        for item in read:
+        pinned_by = ""
+        for index, item in enumerate(read):
             if not isinstance(item, BaseException):
                 keys = item[1]
                 needed.setdefault(keys.digest if keys is not None else "", keys)
+                if keys is not None and not pinned_by and index < len(locations):
+                    pinned_by = f"{locations[index].owner}/{locations[index].repo}"
         caller = None
         for keys in needed.values() or [None]:
             if keys is None or self._pinned is None:
@@ -583,6 +592,8 @@ class Exchanger:
                 caller = await self._pinned.verify_pinned(bearer, keys)
         assert caller is not None  # at least one key set: the issuer's
         attempt.pinned_keys = tuple(digest for digest in needed if digest)
+        if early is None and "" not in needed and attempt.pinned_keys:
+            caller = replace(caller, pinned_keys=attempt.pinned_keys, pinned_by=pinned_by)
         return caller
 
     async def mint(self, authorized: Authorized) -> MintedToken:

@@ -46,13 +46,22 @@ _PORT = re.compile(r"[0-9]{1,5}")
 
 @dataclass(frozen=True, slots=True)
 class VerifiedToken:
-    """A token whose signature, expiry and field syntax have been checked."""
+    """A token whose signature, expiry and field syntax have been checked.
+
+    ``pinned_keys``: the digests of the pinned key sets that alone verified it, and
+    ``pinned_by`` the ``owner/repo`` whose policy pins them; empty when the issuer's
+    published keys verified it. A pinned token's ``issuer`` and ``subject`` are only what
+    whoever holds the pinned keys claims: they must not stand for the real issuer's
+    tenant (rate limits, audit).
+    """
 
     issuer: str
     subject: str
     audience: tuple[str, ...]
     expires_at: float  # epoch seconds
     claims: Mapping[str, object]  # the whole verified payload (read-only copy)
+    pinned_keys: tuple[str, ...] = ()
+    pinned_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,11 +42,22 @@ def token_sha256(token: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """The verified caller: issuer, subject and the claims the policy matched on."""
+    """The verified caller: issuer, subject and the claims the policy matched on.
+
+    ``pinned_by``: the ``owner/repo`` whose policy's pinned keys alone verified the token;
+    ``iss`` and ``sub`` are then only what those keys' holder claims (``verified_by``).
+    """
 
     iss: str
     sub: str
     claims: Mapping[str, str] = field(default_factory=dict)
+    pinned_by: str = ""
+
+    @property
+    def verified_by(self) -> str:
+        if self.pinned_by:
+            return f"as claimed by pinned keys of {self.pinned_by}"
+        return "issuer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +116,12 @@ class AuditEvent:
             "trace_id": self.trace_id,
             "actor": None
             if self.actor is None
-            else {"iss": self.actor.iss, "sub": self.actor.sub, "claims": dict(self.actor.claims)},
+            else {
+                "iss": self.actor.iss,
+                "sub": self.actor.sub,
+                "claims": dict(self.actor.claims),
+                "verified_by": self.actor.verified_by,
+            },
             "scope": self.scope,
             "scopes": [
                 {"scope": v.scope, "decision": v.decision, "reason": v.reason} for v in self.scopes

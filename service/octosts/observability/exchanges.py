@@ -98,7 +98,7 @@ def audit_event(
         trace_id=current_trace_id(),
         actor=None
         if caller is None
-        else Actor(caller.issuer, caller.subject, dict(attempt.matched_claims)),
+        else Actor(caller.issuer, caller.subject, dict(attempt.matched_claims), caller.pinned_by),
         scope=(request.scope or next(iter(request.scopes), ""))[:_SCOPE_CHARS],
         scopes=scope_verdicts(request, attempt),
         identity=request.identity[:100],

@@ -176,7 +176,16 @@ def tenant_metadata(verified: VerifiedToken) -> dict[str, str]:
     ``subject``: one workload identity (issuer and subject); ``issuer``: every workload the
     issuer vouches for. Digests: the values end up in the rate-limit service's Redis keys,
     which a caller owning an issuer must not be able to shape (octosts.dev.tenant_limits).
+    A token only a policy's pinned keys verified is filed under those keys, never under
+    the issuer and subject it claims: whoever pins a key may sign any ``iss`` and ``sub``,
+    and must not spend the real issuer's or another workload's budget.
     """
+    if verified.pinned_keys:
+        keys = ",".join(verified.pinned_keys)
+        return {
+            "subject": _digest("pinned", keys, verified.subject),
+            "issuer": _digest("pinned", keys),
+        }
     return {
         "subject": _digest(verified.issuer, verified.subject),
         "issuer": _digest(verified.issuer),
