@@ -459,6 +459,19 @@ def _policy_pinned() -> Seeds:
             + "\n"
         ),
         "pinned-file-number": policy("jwks_file: 7\n"),
+        # YAML-only types in members that only reach the key set's digest (canonical JSON).
+        **{
+            f"pinned-inline-yaml-{name}": policy(
+                "jwks:\n  keys:\n  - " + json.dumps(ec256)[:-1] + f", {member}}}\n"
+            )
+            for name, member in {
+                "date": "x5t: 2024-01-01",
+                "binary": "x5t: !!binary aGVsbG8=",
+                "int-keys": "x5c: {1: a, b: c}",
+                "date-list": "x5c: [2024-01-01]",
+                "set": "x5t#S256: !!set {a}",
+            }.items()
+        },
     }
 
 

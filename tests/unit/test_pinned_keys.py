@@ -175,6 +175,34 @@ def test_members_of_the_wrong_json_type_are_refused_not_a_crash(key: dict[str, A
     assert problems_of(key)  # the fetched-JWKS side: tests/unit/test_token_rules.py
 
 
+@pytest.mark.parametrize(
+    ("extra", "member"),
+    [
+        ("x5t: 2024-01-01", "x5t"),  # a YAML date
+        ("x5t: !!binary aGVsbG8=", "x5t"),  # bytes
+        ("x5t#S256: 12", "x5t#S256"),
+        ("x5c: {1: a, b: c}", "x5c"),  # a mapping with an integer key
+        ("x5c: [2024-01-01]", "x5c"),
+        ("x5c: [not base64!]", "x5c"),
+    ],
+)
+def test_an_inline_key_member_of_a_yaml_only_type_makes_the_policy_invalid(
+    extra: str, member: str
+) -> None:
+    # These members only reach the key set's digest (canonical JSON): a YAML type there
+    # used to raise TypeError, an internal error for the exchange, the check run and lint.
+    members = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in jwk(RSA).items())
+    doc = (
+        f"issuer: {K8S}\nsubject: x\npermissions: {{contents: read}}\n"
+        f"jwks:\n  keys:\n  -\n{members}    {extra}\n"
+    )
+    with pytest.raises(PolicyInvalid) as refused:
+        parse_trust_policy(doc, kind="repo")
+    assert any(p.field == f"jwks.keys[0].{member}" for p in refused.value.problems)
+    valid = doc.replace(f"    {extra}\n", '    x5t: "aGVsbG8"\n    x5c: ["aGVsbG8="]\n')
+    assert parse_trust_policy(valid, kind="repo").jwks is not None
+
+
 _members = st.sampled_from(
     ["kty", "use", "key_ops", "alg", "kid", "n", "e", "crv", "x", "y", *PRIVATE_MEMBERS, "zz"]
 )

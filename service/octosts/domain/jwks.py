@@ -39,6 +39,9 @@ RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"
 EC_CURVE_ALGORITHM: Mapping[str, str] = MappingProxyType({"P-256": "ES256", "P-384": "ES384"})
 OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 B64URL = re.compile(r"[A-Za-z0-9_-]+")
+# x5c entries are base64 (not base64url) DER certificates, padded (RFC 7517 4.7).
+_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+MAX_X5C = 10  # certificates in a chain
 
 MAX_KEYS = 100  # a JWKS document with more keys than this is refused
 MIN_RSA_MODULUS_BITS = 2048  # below this a key is too weak to trust, whatever it costs
@@ -202,7 +205,13 @@ class _JwksCompiler:
         keys = self.keys(path, raw)
         if self.problems:
             return None, self.problems
-        canonical = json.dumps([dict(k.jwk) for k in keys], sort_keys=True, separators=(",", ":"))
+        try:
+            canonical = json.dumps(
+                [dict(k.jwk) for k in keys], sort_keys=True, separators=(",", ":")
+            )
+        except (TypeError, ValueError):  # pragma: no cover - every member is typed above
+            self.problem(path, "keys must hold JSON values only")
+            return None, self.problems
         digest = hashlib.sha256(canonical.encode()).hexdigest()
         return PinnedJwks(tuple(keys), digest, source), []
 
@@ -247,6 +256,7 @@ class _JwksCompiler:
                     member, f"unknown member for kty {kty} (allowed: {', '.join(allowed)})"
                 )
         self.use_and_ops(path, item)
+        self.certificates(path, item)
         kid = self.kid(path, item.get("kid"))
         self.material(path, kty, item)
         algorithms = key_algorithms(item)
@@ -265,6 +275,25 @@ class _JwksCompiler:
             self.problem(f"{path}.use", "must be sig (signature keys only)")
         if "key_ops" in item and item["key_ops"] != ["verify"]:
             self.problem(f"{path}.key_ops", "must be [verify] (or left out)")
+
+    def certificates(self, path: str, item: Mapping[str, object]) -> None:
+        """x5c, x5t, x5t#S256: never used to verify, but in the digest; JSON types only (a
+        policy's YAML could hold a date, bytes or a mapping with integer keys there)."""
+        if "x5c" in item:
+            chain = item["x5c"]
+            if (
+                not isinstance(chain, list)
+                or not 1 <= len(chain) <= MAX_X5C
+                or not all(isinstance(c, str) and _B64.fullmatch(c) for c in chain)
+            ):
+                self.problem(
+                    f"{path}.x5c", f"must be a list of 1..{MAX_X5C} base64 DER certificates"
+                )
+        for name in ("x5t", "x5t#S256"):
+            if name in item and not (
+                isinstance(item[name], str) and B64URL.fullmatch(str(item[name]))
+            ):
+                self.problem(f"{path}.{name}", "must be base64url without padding")
 
     def kid(self, path: str, kid: object) -> str | None:
         if kid is None:
