@@ -11,7 +11,7 @@ import pytest
 
 from octosts.adapters.org_files import CeilingStore, OrgFileConfig
 from octosts.adapters.trusted_issuers import TrustedIssuersStore
-from octosts.domain.errors import PolicyInvalid, PolicyNotFound
+from octosts.domain.errors import GitHubUnavailable, PolicyInvalid, PolicyNotFound, RateLimited
 from octosts.domain.layout import CEILING_FILE, ISSUERS_FILE
 from octosts.domain.ports import NullObserver, PermissionCeilingSource
 from tests.fakes import FakeClock, FakeGitHub
@@ -77,3 +77,44 @@ async def test_the_issuers_file_and_the_ceiling_of_one_org_are_cached_apart() ->
     assert trusted is not None
     assert trusted.allows("https://a.example")
     assert github.reads == 2
+
+
+@pytest.mark.parametrize("before", [None, GOOD], ids=["absent", "laxer"])
+async def test_a_pushed_ceiling_is_applied_or_the_org_refused_while_github_reads_fail(
+    before: bytes | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An insider who can spend the installation's GitHub budget must not keep a stricter
+    # ceiling just pushed from applying: the answer the push dropped is never served.
+    store, github, clock = make(before)
+    first = await store.permission_ceiling(7, "octo-org")
+    assert (first is None) == (before is None)
+    github.files[KEY] = b"default: none\n"  # the org pushes a strict ceiling
+    assert store.invalidate("octo-org")
+    github.fail_with = RateLimited("installation budget spent", retry_after=60.0)
+    for _ in range(3):
+        with pytest.raises(RateLimited) as info:
+            await store.permission_ceiling(7, "octo-org")
+        assert info.value.retry_after == 60.0
+        clock.advance(10)
+    github.fail_with = GitHubUnavailable("GitHub is down")
+    with pytest.raises(GitHubUnavailable):
+        await store.permission_ceiling(7, "octo-org")
+    assert "permission_ceiling_push_unconfirmed" in capsys.readouterr().out
+    github.fail_with = None
+    strict = await store.permission_ceiling(7, "octo-org")
+    assert strict is not None
+    assert strict.cap("contents") == "none"
+    # Read since the push: GitHub failing again is the usual stale fallback.
+    clock.advance(301)
+    github.fail_with = RateLimited("again", retry_after=60.0)
+    assert await store.permission_ceiling(7, "octo-org") is strict
+
+
+async def test_a_push_that_changed_nothing_is_confirmed_by_a_304() -> None:
+    store, github, clock = make()
+    ceiling = await store.permission_ceiling(7, "octo-org")
+    assert store.invalidate("octo-org")
+    assert await store.permission_ceiling(7, "octo-org") is ceiling  # revalidated: unchanged
+    clock.advance(301)
+    github.fail_with = RateLimited("budget spent", retry_after=5.0)
+    assert await store.permission_ceiling(7, "octo-org") is ceiling  # stale, not pushed

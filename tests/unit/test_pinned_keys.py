@@ -808,6 +808,29 @@ async def test_a_push_to_the_key_file_is_seen_at_once() -> None:
     assert [k.kid for k in keys.keys] == ["ec-1"]
 
 
+@pytest.mark.parametrize("pushed", [KEYS_PATH, REPO_PATH, None], ids=["keys", "policy", "all"])
+async def test_what_a_push_dropped_is_never_served_while_github_reads_fail(
+    pushed: str | None,
+) -> None:
+    # A key just revoked (or a policy just narrowed) must not stay in force because someone
+    # spent the installation's GitHub budget: the store forgets what a push names, so a
+    # failed read ends the exchange (RateLimited / GitHubUnavailable), fail closed.
+    store, github, clock = file_store()
+    await store.trust_policy(7, LOC)
+    if pushed != REPO_PATH:
+        github.files[KEYS_FILE] = json.dumps({"keys": [jwk(EC)]}).encode()  # RSA revoked
+    assert store.invalidate("octo-org", "demo", pushed) >= 1
+    github.fail_with = RateLimited("installation budget spent", retry_after=60.0)
+    for _ in range(2):
+        with pytest.raises(RateLimited):
+            await store.trust_policy(7, LOC)
+        clock.advance(1)
+    github.fail_with = None
+    keys = (await store.trust_policy(7, LOC)).jwks
+    assert keys is not None
+    assert [k.kid for k in keys.keys] == ["rsa-1" if pushed == REPO_PATH else "ec-1"]
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

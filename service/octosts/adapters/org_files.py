@@ -17,13 +17,18 @@ invalid file                    last known good *file* (kept ``stale_seconds``, 
                                 else PolicyInvalid (reason ``<name>_invalid``): every
                                 exchange into the org refused
 rate limited / GitHub down      the last answer of any kind (within ``stale_seconds``),
-                                else the error (RateLimited / GitHubUnavailable)
+                                else the error (RateLimited / GitHubUnavailable); never
+                                an answer a push dropped (below)
 ==============================  ==========================================================
 
 The previous answer is revalidated with its ETag (a 304 costs no rate limit).
 Concurrent lookups for one org share one GitHub read (single-flight). A push
 to the org policy repository (``invalidate``) makes the next lookup read
-GitHub again while keeping the last known good copy for the fallbacks above.
+GitHub again while keeping the last known good copy for its ETag and the invalid-file
+fallback. Until that read succeeds the dropped answer is not served: a rate limit or outage
+then fails the lookup (RateLimited / GitHubUnavailable, with GitHub's Retry-After), fail
+closed, so that nobody who can spend the installation's GitHub budget keeps a stricter
+file just pushed (a ceiling, the trusted issuers) from applying.
 
 With a fleet's Redis (``shared``, a ``SharedCache`` named as the file, ``OrgFile.name``),
 answers are shared (``adapters.shared_cache``) as the file's bytes and the last valid file's,
@@ -36,7 +41,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
@@ -93,6 +98,9 @@ class _Answer(Generic[T]):
     # The bytes behind ``invalid``/``value`` and ``last_good``, for the second level.
     content: bytes | None = None
     last_good_content: bytes | None = None
+    # Dropped by a push (``invalidate``, or an older generation of the fleet's entry): only
+    # a successful read of GitHub may answer now, never this (fail closed).
+    pushed: bool = False
 
 
 class OrgFileStore(Generic[T]):
@@ -160,15 +168,16 @@ class OrgFileStore(Generic[T]):
     def invalidate(self, owner: str) -> bool:
         """Make the next lookup for ``owner`` read GitHub (push to the policy repo).
 
-        The entry stays available as last known good for the fallbacks.
-        Returns whether there was an entry.
+        The entry stays for its ETag and as last known good for an invalid file, marked
+        ``pushed``: it is never served while GitHub cannot be read. Returns whether there
+        was an entry.
         """
         key = owner.lower()
         entry = self._cache.get_entry(key)
         if entry is None:
             return False
         remaining = max(entry.keep_until - self._clock.now(), 0.0)
-        self._cache.set(key, entry.value, ttl=0.0, stale_for=remaining)
+        self._cache.set(key, replace(entry.value, pushed=True), ttl=0.0, stale_for=remaining)
         return True
 
     def invalidate_all(self) -> int:
@@ -221,11 +230,7 @@ class OrgFileStore(Generic[T]):
     async def _fetch(
         self, installation_id: int, owner: str, key: str, stage: Stage, shared: SharedEntry | None
     ) -> Filled[_Answer[T]]:
-        previous_entry = self._cache.get_entry(key)
-        previous = previous_entry.value if previous_entry is not None else None
-        if previous is None and shared is not None:
-            # Of an old generation too: a push makes it stale, it stays the last known good.
-            previous = self._from_shared(owner, shared, stage)
+        previous = self._previous(owner, key, stage, shared)
         try:
             read = await self._github.read_file(
                 installation_id,
@@ -248,15 +253,12 @@ class OrgFileStore(Generic[T]):
                 stage.annotate("outcome", "absent")
             # An answer, not a failure: a deleted file also ends the last known good.
             answer: _Answer[T] = _Answer(None, None, None, None, None)
-        except (RateLimited, UpstreamUnavailable):
-            if previous is not None:
-                stage.annotate("stale", value=True)
-                return Filled(previous)  # not re-cached: the next exchange tries GitHub again
-            raise
+        except (RateLimited, UpstreamUnavailable) as exc:
+            return Filled(self._stale(owner, previous, exc, stage))  # not re-cached
         else:
             if read.content is None and previous is not None:  # 304: unchanged
                 stage.annotate("revalidated", value=True)
-                answer = previous
+                answer = replace(previous, pushed=False)
                 if previous.invalid is not None:  # the fallback may have run out
                     answer = self._fallback(owner, previous.invalid, previous.etag, previous, stage)
             else:
@@ -264,6 +266,41 @@ class OrgFileStore(Generic[T]):
         config = self._config
         self._cache.set(key, answer, ttl=config.fresh_seconds, stale_for=config.stale_seconds)
         return Filled(answer, _share(answer), config.fresh_seconds, config.stale_seconds)
+
+    def _previous(
+        self, owner: str, key: str, stage: Stage, shared: SharedEntry | None
+    ) -> _Answer[T] | None:
+        """The last answer: for its ETag, the last known good, and GitHub failing."""
+        entry = self._cache.get_entry(key)
+        if entry is not None or shared is None:
+            return entry.value if entry is not None else None
+        # Of an old generation too: a push makes it stale, it stays the last known good
+        # (and is never served: the push may have made the file stricter).
+        previous = self._from_shared(owner, shared, stage)
+        if previous is not None and not shared.current:
+            previous = replace(previous, pushed=True)
+        return previous
+
+    def _stale(
+        self, owner: str, previous: _Answer[T] | None, exc: Exception, stage: Stage
+    ) -> _Answer[T]:
+        """The answer while GitHub cannot be read (``exc``): the last one, unless there is
+        none or a push dropped it; then ``exc`` is raised (the next lookup tries again)."""
+        if previous is None:
+            raise exc
+        if previous.pushed:
+            # Fail closed: what a push dropped may be laxer than the file now on GitHub.
+            _log.warning(
+                f"{self._file.name}_push_unconfirmed",
+                owner=owner,
+                repo=self._repo,
+                error=type(exc).__name__,
+                effect="refusing exchanges into this organization until GitHub is read",
+            )
+            stage.annotate("outcome", "push_unconfirmed")
+            raise exc
+        stage.annotate("stale", value=True)
+        return previous
 
     def _last_good(self, previous: _Answer[T] | None) -> tuple[T | None, float | None]:
         if previous is None or previous.last_good is None or previous.last_good_at is None:
