@@ -23,11 +23,12 @@ tests/integration/test_helm_chart.py) fails when they are stale after a template
     python scripts/render_envoy_helm.py [--check]
     python scripts/render_envoy_helm.py --output envoy.ghes.yaml \
         --github-api-url https://ghes.example.com/api/v3 [--webhook] \
-        [--edge-issuer ISSUER=JWKS_URL ...]
+        [--edge-issuer ISSUER=JWKS_URL ...] [--clock-skew SECONDS]
 
 ``--edge-issuer`` turns on edge JWT verification (octosts.dev.edge_jwt) for the release's exact
 OCTOSTS_ISSUER_ALLOWLIST entries, each with its discovery document's jwks_uri; never for an
-issuer whose keys policies pin (docs/gateway.md).
+issuer whose keys policies pin (docs/gateway.md). ``--clock-skew`` is the release's
+OCTOSTS_OIDC_LEEWAY_SECONDS (the service's default when left out), parsed as the service does.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from octosts.dev.edge_jwt import EdgeJwt, edge_jwt_option
+from octosts.dev.edge_jwt import (
+    CLOCK_SKEW_HELP,
+    DEFAULT_CLOCK_SKEW_S,
+    EdgeJwt,
+    clock_skew_option,
+    edge_jwt_option,
+)
 from octosts.dev.envoy import EnvoyParams, Upstream, render_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         "--edge-issuer", action="append", default=[], metavar="ISSUER=JWKS_URL",
         help="edge JWT verification for this exact allowlisted issuer (repeatable)",
     )  # fmt: skip
+    custom.add_argument(
+        "--clock-skew", type=clock_skew_option, default=DEFAULT_CLOCK_SKEW_S, metavar="SECONDS",
+        help=CLOCK_SKEW_HELP,
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.output is not None:
         if args.check:
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             webhook=args.webhook,
             ratelimit=args.ratelimit,
             github_api_url=args.github_api_url,
-            edge_jwt=edge_jwt_option(args.edge_issuer),
+            edge_jwt=edge_jwt_option(args.edge_issuer, args.clock_skew),
         )
         args.output.write_text(text)
         print(f"wrote {args.output}")

@@ -631,6 +631,22 @@ def variables() -> tuple[str, ...]:
     return (*(s.env for s in declared), *files, CONFIG_FILE_VARIABLE)
 
 
+def parse_setting(attribute: str, text: str) -> Any:
+    """One setting (a ``Settings`` attribute) from ``text``, parsed and checked as ``load``
+    does it (for tools that must agree with the service, e.g. the Envoy render scripts).
+
+    Raises SettingsError naming the variable and the problem.
+    """
+    spec = specs()[attribute]
+    problems: list[str] = []
+    value = _read_one(spec, {spec.env: text}, problems)
+    if value is not None and spec.check is not None:
+        problems.extend(f"{spec.env}: {problem}" for problem in spec.check(value))
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return value
+
+
 def load(environ: Mapping[str, str] | None = None, path: Path | None = None) -> Settings:
     """Build Settings from the environment (and an optional YAML file).
 

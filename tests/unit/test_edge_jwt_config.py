@@ -6,13 +6,15 @@ which routes get it, that its refusals are the answer table's, and the input rul
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from octosts.dev import edge_jwt
+from octosts.dev import edge_jwt, stack
 from octosts.dev.edge_jwt import EdgeIssuer, EdgeJwt, edge_jwt_option
 from octosts.dev.envoy import EnvoyParams, Upstream, render_config
 from octosts.domain.errors import TokenExpired, TokenSignatureInvalid
@@ -143,3 +145,77 @@ def test_command_line_option() -> None:
     assert parsed.issuers == (EdgeIssuer(GITHUB_ACTIONS, GITHUB_JWKS),)
     with pytest.raises(SystemExit, match="ISSUER=JWKS_URL"):
         edge_jwt_option([GITHUB_ACTIONS])
+
+
+# -- the edge's clock skew is the replicas' leeway ------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _render_script(script: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    output = tmp_path / "envoy.yaml"
+    args = ["--output", str(output), "--edge-issuer", f"{GITHUB_ACTIONS}={GITHUB_JWKS}", *extra]
+    if script == "render_envoy_compose.py":
+        args = ["--host-network", *args]
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def _clock_skew(path: Path) -> object:
+    config = yaml.safe_load(path.read_text())
+    filters = _hcm(config)["http_filters"]
+    jwt = next(f for f in filters if f["name"] == "envoy.filters.http.jwt_authn")
+    providers = jwt["typed_config"]["providers"]
+    return next(iter(providers.values()))["clock_skew_seconds"]
+
+
+@pytest.mark.parametrize("script", ["render_envoy_compose.py", "render_envoy_helm.py"])
+def test_render_scripts_take_the_deployments_leeway_as_the_edges_clock_skew(
+    script: str, tmp_path: Path
+) -> None:
+    # Edge JWT with a skew below the replicas' OCTOSTS_OIDC_LEEWAY_SECONDS refuses at the
+    # edge tokens the service would accept: the scripts render the deployment's value.
+    assert _render_script(script, tmp_path).returncode == 0
+    assert _clock_skew(tmp_path / "envoy.yaml") == edge_jwt.DEFAULT_CLOCK_SKEW_S
+    assert _render_script(script, tmp_path, "--clock-skew", "120").returncode == 0
+    assert _clock_skew(tmp_path / "envoy.yaml") == 120
+    for value in ("30.5", "301", "-1"):  # what the service refuses, the scripts refuse
+        refused = _render_script(script, tmp_path, "--clock-skew", value)
+        assert refused.returncode == 2
+        assert "OCTOSTS_OIDC_LEEWAY_SECONDS" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("leeway", "skew"), [(None, edge_jwt.DEFAULT_CLOCK_SKEW_S), ("45", 45), (" 60 ", 60)]
+)
+def test_the_dev_stack_renders_its_replicas_leeway(
+    leeway: str | None, skew: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        stack, "discover", lambda issuers: [EdgeIssuer(GITHUB_ACTIONS, GITHUB_JWKS)]
+    )
+    monkeypatch.delenv("OCTOSTS_OIDC_LEEWAY_SECONDS", raising=False)
+    env = {} if leeway is None else {"OCTOSTS_OIDC_LEEWAY_SECONDS": leeway}
+    dev = stack.DevStack(tmp_path, stack.StackPorts.fixed(), extra_env=env, edge_jwt=True)
+    rendered = dev._edge_jwt()
+    assert rendered is not None
+    assert rendered.clock_skew_s == skew
+
+
+@pytest.mark.parametrize("leeway", ["30.5", "301", "soon"])
+def test_the_dev_stack_refuses_a_leeway_its_replicas_would_refuse(
+    leeway: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        stack, "discover", lambda issuers: [EdgeIssuer(GITHUB_ACTIONS, GITHUB_JWKS)]
+    )
+    env = {"OCTOSTS_OIDC_LEEWAY_SECONDS": leeway}
+    dev = stack.DevStack(tmp_path, stack.StackPorts.fixed(), extra_env=env, edge_jwt=True)
+    with pytest.raises(stack.StackError, match="OCTOSTS_OIDC_LEEWAY_SECONDS"):
+        dev._edge_jwt()

@@ -32,6 +32,7 @@ for a new key after a rotation fails here until Envoy refetches (``jwks_cache_s`
 
 from __future__ import annotations
 
+import argparse
 import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -41,7 +42,7 @@ from typing import Any, cast
 
 from octosts.domain.errors import StsError, TokenExpired, TokenSignatureInvalid
 from octosts.domain.tokens import check_issuer_url
-from octosts.settings import Settings
+from octosts.settings import Settings, SettingsError, parse_setting
 from octosts.transport.errors import denial
 
 FILTER = "envoy.filters.http.jwt_authn"
@@ -59,10 +60,9 @@ REFUSALS: tuple[tuple[tuple[int, ...], StsError], ...] = (
     ((JWT_EXPIRED, JWT_NOT_YET_VALID), TokenExpired()),
     ((JWT_VERIFICATION_FAILS,), TokenSignatureInvalid()),
 )
+_LEEWAY = "oidc_leeway_seconds"  # the Settings field of OCTOSTS_OIDC_LEEWAY_SECONDS
 # The replicas' default OCTOSTS_OIDC_LEEWAY_SECONDS, read from its one declaration.
-DEFAULT_CLOCK_SKEW_S = cast(
-    "int", next(f.default for f in fields(Settings) if f.name == "oidc_leeway_seconds")
-)
+DEFAULT_CLOCK_SKEW_S = cast("int", next(f.default for f in fields(Settings) if f.name == _LEEWAY))
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
 _TYPE = "type.googleapis.com/"
 
@@ -250,8 +250,33 @@ def _any_of(items: list[dict[str, Any]]) -> dict[str, Any]:
     return items[0] if len(items) == 1 else {"or_filter": {"filters": items}}
 
 
-def edge_jwt_option(values: Sequence[str]) -> EdgeJwt | None:
+def clock_skew(text: str) -> int:
+    """The replicas' OCTOSTS_OIDC_LEEWAY_SECONDS as they parse it (the edge's clock skew).
+
+    Raises SettingsError naming the problem.
+    """
+    return cast("int", parse_setting(_LEEWAY, text))
+
+
+def clock_skew_option(text: str) -> int:
+    """``--clock-skew SECONDS`` (the render scripts): ``clock_skew`` as an argparse type."""
+    try:
+        return clock_skew(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+CLOCK_SKEW_HELP = (
+    "edge JWT: the replicas' OCTOSTS_OIDC_LEEWAY_SECONDS, so that the edge accepts the tokens "
+    f"they accept (default {DEFAULT_CLOCK_SKEW_S}, the service's default)"
+)
+
+
+def edge_jwt_option(
+    values: Sequence[str], clock_skew_s: int = DEFAULT_CLOCK_SKEW_S
+) -> EdgeJwt | None:
     """``--edge-issuer ISSUER=JWKS_URL`` values (the render scripts): None when there are none.
+    ``clock_skew_s``: ``--clock-skew``.
 
     Raises SystemExit with the problem (a command-line error).
     """
@@ -262,7 +287,9 @@ def edge_jwt_option(values: Sequence[str]) -> EdgeJwt | None:
     if bad:
         raise SystemExit(f"--edge-issuer {bad[0]!r} is not ISSUER=JWKS_URL")
     try:
-        return EdgeJwt([EdgeIssuer(issuer, uri) for issuer, _, uri in pairs])
+        return EdgeJwt(
+            [EdgeIssuer(issuer, uri) for issuer, _, uri in pairs], clock_skew_s=clock_skew_s
+        )
     except ValueError as exc:
         raise SystemExit(f"--edge-issuer: {exc}") from exc
 

@@ -26,7 +26,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from octosts.dev.certs import CertPaths, ensure_dev_certs
-from octosts.dev.edge_jwt import DEFAULT_CLOCK_SKEW_S, EdgeJwt, discover
+from octosts.dev.edge_jwt import DEFAULT_CLOCK_SKEW_S, EdgeJwt, clock_skew, discover
 from octosts.dev.envoy import (
     DEFAULT_EGRESS_ROUTES,
     DEFAULT_MAX_CONCURRENT_RPCS,
@@ -433,12 +433,12 @@ class DevStack:
             return None
         env = {**os.environ, **self.server_env(0)}
         issuers = [i.strip() for i in env.get("OCTOSTS_ISSUER_ALLOWLIST", "").split(",")]
+        leeway = env.get("OCTOSTS_OIDC_LEEWAY_SECONDS")
         try:
-            return EdgeJwt(
-                discover(i for i in issuers if i),
-                clock_skew_s=int(env.get("OCTOSTS_OIDC_LEEWAY_SECONDS", DEFAULT_CLOCK_SKEW_S)),
-            )
-        except ValueError as exc:
+            # Parsed as the replicas parse it: a value they refuse is refused here, clearly.
+            skew = DEFAULT_CLOCK_SKEW_S if leeway is None else clock_skew(leeway)
+            return EdgeJwt(discover(i for i in issuers if i), clock_skew_s=skew)
+        except ValueError as exc:  # SettingsError too
             raise StackError(f"edge JWT verification: {exc}") from exc
 
     def _replica_capacity(self) -> int:
