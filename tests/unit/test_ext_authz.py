@@ -332,3 +332,24 @@ async def test_undecodable_query_is_400() -> None:
     resp = await check(FakeVerifier(), req)
     assert resp.denied_response.status.code == 400
     assert "bad_query" in denial_body(resp)["message"]
+
+
+@pytest.mark.parametrize(("method", "edge"), [("GET", True), ("POST", False), ("", False)])
+async def test_only_a_gets_query_is_checked_as_exchange_will(method: str, edge: bool) -> None:
+    # GET /sts/exchange?scope=..&identity=.. is the request Exchange reads, so the edge may
+    # verify its token with the policy's pinned keys; a POST's scope is in its body, and a
+    # query on it must not make the edge read the policies that query names.
+    asked: list[tuple[str, str, str]] = []
+
+    async def verify_for(token: str, scope: str, identity: str, scopes: tuple[str, ...]) -> Any:
+        asked.append((token, scope, identity))
+        return verified()
+
+    req = check_request({"authorization": f"Bearer {GOOD}"})
+    req.attributes.request.http.path = "/sts/exchange?scope=octo-org/demo&identity=ci"
+    req.attributes.request.http.method = method
+    verifier = FakeVerifier()
+    servicer = AuthorizationServicer(verifier, verify_for=verify_for)
+    resp = await servicer.Check(req, FakeContext())
+    assert resp.WhichOneof("http_response") == "ok_response"
+    assert asked == ([(GOOD, "octo-org/demo", "ci")] if edge else [])

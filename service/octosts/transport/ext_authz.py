@@ -7,10 +7,11 @@ this service without code changes:
 ``mode: verify``
     Exactly one ``authorization: Bearer <jwt>`` header (scheme case-insensitive),
     verified by the TokenVerifier (signature, expiry, issuer rules; not the trust
-    policy's decision, which is Exchange's). When the query names the scope and
-    identity (``GET /sts/exchange``), a token whose issuer's keys this replica does
-    not hold is checked as Exchange will check it, with the keys the policy pins
-    (``Exchanger.verify_at_edge``; docs/architecture.md, "Order of checks").
+    policy's decision, which is Exchange's). When a GET's query names the scope and
+    identity (``GET /sts/exchange``: the request Exchange will read), a token whose
+    issuer's keys this replica does not hold is checked as Exchange will check it, with
+    the keys the policy pins (``Exchanger.verify_at_edge``; docs/architecture.md, "Order
+    of checks"). A query on any other method is not read for this.
     Allowed requests get ``x-octo-sts-issuer`` / ``x-octo-sts-subject`` set and every
     other client-supplied ``x-octo-sts-*`` header removed, and carry the tenant's digests
     in Envoy's dynamic metadata (``tenant_metadata``: the per-tenant rate limits'
@@ -125,6 +126,7 @@ class _Checked:
     path: str
     extensions: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
+    method: str = ""  # the HTTP method (GET, POST...)
 
 
 def _request_headers(http: Any) -> dict[str, list[str]]:
@@ -298,7 +300,8 @@ class AuthorizationServicer:
         ids = {"request_id": request_id, "authz_mode": mode}
         try:
             handler = self._handler(mode, ids)
-            response = await handler(_Checked(headers, http.path, extensions, request_id))
+            checked = _Checked(headers, http.path, extensions, request_id, http.method)
+            response = await handler(checked)
         except StsError as exc:
             refused = denial(exc, verbose=self._options.verbose)
             if refused is None:
@@ -337,9 +340,12 @@ class AuthorizationServicer:
         token = bearer_from_values(
             checked.headers.get("authorization", []), max_bytes=self._options.max_token_bytes
         )
-        if query is not None and query.identity and self._verify_for is not None:
-            scopes = tuple(query.scopes)
-            verified = await self._verify_for(token, query.scope, query.identity, scopes)
+        # Only a GET's query is the request Exchange reads: a POST's query (its scope is in
+        # the body) must not make the edge read policies it names.
+        named = query if checked.method == "GET" else None
+        if named is not None and named.identity and self._verify_for is not None:
+            scopes = tuple(named.scopes)
+            verified = await self._verify_for(token, named.scope, named.identity, scopes)
         else:
             verified = await self._verifier.verify(token)
         for value in (verified.issuer, verified.subject):
