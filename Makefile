@@ -92,6 +92,7 @@ bench: install system-deps ## run the benchmarks; prints tables and writes bench
 	$(PY) bench/apps.py
 	$(PY) bench/perf.py
 	$(PY) bench/edge_deny.py
+	$(PY) bench/workers.py
 	$(PY) bench/resilience.py
 	$(PY) bench/fleet.py
 
