@@ -831,6 +831,11 @@ def verdicts(result: dict[str, Any]) -> dict[str, tuple[float, float, float, boo
     return out
 
 
+# [perf-2] asks that its levers leave GitHub call counts unchanged. Since the baseline, one call
+# was added on purpose by another issue: [operator-kit]'s org permission ceiling is read once per
+# org (then cached) on the first exchange into it. Warm exchanges stay at one call.
+FIRST_CALLS_ADDED_SINCE_BASELINE = 1
+
 _COMPARISON = {"deny_rps_over_jwt_authn": ">=", "deny_p99_ms_at_rate": "<"}
 
 
@@ -851,6 +856,7 @@ def summary(result: dict[str, Any]) -> str:
         )
     calls = result["replica"]["github_calls"]
     before_calls, after_calls = calls["before/metrics"], calls["after/metrics"]
+    expected_first = before_calls["first"] + FIRST_CALLS_ADDED_SINCE_BASELINE
     rows.append(
         (
             "GitHub calls first / warm exchange",
@@ -858,8 +864,10 @@ def summary(result: dict[str, Any]) -> str:
             "-",
             f"{after_calls['first']}/{after_calls['warm']}",
             "-",
-            "unchanged",
-            "MET" if before_calls == after_calls else "NOT MET",
+            f"{expected_first}/{before_calls['warm']} (+1 first: ceiling)",
+            "MET"
+            if (after_calls["first"], after_calls["warm"]) == (expected_first, before_calls["warm"])
+            else "NOT MET",
         )
     )
     setup = result["setup"]
