@@ -41,17 +41,29 @@ async def _exchange(
     )
 
 
-async def _load(port: int, tokens: list[str], concurrency: int) -> dict[str, float]:
+# A load over several connections must not share one subchannel (grpc's global pool would):
+# workers of one replica share its port (SO_REUSEPORT), and the kernel spreads connections.
+CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
+
+
+async def _load(
+    port: int, tokens: list[str], concurrency: int, connections: int = 1
+) -> dict[str, float]:
+    """``concurrency`` exchanges at a time over ``connections`` connections, each token once."""
     latencies: list[float] = []
     queue: asyncio.Queue[str] = asyncio.Queue()
     for token in tokens:
         queue.put_nowait(token)
     errors = 0
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = sts_pb2_grpc.SecurityTokenServiceStub(channel)
-        await _exchange(stub, tokens[0], "octo-org/demo", "ci")  # warm every cache
+    target = f"127.0.0.1:{port}"
+    channels = [
+        grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(connections)
+    ]
+    try:
+        stubs = [sts_pb2_grpc.SecurityTokenServiceStub(channel) for channel in channels]
+        await _exchange(stubs[0], tokens[0], "octo-org/demo", "ci")  # warm every cache
 
-        async def worker() -> None:
+        async def worker(stub: sts_pb2_grpc.SecurityTokenServiceStub) -> None:
             nonlocal errors
             while not queue.empty():
                 token = queue.get_nowait()
@@ -63,9 +75,14 @@ async def _load(port: int, tokens: list[str], concurrency: int) -> dict[str, flo
                     continue
                 latencies.append(time.perf_counter() - started)
 
+        for channel in channels:
+            await channel.channel_ready()
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(stubs[i % connections]) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
+    finally:
+        for channel in channels:
+            await channel.close()
     return {**summary(latencies, elapsed), "errors": errors}
 
 

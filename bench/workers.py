@@ -17,14 +17,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
-from _common import save, summary, table
-from exchange import ORG_SUB, SUB, WORKFLOW, _exchange
+from _common import save, table
+from exchange import CHANNEL_OPTIONS, ORG_SUB, SUB, WORKFLOW, _exchange, _load
 
 from octosts._gen.octosts.v1 import sts_pb2_grpc
 from octosts.dev.stack import DevStack, StackPorts
@@ -63,11 +62,6 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-# Workers share the port (SO_REUSEPORT): the kernel spreads *connections*, so the load needs
-# several, and channels must not share one subchannel (grpc's global pool would).
-CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
-
-
 async def _warm(port: int, stack: DevStack, workers: int) -> None:
     """Every worker's caches warm: exchanges over many fresh connections."""
     for _ in range(8 * workers):
@@ -76,43 +70,6 @@ async def _warm(port: int, stack: DevStack, workers: int) -> None:
             stub = sts_pb2_grpc.SecurityTokenServiceStub(channel)
             await _exchange(stub, stack.token(SUB, workflow_ref=WORKFLOW), "octo-org/demo", "ci")
             await _exchange(stub, stack.token(ORG_SUB), "octo-org", "deploy")
-
-
-async def _load(port: int, tokens: list[str], concurrency: int, conns: int) -> dict[str, float]:
-    """``concurrency`` exchanges at a time over ``conns`` connections, each token once."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for token in tokens:
-        queue.put_nowait(token)
-    latencies: list[float] = []
-    errors = 0
-    channels = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-        for _ in range(conns)
-    ]
-    stubs = [sts_pb2_grpc.SecurityTokenServiceStub(c) for c in channels]
-
-    async def worker(stub: sts_pb2_grpc.SecurityTokenServiceStub) -> None:
-        nonlocal errors
-        while not queue.empty():
-            token = queue.get_nowait()
-            started = time.perf_counter()
-            try:
-                await _exchange(stub, token, "octo-org/demo", "ci")
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-
-    try:
-        for channel in channels:
-            await channel.channel_ready()
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(stubs[i % conns]) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    finally:
-        for channel in channels:
-            await channel.close()
-    return {**summary(latencies, elapsed), "errors": errors}
 
 
 def _one(workers: int, requests: int, concurrency: int, conns: int) -> dict[str, float]:
