@@ -18,12 +18,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Self
+from typing import Self
 
 import httpx
 
 from octosts.dev.envoy import free_port
-from octosts.dev.processes import kill_process, stop_process
+from octosts.dev.processes import ChildProcess, log_tail
 from octosts.dev.tenant_limits import DOMAIN
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -44,7 +44,7 @@ def ratelimit_binary() -> str | None:
 
 
 @dataclass
-class RateLimitService:
+class RateLimitService(ChildProcess):
     """One ``ratelimit`` process: ``limits`` (its config file), counting in ``redis``
     (``host:port``). Its gRPC port is what Envoy's ``ratelimit`` cluster points at."""
 
@@ -54,12 +54,6 @@ class RateLimitService:
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     debug_port: int = field(default_factory=free_port)
-    _proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def _env(self, runtime: Path) -> dict[str, str]:
         return {
@@ -104,29 +98,11 @@ class RateLimitService:
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
-                raise RateLimitUnavailable(f"ratelimit exited: {_tail(log_path)}")
+                raise RateLimitUnavailable(f"ratelimit exited: {log_tail(log_path)}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(health, timeout=1.0).status_code == 200:
                     return self
             if time.monotonic() > deadline:
                 self.stop()
-                raise RateLimitUnavailable(f"ratelimit not ready: {_tail(log_path)}")
+                raise RateLimitUnavailable(f"ratelimit not ready: {log_tail(log_path)}")
             time.sleep(0.05)  # the poll interval; the deadline decides
-
-    def kill(self) -> None:
-        """SIGKILL: the service gone at once."""
-        if self._proc is not None:
-            kill_process(self._proc)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            stop_process(self._proc, 10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def _tail(path: Path) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-10:])
-    return ""

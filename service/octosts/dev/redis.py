@@ -13,10 +13,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Self
+from typing import Self
 
 from octosts.dev.envoy import free_port
-from octosts.dev.processes import kill_process, stop_process
+from octosts.dev.processes import ChildProcess, log_tail
 
 BINARY = "redis-server"
 
@@ -36,19 +36,13 @@ def _pong(port: int) -> bool:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ChildProcess):
     workdir: Path
     port: int = field(default_factory=free_port)
-    _proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout: float = 10.0) -> Self:
         binary = redis_binary()
@@ -71,13 +65,13 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
-                raise RedisUnavailable(f"redis-server exited: {self._tail(log_path)}")
+                raise RedisUnavailable(f"redis-server exited: {log_tail(log_path)}")
             with contextlib.suppress(OSError):
                 if _pong(self.port):
                     return self
             if time.monotonic() > deadline:
                 self.stop()
-                raise RedisUnavailable(f"redis-server not ready: {self._tail(log_path)}")
+                raise RedisUnavailable(f"redis-server not ready: {log_tail(log_path)}")
             time.sleep(0.02)  # the poll interval; the deadline decides
 
     def restart(self, timeout: float = 10.0) -> Self:
@@ -85,26 +79,8 @@ class RedisServer:
         self.stop()
         return self.start(timeout)
 
-    def kill(self) -> None:
-        """SIGKILL: Redis gone at once, mid-request."""
-        if self._proc is not None:
-            kill_process(self._proc)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            stop_process(self._proc, 10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    @staticmethod
-    def _tail(path: Path) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(path.read_text(errors="replace").splitlines()[-10:])
-        return ""
