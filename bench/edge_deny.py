@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import save, table
+from _common import load_average, save, table
 
 from octosts.observability.logging import configure_logging
 from tests.integration.service_harness import running, servers
@@ -61,10 +60,6 @@ def check(bearer: str, path: str) -> external_auth_pb2.CheckRequest:
 def forged(token: str) -> str:
     head, body, sig = token.split(".")
     return f"{head}.{body}.{('A' if sig[0] != 'A' else 'B') + sig[1:]}"
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def p90(samples: list[float]) -> float:

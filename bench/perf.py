@@ -63,7 +63,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, save, table
+from _common import RESULTS, cpu_seconds, load_average, save, table
 from gateway import TARGET_P99_MS, Run, expect, h2load, jwt_authn_config
 
 from octosts._gen.octosts.v1 import sts_pb2, sts_pb2_grpc
@@ -79,7 +79,6 @@ BASELINE = "63bdf5d"
 SUB = "repo:octo-org/demo:ref:refs/heads/main"
 WORKFLOW = "octo-org/demo/.github/workflows/ci.yaml@refs/heads/main"
 EXCHANGE_QUERY = "/sts/exchange?scope=octo-org/demo&identity=ci"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {
     "replica_cpu_ms_metrics": 1.1,
     "replica_cpu_ms_sampled": 1.3,
@@ -152,11 +151,6 @@ def tree_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
 # -- processes -------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def quiet_cpu_seconds(pids: list[int], *, settle: float = 0.4, limit: float = 5.0) -> float:
     """CPU of ``pids`` so far, once they used none for ``settle`` s (background work done)."""
     deadline = time.monotonic() + limit
@@ -175,10 +169,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 class _Upstreams(DevStack):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -22,13 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
-from _common import save, table
+from _common import cpu_seconds, load_average, save, table
 from exchange import CHANNEL_OPTIONS, ORG_SUB, SUB, WORKFLOW, _exchange, _load
 
 from octosts._gen.octosts.v1 import sts_pb2_grpc
 from octosts.dev.stack import DevStack, StackPorts
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SIDES = (1, 2)
 
 
@@ -52,13 +52,11 @@ def _tree(pid: int) -> list[int]:
 
 
 def _cpu_seconds(pids: list[int]) -> float:
+    """CPU of ``pids`` so far; a worker that has gone counts nothing."""
     total = 0.0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
     return total
 
 
@@ -117,7 +115,7 @@ def main() -> int:
             "concurrency": args.concurrency,
             "connections": args.connections,
             "rounds": args.rounds,
-            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "load_average": load_average(),
         },
         "workers": figures,
         "rps_2_over_1": round(two["rps"] / one["rps"], 3) if one["rps"] else None,
